@@ -1,0 +1,43 @@
+# Ferry's developer entry points. `make test` is the one command that runs every test; it installs
+# what the tests need (a Python venv with the real OIP client, cargo-fuzz) on first use.
+SHELL := /bin/bash
+VENV ?= $(HOME)/.cache/ferry-venv
+PY := $(VENV)/bin/python
+FUZZ_SECONDS ?= 20
+
+.PHONY: test deps lint rust-test interop fuzz-smoke serve minilm bench
+
+test: deps lint rust-test interop fuzz-smoke
+
+deps: $(VENV)/.ferry-deps
+
+$(VENV)/.ferry-deps: models/requirements.txt tests/interop/requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r models/requirements.txt -r tests/interop/requirements.txt
+	touch $@
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+rust-test:
+	cargo test --workspace
+
+interop:
+	cargo build -p ferry
+	FERRY_BIN=$(CURDIR)/target/debug/ferry $(PY) -m pytest -q tests/interop
+
+fuzz-smoke:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+	cd fuzz && for t in rest_decode grpc_decode; do \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; done
+
+serve:
+	cargo run --release -p ferry -- server --model iris=models/iris-v1.onnx
+
+minilm:
+	$(MAKE) -C models minilm
+
+bench:
+	bench/run.sh

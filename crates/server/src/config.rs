@@ -1,0 +1,170 @@
+//! Model and server configuration, and the `--model NAME=PATH[,key=value...]` syntax.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How one model is served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub name: String,
+    /// The one version this server holds of the model (`"1"` unless given).
+    pub version: String,
+    pub path: PathBuf,
+    /// A `tokenizer.json`: the model then takes sentences (BYTES) and returns `sentence_embedding`.
+    pub tokenizer: Option<PathBuf>,
+    /// Dynamic batching: largest batch (rows) to form; 0 or 1 turns batching off.
+    pub max_batch_size: usize,
+    /// Dynamic batching: how long the first request of a batch may wait for others.
+    pub max_queue_delay: Duration,
+    /// Admission: requests in flight or queued for this model before new ones get 429.
+    pub max_queue: usize,
+}
+
+impl ModelConfig {
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            version: "1".into(),
+            path: path.into(),
+            tokenizer: None,
+            max_batch_size: 0,
+            max_queue_delay: Duration::from_millis(2),
+            max_queue: 256,
+        }
+    }
+
+    pub fn batching(&self) -> bool {
+        self.max_batch_size > 1
+    }
+
+    /// Parses `NAME=PATH[,version=V][,tokenizer=FILE][,max_batch_size=N][,max_queue_delay_ms=MS]
+    /// [,max_queue=N]`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let (name, rest) = spec.split_once('=').ok_or_else(|| {
+            Error::invalid(format!(
+                "--model '{spec}': expected NAME=PATH[,key=value...]"
+            ))
+        })?;
+        let name = name.trim();
+        if !valid_name(name) {
+            return Err(Error::invalid(format!(
+                "--model '{spec}': name '{name}' must be 1-63 characters of a-z, A-Z, 0-9, '-', '_' or '.'"
+            )));
+        }
+        let mut parts = rest.split(',');
+        let path = parts.next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(Error::invalid(format!("--model '{spec}': PATH is empty")));
+        }
+        let mut config = Self::new(name, path);
+        for part in parts {
+            let (key, value) = part.split_once('=').ok_or_else(|| {
+                Error::invalid(format!(
+                    "--model '{spec}': option '{part}' is not key=value"
+                ))
+            })?;
+            let number = |what: &str| -> Result<u64> {
+                value.parse().map_err(|_| {
+                    Error::invalid(format!(
+                        "--model '{spec}': {what} must be a non-negative integer, got '{value}'"
+                    ))
+                })
+            };
+            match key {
+                "version" if !value.is_empty() => config.version = value.to_string(),
+                "tokenizer" => config.tokenizer = Some(PathBuf::from(value)),
+                "max_batch_size" => config.max_batch_size = number(key)? as usize,
+                "max_queue_delay_ms" => {
+                    config.max_queue_delay = Duration::from_millis(number(key)?)
+                }
+                "max_queue_delay_us" => {
+                    config.max_queue_delay = Duration::from_micros(number(key)?)
+                }
+                "max_queue" if number(key)? > 0 => config.max_queue = number(key)? as usize,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "--model '{spec}': unknown or invalid option '{part}' (known: version, tokenizer, \
+                         max_batch_size, max_queue_delay_ms, max_queue_delay_us, max_queue)"
+                    )));
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// Model names become URL path segments and metric labels: keep them plain.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Everything `ferry server` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub models: Vec<ModelConfig>,
+    /// Largest request body (REST) or message (gRPC); larger ones get 413 / RESOURCE_EXHAUSTED.
+    pub max_body_bytes: usize,
+    /// Threads that may run inference at once (the bounded compute pool).
+    pub compute_threads: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: ([127, 0, 0, 1], 8000).into(),
+            grpc_addr: ([127, 0, 0, 1], 8001).into(),
+            models: Vec::new(),
+            max_body_bytes: 64 << 20,
+            compute_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_model_flag_with_options() {
+        let c = ModelConfig::parse(
+            "minilm=models/minilm/model.onnx,tokenizer=t.json,max_batch_size=32,max_queue_delay_ms=3,max_queue=9,version=7",
+        )
+        .unwrap();
+        assert_eq!(c.name, "minilm");
+        assert_eq!(c.path, PathBuf::from("models/minilm/model.onnx"));
+        assert_eq!(c.tokenizer, Some(PathBuf::from("t.json")));
+        assert_eq!(c.max_batch_size, 32);
+        assert_eq!(c.max_queue_delay, Duration::from_millis(3));
+        assert_eq!(c.max_queue, 9);
+        assert_eq!(c.version, "7");
+        assert!(c.batching());
+    }
+
+    #[test]
+    fn rejects_bad_model_flags_naming_the_part() {
+        for (spec, needle) in [
+            ("iris", "expected NAME=PATH"),
+            ("ir/is=x.onnx", "name 'ir/is'"),
+            ("iris=", "PATH is empty"),
+            ("iris=x.onnx,max_batch_size=-1", "max_batch_size must be"),
+            (
+                "iris=x.onnx,colour=red",
+                "unknown or invalid option 'colour=red'",
+            ),
+        ] {
+            let err = ModelConfig::parse(spec).unwrap_err().to_string();
+            assert!(err.contains(needle), "{spec}: {err}");
+        }
+    }
+}

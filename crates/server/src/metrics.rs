@@ -1,0 +1,210 @@
+//! Prometheus metrics of the model server (`GET /metrics`).
+//!
+//! Families are labelled by model, version, protocol and status. The hot path does not hash label
+//! sets: each loaded model caches the handles of its success counters and latency histograms.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::protocol::Protocol;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub model: String,
+    pub version: String,
+    pub protocol: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub model: String,
+    pub version: String,
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+    pub version: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~13 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 19))
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 10))
+}
+
+/// All metric families, registered once.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    pub queue_depth: Family<ModelLabels, Gauge>,
+    pub batch_size: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    pub load_seconds: Family<ModelLabels, Gauge<f64, AtomicU64>>,
+    pub ready: Family<ModelLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ferry_server");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let queue_depth = Family::<ModelLabels, Gauge>::default();
+        let batch_size = Family::<ModelLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            batch_histogram,
+        );
+        let load_seconds = Family::<ModelLabels, Gauge<f64, AtomicU64>>::default();
+        let ready = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "requests",
+            "Inference requests by model, version, protocol and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Inference latency inside the server, from decoded request to encoded answer",
+            latency.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Requests admitted for a model and not yet answered (queued or running)",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Rows per executed batch (dynamic batching)",
+            batch_size.clone(),
+        );
+        registry.register(
+            "model_load_seconds",
+            "Time to load and warm up the model",
+            load_seconds.clone(),
+        );
+        registry.register("model_ready", "1 when the model is ready", ready.clone());
+        Self {
+            registry,
+            requests,
+            latency,
+            queue_depth,
+            batch_size,
+            load_seconds,
+            ready,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a request that ended with `status` (an HTTP status or a gRPC code name).
+    pub fn count(&self, model: &str, version: &str, protocol: Protocol, status: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                model: model.to_string(),
+                version: version.to_string(),
+                protocol: protocol.label().to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// Handles for one model, cached so the success path does no label hashing.
+    pub fn for_model(&self, model: &str, version: &str) -> ModelMetrics {
+        let ok = |protocol: Protocol, status: &str| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    model: model.into(),
+                    version: version.into(),
+                    protocol: protocol.label().into(),
+                    status: status.into(),
+                })
+                .clone()
+        };
+        let latency = |protocol: Protocol| {
+            self.latency
+                .get_or_create(&LatencyLabels {
+                    model: model.into(),
+                    version: version.into(),
+                    protocol: protocol.label().into(),
+                })
+                .clone()
+        };
+        let labels = ModelLabels {
+            model: model.into(),
+            version: version.into(),
+        };
+        ModelMetrics {
+            ok_rest: ok(Protocol::Rest, "200"),
+            ok_grpc: ok(Protocol::Grpc, "OK"),
+            latency_rest: latency(Protocol::Rest),
+            latency_grpc: latency(Protocol::Grpc),
+            queue_depth: self.queue_depth.get_or_create(&labels).clone(),
+            batch_size: self.batch_size.get_or_create(&labels).clone(),
+        }
+    }
+
+    pub fn model_loaded(&self, model: &str, version: &str, load_time: Duration, ready: bool) {
+        let labels = ModelLabels {
+            model: model.into(),
+            version: version.into(),
+        };
+        self.load_seconds
+            .get_or_create(&labels)
+            .set(load_time.as_secs_f64());
+        self.ready.get_or_create(&labels).set(i64::from(ready));
+    }
+}
+
+/// Cached metric handles of one loaded model.
+#[derive(Clone, Debug)]
+pub struct ModelMetrics {
+    ok_rest: Counter,
+    ok_grpc: Counter,
+    latency_rest: Histogram,
+    latency_grpc: Histogram,
+    pub queue_depth: Gauge,
+    pub batch_size: Histogram,
+}
+
+impl ModelMetrics {
+    pub fn observe_ok(&self, protocol: Protocol, elapsed: Duration) {
+        let (counter, histogram) = match protocol {
+            Protocol::Rest => (&self.ok_rest, &self.latency_rest),
+            Protocol::Grpc => (&self.ok_grpc, &self.latency_grpc),
+        };
+        counter.inc();
+        histogram.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_latency(&self, protocol: Protocol, elapsed: Duration) {
+        match protocol {
+            Protocol::Rest => &self.latency_rest,
+            Protocol::Grpc => &self.latency_grpc,
+        }
+        .observe(elapsed.as_secs_f64());
+    }
+}

@@ -1,0 +1,636 @@
+//! The model repository: which models exist, their state, and the inference path shared by the
+//! REST and gRPC front ends (lookup → admission → validation → run → output selection → metrics).
+//!
+//! A model is READY only after it loaded AND a warm-up inference on a synthetic input succeeded.
+//! A model that fails either is kept as UNAVAILABLE with the reason; the others keep serving.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{info, warn};
+
+pub use crate::backend::BackendFailure;
+use crate::backend::tract::TractBackend;
+use crate::backend::{Backend, Signature, TensorSpec};
+use crate::batcher::{self, BatchJob};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::metrics::{Metrics, ModelMetrics};
+use crate::protocol::{InferRequest, InferResponse, Protocol};
+use crate::tensor::{DataType, Tensor, TensorData};
+
+/// Models cheaper than this per warm-up call run on the async worker itself: a hop to the
+/// blocking pool would cost more than the inference.
+const INLINE_BUDGET: Duration = Duration::from_micros(150);
+
+/// Runs the backend, turning a panic into a failure: no input may take the server down.
+pub fn call_backend(
+    backend: &dyn Backend,
+    inputs: Vec<Tensor>,
+) -> std::result::Result<Vec<Tensor>, BackendFailure> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| backend.infer(inputs))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "backend panicked".into());
+            Err(BackendFailure::Failed(format!(
+                "backend panicked: {message}"
+            )))
+        }
+    }
+}
+
+/// The lifecycle state of a model, as the repository index reports it.
+#[derive(Clone)]
+pub enum ModelState {
+    Loading,
+    Ready(Arc<LoadedModel>),
+    Unavailable(String),
+    Unloaded,
+}
+
+impl ModelState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Loading => "LOADING",
+            Self::Ready(_) => "READY",
+            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Unloaded => "UNLOADED",
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Loading => Some("loading"),
+            Self::Unavailable(reason) => Some(reason),
+            Self::Unloaded => Some("unloaded"),
+            Self::Ready(_) => None,
+        }
+    }
+}
+
+/// A model that passed load and warm-up.
+pub struct LoadedModel {
+    pub config: ModelConfig,
+    backend: Arc<dyn Backend>,
+    admission: Arc<Semaphore>,
+    batcher: Option<mpsc::Sender<BatchJob>>,
+    inline: bool,
+    metrics: ModelMetrics,
+}
+
+impl LoadedModel {
+    pub fn signature(&self) -> &Signature {
+        self.backend.signature()
+    }
+
+    pub fn platform(&self) -> &'static str {
+        self.backend.platform()
+    }
+}
+
+struct Entry {
+    config: ModelConfig,
+    state: ModelState,
+    /// Bumped by every load/unload so a slow load cannot overwrite a newer decision.
+    generation: u64,
+}
+
+/// What the repository knows of one model.
+#[derive(Clone)]
+pub struct ModelView {
+    pub config: ModelConfig,
+    pub state: ModelState,
+}
+
+/// All models of this server.
+pub struct Repository {
+    entries: RwLock<HashMap<String, Entry>>,
+    compute: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Repository {
+    pub fn new(compute_threads: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            entries: RwLock::new(HashMap::new()),
+            compute: Arc::new(Semaphore::new(compute_threads.max(1))),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Registers a model without loading it (state LOADING until [`Repository::load`] runs).
+    pub fn register(&self, config: ModelConfig) {
+        let mut entries = self.entries.write().expect("repository lock");
+        entries.insert(
+            config.name.clone(),
+            Entry {
+                config,
+                state: ModelState::Loading,
+                generation: 0,
+            },
+        );
+    }
+
+    pub fn view(&self, name: &str) -> Option<ModelView> {
+        let entries = self.entries.read().expect("repository lock");
+        entries.get(name).map(|e| ModelView {
+            config: e.config.clone(),
+            state: e.state.clone(),
+        })
+    }
+
+    /// Every model, sorted by name.
+    pub fn list(&self) -> Vec<ModelView> {
+        let entries = self.entries.read().expect("repository lock");
+        let mut views: Vec<ModelView> = entries
+            .values()
+            .map(|e| ModelView {
+                config: e.config.clone(),
+                state: e.state.clone(),
+            })
+            .collect();
+        views.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        views
+    }
+
+    /// True when every registered (not unloaded) model is ready.
+    pub fn all_ready(&self) -> bool {
+        let entries = self.entries.read().expect("repository lock");
+        entries
+            .values()
+            .all(|e| matches!(e.state, ModelState::Ready(_) | ModelState::Unloaded))
+    }
+
+    /// Looks a model up for a request, checking the version and readiness.
+    pub fn ready_model(&self, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>> {
+        let entries = self.entries.read().expect("repository lock");
+        let entry = entries.get(name).ok_or_else(|| Error::ModelNotFound {
+            model: name.to_string(),
+        })?;
+        if let Some(v) = version
+            && v != entry.config.version
+        {
+            return Err(Error::VersionNotFound {
+                model: name.to_string(),
+                version: v.to_string(),
+            });
+        }
+        match &entry.state {
+            ModelState::Ready(model) => Ok(model.clone()),
+            other => Err(Error::NotReady {
+                model: name.to_string(),
+                reason: other.reason().unwrap_or("not ready").to_string(),
+            }),
+        }
+    }
+
+    /// Checks that `name` (and `version`, if given) exist, whatever their state.
+    pub fn known(&self, name: &str, version: Option<&str>) -> Result<ModelView> {
+        let view = self.view(name).ok_or_else(|| Error::ModelNotFound {
+            model: name.to_string(),
+        })?;
+        if let Some(v) = version
+            && v != view.config.version
+        {
+            return Err(Error::VersionNotFound {
+                model: name.to_string(),
+                version: v.to_string(),
+            });
+        }
+        Ok(view)
+    }
+
+    /// Loads (or reloads) a registered model, or a new one when `config` is given, and warms it
+    /// up. Returns when the model is READY or has failed; the failure is also kept as its state.
+    pub async fn load(&self, name: &str, config: Option<ModelConfig>) -> Result<()> {
+        let (config, generation) = {
+            let mut entries = self.entries.write().expect("repository lock");
+            let config = match (config, entries.get(name)) {
+                (Some(c), _) => c,
+                (None, Some(e)) => e.config.clone(),
+                (None, None) => {
+                    return Err(Error::ModelNotFound {
+                        model: name.to_string(),
+                    });
+                }
+            };
+            let generation = entries.get(name).map_or(0, |e| e.generation + 1);
+            entries.insert(
+                name.to_string(),
+                Entry {
+                    config: config.clone(),
+                    state: ModelState::Loading,
+                    generation,
+                },
+            );
+            (config, generation)
+        };
+        let started = Instant::now();
+        let outcome = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || build_and_warm_up(&config))
+                .await
+                .unwrap_or_else(|e| Err(format!("loader task failed: {e}")))
+        };
+        let load_time = started.elapsed();
+        let (state, result) = match outcome {
+            Ok((backend, warm_up_time)) => {
+                let model = self.activate(config.clone(), backend, warm_up_time);
+                info!(model = %name, version = %config.version, load_ms = load_time.as_millis() as u64,
+                      inline = model.inline, batching = config.batching(), "model ready");
+                (ModelState::Ready(model), Ok(()))
+            }
+            Err(reason) => {
+                warn!(model = %name, version = %config.version, error = %reason, "model failed to load");
+                (
+                    ModelState::Unavailable(reason.clone()),
+                    Err(Error::LoadFailed {
+                        model: name.to_string(),
+                        message: reason,
+                    }),
+                )
+            }
+        };
+        self.metrics.model_loaded(
+            name,
+            &config.version,
+            load_time,
+            matches!(state, ModelState::Ready(_)),
+        );
+        let mut entries = self.entries.write().expect("repository lock");
+        if let Some(entry) = entries.get_mut(name)
+            && entry.generation == generation
+        {
+            entry.state = state;
+        }
+        result
+    }
+
+    fn activate(
+        &self,
+        config: ModelConfig,
+        backend: Arc<dyn Backend>,
+        warm_up_time: Duration,
+    ) -> Arc<LoadedModel> {
+        let metrics = self.metrics.for_model(&config.name, &config.version);
+        let batcher = (config.batching() && backend.signature().batchable()).then(|| {
+            batcher::spawn(
+                backend.clone(),
+                self.compute.clone(),
+                config.max_batch_size,
+                config.max_queue_delay,
+                metrics.batch_size.clone(),
+                config.max_queue,
+            )
+        });
+        if config.batching() && batcher.is_none() {
+            warn!(model = %config.name, "batching asked for, but the model has no dynamic leading dimension on every tensor; serving unbatched");
+        }
+        Arc::new(LoadedModel {
+            admission: Arc::new(Semaphore::new(config.max_queue)),
+            inline: batcher.is_none() && warm_up_time < INLINE_BUDGET,
+            batcher,
+            backend,
+            metrics,
+            config,
+        })
+    }
+
+    /// Unloads a model: it stays listed as UNLOADED and answers 503 until loaded again.
+    pub fn unload(&self, name: &str) -> Result<()> {
+        let mut entries = self.entries.write().expect("repository lock");
+        let entry = entries.get_mut(name).ok_or_else(|| Error::ModelNotFound {
+            model: name.to_string(),
+        })?;
+        entry.generation += 1;
+        entry.state = ModelState::Unloaded;
+        self.metrics
+            .ready
+            .get_or_create(&crate::metrics::ModelLabels {
+                model: name.into(),
+                version: entry.config.version.clone(),
+            })
+            .set(0);
+        info!(model = %name, "model unloaded");
+        Ok(())
+    }
+
+    /// Runs one inference request end to end and records its metrics.
+    pub async fn infer(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        request: InferRequest,
+        protocol: Protocol,
+    ) -> Result<InferResponse> {
+        let started = Instant::now();
+        let loaded = match self.ready_model(model, version) {
+            Ok(m) => m,
+            Err(e) => {
+                self.count_error(model, version.unwrap_or(""), protocol, &e);
+                return Err(e);
+            }
+        };
+        let result = self.infer_loaded(&loaded, request).await;
+        let elapsed = started.elapsed();
+        match &result {
+            Ok(_) => loaded.metrics.observe_ok(protocol, elapsed),
+            Err(e) => {
+                loaded.metrics.observe_latency(protocol, elapsed);
+                self.count_error(model, &loaded.config.version, protocol, e);
+            }
+        }
+        result
+    }
+
+    fn count_error(&self, model: &str, version: &str, protocol: Protocol, e: &Error) {
+        // Unknown names are client-chosen: do not let them grow the label space.
+        let model = if matches!(e, Error::ModelNotFound { .. }) {
+            "_unknown"
+        } else {
+            model
+        };
+        let status = match protocol {
+            Protocol::Rest => e.http_status().as_str().to_string(),
+            Protocol::Grpc => format!("{:?}", e.grpc_code()),
+        };
+        self.metrics.count(model, version, protocol, &status);
+    }
+
+    async fn infer_loaded(
+        &self,
+        loaded: &Arc<LoadedModel>,
+        request: InferRequest,
+    ) -> Result<InferResponse> {
+        let name = &loaded.config.name;
+        let _permit = loaded
+            .admission
+            .try_acquire()
+            .map_err(|_| Error::Overloaded {
+                model: name.clone(),
+                capacity: loaded.config.max_queue,
+            })?;
+        let _depth = DepthGuard::new(&loaded.metrics);
+        let signature = loaded.signature();
+        let selected = select_outputs(name, signature, &request)?;
+        let inputs = order_inputs(name, signature, request.inputs)?;
+        let outputs = self.run(loaded, inputs).await.map_err(|f| match f {
+            BackendFailure::BadInput(m) => Error::InvalidInput(m),
+            BackendFailure::Failed(message) => Error::InferenceFailed {
+                model: name.clone(),
+                message,
+            },
+        })?;
+        let outputs = match selected {
+            None => outputs,
+            Some(indices) => {
+                let mut all: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
+                indices
+                    .into_iter()
+                    .filter_map(|i| all.get_mut(i).and_then(Option::take))
+                    .collect()
+            }
+        };
+        Ok(InferResponse {
+            model_name: name.clone(),
+            model_version: loaded.config.version.clone(),
+            id: request.id,
+            parameters: request.parameters,
+            outputs,
+        })
+    }
+
+    async fn run(
+        &self,
+        loaded: &Arc<LoadedModel>,
+        inputs: Vec<Tensor>,
+    ) -> std::result::Result<Vec<Tensor>, BackendFailure> {
+        if let Some(batcher) = &loaded.batcher {
+            let (reply, answer) = oneshot::channel();
+            batcher
+                .send(BatchJob { inputs, reply })
+                .await
+                .map_err(|_| BackendFailure::Failed("batcher stopped".into()))?;
+            return answer
+                .await
+                .unwrap_or_else(|_| Err(BackendFailure::Failed("batch dropped".into())));
+        }
+        if loaded.inline {
+            return call_backend(loaded.backend.as_ref(), inputs);
+        }
+        let permit = self
+            .compute
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| BackendFailure::Failed("compute pool closed".into()))?;
+        let backend = loaded.backend.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = call_backend(backend.as_ref(), inputs);
+            drop(permit);
+            result
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(BackendFailure::Failed(format!(
+                "inference task failed: {e}"
+            )))
+        })
+    }
+}
+
+/// Keeps the queue-depth gauge true for the lifetime of one admitted request.
+struct DepthGuard<'a>(&'a ModelMetrics);
+
+impl<'a> DepthGuard<'a> {
+    fn new(metrics: &'a ModelMetrics) -> Self {
+        metrics.queue_depth.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for DepthGuard<'_> {
+    fn drop(&mut self) {
+        self.0.queue_depth.dec();
+    }
+}
+
+/// Indices of the requested outputs in signature order of the request; `None` = all.
+fn select_outputs(
+    model: &str,
+    signature: &Signature,
+    request: &InferRequest,
+) -> Result<Option<Vec<usize>>> {
+    if request.outputs.is_empty() {
+        return Ok(None);
+    }
+    request
+        .outputs
+        .iter()
+        .map(|wanted| {
+            signature
+                .outputs
+                .iter()
+                .position(|o| o.name == wanted.name)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "unknown output '{}': model '{model}' has outputs {}",
+                        wanted.name,
+                        names(&signature.outputs)
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    let quoted: Vec<String> = specs.iter().map(|s| format!("'{}'", s.name)).collect();
+    quoted.join(", ")
+}
+
+/// Checks every input against the signature and returns them in signature order.
+pub fn order_inputs(
+    model: &str,
+    signature: &Signature,
+    inputs: Vec<Tensor>,
+) -> Result<Vec<Tensor>> {
+    let mut slots: Vec<Option<Tensor>> = vec![None; signature.inputs.len()];
+    for input in inputs {
+        let index = signature
+            .inputs
+            .iter()
+            .position(|s| s.name == input.name)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown input '{}': model '{model}' takes {}",
+                    input.name,
+                    names(&signature.inputs)
+                ))
+            })?;
+        let spec = &signature.inputs[index];
+        if input.datatype() != spec.datatype {
+            return Err(Error::invalid(format!(
+                "input '{}': datatype {} does not match the model's {}",
+                input.name,
+                input.datatype().name(),
+                spec.datatype.name()
+            )));
+        }
+        let shape_ok = input.shape.len() == spec.shape.len()
+            && input
+                .shape
+                .iter()
+                .zip(&spec.shape)
+                .all(|(got, want)| *want < 0 || *got as i64 == *want);
+        if !shape_ok {
+            return Err(Error::invalid(format!(
+                "input '{}': shape {:?} does not match the model's {:?} (-1 = any size)",
+                input.name, input.shape, spec.shape
+            )));
+        }
+        if input.shape.contains(&0) {
+            return Err(Error::invalid(format!(
+                "input '{}': shape {:?} has no elements",
+                input.name, input.shape
+            )));
+        }
+        input.check_element_count()?;
+        if slots[index].is_some() {
+            return Err(Error::invalid(format!(
+                "input '{}' is given more than once",
+                input.name
+            )));
+        }
+        slots[index] = Some(input);
+    }
+    slots
+        .into_iter()
+        .zip(&signature.inputs)
+        .map(|(slot, spec)| {
+            slot.ok_or_else(|| {
+                Error::invalid(format!(
+                    "missing input '{}' ({} {:?}) for model '{model}'",
+                    spec.name,
+                    spec.datatype.name(),
+                    spec.shape
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A synthetic input of batch 1 for each tensor of the signature.
+pub fn synthetic_inputs(signature: &Signature) -> Vec<Tensor> {
+    signature
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape: Vec<usize> = spec
+                .shape
+                .iter()
+                .map(|d| if *d < 0 { 1 } else { *d as usize })
+                .collect();
+            let count = shape.iter().product::<usize>();
+            let data = match spec.datatype {
+                DataType::Bytes => TensorData::Bytes(vec![Bytes::from_static(b"warm up"); count]),
+                dt => {
+                    let zeros = vec![0u8; count * dt.element_size().unwrap_or(1)];
+                    TensorData::from_raw(dt, &zeros, &spec.name)
+                        .unwrap_or(TensorData::F32(vec![0.0; count]))
+                }
+            };
+            Tensor {
+                name: spec.name.clone(),
+                shape,
+                data,
+            }
+        })
+        .collect()
+}
+
+/// Loads the backend and runs the warm-up inference twice; returns the second run's duration.
+fn build_and_warm_up(
+    config: &ModelConfig,
+) -> std::result::Result<(Arc<dyn Backend>, Duration), String> {
+    let backend: Arc<dyn Backend> = match &config.tokenizer {
+        None => Arc::new(TractBackend::load(&config.path)?),
+        #[cfg(feature = "text")]
+        Some(tokenizer) => Arc::new(crate::backend::text::TextBackend::load(
+            &config.path,
+            tokenizer,
+        )?),
+        #[cfg(not(feature = "text"))]
+        Some(_) => {
+            return Err("this build has no tokenizer support (cargo feature `text`)".into());
+        }
+    };
+    let warm_up = synthetic_inputs(backend.signature());
+    let check = |result: std::result::Result<Vec<Tensor>, BackendFailure>| match result {
+        Ok(outputs) if outputs.len() == backend.signature().outputs.len() => Ok(()),
+        Ok(outputs) => Err(format!(
+            "warm-up inference returned {} outputs, the signature has {}",
+            outputs.len(),
+            backend.signature().outputs.len()
+        )),
+        Err(BackendFailure::BadInput(e) | BackendFailure::Failed(e)) => {
+            Err(format!("warm-up inference failed: {e}"))
+        }
+    };
+    check(call_backend(backend.as_ref(), warm_up.clone()))?;
+    let started = Instant::now();
+    check(call_backend(backend.as_ref(), warm_up))?;
+    Ok((backend, started.elapsed()))
+}

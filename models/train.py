@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Train Ferry's shipped models on data sets that ship inside scikit-learn and export them to ONNX.
+
+Writes, next to this file:
+  iris-v1.onnx   logistic regression on iris (4 FP32 inputs -> label INT64, probabilities FP32[3])
+  iris-v2.onnx   an MLP on iris with the same inputs and outputs (a second revision for rollouts)
+  digits.onnx    a random forest on the 8x8 digits (64 FP32 inputs -> label, probabilities FP32[10])
+  broken.onnx    loads and type-checks, but every inference fails (a Gather index out of range)
+  expected.json  inputs and scikit-learn's own outputs, so tests check Ferry's answers against them
+
+With --joblib-dir DIR it also writes the fitted estimators as joblib files for the Python peers
+of the benchmark (bench/), so every server answers with the very same fit.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from skl2onnx import to_onnx
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.datasets import load_digits, load_iris
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OPSETS = {"": 17, "ai.onnx.ml": 3}
+
+
+def export(est, n_features, path, doc):
+    # zipmap=False: tract runs LinearClassifier / TreeEnsembleClassifier but not ZipMap; the
+    # probabilities come out as a plain FP32 tensor. The batch dimension stays unnamed (None).
+    model = to_onnx(
+        est,
+        initial_types=[("input", FloatTensorType([None, n_features]))],
+        options={id(est): {"zipmap": False}},
+        target_opset=OPSETS,
+    )
+    model.doc_string = doc
+    model.producer_name = "ferry-models"
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def broken(path):
+    # Same input as iris, but the Gather reads column (100 + |sum of the input|) of a 4-column input.
+    # The index depends on the data, so the graph loads and types (output [N, 1]) and every
+    # inference fails at run time, warm-up included.
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 1])
+    offset = helper.make_tensor("offset", TensorProto.FLOAT, [1], [100.0])
+    nodes = [
+        helper.make_node("Abs", ["input"], ["magnitude"]),
+        helper.make_node("ReduceSum", ["magnitude"], ["total"], keepdims=0),
+        helper.make_node("Add", ["total", "offset"], ["shifted"]),
+        helper.make_node("Cast", ["shifted"], ["bad_index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["input", "bad_index"], ["output"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "broken", [inp], [out], [offset])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.producer_name = "ferry-models"
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out-dir", default=HERE)
+    ap.add_argument("--joblib-dir")
+    args = ap.parse_args()
+    os.makedirs(args.out_dir, exist_ok=True)
+
+    iris = load_iris()
+    xi, yi = iris.data.astype(np.float32), iris.target
+    digits = load_digits()
+    xd, yd = digits.data.astype(np.float32), digits.target
+
+    fits = {
+        "iris-v1": (LogisticRegression(max_iter=1000).fit(xi, yi), xi, yi, "iris logistic regression"),
+        "iris-v2": (
+            MLPClassifier(hidden_layer_sizes=(16,), max_iter=3000, random_state=0).fit(xi, yi),
+            xi,
+            yi,
+            "iris MLP (16 hidden units)",
+        ),
+        "digits": (
+            RandomForestClassifier(n_estimators=16, max_depth=10, random_state=0).fit(xd, yd),
+            xd,
+            yd,
+            "digits random forest (16 trees)",
+        ),
+    }
+    expected = {}
+    rows = {"iris-v1": [0, 50, 100, 149], "iris-v2": [0, 50, 100, 149], "digits": [0, 1, 2, 3]}
+    for name, (est, x, y, doc) in fits.items():
+        export(est, x.shape[1], os.path.join(args.out_dir, f"{name}.onnx"), doc)
+        sample = x[rows[name]]
+        expected[name] = {
+            "input": sample.tolist(),
+            "label": est.predict(sample).astype(int).tolist(),
+            "probabilities": est.predict_proba(sample).astype(np.float32).tolist(),
+            "accuracy": float(est.score(x, y)),
+        }
+    broken(os.path.join(args.out_dir, "broken.onnx"))
+    with open(os.path.join(args.out_dir, "expected.json"), "w") as f:
+        json.dump(expected, f, indent=1)
+        f.write("\n")
+
+    if args.joblib_dir:
+        import joblib
+
+        os.makedirs(args.joblib_dir, exist_ok=True)
+        for name, (est, *_rest) in fits.items():
+            joblib.dump(est, os.path.join(args.joblib_dir, f"{name}.joblib"))
+    print("wrote", ", ".join(list(fits) + ["broken"]), "to", args.out_dir)
+
+
+if __name__ == "__main__":
+    main()
