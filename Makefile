@@ -21,8 +21,8 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-rust-test:
-	cargo test --workspace
+rust-test: minilm
+	FERRY_REQUIRE_MINILM=1 cargo test --workspace
 
 interop:
 	cargo build -p ferry
@@ -36,8 +36,8 @@ fuzz-smoke:
 serve:
 	cargo run --release -p ferry -- server --model iris=models/iris-v1.onnx
 
-minilm:
-	$(MAKE) -C models minilm
+minilm: deps
+	$(MAKE) -C models minilm PY=$(PY)
 
 bench:
 	bench/run.sh
