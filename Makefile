@@ -20,9 +20,13 @@ $(VENV)/.ferry-deps: models/requirements.txt tests/interop/requirements.txt
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p ferry-server --all-targets --features onnxruntime -- -D warnings
+
+ORT_LIB = $(shell $(PY) -c "import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so*')))[0])" 2>/dev/null)
 
 rust-test: minilm
 	FERRY_REQUIRE_MINILM=1 cargo test --workspace
+	ORT_DYLIB_PATH=$(ORT_LIB) cargo test -p ferry-server --features onnxruntime --test onnxruntime
 
 interop:
 	cargo build -p ferry

@@ -35,7 +35,10 @@ async fn main() {
     let model = args[2].clone();
     let concurrency: usize = args[3].parse().expect("CONCURRENCY");
     let seconds: u64 = args[4].parse().expect("SECONDS");
-    let values: Vec<f32> = args[5].split(',').map(|v| v.parse().expect("FP32 value")).collect();
+    let values: Vec<f32> = args[5]
+        .split(',')
+        .map(|v| v.parse().expect("FP32 value"))
+        .collect();
     let message = request(&model, &values);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -43,7 +46,9 @@ async fn main() {
         let addr = addr.clone();
         let message = message.clone();
         tasks.push(tokio::spawn(async move {
-            let mut client = GrpcInferenceServiceClient::connect(addr).await.expect("connect");
+            let mut client = GrpcInferenceServiceClient::connect(addr)
+                .await
+                .expect("connect");
             let mut latencies_us: Vec<u32> = Vec::with_capacity(1 << 16);
             let mut errors = 0u64;
             while Instant::now() < deadline {

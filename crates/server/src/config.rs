@@ -6,6 +6,16 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// Which engine runs a model's ONNX graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// Pure-Rust tract (always built).
+    #[default]
+    Tract,
+    /// ONNX Runtime (cargo feature `onnxruntime`, library from `ORT_DYLIB_PATH`).
+    OnnxRuntime,
+}
+
 /// How one model is served.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -13,6 +23,7 @@ pub struct ModelConfig {
     /// The one version this server holds of the model (`"1"` unless given).
     pub version: String,
     pub path: PathBuf,
+    pub backend: BackendKind,
     /// A `tokenizer.json`: the model then takes sentences (BYTES) and returns `sentence_embedding`.
     pub tokenizer: Option<PathBuf>,
     /// Dynamic batching: largest batch (rows) to form; 0 or 1 turns batching off.
@@ -29,6 +40,7 @@ impl ModelConfig {
             name: name.into(),
             version: "1".into(),
             path: path.into(),
+            backend: BackendKind::Tract,
             tokenizer: None,
             max_batch_size: 0,
             max_queue_delay: Duration::from_millis(2),
@@ -40,7 +52,7 @@ impl ModelConfig {
         self.max_batch_size > 1
     }
 
-    /// Parses `NAME=PATH[,version=V][,tokenizer=FILE][,max_batch_size=N][,max_queue_delay_ms=MS]
+    /// Parses `NAME=PATH[,version=V][,backend=tract|onnxruntime][,tokenizer=FILE][,max_batch_size=N][,max_queue_delay_ms=MS]
     /// [,max_queue=N]`.
     pub fn parse(spec: &str) -> Result<Self> {
         let (name, rest) = spec.split_once('=').ok_or_else(|| {
@@ -76,6 +88,8 @@ impl ModelConfig {
             match key {
                 "version" if !value.is_empty() => config.version = value.to_string(),
                 "tokenizer" => config.tokenizer = Some(PathBuf::from(value)),
+                "backend" if value == "tract" => config.backend = BackendKind::Tract,
+                "backend" if value == "onnxruntime" => config.backend = BackendKind::OnnxRuntime,
                 "max_batch_size" => config.max_batch_size = number(key)? as usize,
                 "max_queue_delay_ms" => {
                     config.max_queue_delay = Duration::from_millis(number(key)?)
@@ -86,8 +100,8 @@ impl ModelConfig {
                 "max_queue" if number(key)? > 0 => config.max_queue = number(key)? as usize,
                 _ => {
                     return Err(Error::invalid(format!(
-                        "--model '{spec}': unknown or invalid option '{part}' (known: version, tokenizer, \
-                         max_batch_size, max_queue_delay_ms, max_queue_delay_us, max_queue)"
+                        "--model '{spec}': unknown or invalid option '{part}' (known: version, backend=tract|onnxruntime, \
+                         tokenizer, max_batch_size, max_queue_delay_ms, max_queue_delay_us, max_queue)"
                     )));
                 }
             }

@@ -17,7 +17,7 @@ pub use crate::backend::BackendFailure;
 use crate::backend::tract::TractBackend;
 use crate::backend::{Backend, Signature, TensorSpec};
 use crate::batcher::{self, BatchJob};
-use crate::config::ModelConfig;
+use crate::config::{BackendKind, ModelConfig};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::protocol::{InferRequest, InferResponse, Protocol};
@@ -26,6 +26,8 @@ use crate::tensor::{DataType, Tensor, TensorData};
 /// Models cheaper than this per warm-up call run on the async worker itself: a hop to the
 /// blocking pool would cost more than the inference.
 const INLINE_BUDGET: Duration = Duration::from_micros(150);
+/// ...and only for requests of a few rows: a large batch still goes to the bounded pool.
+const INLINE_MAX_ROWS: usize = 16;
 
 /// Runs the backend, turning a panic into a failure: no input may take the server down.
 pub fn call_backend(
@@ -427,7 +429,12 @@ impl Repository {
                 .await
                 .unwrap_or_else(|_| Err(BackendFailure::Failed("batch dropped".into())));
         }
-        if loaded.inline {
+        let rows = inputs
+            .first()
+            .and_then(|t| t.shape.first())
+            .copied()
+            .unwrap_or(1);
+        if loaded.inline && rows <= INLINE_MAX_ROWS {
             return call_backend(loaded.backend.as_ref(), inputs);
         }
         let permit = self
@@ -605,13 +612,23 @@ pub fn synthetic_inputs(signature: &Signature) -> Vec<Tensor> {
 fn build_and_warm_up(
     config: &ModelConfig,
 ) -> std::result::Result<(Arc<dyn Backend>, Duration), String> {
+    let engine: Box<dyn Backend> = match config.backend {
+        BackendKind::Tract => Box::new(TractBackend::load(&config.path)?),
+        #[cfg(feature = "onnxruntime")]
+        BackendKind::OnnxRuntime => {
+            Box::new(crate::backend::onnxruntime::OrtBackend::load(&config.path)?)
+        }
+        #[cfg(not(feature = "onnxruntime"))]
+        BackendKind::OnnxRuntime => {
+            return Err(
+                "this build has no ONNX Runtime backend (cargo feature `onnxruntime`)".into(),
+            );
+        }
+    };
     let backend: Arc<dyn Backend> = match &config.tokenizer {
-        None => Arc::new(TractBackend::load(&config.path)?),
+        None => Arc::from(engine),
         #[cfg(feature = "text")]
-        Some(tokenizer) => Arc::new(crate::backend::text::TextBackend::load(
-            &config.path,
-            tokenizer,
-        )?),
+        Some(tokenizer) => Arc::new(crate::backend::text::TextBackend::new(engine, tokenizer)?),
         #[cfg(not(feature = "text"))]
         Some(_) => {
             return Err("this build has no tokenizer support (cargo feature `text`)".into());

@@ -42,7 +42,11 @@ fn reference() -> (Vec<String>, Vec<Vec<f64>>) {
 
 fn assert_close(got: &[f64], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     assert!(worst < 2e-4, "{what}: differs from onnxruntime by {worst}");
 }
 
@@ -55,14 +59,41 @@ async fn sentence_embeddings_match_onnxruntime() {
     let (sentences, embeddings) = reference();
 
     // Metadata advertises text in, embedding out.
-    let meta: Value = server.http.get(server.url("/v2/models/minilm")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(meta["inputs"], json!([{"name": "text", "datatype": "BYTES", "shape": [-1]}]));
-    assert_eq!(meta["outputs"], json!([{"name": "sentence_embedding", "datatype": "FP32", "shape": [-1, 384]}]));
+    let meta: Value = server
+        .http
+        .get(server.url("/v2/models/minilm"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        meta["inputs"],
+        json!([{"name": "text", "datatype": "BYTES", "shape": [-1]}])
+    );
+    assert_eq!(
+        meta["outputs"],
+        json!([{"name": "sentence_embedding", "datatype": "FP32", "shape": [-1, 384]}])
+    );
 
     // All sentences in one request (padded to the longest): each row equals the unpadded reference.
     let body = json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [sentences.len()], "data": sentences}]});
-    let r: Value = server.http.post(server.url("/v2/models/minilm/infer")).json(&body).send().await.unwrap().json().await.unwrap();
-    assert_eq!(r["outputs"][0]["shape"], json!([sentences.len(), 384]), "{r}");
+    let r: Value = server
+        .http
+        .post(server.url("/v2/models/minilm/infer"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r["outputs"][0]["shape"],
+        json!([sentences.len(), 384]),
+        "{r}"
+    );
     let flat: Vec<f64> = serde_json::from_value(r["outputs"][0]["data"].clone()).unwrap();
     for (i, want) in embeddings.iter().enumerate() {
         assert_close(&flat[i * 384..(i + 1) * 384], want, &sentences[i]);
@@ -94,7 +125,10 @@ async fn sentence_embeddings_match_onnxruntime() {
                 datatype: "BYTES".into(),
                 shape: vec![3],
                 contents: Some(pb::InferTensorContents {
-                    bytes_contents: sentences[..3].iter().map(|s| s.as_bytes().to_vec()).collect(),
+                    bytes_contents: sentences[..3]
+                        .iter()
+                        .map(|s| s.as_bytes().to_vec())
+                        .collect(),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -105,8 +139,14 @@ async fn sentence_embeddings_match_onnxruntime() {
         .unwrap()
         .into_inner();
     let e = &reply.outputs[0].contents.as_ref().unwrap().fp32_contents;
-    let dot = |a: usize, b: usize| -> f32 { (0..384).map(|k| e[a * 384 + k] * e[b * 384 + k]).sum() };
-    assert!(dot(0, 1) > 0.6 && dot(0, 1) > dot(0, 2) + 0.3, "food~bread {} vs food~horse {}", dot(0, 1), dot(0, 2));
+    let dot =
+        |a: usize, b: usize| -> f32 { (0..384).map(|k| e[a * 384 + k] * e[b * 384 + k]).sum() };
+    assert!(
+        dot(0, 1) > 0.6 && dot(0, 1) > dot(0, 2) + 0.3,
+        "food~bread {} vs food~horse {}",
+        dot(0, 1),
+        dot(0, 2)
+    );
 
     // Text that is not UTF-8 is the client's error.
     let mut bad = vec![0xffu8, 0xfe];

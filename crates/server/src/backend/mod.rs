@@ -7,6 +7,9 @@ use crate::tensor::{DataType, Tensor};
 
 pub mod tract;
 
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
+
 #[cfg(feature = "text")]
 pub mod text;
 

@@ -9,7 +9,6 @@ use std::path::Path;
 
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use super::tract::TractBackend;
 use super::{Backend, BackendFailure, Signature, TensorSpec};
 use crate::tensor::{DataType, Tensor, TensorData};
 
@@ -18,7 +17,7 @@ const MAX_TOKENS: usize = 256;
 const OUTPUT: &str = "sentence_embedding";
 
 pub struct TextBackend {
-    model: TractBackend,
+    model: Box<dyn Backend>,
     tokenizer: Tokenizer,
     signature: Signature,
     /// Indices of input_ids / attention_mask / token_type_ids in the model's inputs.
@@ -34,8 +33,8 @@ enum Feed {
 }
 
 impl TextBackend {
-    pub fn load(model_path: &Path, tokenizer_path: &Path) -> Result<Self, String> {
-        let model = TractBackend::load(model_path)?;
+    /// Puts the tokenizer at `tokenizer_path` in front of `model` (a BERT-style graph).
+    pub fn new(model: Box<dyn Backend>, tokenizer_path: &Path) -> Result<Self, String> {
         let mut tokenizer = Tokenizer::from_file(tokenizer_path)
             .map_err(|e| format!("cannot read tokenizer {}: {e}", tokenizer_path.display()))?;
         tokenizer.with_padding(Some(PaddingParams {
@@ -141,10 +140,7 @@ impl Backend for TextBackend {
                 }),
             })
             .collect();
-        let mut outputs = self
-            .model
-            .run(&feeds)
-            .map_err(|e| BackendFailure::Failed(format!("{e:#}")))?;
+        let mut outputs = self.model.infer(feeds)?;
         if self.output_index >= outputs.len() {
             return Err(BackendFailure::Failed(
                 "model returned too few outputs".into(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -214,31 +214,26 @@ async fn model_ready_version(
     Ok(ready_response(&s.repo.known(&model, Some(&version))?))
 }
 
-async fn infer(
-    State(s): State<AppState>,
-    Path(model): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    infer_common(s, model, None, headers, body).await
+async fn infer(State(s): State<AppState>, Path(model): Path<String>, request: Request) -> Response {
+    infer_common(s, model, None, request).await
 }
 
 async fn infer_version(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    infer_common(s, model, Some(version), headers, body).await
+    infer_common(s, model, Some(version), request).await
 }
 
 async fn infer_common(
     s: AppState,
     model: String,
     version: Option<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let decoded = async {
         let json_length = match headers.get(codec::HEADER_LENGTH) {
             None => None,
@@ -251,7 +246,7 @@ async fn infer_common(
                     })?,
             ),
         };
-        let bytes = read_body(&headers, body, s.max_body_bytes).await?;
+        let bytes = read_body(headers, body, s.max_body_bytes).await?;
         codec::decode_request(&bytes, json_length)
     }
     .await;
