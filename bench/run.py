@@ -5,7 +5,8 @@ into bench/README.md between the RESULTS markers, plus raw lines in bench/result
 
 REST: wrk -t1 (bench/post.lua), OIP v2 JSON. gRPC: ferry-bench-load (closed loop, raw contents).
 Servers: Ferry, the bare axum+tract floor (REST only), Seldon MLServer, the KServe Python server;
-MiniLM: Ferry (dynamic batching) against a KServe server running onnxruntime on the same file.
+MiniLM: Ferry with its ONNX Runtime backend (dynamic batching, and without), Ferry with tract,
+against a KServe server running onnxruntime on the same file.
 """
 import argparse
 import json
@@ -156,14 +157,17 @@ def main():
         minilm = ROOT / "models" / "minilm"
         if (minilm / "model.onnx").exists():
             text_body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [SENTENCE]}]}
+            files = f"{minilm / 'model.onnx'},tokenizer={minilm / 'tokenizer.json'}"
             servers.append(Server("ferry-minilm", [
                 str(REL / "ferry"), "server",
-                "--model", f"minilm={minilm / 'model.onnx'},tokenizer={minilm / 'tokenizer.json'},max_batch_size=32,max_queue_delay_ms=2",
-                "--model", f"minilm-unbatched={minilm / 'model.onnx'},tokenizer={minilm / 'tokenizer.json'}",
+                "--model", f"minilm-ort={files},backend=onnxruntime,max_batch_size=32,max_queue_delay_ms=5",
+                "--model", f"minilm-ort-unbatched={files},backend=onnxruntime",
+                "--model", f"minilm-tract={files},max_batch_size=32,max_queue_delay_ms=5",
                 "--http-addr", "127.0.0.1:18400", "--grpc-addr", "127.0.0.1:18401"],
                 "http://127.0.0.1:18400/v2/health/ready"))
-            text_targets = [("ferry (batching)", "http://127.0.0.1:18400/v2/models/minilm/infer"),
-                            ("ferry (no batching)", "http://127.0.0.1:18400/v2/models/minilm-unbatched/infer")]
+            text_targets = [("ferry (batching)", "http://127.0.0.1:18400/v2/models/minilm-ort/infer"),
+                            ("ferry (no batching)", "http://127.0.0.1:18400/v2/models/minilm-ort-unbatched/infer"),
+                            ("ferry tract (batching)", "http://127.0.0.1:18400/v2/models/minilm-tract/infer")]
             if not skip_peers:
                 servers.append(Server("kserve-onnxruntime", [
                     f"{a.ks_venv}/bin/python", str(ROOT / "bench/peers/kserve_minilm.py"),

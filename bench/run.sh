@@ -21,7 +21,10 @@ if [ "${SKIP_PEERS:-0}" != 1 ]; then
   venv "$ML_VENV" bench/peers/requirements-mlserver.txt
   venv "$KS_VENV" bench/peers/requirements-kserve.txt
 fi
-cargo build --release -p ferry -p ferry-bench-bare -p ferry-bench-load
+cargo build --release -p ferry --features onnxruntime -p ferry-bench-bare -p ferry-bench-load
+# Ferry's optional ONNX Runtime backend loads the library of the onnxruntime wheel.
+ORT_DYLIB_PATH=$("$FERRY_VENV/bin/python" -c "import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so*')))[0])")
+export ORT_DYLIB_PATH
 mkdir -p bench/results
 # The same fit for everyone: ONNX for Ferry and the floor, joblib for the Python peers.
 "$FERRY_VENV/bin/python" models/train.py --out-dir bench/results/models --joblib-dir bench/results/joblib >/dev/null

@@ -1,6 +1,7 @@
 """The Python peer for MiniLM: a KServe model server running onnxruntime on the same ONNX file
 Ferry serves, with the same tokenizer.json (tokenizers), sentences in, embeddings out."""
 import argparse
+import uuid
 
 import kserve
 import numpy as np
@@ -29,7 +30,7 @@ class MiniLM(kserve.Model):
         (emb,) = self.session.run(["sentence_embedding"], feed)
         out = InferOutput("sentence_embedding", list(emb.shape), "FP32")
         out.set_data_from_numpy(emb.astype(np.float32), binary_data=False)
-        return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id)
+        return InferResponse(model_name=self.name, infer_outputs=[out], response_id=payload.id or str(uuid.uuid4()))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The KServe Python model server on the same scikit-learn fit (its sklearn server is not
 published on PyPI; this kserve.Model subclass does what it does for OIP v2)."""
 import argparse
+import uuid
 
 import joblib
 import kserve
@@ -21,7 +22,7 @@ class SklearnModel(kserve.Model):
         outputs = [InferOutput("label", list(labels.shape), "INT64"), InferOutput("probabilities", list(probabilities.shape), "FP32")]
         outputs[0].set_data_from_numpy(labels, binary_data=False)
         outputs[1].set_data_from_numpy(probabilities, binary_data=False)
-        return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=payload.id)
+        return InferResponse(model_name=self.name, infer_outputs=outputs, response_id=payload.id or str(uuid.uuid4()))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ pub fn spawn(
     compute: Arc<Semaphore>,
     max_batch_size: usize,
     max_queue_delay: Duration,
+    adaptive: bool,
     batch_sizes: Histogram,
     queue_capacity: usize,
 ) -> mpsc::Sender<BatchJob> {
@@ -45,6 +46,7 @@ pub fn spawn(
         compute,
         max_batch_size,
         max_queue_delay,
+        adaptive,
         batch_sizes,
     ));
     tx
@@ -56,8 +58,13 @@ async fn run(
     compute: Arc<Semaphore>,
     max_batch_size: usize,
     max_queue_delay: Duration,
+    adaptive: bool,
     batch_sizes: Histogram,
 ) {
+    // Batches of this model that may run at once (1 for a backend that serializes its calls).
+    let slots = Arc::new(Semaphore::new(
+        backend.parallelism().clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let mut carried: Option<BatchJob> = None;
     loop {
         let first = match carried.take() {
@@ -70,31 +77,54 @@ async fn run(
         let mut total = rows(&first);
         let mut jobs = vec![first];
         let deadline = Instant::now() + max_queue_delay;
-        while total < max_batch_size {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(job)) => {
-                    let r = rows(&job);
-                    if total + r > max_batch_size {
-                        carried = Some(job);
-                        break;
-                    }
-                    total += r;
-                    jobs.push(job);
-                }
-                Ok(None) | Err(_) => break,
+        // Adaptive window: take what is already queued; then, if an execution slot is free, go
+        // now (an idle model adds no delay); otherwise keep collecting until a slot frees, the
+        // batch is full, or max_queue_delay has passed. A fixed window always waits the delay
+        // (or until the batch is full), as Triton does.
+        // Both an execution slot of this model and a thread of the shared compute pool.
+        let ready = || {
+            let slots = slots.clone();
+            let compute = compute.clone();
+            async move {
+                let slot = slots.acquire_owned().await.ok()?;
+                let permit = compute.acquire_owned().await.ok()?;
+                Some((slot, permit))
             }
-        }
-        for group in group_compatible(jobs) {
-            let Ok(permit) = compute.clone().acquire_owned().await else {
-                return;
-            };
-            let backend = backend.clone();
-            let batch_sizes = batch_sizes.clone();
-            tokio::task::spawn_blocking(move || {
+        };
+        let acquired = loop {
+            if total >= max_batch_size {
+                break ready().await;
+            }
+            tokio::select! {
+                biased;
+                job = rx.recv() => match job {
+                    Some(job) => {
+                        let r = rows(&job);
+                        if total + r > max_batch_size {
+                            carried = Some(job);
+                            break ready().await;
+                        }
+                        total += r;
+                        jobs.push(job);
+                    }
+                    None => break ready().await,
+                },
+                acquired = ready(), if adaptive => break acquired,
+                () = tokio::time::sleep_until(deadline) => break ready().await,
+            }
+        };
+        let Some((slot, permit)) = acquired else {
+            return;
+        };
+        let backend = backend.clone();
+        let batch_sizes = batch_sizes.clone();
+        tokio::task::spawn_blocking(move || {
+            for group in group_compatible(jobs) {
                 execute(backend.as_ref(), group, &batch_sizes);
-                drop(permit);
-            });
-        }
+            }
+            drop(permit);
+            drop(slot);
+        });
     }
 }
 

@@ -16,6 +16,17 @@ pub enum BackendKind {
     OnnxRuntime,
 }
 
+/// When a dynamic batch is dispatched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BatchWindow {
+    /// As soon as an execution slot is free (no added delay on an idle model); while the model
+    /// is busy, requests gather for up to `max_queue_delay`.
+    #[default]
+    Adaptive,
+    /// Always wait `max_queue_delay` (or until the batch is full) before dispatching.
+    Fixed,
+}
+
 /// How one model is served.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -30,6 +41,7 @@ pub struct ModelConfig {
     pub max_batch_size: usize,
     /// Dynamic batching: how long the first request of a batch may wait for others.
     pub max_queue_delay: Duration,
+    pub batch_window: BatchWindow,
     /// Admission: requests in flight or queued for this model before new ones get 429.
     pub max_queue: usize,
 }
@@ -44,6 +56,7 @@ impl ModelConfig {
             tokenizer: None,
             max_batch_size: 0,
             max_queue_delay: Duration::from_millis(2),
+            batch_window: BatchWindow::Adaptive,
             max_queue: 256,
         }
     }
@@ -52,7 +65,7 @@ impl ModelConfig {
         self.max_batch_size > 1
     }
 
-    /// Parses `NAME=PATH[,version=V][,backend=tract|onnxruntime][,tokenizer=FILE][,max_batch_size=N][,max_queue_delay_ms=MS]
+    /// Parses `NAME=PATH[,version=V][,backend=tract|onnxruntime][,tokenizer=FILE][,batch_window=adaptive|fixed][,max_batch_size=N][,max_queue_delay_ms=MS]
     /// [,max_queue=N]`.
     pub fn parse(spec: &str) -> Result<Self> {
         let (name, rest) = spec.split_once('=').ok_or_else(|| {
@@ -89,6 +102,10 @@ impl ModelConfig {
                 "version" if !value.is_empty() => config.version = value.to_string(),
                 "tokenizer" => config.tokenizer = Some(PathBuf::from(value)),
                 "backend" if value == "tract" => config.backend = BackendKind::Tract,
+                "batch_window" if value == "adaptive" => {
+                    config.batch_window = BatchWindow::Adaptive
+                }
+                "batch_window" if value == "fixed" => config.batch_window = BatchWindow::Fixed,
                 "backend" if value == "onnxruntime" => config.backend = BackendKind::OnnxRuntime,
                 "max_batch_size" => config.max_batch_size = number(key)? as usize,
                 "max_queue_delay_ms" => {
@@ -101,7 +118,7 @@ impl ModelConfig {
                 _ => {
                     return Err(Error::invalid(format!(
                         "--model '{spec}': unknown or invalid option '{part}' (known: version, backend=tract|onnxruntime, \
-                         tokenizer, max_batch_size, max_queue_delay_ms, max_queue_delay_us, max_queue)"
+                         tokenizer, batch_window=adaptive|fixed, max_batch_size, max_queue_delay_ms, max_queue_delay_us, max_queue)"
                     )));
                 }
             }

@@ -17,7 +17,7 @@ pub use crate::backend::BackendFailure;
 use crate::backend::tract::TractBackend;
 use crate::backend::{Backend, Signature, TensorSpec};
 use crate::batcher::{self, BatchJob};
-use crate::config::{BackendKind, ModelConfig};
+use crate::config::{BackendKind, BatchWindow, ModelConfig};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ModelMetrics};
 use crate::protocol::{InferRequest, InferResponse, Protocol};
@@ -293,6 +293,7 @@ impl Repository {
                 self.compute.clone(),
                 config.max_batch_size,
                 config.max_queue_delay,
+                config.batch_window == BatchWindow::Adaptive,
                 metrics.batch_size.clone(),
                 config.max_queue,
             )

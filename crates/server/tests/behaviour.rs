@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{TestServer, model, shipped_models};
 use ferry_server::ServerConfig;
+use ferry_server::config::BatchWindow;
 use ferry_server::grpc::pb;
 use serde_json::{Value, json};
 
@@ -309,6 +310,7 @@ async fn full_queue_answers_429_and_resource_exhausted_at_once() {
     let mut slow = model("iris-v1", "iris-v1.onnx");
     slow.max_batch_size = 64;
     slow.max_queue_delay = Duration::from_millis(1500);
+    slow.batch_window = BatchWindow::Fixed;
     slow.max_queue = 2;
     let server = TestServer::start(vec![slow]).await;
     let body = infer_body(&json!([[5.1, 3.5, 1.4, 0.2]]));
@@ -381,6 +383,9 @@ async fn batched_results_equal_unbatched_ones() {
     let mut batched = model("batched", "iris-v2.onnx");
     batched.max_batch_size = 32;
     batched.max_queue_delay = Duration::from_millis(50);
+    // A fixed window, so that batches surely form; the adaptive window is exercised by the
+    // MiniLM test (tests/text.rs), whose answers must not depend on how batches formed.
+    batched.batch_window = BatchWindow::Fixed;
     let plain = model("plain", "iris-v2.onnx");
     let server = TestServer::start(vec![batched, plain]).await;
     // 24 distinct single-row requests at once (plus one of 3 rows), against both models.
@@ -648,6 +653,7 @@ async fn shutdown_answers_requests_in_flight() {
     let mut slow = model("iris-v1", "iris-v1.onnx");
     slow.max_batch_size = 8;
     slow.max_queue_delay = Duration::from_millis(700);
+    slow.batch_window = BatchWindow::Fixed;
     let server = TestServer::start(vec![slow]).await;
     let url = server.url("/v2/models/iris-v1/infer");
     let http = server.http.clone();

@@ -56,4 +56,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Runs the model. `inputs` are in signature order and already validated against it.
     /// Returns every output, in signature order.
     fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendFailure>;
+    /// How many calls may usefully run at once (the batcher runs at most this many batches of
+    /// the model concurrently). Default: no limit of its own; the compute pool bounds it.
+    fn parallelism(&self) -> usize {
+        usize::MAX >> 1
+    }
 }

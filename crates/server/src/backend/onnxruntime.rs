@@ -181,6 +181,11 @@ impl Backend for OrtBackend {
         &self.signature
     }
 
+    fn parallelism(&self) -> usize {
+        // One session, one call at a time; its intra-op threads use the cores.
+        1
+    }
+
     fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendFailure> {
         let failed = |e: ort::Error| BackendFailure::Failed(e.to_string());
         let values: Vec<(String, DynValue)> = inputs

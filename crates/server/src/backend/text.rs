@@ -98,6 +98,10 @@ impl Backend for TextBackend {
         &self.signature
     }
 
+    fn parallelism(&self) -> usize {
+        self.model.parallelism()
+    }
+
     fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, BackendFailure> {
         let Some(TensorData::Bytes(items)) = inputs.into_iter().next().map(|t| t.data) else {
             return Err(BackendFailure::BadInput(
