@@ -242,6 +242,32 @@ async fn malformed_bodies_get_400_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_60_mib_malformed_body_is_a_400_not_a_crash() {
+    // The kind of input that crashes Triton 2.51 (SIGSEGV on a 64 MiB malformed JSON body).
+    let server = TestServer::start(vec![model("iris-v1", "iris-v1.onnx")]).await;
+    let url = server.url("/v2/models/iris-v1/infer");
+    let mut body =
+        br#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,4],"data":["#.to_vec();
+    while body.len() < 60 << 20 {
+        body.extend_from_slice(b"1.5e999999,[[-],");
+    }
+    let r = server.http.post(&url).body(body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let error = r.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("invalid inference request JSON"), "{error}");
+    let (status, _) = post(
+        &server,
+        "/v2/models/iris-v1/infer",
+        &infer_body(&json!([[1, 2, 3, 4]])),
+    )
+    .await;
+    assert_eq!(status, 200, "the server still serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413_before_being_read() {
     let server = TestServer::start_with(ServerConfig {
         http_addr: "127.0.0.1:0".parse().unwrap(),
