@@ -7,7 +7,7 @@ FUZZ_SECONDS ?= 20
 
 .PHONY: test deps lint rust-test interop fuzz-smoke serve minilm bench
 
-test: deps lint rust-test interop fuzz-smoke
+test: deps lint rust-test fuzz-smoke
 
 deps: $(VENV)/.ferry-deps
 
@@ -20,17 +20,19 @@ $(VENV)/.ferry-deps: models/requirements.txt tests/interop/requirements.txt
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p ferry-server --all-targets --features onnxruntime -- -D warnings
+	cargo clippy --workspace --all-targets --features ferry-server/onnxruntime -- -D warnings
 
 ORT_LIB = $(shell $(PY) -c "import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so*')))[0])" 2>/dev/null)
 
-rust-test: minilm
-	FERRY_REQUIRE_MINILM=1 cargo test --workspace
-	ORT_DYLIB_PATH=$(ORT_LIB) cargo test -p ferry-server --features onnxruntime --test onnxruntime
+# One build for every Rust test, the optional ONNX Runtime backend included; the tritonclient
+# suite (tests/interop) runs from crates/cli/tests/interop.rs against this very `ferry` binary.
+TEST_ENV = FERRY_REQUIRE_MINILM=1 FERRY_REQUIRE_INTEROP=1 FERRY_INTEROP_PYTHON=$(PY) ORT_DYLIB_PATH=$(ORT_LIB)
 
-interop:
-	cargo build -p ferry
-	FERRY_BIN=$(CURDIR)/target/debug/ferry $(PY) -m pytest -q tests/interop
+rust-test: minilm
+	$(TEST_ENV) cargo test --workspace --features ferry-server/onnxruntime
+
+interop: deps
+	$(TEST_ENV) cargo test --workspace --features ferry-server/onnxruntime --test interop
 
 fuzz-smoke:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
