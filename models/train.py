@@ -6,6 +6,7 @@ Writes, next to this file:
   iris-v2.onnx   an MLP on iris with the same inputs and outputs (a second revision for rollouts)
   digits.onnx    a random forest on the 8x8 digits (64 FP32 inputs -> label, probabilities FP32[10])
   broken.onnx    loads and type-checks, but every inference fails (a Gather index out of range)
+  datatypes.onnx one input and output per OIP datatype: out_T = in_T twice side by side
   expected.json  inputs and scikit-learn's own outputs, so tests check Ferry's answers against them
 
 With --joblib-dir DIR it also writes the fitted estimators as joblib files for the Python peers
@@ -66,6 +67,30 @@ def broken(path):
     onnx.save(model, path)
 
 
+# Every OIP datatype, for the end-to-end datatype tests: output out_T = Concat(in_T, in_T) on axis 1.
+TYPES = {
+    "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16, "INT32": TensorProto.INT32, "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def datatypes(path):
+    inputs, outputs, nodes = [], [], []
+    for name, proto in TYPES.items():
+        inputs.append(helper.make_tensor_value_info(f"in_{name}", proto, ["N", 2]))
+        outputs.append(helper.make_tensor_value_info(f"out_{name}", proto, ["N", 4]))
+        nodes.append(helper.make_node("Concat", [f"in_{name}", f"in_{name}"], [f"out_{name}"], axis=1))
+    graph = helper.make_graph(nodes, "datatypes", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.producer_name = "ferry-models"
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out-dir", default=HERE)
@@ -105,6 +130,7 @@ def main():
             "accuracy": float(est.score(x, y)),
         }
     broken(os.path.join(args.out_dir, "broken.onnx"))
+    datatypes(os.path.join(args.out_dir, "datatypes.onnx"))
     with open(os.path.join(args.out_dir, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)
         f.write("\n")
