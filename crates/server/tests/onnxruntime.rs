@@ -32,15 +32,7 @@ async fn onnxruntime_answers_like_tract() {
         models.push(m);
     }
     let server = TestServer::start(models).await;
-    let meta: Value = server
-        .http
-        .get(server.url("/v2/models/iris-ort"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = server.get_json("/v2/models/iris-ort").await;
     assert_eq!(meta["state"], "READY", "{meta}");
     assert_eq!(meta["platform"], "onnxruntime");
 
@@ -58,15 +50,8 @@ async fn onnxruntime_answers_like_tract() {
         let mut answers = Vec::new();
         for name in [tract, ort] {
             let r: Value = server
-                .http
-                .post(server.url(&format!("/v2/models/{name}/infer")))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+                .post_json(&format!("/v2/models/{name}/infer"), &body)
+                .await;
             answers.push(r["outputs"].clone());
         }
         assert_eq!(
@@ -85,16 +70,7 @@ async fn onnxruntime_answers_like_tract() {
             serde_json::from_str(&std::fs::read_to_string(minilm.join("reference.json")).unwrap())
                 .unwrap();
         let body = json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [reference["sentences"][0]]}]});
-        let r: Value = server
-            .http
-            .post(server.url("/v2/models/minilm-ort/infer"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = server.post_json("/v2/models/minilm-ort/infer", &body).await;
         let got: Vec<f64> = serde_json::from_value(r["outputs"][0]["data"].clone()).unwrap();
         let want: Vec<f64> = serde_json::from_value(reference["embeddings"][0].clone()).unwrap();
         let worst = got

@@ -59,15 +59,7 @@ async fn sentence_embeddings_match_onnxruntime() {
     let (sentences, embeddings) = reference();
 
     // Metadata advertises text in, embedding out.
-    let meta: Value = server
-        .http
-        .get(server.url("/v2/models/minilm"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = server.get_json("/v2/models/minilm").await;
     assert_eq!(
         meta["inputs"],
         json!([{"name": "text", "datatype": "BYTES", "shape": [-1]}])
@@ -79,16 +71,7 @@ async fn sentence_embeddings_match_onnxruntime() {
 
     // All sentences in one request (padded to the longest): each row equals the unpadded reference.
     let body = json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [sentences.len()], "data": sentences}]});
-    let r: Value = server
-        .http
-        .post(server.url("/v2/models/minilm/infer"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = server.post_json("/v2/models/minilm/infer", &body).await;
     assert_eq!(
         r["outputs"][0]["shape"],
         json!([sentences.len(), 384]),

@@ -74,6 +74,26 @@ impl TestServer {
         format!("{}{}", self.base, path)
     }
 
+    /// POSTs `body` as JSON to `path` and returns the JSON answer, whatever its status.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let response = self.http.post(self.url(path)).json(body).send().await;
+        response
+            .expect("request sent")
+            .json()
+            .await
+            .expect("JSON answer")
+    }
+
+    /// GETs `path` and returns the JSON answer, whatever its status.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = self.http.get(self.url(path)).send().await;
+        response
+            .expect("request sent")
+            .json()
+            .await
+            .expect("JSON answer")
+    }
+
     pub async fn grpc(&self) -> GrpcInferenceServiceClient<Channel> {
         GrpcInferenceServiceClient::connect(format!("http://{}", self.server.grpc_addr))
             .await
