@@ -127,6 +127,40 @@ impl ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// The config for a repository load request (REST and gRPC alike). `parameters` are the
+    /// request's `(key, value)` pairs: `path` (a new model, or a new file for a known one) and the
+    /// `--model` options. No parameters: reload `known` as it is (`None`).
+    pub fn for_load(
+        name: &str,
+        known: Option<&ModelConfig>,
+        parameters: &[(String, String)],
+    ) -> Result<Option<Self>> {
+        if parameters.is_empty() {
+            return Ok(None);
+        }
+        let path = parameters
+            .iter()
+            .find(|(k, _)| k == "path")
+            .map(|(_, v)| v.clone());
+        let mut spec = match (path, known) {
+            (Some(path), _) => format!("{name}={path}"),
+            (None, Some(k)) => format!("{name}={}", k.path.display()),
+            (None, None) => {
+                return Err(Error::ModelNotFound {
+                    model: name.to_string(),
+                });
+            }
+        };
+        for (key, value) in parameters.iter().filter(|(k, _)| k != "path") {
+            spec.push_str(&format!(",{key}={value}"));
+        }
+        Self::parse(&spec)
+            .map(Some)
+            .map_err(|e| Error::invalid(e.to_string().replace("--model", "load parameters")))
+    }
+}
+
 /// Model names become URL path segments and metric labels: keep them plain.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -165,6 +199,37 @@ impl Default for ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_parameters_reuse_the_model_flag_syntax() {
+        let known = ModelConfig::new("iris", "old.onnx");
+        let p = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            ModelConfig::for_load("iris", Some(&known), &[]).unwrap(),
+            None
+        );
+        let c = ModelConfig::for_load("iris", Some(&known), &p(&[("max_batch_size", "8")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.path, c.max_batch_size), (PathBuf::from("old.onnx"), 8));
+        let c = ModelConfig::for_load("new", None, &p(&[("path", "n.onnx")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.path, PathBuf::from("n.onnx"));
+        assert!(matches!(
+            ModelConfig::for_load("new", None, &p(&[("max_queue", "3")])),
+            Err(Error::ModelNotFound { .. })
+        ));
+        let err = ModelConfig::for_load("new", None, &p(&[("path", "n.onnx"), ("colour", "red")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("load parameters"), "{err}");
+    }
 
     #[test]
     fn parses_model_flag_with_options() {

@@ -342,7 +342,7 @@ impl Repository {
         let loaded = match self.ready_model(model, version) {
             Ok(m) => m,
             Err(e) => {
-                self.count_error(model, version.unwrap_or(""), protocol, &e);
+                self.count_rejected(model, version.unwrap_or(""), protocol, &e);
                 return Err(e);
             }
         };
@@ -352,19 +352,23 @@ impl Repository {
             Ok(_) => loaded.metrics.observe_ok(protocol, elapsed),
             Err(e) => {
                 loaded.metrics.observe_latency(protocol, elapsed);
-                self.count_error(model, &loaded.config.version, protocol, e);
+                self.count_rejected(model, &loaded.config.version, protocol, e);
             }
         }
         result
     }
 
-    fn count_error(&self, model: &str, version: &str, protocol: Protocol, e: &Error) {
-        // Unknown names are client-chosen: do not let them grow the label space.
-        let model = if matches!(e, Error::ModelNotFound { .. }) {
-            "_unknown"
-        } else {
-            model
-        };
+    /// Counts a request that failed with `e`, also one that never reached a model (a decode
+    /// error in a front end). Names of unknown models are client-chosen: they are counted as
+    /// `_unknown` so they cannot grow the label space.
+    pub fn count_rejected(&self, model: &str, version: &str, protocol: Protocol, e: &Error) {
+        let known = !matches!(e, Error::ModelNotFound { .. })
+            && self
+                .entries
+                .read()
+                .expect("repository lock")
+                .contains_key(model);
+        let model = if known { model } else { "_unknown" };
         let status = match protocol {
             Protocol::Rest => e.http_status().as_str().to_string(),
             Protocol::Grpc => format!("{:?}", e.grpc_code()),

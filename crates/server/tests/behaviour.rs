@@ -598,6 +598,36 @@ async fn repository_load_unload_and_index() {
         .0,
         503
     );
+    // gRPC load takes the same options as REST (and `--model`), and rejects unknown ones by name.
+    let param = |v: &str| pb::ModelRepositoryParameter {
+        parameter_choice: Some(
+            pb::model_repository_parameter::ParameterChoice::StringParam(v.into()),
+        ),
+    };
+    let path = common::models_dir().join("iris-v2.onnx");
+    let load = |extra: Option<(&str, &str)>| {
+        let mut parameters = std::collections::HashMap::new();
+        parameters.insert("path".to_string(), param(path.to_str().unwrap()));
+        if let Some((k, v)) = extra {
+            parameters.insert(k.to_string(), param(v));
+        }
+        pb::RepositoryModelLoadRequest {
+            model_name: "mlp".into(),
+            parameters,
+            ..Default::default()
+        }
+    };
+    let err = grpc
+        .repository_model_load(load(Some(("colour", "red"))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("colour=red"), "{err}");
+    grpc.repository_model_load(load(Some(("version", "7"))))
+        .await
+        .unwrap();
+    let meta: Value = server.get_json("/v2/models/mlp/versions/7").await;
+    assert_eq!(meta["state"], "READY", "{meta}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,18 +87,13 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
         &self,
         _: Request<pb::ServerMetadataRequest>,
     ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
-        let meta = crate::rest::server_metadata_json();
         Ok(Response::new(pb::ServerMetadataResponse {
             name: "ferry".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: meta["extensions"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            extensions: crate::rest::EXTENSIONS
+                .iter()
+                .map(|e| e.to_string())
+                .collect(),
         }))
     }
 
@@ -133,17 +128,8 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
         let decoded = match convert::decode_infer_request(message) {
             Ok(d) => d,
             Err(e) => {
-                let label = if self.repo.view(&model_name).is_some() {
-                    model_name.as_str()
-                } else {
-                    "_unknown"
-                };
-                self.repo.metrics().count(
-                    label,
-                    "",
-                    Protocol::Grpc,
-                    &format!("{:?}", e.grpc_code()),
-                );
+                self.repo
+                    .count_rejected(&model_name, "", Protocol::Grpc, &e);
                 return Err(e.into());
             }
         };
@@ -187,23 +173,26 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
         let r = request.into_inner();
-        let path = r
+        let parameters = r
             .parameters
-            .get("path")
-            .and_then(|p| match &p.parameter_choice {
-                Some(pb::model_repository_parameter::ParameterChoice::StringParam(s)) => {
-                    Some(s.clone())
-                }
-                _ => None,
-            });
-        let config = match path {
-            Some(path) => Some(
-                ModelConfig::parse(&format!("{}={path}", r.model_name)).map_err(|e| {
-                    Error::invalid(e.to_string().replace("--model", "load parameters"))
-                })?,
-            ),
-            None => None,
-        };
+            .iter()
+            .map(|(key, p)| {
+                use pb::model_repository_parameter::ParameterChoice as C;
+                let value = match &p.parameter_choice {
+                    Some(C::StringParam(v)) => v.clone(),
+                    Some(C::Int64Param(v)) => v.to_string(),
+                    Some(C::BoolParam(v)) => v.to_string(),
+                    Some(C::BytesParam(_)) | None => {
+                        return Err(Error::invalid(format!(
+                            "parameters.{key} must be a string or an integer"
+                        )));
+                    }
+                };
+                Ok((key.clone(), value))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let known = self.repo.view(&r.model_name).map(|v| v.config);
+        let config = ModelConfig::for_load(&r.model_name, known.as_ref(), &parameters)?;
         self.repo.load(&r.model_name, config).await?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }

@@ -139,12 +139,19 @@ async fn server_metadata() -> Response {
     json_value(StatusCode::OK, server_metadata_json())
 }
 
-/// `GET /v2` body, shared with gRPC's ServerMetadata.
+/// The protocol extensions this server implements (REST `GET /v2` and gRPC ServerMetadata).
+pub const EXTENSIONS: [&str; 3] = [
+    "binary_tensor_data",
+    "model_repository",
+    "statistics_metrics",
+];
+
+/// `GET /v2` body.
 pub fn server_metadata_json() -> serde_json::Value {
     json!({
         "name": "ferry",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_repository", "statistics_metrics"],
+        "extensions": EXTENSIONS,
     })
 }
 
@@ -254,17 +261,8 @@ async fn infer_common(
         Ok(d) => d,
         Err(e) => {
             // Count requests that never reached the model, too.
-            let label = if s.repo.view(&model).is_some() {
-                model.as_str()
-            } else {
-                "_unknown"
-            };
-            s.repo.metrics().count(
-                label,
-                version.as_deref().unwrap_or(""),
-                Protocol::Rest,
-                e.http_status().as_str(),
-            );
+            s.repo
+                .count_rejected(&model, version.as_deref().unwrap_or(""), Protocol::Rest, &e);
             return ApiError(e).into_response();
         }
     };
@@ -332,44 +330,20 @@ struct LoadRequest {
     parameters: serde_json::Map<String, serde_json::Value>,
 }
 
-/// `parameters` of a load request: `path` (a new model, or a new file for a known one), and the
-/// `--model` options (`tokenizer`, `max_batch_size`, `max_queue_delay_ms`, `max_queue`, `version`).
-fn load_config(
-    name: &str,
-    known: Option<ModelConfig>,
+/// A load request's `parameters` as `(key, value)` strings for [`ModelConfig::for_load`].
+fn load_parameters(
     parameters: &serde_json::Map<String, serde_json::Value>,
-) -> Result<Option<ModelConfig>, Error> {
-    if parameters.is_empty() {
-        return Ok(None);
-    }
-    let mut spec = match (parameters.get("path"), &known) {
-        (Some(serde_json::Value::String(path)), _) => format!("{name}={path}"),
-        (Some(_), _) => return Err(Error::invalid("parameters.path must be a string")),
-        (None, Some(k)) => format!("{name}={}", k.path.display()),
-        (None, None) => {
-            return Err(Error::ModelNotFound {
-                model: name.to_string(),
-            });
-        }
-    };
-    for (key, value) in parameters {
-        if key == "path" {
-            continue;
-        }
-        let value = match value {
-            serde_json::Value::String(v) => v.clone(),
-            serde_json::Value::Number(n) => n.to_string(),
-            _ => {
-                return Err(Error::invalid(format!(
-                    "parameters.{key} must be a string or a number"
-                )));
-            }
-        };
-        spec.push_str(&format!(",{key}={value}"));
-    }
-    ModelConfig::parse(&spec)
-        .map(Some)
-        .map_err(|e| Error::invalid(e.to_string().replace("--model", "load parameters")))
+) -> Result<Vec<(String, String)>, Error> {
+    parameters
+        .iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::String(v) => Ok((key.clone(), v.clone())),
+            serde_json::Value::Number(n) => Ok((key.clone(), n.to_string())),
+            _ => Err(Error::invalid(format!(
+                "parameters.{key} must be a string or a number"
+            ))),
+        })
+        .collect()
 }
 
 async fn repository_load(
@@ -388,10 +362,11 @@ async fn repository_load(
     if !crate::config::valid_name(&model) {
         return Err(Error::invalid(format!("model name '{model}' is not valid")).into());
     }
-    let config = load_config(
+    let known = s.repo.view(&model).map(|v| v.config);
+    let config = ModelConfig::for_load(
         &model,
-        s.repo.view(&model).map(|v| v.config),
-        &request.parameters,
+        known.as_ref(),
+        &load_parameters(&request.parameters)?,
     )?;
     s.repo.load(&model, config).await?;
     Ok(json_value(StatusCode::OK, json!({})))
