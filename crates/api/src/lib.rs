@@ -1,0 +1,35 @@
+//! Ferry's API, shared by local mode and cluster mode.
+//!
+//! - [`InferenceService`] (`ferry.dev/v1alpha1`): the resource users write, derived with kube-rs so
+//!   the operator and `ferry up` use the very same types (and the CRD schema comes from them).
+//! - [`manifest`]: multi-document YAML/JSON in, validated `InferenceService`s out. Every problem
+//!   is reported with its field path and nothing is accepted when any check fails.
+//! - [`kserve`]: `serving.kserve.io/v1beta1` manifests converted to ours; unsupported fields are
+//!   rejected by name.
+//! - [`revision`]: immutable revisions named from a content hash of the predictor.
+
+pub mod kserve;
+pub mod manifest;
+pub mod quantity;
+pub mod revision;
+mod schema_check;
+mod types;
+pub mod validate;
+
+pub use manifest::{Manifest, ParseError, parse_manifests};
+pub use revision::{Revision, revision_name};
+pub use types::*;
+pub use validate::{FieldError, ValidationErrors};
+
+/// API group of Ferry's resources.
+pub const GROUP: &str = "ferry.dev";
+/// `apiVersion` of the InferenceService.
+pub const API_VERSION: &str = "ferry.dev/v1alpha1";
+/// Label naming the InferenceService that owns a replica / object.
+pub const LABEL_SERVICE: &str = "ferry.dev/inferenceservice";
+/// Label naming the revision of a replica / object.
+pub const LABEL_REVISION: &str = "ferry.dev/revision";
+/// Response header naming the revision that answered.
+pub const HEADER_REVISION: &str = "ferry-revision";
+/// Request header selecting the namespace at the router.
+pub const HEADER_NAMESPACE: &str = "ferry-namespace";

@@ -1,0 +1,231 @@
+//! Manifests in: multi-document YAML (or JSON), each document an InferenceService in Ferry's or
+//! KServe's form. Out: validated `InferenceService`s, or every problem of every document.
+
+use std::sync::LazyLock;
+
+use kube::CustomResourceExt;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::validate::{FieldError, validate};
+use crate::{InferenceService, kserve, schema_check};
+
+/// Which form a manifest was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Ferry,
+    KServe,
+}
+
+/// One validated document.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub isvc: InferenceService,
+    pub source: Source,
+}
+
+/// Problems of one document (1-based index in the stream).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DocumentErrors {
+    pub document: usize,
+    /// `Kind namespace/name` when known.
+    pub object: String,
+    pub errors: Vec<FieldError>,
+}
+
+/// Why a set of manifests was refused: every problem, per document. Nothing was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render(.0))]
+pub struct ParseError(pub Vec<DocumentErrors>);
+
+fn render(documents: &[DocumentErrors]) -> String {
+    let mut out = Vec::new();
+    for doc in documents {
+        for error in &doc.errors {
+            out.push(format!(
+                "document {} ({}): {error}",
+                doc.document, doc.object
+            ));
+        }
+    }
+    out.join("\n")
+}
+
+static SPEC_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+    let crd = serde_json::to_value(InferenceService::crd()).expect("the CRD serializes");
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+});
+
+const METADATA_FIELDS: &[&str] = &["name", "namespace", "labels", "annotations"];
+/// Read-only fields `get -o yaml` prints; accepted and ignored so its output applies again.
+const METADATA_READ_ONLY: &[&str] = &[
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+];
+
+/// Parse and validate every document of `text`; `default_namespace` fills unset namespaces.
+pub fn parse_manifests(text: &str, default_namespace: &str) -> Result<Vec<Manifest>, ParseError> {
+    let mut manifests = Vec::new();
+    let mut problems = Vec::new();
+    for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let number = index + 1;
+        let value = match Value::deserialize(document) {
+            Ok(Value::Null) => continue,
+            Ok(value) => value,
+            Err(e) => {
+                problems.push(DocumentErrors {
+                    document: number,
+                    object: "unparsable".into(),
+                    errors: vec![FieldError::new("<document>", format!("invalid YAML: {e}"))],
+                });
+                // A syntax error ends the stream: later documents cannot be located reliably.
+                break;
+            }
+        };
+        match parse_document(&value, default_namespace) {
+            Ok(manifest) => manifests.push(manifest),
+            Err(errors) => problems.push(DocumentErrors {
+                document: number,
+                object: describe(&value),
+                errors,
+            }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(manifests)
+    } else {
+        Err(ParseError(problems))
+    }
+}
+
+/// Validate one document (already parsed to JSON).
+pub fn parse_document(value: &Value, default_namespace: &str) -> Result<Manifest, Vec<FieldError>> {
+    let Some(object) = value.as_object() else {
+        return Err(vec![FieldError::new(
+            "<document>",
+            "must be a mapping (an object)",
+        )]);
+    };
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+    let (ferry_doc, source) = match (api_version, kind) {
+        (crate::API_VERSION, "InferenceService") => (value.clone(), Source::Ferry),
+        (kserve::KSERVE_API_VERSION, "InferenceService") => {
+            (kserve::convert(value)?, Source::KServe)
+        }
+        ("", _) => return Err(vec![FieldError::new("apiVersion", "Required value")]),
+        (_, "") => return Err(vec![FieldError::new("kind", "Required value")]),
+        _ => {
+            return Err(vec![FieldError::new(
+                "kind",
+                format!(
+                    "Unsupported value: {api_version}/{kind}: supported: {}/InferenceService, {}/InferenceService",
+                    crate::API_VERSION,
+                    kserve::KSERVE_API_VERSION
+                ),
+            )]);
+        }
+    };
+    let mut errors = Vec::new();
+    check_structure(&ferry_doc, &mut errors);
+    let used_onnx_form = value.pointer("/spec/predictor/onnx").is_some();
+    let rename = |mut e: FieldError| {
+        if source == Source::KServe {
+            e.path = kserve::source_path(&e.path, used_onnx_form);
+        }
+        e
+    };
+    if !errors.is_empty() {
+        return Err(errors.into_iter().map(rename).collect());
+    }
+    let mut clean = ferry_doc;
+    if let Some(metadata) = clean.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.retain(|key, _| METADATA_FIELDS.contains(&key.as_str()));
+    }
+    if let Some(object) = clean.as_object_mut() {
+        object.remove("status");
+    }
+    let mut isvc: InferenceService = match serde_json::from_value(clean) {
+        Ok(isvc) => isvc,
+        Err(e) => return Err(vec![rename(FieldError::new("<document>", e.to_string()))]),
+    };
+    if isvc.metadata.namespace.is_none() {
+        isvc.metadata.namespace = Some(default_namespace.to_string());
+    }
+    let errors = validate(&isvc);
+    if errors.is_empty() {
+        Ok(Manifest { isvc, source })
+    } else {
+        Err(errors.into_iter().map(rename).collect())
+    }
+}
+
+fn check_structure(doc: &Value, errors: &mut Vec<FieldError>) {
+    let object = doc.as_object().expect("checked by the caller");
+    for key in object.keys() {
+        if !matches!(
+            key.as_str(),
+            "apiVersion" | "kind" | "metadata" | "spec" | "status"
+        ) {
+            errors.push(FieldError::new(key, "unknown field"));
+        }
+    }
+    match object.get("metadata") {
+        None => errors.push(FieldError::new("metadata", "Required value")),
+        Some(Value::Object(metadata)) => {
+            for (key, value) in metadata {
+                let path = format!("metadata.{key}");
+                if METADATA_READ_ONLY.contains(&key.as_str()) {
+                    continue;
+                }
+                if !METADATA_FIELDS.contains(&key.as_str()) {
+                    errors.push(FieldError::new(&path, "unknown field"));
+                    continue;
+                }
+                match (key.as_str(), value) {
+                    ("name" | "namespace", Value::String(_)) => {}
+                    ("labels" | "annotations", Value::Object(map)) => {
+                        for (k, v) in map {
+                            if !v.is_string() {
+                                errors.push(FieldError::new(
+                                    &format!("{path}.{k}"),
+                                    format!("Invalid value: {v}: must be a string"),
+                                ));
+                            }
+                        }
+                    }
+                    (_, other) => errors.push(FieldError::new(
+                        &path,
+                        format!("Invalid value: {other}: wrong type"),
+                    )),
+                }
+            }
+        }
+        Some(other) => errors.push(FieldError::new(
+            "metadata",
+            format!("Invalid value: {other}: must be of type object"),
+        )),
+    }
+    match object.get("spec") {
+        None => errors.push(FieldError::new("spec", "Required value")),
+        Some(spec) => schema_check::check(spec, &SPEC_SCHEMA, "spec", errors),
+    }
+}
+
+fn describe(value: &Value) -> String {
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("?");
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    match value.pointer("/metadata/namespace").and_then(Value::as_str) {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}

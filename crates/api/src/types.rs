@@ -1,0 +1,206 @@
+//! The `InferenceService` resource (`ferry.dev/v1alpha1`).
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of an InferenceService: which model to serve, how, and how to roll out changes.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "InferenceService",
+    plural = "inferenceservices",
+    shortname = "isvc",
+    namespaced,
+    status = "InferenceServiceStatus",
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.latestRevision"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceServiceSpec {
+    /// The model server replicas: which model, how many, with what resources.
+    pub predictor: PredictorSpec,
+    /// How a change of the predictor reaches traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+}
+
+/// The predictor: the model and the replicas that serve it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PredictorSpec {
+    /// The model to serve.
+    pub model: ModelSpec,
+    /// Name of a ServingRuntime to run instead of Ferry's own model server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// Replicas kept running (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<u32>,
+    /// Upper bound for autoscaling (default: minReplicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<u32>,
+    /// Compute resources per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Seconds a new replica may take to load and warm up its model before the rollout is
+    /// declared stuck (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_timeout_seconds: Option<u32>,
+}
+
+/// Where the model comes from and what it is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    /// Model format; `onnx` is served by Ferry's own server.
+    pub format: String,
+    /// `file:///abs/path`, a plain path, or `http(s)://...`.
+    pub uri: String,
+    /// The model's name in the inference protocol (default: the InferenceService's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Requests and limits, keyed by resource name (`cpu`, `memory`, `nvidia.com/gpu`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+}
+
+/// Rollout strategy and its bounds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// `rolling` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<RolloutStrategy>,
+    /// Replicas above the desired count during an update: a number or a percentage (default 25%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<IntOrPercent>,
+    /// Replicas that may be unavailable during an update: a number or a percentage (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrPercent>,
+}
+
+/// Rollout strategies.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RolloutStrategy {
+    /// Replace replicas a few at a time, new ones ready before old ones go.
+    Rolling,
+}
+
+/// A count or a percentage such as `"25%"`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(untagged)]
+pub enum IntOrPercent {
+    Int(u32),
+    Percent(String),
+}
+
+impl IntOrPercent {
+    /// Resolve against `total`; percentages round up (surge) or down (unavailable) as Kubernetes does.
+    pub fn resolve(&self, total: u32, round_up: bool) -> Option<u32> {
+        match self {
+            IntOrPercent::Int(n) => Some(*n),
+            IntOrPercent::Percent(text) => {
+                let pct: u32 = text.strip_suffix('%')?.trim().parse().ok()?;
+                let scaled = u64::from(total) * u64::from(pct);
+                let value = if round_up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                };
+                u32::try_from(value).ok()
+            }
+        }
+    }
+}
+
+/// Observed state, derived from the replicas by the shared core.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceServiceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Where to send inference requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The revision the spec asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_revision: Option<String>,
+    /// Revisions that still have replicas, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<RevisionStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Replicas of one revision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionStatus {
+    pub name: String,
+    pub replicas: u32,
+    pub ready_replicas: u32,
+    /// Share of traffic this revision receives, in percent.
+    pub traffic_percent: u32,
+}
+
+/// A condition in the Kubernetes style: `Ready`, `RolloutProgressing`, ...
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+impl PredictorSpec {
+    /// Replicas kept running.
+    pub fn replicas(&self) -> u32 {
+        self.min_replicas.unwrap_or(1)
+    }
+
+    /// Seconds allowed for a new replica to become ready.
+    pub fn startup_timeout_seconds(&self) -> u32 {
+        self.startup_timeout_seconds.unwrap_or(300)
+    }
+}
+
+impl InferenceService {
+    /// The model's name in the inference protocol.
+    pub fn model_name(&self) -> String {
+        self.spec
+            .predictor
+            .model
+            .name
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// Namespace, `default` when unset.
+    pub fn namespace_or_default(&self) -> String {
+        self.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string())
+    }
+}

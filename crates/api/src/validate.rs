@@ -1,0 +1,258 @@
+//! Semantic validation of an `InferenceService`: every problem, each with its field path.
+
+use std::fmt;
+
+use crate::{InferenceService, IntOrPercent, quantity};
+
+/// One problem with a manifest, at a field path such as `spec.predictor.model.uri`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: &str, message: impl Into<String>) -> Self {
+        FieldError {
+            path: path.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// All the problems found in one object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+/// Model formats Ferry's own server runs.
+pub const SUPPORTED_FORMATS: &[&str] = &["onnx"];
+/// Runtimes known today (ServingRuntimes arrive with cluster mode).
+pub const KNOWN_RUNTIMES: &[&str] = &["ferry"];
+/// Resources a predictor may ask for.
+pub const KNOWN_RESOURCES: &[&str] = &["cpu", "memory", "nvidia.com/gpu"];
+/// Longest InferenceService name: leaves room for `-<6 hex>` revision suffixes and the
+/// suffixes Kubernetes adds to Deployment pods, within the 63-character label limit.
+pub const MAX_NAME_LEN: usize = 45;
+
+/// A DNS-1035 label: lower-case alphanumerics and '-', starting with a letter.
+pub fn is_dns_label(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Every semantic problem of `isvc`; empty when it is valid.
+pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    match isvc.metadata.name.as_deref() {
+        None | Some("") => errors.push(FieldError::new("metadata.name", "Required value")),
+        Some(name) if !is_dns_label(name, MAX_NAME_LEN) => errors.push(FieldError::new(
+            "metadata.name",
+            format!(
+                "Invalid value: {name:?}: must be at most {MAX_NAME_LEN} lower-case letters, digits or '-', starting with a letter"
+            ),
+        )),
+        Some(_) => {}
+    }
+    if let Some(ns) = isvc.metadata.namespace.as_deref()
+        && !is_dns_label(ns, 63)
+    {
+        errors.push(FieldError::new(
+            "metadata.namespace",
+            format!("Invalid value: {ns:?}: must be a DNS label"),
+        ));
+    }
+
+    let predictor = &isvc.spec.predictor;
+    let model = &predictor.model;
+    let runtime = predictor.runtime.as_deref();
+    if let Some(runtime) = runtime
+        && !KNOWN_RUNTIMES.contains(&runtime)
+    {
+        errors.push(FieldError::new(
+            "spec.predictor.runtime",
+            format!(
+                "Not found: {runtime:?}: known runtimes: {}",
+                KNOWN_RUNTIMES.join(", ")
+            ),
+        ));
+    }
+    if !SUPPORTED_FORMATS.contains(&model.format.as_str()) {
+        errors.push(FieldError::new(
+            "spec.predictor.model.format",
+            format!(
+                "Unsupported value: {:?}: supported values: {}",
+                model.format,
+                SUPPORTED_FORMATS.join(", ")
+            ),
+        ));
+    }
+    if let Err(message) = check_uri(&model.uri) {
+        errors.push(FieldError::new("spec.predictor.model.uri", message));
+    }
+    if let Some(name) = model.name.as_deref()
+        && (name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        errors.push(FieldError::new(
+            "spec.predictor.model.name",
+            format!("Invalid value: {name:?}: letters, digits, '-', '_' and '.' only"),
+        ));
+    }
+
+    let min = predictor.replicas();
+    if min == 0 {
+        errors.push(FieldError::new(
+            "spec.predictor.minReplicas",
+            "Invalid value: 0: must be at least 1 (scale to zero is not available yet)",
+        ));
+    }
+    if let Some(max) = predictor.max_replicas
+        && max < min
+    {
+        errors.push(FieldError::new(
+            "spec.predictor.maxReplicas",
+            format!("Invalid value: {max}: must be greater than or equal to minReplicas ({min})"),
+        ));
+    }
+    if let Some(timeout) = predictor.startup_timeout_seconds
+        && !(1..=86_400).contains(&timeout)
+    {
+        errors.push(FieldError::new(
+            "spec.predictor.startupTimeoutSeconds",
+            format!("Invalid value: {timeout}: must be between 1 and 86400"),
+        ));
+    }
+    if let Some(resources) = &predictor.resources {
+        check_resources(resources, &mut errors);
+    }
+
+    if let Some(rollout) = &isvc.spec.rollout {
+        let surge = check_int_or_percent(
+            rollout.max_surge.as_ref(),
+            "spec.rollout.maxSurge",
+            &mut errors,
+        );
+        let unavailable = check_int_or_percent(
+            rollout.max_unavailable.as_ref(),
+            "spec.rollout.maxUnavailable",
+            &mut errors,
+        );
+        if surge == Some(true) && unavailable == Some(true) {
+            errors.push(FieldError::new(
+                "spec.rollout.maxUnavailable",
+                "Invalid value: 0: may not be 0 when maxSurge is 0",
+            ));
+        }
+    }
+    errors
+}
+
+fn check_uri(uri: &str) -> Result<(), String> {
+    if uri.trim().is_empty() {
+        return Err("Required value".into());
+    }
+    match uri.split_once("://") {
+        None => Ok(()),
+        Some(("file", rest)) if rest.starts_with('/') => Ok(()),
+        Some(("file", _)) => Err(format!(
+            "Invalid value: {uri:?}: a file:// URI needs an absolute path (file:///...)"
+        )),
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(()),
+        Some((scheme, _)) => Err(format!(
+            "Unsupported value: {uri:?}: scheme {scheme:?} is not supported (file://, a path, http://, https://)"
+        )),
+    }
+}
+
+fn check_resources(resources: &crate::Resources, errors: &mut Vec<FieldError>) {
+    for (section, list) in [
+        ("requests", &resources.requests),
+        ("limits", &resources.limits),
+    ] {
+        for (name, value) in list {
+            let path = format!("spec.predictor.resources.{section}.{name}");
+            if !KNOWN_RESOURCES.contains(&name.as_str()) {
+                errors.push(FieldError::new(
+                    &path,
+                    format!(
+                        "Unsupported value: {name:?}: supported resources: {}",
+                        KNOWN_RESOURCES.join(", ")
+                    ),
+                ));
+                continue;
+            }
+            match quantity::parse(value) {
+                None => errors.push(FieldError::new(
+                    &path,
+                    format!("Invalid value: {value:?}: must be a quantity such as 500m, 2, 1Gi"),
+                )),
+                Some(v) if name == "nvidia.com/gpu" && v.fract() != 0.0 => {
+                    errors.push(FieldError::new(
+                        &path,
+                        format!("Invalid value: {value:?}: must be a whole number of GPUs"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for (name, request) in &resources.requests {
+        let (Some(request_value), Some(limit)) = (
+            quantity::parse(request),
+            resources.limits.get(name).and_then(|l| quantity::parse(l)),
+        ) else {
+            continue;
+        };
+        if request_value > limit {
+            errors.push(FieldError::new(
+                &format!("spec.predictor.resources.requests.{name}"),
+                format!(
+                    "Invalid value: {request:?}: must be less than or equal to the limit {:?}",
+                    resources.limits[name]
+                ),
+            ));
+        } else if name == "nvidia.com/gpu" && request_value != limit {
+            errors.push(FieldError::new(
+                &format!("spec.predictor.resources.requests.{name}"),
+                "Invalid value: GPU requests must equal GPU limits",
+            ));
+        }
+    }
+}
+
+/// Checks a count-or-percentage; `Some(true)` when it is zero, `None` when invalid or absent.
+fn check_int_or_percent(
+    value: Option<&IntOrPercent>,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<bool> {
+    match value? {
+        IntOrPercent::Int(n) => Some(*n == 0),
+        IntOrPercent::Percent(text) => {
+            match text.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()) {
+                Some(pct) if pct <= 100 => Some(pct == 0),
+                _ => {
+                    errors.push(FieldError::new(
+                    path,
+                    format!("Invalid value: {text:?}: must be an integer or a percentage such as \"25%\" (0-100%)"),
+                ));
+                    None
+                }
+            }
+        }
+    }
+}

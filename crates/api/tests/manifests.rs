@@ -1,0 +1,210 @@
+//! Manifest parsing and validation: every mistake reported with its field path, nothing accepted
+//! from a set with any mistake; KServe manifests converted or refused by field name.
+
+use ferry_api::{parse_manifests, revision_name};
+
+const VALID: &str = r#"
+apiVersion: ferry.dev/v1alpha1
+kind: InferenceService
+metadata:
+  name: iris
+spec:
+  predictor:
+    model:
+      format: onnx
+      uri: file:///models/iris-v1.onnx
+    minReplicas: 2
+    resources:
+      requests: {cpu: 500m, memory: 256Mi}
+      limits: {cpu: "1", memory: 1Gi}
+  rollout:
+    strategy: rolling
+    maxSurge: 1
+    maxUnavailable: "0%"
+"#;
+
+fn paths(text: &str) -> Vec<String> {
+    let err = parse_manifests(text, "default").expect_err("must be refused");
+    err.0
+        .iter()
+        .flat_map(|d| d.errors.iter().map(|e| e.path.clone()))
+        .collect()
+}
+
+#[test]
+fn a_valid_manifest_parses_with_defaults() {
+    let manifests = parse_manifests(VALID, "team-a").unwrap();
+    assert_eq!(manifests.len(), 1);
+    let isvc = &manifests[0].isvc;
+    assert_eq!(isvc.namespace_or_default(), "team-a");
+    assert_eq!(isvc.spec.predictor.replicas(), 2);
+    assert_eq!(isvc.model_name(), "iris");
+    assert!(revision_name("iris", &isvc.spec.predictor).starts_with("iris-"));
+}
+
+#[test]
+fn every_mistake_is_reported_with_its_path() {
+    let text = r#"
+apiVersion: ferry.dev/v1alpha1
+kind: InferenceService
+metadata:
+  name: Iris_Model
+  namespace: "bad ns"
+  owner: me
+spec:
+  predictorr: {}
+  predictor:
+    model:
+      format: pytorch
+      uri: s3://bucket/model
+      name: "bad name"
+    runtime: triton
+    minReplicas: 3
+    maxReplicas: 2
+    startupTimeoutSeconds: 0
+    resources:
+      requests: {cpu: lots, nvidia.com/gpu: "1.5", tpu: "1", memory: 2Gi}
+      limits: {memory: 1Gi}
+  rollout:
+    strategy: canary
+    maxSurge: 0
+    maxUnavailable: "0%"
+"#;
+    let mut found = paths(text);
+    found.sort();
+    let mut expected = vec!["metadata.owner", "spec.predictorr", "spec.rollout.strategy"];
+    expected.sort();
+    assert_eq!(found, expected, "structural errors come first, all of them");
+
+    // Structure fixed, the semantic problems all show up at once.
+    let text = text
+        .replace("  owner: me\n", "")
+        .replace("  predictorr: {}\n", "")
+        .replace("strategy: canary", "strategy: rolling");
+    let mut found = paths(&text);
+    found.sort();
+    let mut expected = vec![
+        "metadata.name",
+        "metadata.namespace",
+        "spec.predictor.model.format",
+        "spec.predictor.model.uri",
+        "spec.predictor.model.name",
+        "spec.predictor.runtime",
+        "spec.predictor.maxReplicas",
+        "spec.predictor.startupTimeoutSeconds",
+        "spec.predictor.resources.requests.cpu",
+        "spec.predictor.resources.requests.nvidia.com/gpu",
+        "spec.predictor.resources.requests.tpu",
+        "spec.predictor.resources.requests.memory",
+        "spec.rollout.maxUnavailable",
+    ];
+    expected.sort();
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn wrong_types_and_missing_fields_name_their_path() {
+    let text = r#"
+apiVersion: ferry.dev/v1alpha1
+kind: InferenceService
+metadata: {name: iris}
+spec:
+  predictor:
+    model: {uri: 42}
+    minReplicas: "two"
+"#;
+    let mut found = paths(text);
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            "spec.predictor.minReplicas",
+            "spec.predictor.model.format",
+            "spec.predictor.model.uri"
+        ]
+    );
+    let err = parse_manifests(text, "default").unwrap_err().to_string();
+    assert!(
+        err.contains("spec.predictor.model.format: Required value"),
+        "{err}"
+    );
+    assert!(err.contains("must be of type string"), "{err}");
+}
+
+#[test]
+fn one_bad_document_refuses_the_whole_set() {
+    let text = format!("{VALID}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n");
+    let err = parse_manifests(&text, "default").unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    assert_eq!(err.0[0].document, 2);
+    assert_eq!(err.0[0].errors[0].path, "kind");
+}
+
+#[test]
+fn invalid_yaml_is_refused() {
+    let err = parse_manifests("apiVersion: [unclosed\n", "default").unwrap_err();
+    assert!(err.to_string().contains("invalid YAML"), "{err}");
+}
+
+#[test]
+fn kserve_manifests_convert() {
+    let text = r#"
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: iris, namespace: ml}
+spec:
+  predictor:
+    minReplicas: 2
+    maxReplicas: 3
+    model:
+      modelFormat: {name: onnx}
+      protocolVersion: v2
+      storageUri: file:///models/iris-v1.onnx
+      resources:
+        requests: {cpu: 1, memory: 1Gi}
+"#;
+    let manifests = parse_manifests(text, "default").unwrap();
+    let isvc = &manifests[0].isvc;
+    assert_eq!(manifests[0].source, ferry_api::manifest::Source::KServe);
+    assert_eq!(isvc.namespace_or_default(), "ml");
+    assert_eq!(isvc.spec.predictor.model.uri, "file:///models/iris-v1.onnx");
+    assert_eq!(isvc.spec.predictor.model.format, "onnx");
+    assert_eq!(isvc.spec.predictor.max_replicas, Some(3));
+    let requests = &isvc.spec.predictor.resources.as_ref().unwrap().requests;
+    assert_eq!(requests["cpu"], "1");
+}
+
+#[test]
+fn kserve_unsupported_fields_are_refused_by_name() {
+    let text = r#"
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: iris}
+spec:
+  transformer: {}
+  predictor:
+    canaryTrafficPercent: 10
+    model:
+      modelFormat: {name: sklearn}
+      storageUri: gs://bucket/model
+"#;
+    let mut found = paths(text);
+    found.sort();
+    assert_eq!(
+        found,
+        vec!["spec.predictor.canaryTrafficPercent", "spec.transformer"]
+    );
+    let fixed = text
+        .replace("  transformer: {}\n", "")
+        .replace("    canaryTrafficPercent: 10\n", "");
+    let mut found = paths(&fixed);
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            "spec.predictor.model.modelFormat.name",
+            "spec.predictor.model.storageUri"
+        ],
+        "semantic errors name the KServe fields"
+    );
+}
