@@ -1,1 +1,16 @@
-//! placeholder
+//! Ferry's shared core: pure decisions, no I/O and no clock (time is an argument).
+//!
+//! Local mode (`ferry up`) and cluster mode (`ferry operator`) observe their replicas, hand
+//! what they saw to these functions, and carry out the answer:
+//! - [`rollout::plan`]: which replicas of which revision to start or stop next, honouring
+//!   `maxSurge` / `maxUnavailable` (the Deployment controller's rules);
+//! - [`routes::build`]: the route table the router reads (services → weighted revisions →
+//!   ready backends);
+//! - [`status::derive`]: the InferenceService status with conditions that name the reason.
+
+pub mod observe;
+pub mod rollout;
+pub mod routes;
+pub mod status;
+
+pub use observe::{ReplicaHealth, ReplicaView};

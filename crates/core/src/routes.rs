@@ -1,0 +1,179 @@
+//! The route table: for each (namespace, model name), the revisions that take traffic, their
+//! weights and their ready backends. Built here, read by the router from a `watch` channel.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ReplicaView;
+
+/// One replica the router may call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub id: String,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+/// One revision's share of a service's traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionRoute {
+    pub revision: String,
+    /// Relative weight among the service's revisions (0 = no traffic).
+    pub weight: u32,
+    pub backends: Vec<Backend>,
+}
+
+/// Where one service's traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRoute {
+    pub namespace: String,
+    pub service: String,
+    pub revisions: Vec<RevisionRoute>,
+}
+
+impl ServiceRoute {
+    /// Share of traffic per revision, in percent (rounded down; empty when nothing serves).
+    pub fn traffic_percent(&self) -> BTreeMap<String, u32> {
+        let total: u32 = self.revisions.iter().map(|r| r.weight).sum();
+        self.revisions
+            .iter()
+            .map(|r| {
+                let pct = if total == 0 {
+                    0
+                } else {
+                    r.weight * 100 / total
+                };
+                (r.revision.clone(), pct)
+            })
+            .collect()
+    }
+}
+
+/// The whole table: namespace → model name → route.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RouteTable {
+    pub namespaces: BTreeMap<String, BTreeMap<String, ServiceRoute>>,
+}
+
+impl RouteTable {
+    pub fn lookup(&self, namespace: &str, model: &str) -> Option<&ServiceRoute> {
+        self.namespaces.get(namespace)?.get(model)
+    }
+}
+
+/// A replica and the addresses it listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub replica: ReplicaView,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+/// Everything the table needs to know about one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEndpoints {
+    pub namespace: String,
+    pub service: String,
+    /// The model's name in the inference protocol: the key requests are routed by.
+    pub model: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Build the table. Rolling updates spread traffic evenly over every ready replica of every
+/// revision (as a Kubernetes Service does over a Deployment's pods), so a revision's weight is
+/// its number of ready replicas; terminating and unready replicas get nothing.
+pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
+    let mut table = RouteTable::default();
+    for service in services {
+        let mut revisions: BTreeMap<&str, Vec<Backend>> = BTreeMap::new();
+        for endpoint in service.endpoints.iter().filter(|e| e.replica.ready()) {
+            revisions
+                .entry(endpoint.replica.revision.as_str())
+                .or_default()
+                .push(Backend {
+                    id: endpoint.replica.id.clone(),
+                    http: endpoint.http,
+                    grpc: endpoint.grpc,
+                });
+        }
+        let revisions = revisions
+            .into_iter()
+            .map(|(revision, mut backends)| {
+                backends.sort_by(|a, b| a.id.cmp(&b.id));
+                RevisionRoute {
+                    revision: revision.to_string(),
+                    weight: backends.len() as u32,
+                    backends,
+                }
+            })
+            .collect();
+        table
+            .namespaces
+            .entry(service.namespace.clone())
+            .or_default()
+            .insert(
+                service.model.clone(),
+                ServiceRoute {
+                    namespace: service.namespace.clone(),
+                    service: service.service.clone(),
+                    revisions,
+                },
+            );
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ReplicaHealth;
+
+    fn endpoint(
+        id: &str,
+        revision: &str,
+        health: ReplicaHealth,
+        terminating: bool,
+        port: u16,
+    ) -> Endpoint {
+        Endpoint {
+            replica: ReplicaView {
+                id: id.into(),
+                revision: revision.into(),
+                health,
+                terminating,
+            },
+            http: SocketAddr::from(([127, 0, 0, 1], port)),
+            grpc: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+        }
+    }
+
+    #[test]
+    fn only_ready_and_staying_replicas_take_traffic() {
+        let starting = ReplicaHealth::Starting { for_seconds: 3 };
+        let service = ServiceEndpoints {
+            namespace: "default".into(),
+            service: "iris".into(),
+            model: "iris".into(),
+            endpoints: vec![
+                endpoint("a", "iris-1", ReplicaHealth::Ready, false, 9000),
+                endpoint("b", "iris-1", ReplicaHealth::Ready, true, 9002),
+                endpoint("c", "iris-2", ReplicaHealth::Ready, false, 9004),
+                endpoint("d", "iris-2", ReplicaHealth::Ready, false, 9006),
+                endpoint("e", "iris-2", starting, false, 9008),
+            ],
+        };
+        let table = build(&[service]);
+        let route = table.lookup("default", "iris").unwrap();
+        let ids: Vec<Vec<&str>> = route
+            .revisions
+            .iter()
+            .map(|r| r.backends.iter().map(|b| b.id.as_str()).collect())
+            .collect();
+        assert_eq!(ids, vec![vec!["a"], vec!["c", "d"]]);
+        let pct = route.traffic_percent();
+        assert_eq!((pct["iris-1"], pct["iris-2"]), (33, 66));
+        assert!(table.lookup("other", "iris").is_none());
+    }
+}

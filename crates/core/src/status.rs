@@ -1,0 +1,342 @@
+//! InferenceService status, derived from what was observed (never stored twice): conditions
+//! with reasons that name the real failure, revisions with their replicas and traffic.
+
+use std::collections::BTreeMap;
+
+use ferry_api::{Condition, InferenceServiceStatus, RevisionStatus};
+
+use crate::rollout::{self, Target};
+use crate::routes::ServiceRoute;
+use crate::{ReplicaHealth, ReplicaView};
+
+/// Condition types Ferry sets.
+pub const READY: &str = "Ready";
+pub const LATEST_REVISION_READY: &str = "LatestRevisionReady";
+
+/// Everything the status is derived from.
+pub struct Observed<'a> {
+    pub generation: i64,
+    pub target: &'a Target,
+    pub replicas: &'a [ReplicaView],
+    pub route: Option<&'a ServiceRoute>,
+    pub startup_timeout_seconds: u64,
+    pub url: String,
+    /// Revision names, newest first, for ordering `status.revisions`.
+    pub revision_order: &'a [String],
+}
+
+/// Why the latest revision is not ready (or that it is): `(status, reason, message)`.
+pub fn latest_revision_condition(observed: &Observed<'_>) -> (bool, &'static str, String) {
+    let target = observed.target;
+    let latest: Vec<&ReplicaView> = observed
+        .replicas
+        .iter()
+        .filter(|r| r.revision == target.revision && !r.terminating)
+        .collect();
+    let ready = latest.iter().filter(|r| r.ready()).count() as u32;
+    if ready >= target.replicas {
+        return (
+            true,
+            "RevisionReady",
+            format!(
+                "{ready}/{} replicas of {} ready",
+                target.replicas, target.revision
+            ),
+        );
+    }
+    for replica in &latest {
+        if let ReplicaHealth::CrashLoop {
+            restarts,
+            last_exit,
+        } = &replica.health
+        {
+            return (
+                false,
+                "CrashLoopBackOff",
+                format!(
+                    "replica {} restarted {restarts} times; last exit: {last_exit}",
+                    replica.id
+                ),
+            );
+        }
+    }
+    for replica in &latest {
+        if let ReplicaHealth::ModelNotReady { reason, .. } = &replica.health {
+            return (
+                false,
+                "ModelNotReady",
+                format!("replica {}: {reason}", replica.id),
+            );
+        }
+    }
+    for replica in &latest {
+        if let ReplicaHealth::Starting { for_seconds } = replica.health
+            && for_seconds > observed.startup_timeout_seconds
+        {
+            return (
+                false,
+                "ProgressDeadlineExceeded",
+                format!(
+                    "replica {} not ready after {for_seconds}s (startupTimeoutSeconds {})",
+                    replica.id, observed.startup_timeout_seconds
+                ),
+            );
+        }
+    }
+    (
+        false,
+        "RolloutInProgress",
+        format!(
+            "{ready}/{} replicas of {} ready",
+            target.replicas, target.revision
+        ),
+    )
+}
+
+/// Derive the status; `previous` keeps transition times of conditions whose status did not change.
+pub fn derive(
+    observed: &Observed<'_>,
+    previous: Option<&InferenceServiceStatus>,
+    now: &str,
+) -> InferenceServiceStatus {
+    let (latest_ok, latest_reason, latest_message) = latest_revision_condition(observed);
+    let traffic = observed
+        .route
+        .map(ServiceRoute::traffic_percent)
+        .unwrap_or_default();
+    let serving: Vec<String> = traffic
+        .iter()
+        .filter(|(_, pct)| **pct > 0)
+        .map(|(rev, pct)| format!("{rev} ({pct}%)"))
+        .collect();
+    let ready_condition = if serving.is_empty() {
+        let (reason, message) = if latest_ok {
+            ("NoReadyReplicas", "no replica is ready".to_string())
+        } else {
+            (latest_reason, latest_message.clone())
+        };
+        (false, reason, message)
+    } else if latest_ok && rollout::complete(observed.target, observed.replicas) {
+        (true, "Serving", format!("serving {}", serving.join(", ")))
+    } else if latest_ok {
+        (
+            true,
+            "Serving",
+            format!("serving {}; old replicas draining", serving.join(", ")),
+        )
+    } else {
+        (
+            true,
+            "Serving",
+            format!(
+                "serving {}; latest revision {} not ready: {latest_reason}",
+                serving.join(", "),
+                observed.target.revision
+            ),
+        )
+    };
+
+    let mut per_revision: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    for replica in observed.replicas.iter().filter(|r| !r.terminating) {
+        let entry = per_revision.entry(replica.revision.as_str()).or_default();
+        entry.0 += 1;
+        entry.1 += u32::from(replica.ready());
+    }
+    per_revision
+        .entry(observed.target.revision.as_str())
+        .or_default();
+    let position = |name: &str| {
+        observed
+            .revision_order
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or(usize::MAX)
+    };
+    let mut revisions: Vec<RevisionStatus> = per_revision
+        .into_iter()
+        .map(|(name, (replicas, ready))| RevisionStatus {
+            name: name.to_string(),
+            replicas,
+            ready_replicas: ready,
+            traffic_percent: traffic.get(name).copied().unwrap_or(0),
+        })
+        .collect();
+    revisions.sort_by_key(|r| position(&r.name));
+
+    let conditions = vec![
+        condition(
+            READY,
+            ready_condition.0,
+            ready_condition.1,
+            ready_condition.2,
+            previous,
+            now,
+        ),
+        condition(
+            LATEST_REVISION_READY,
+            latest_ok,
+            latest_reason,
+            latest_message,
+            previous,
+            now,
+        ),
+    ];
+    InferenceServiceStatus {
+        observed_generation: Some(observed.generation),
+        url: Some(observed.url.clone()),
+        latest_revision: Some(observed.target.revision.clone()),
+        revisions,
+        conditions,
+    }
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    previous: Option<&InferenceServiceStatus>,
+    now: &str,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .or_else(|| Some(now.to_string()));
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{Endpoint, ServiceEndpoints, build};
+
+    fn view(id: &str, revision: &str, health: ReplicaHealth) -> ReplicaView {
+        ReplicaView {
+            id: id.into(),
+            revision: revision.into(),
+            health,
+            terminating: false,
+        }
+    }
+
+    fn status_of(replicas: &[ReplicaView]) -> InferenceServiceStatus {
+        let target = Target {
+            revision: "iris-2".into(),
+            replicas: 2,
+            max_surge: 1,
+            max_unavailable: 0,
+        };
+        let service = ServiceEndpoints {
+            namespace: "default".into(),
+            service: "iris".into(),
+            model: "iris".into(),
+            endpoints: replicas
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Endpoint {
+                    replica: r.clone(),
+                    http: ([127, 0, 0, 1], 9000 + i as u16).into(),
+                    grpc: ([127, 0, 0, 1], 9100 + i as u16).into(),
+                })
+                .collect(),
+        };
+        let table = build(&[service]);
+        let order = vec!["iris-2".to_string(), "iris-1".to_string()];
+        let observed = Observed {
+            generation: 3,
+            target: &target,
+            replicas,
+            route: table.lookup("default", "iris"),
+            startup_timeout_seconds: 60,
+            url: "http://127.0.0.1:8080/v2/models/iris".into(),
+            revision_order: &order,
+        };
+        derive(&observed, None, "2026-11-28T00:00:00Z")
+    }
+
+    fn find<'a>(status: &'a InferenceServiceStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn complete_rollout_is_ready() {
+        let s = status_of(&[
+            view("a", "iris-2", ReplicaHealth::Ready),
+            view("b", "iris-2", ReplicaHealth::Ready),
+        ]);
+        assert_eq!(find(&s, READY).status, "True");
+        assert_eq!(find(&s, LATEST_REVISION_READY).reason, "RevisionReady");
+        assert_eq!(s.revisions[0].traffic_percent, 100);
+    }
+
+    #[test]
+    fn a_broken_new_revision_is_named_while_the_old_one_serves() {
+        let s = status_of(&[
+            view("a", "iris-1", ReplicaHealth::Ready),
+            view("b", "iris-1", ReplicaHealth::Ready),
+            view(
+                "c",
+                "iris-2",
+                ReplicaHealth::ModelNotReady {
+                    reason: "warm-up failed: Gather index out of range".into(),
+                    for_seconds: 5,
+                },
+            ),
+        ]);
+        let latest = find(&s, LATEST_REVISION_READY);
+        assert_eq!(
+            (latest.status.as_str(), latest.reason.as_str()),
+            ("False", "ModelNotReady")
+        );
+        assert!(
+            latest.message.contains("warm-up failed"),
+            "{}",
+            latest.message
+        );
+        let ready = find(&s, READY);
+        assert_eq!(ready.status, "True");
+        assert!(ready.message.contains("iris-1 (100%)"), "{}", ready.message);
+        assert_eq!(
+            s.revisions
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["iris-2", "iris-1"]
+        );
+    }
+
+    #[test]
+    fn crash_loop_and_deadline_are_reasons() {
+        let s = status_of(&[view(
+            "c",
+            "iris-2",
+            ReplicaHealth::CrashLoop {
+                restarts: 3,
+                last_exit: "exit code 2: no such file".into(),
+            },
+        )]);
+        let ready = find(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "CrashLoopBackOff")
+        );
+        assert!(ready.message.contains("exit code 2: no such file"));
+        let s = status_of(&[view(
+            "c",
+            "iris-2",
+            ReplicaHealth::Starting { for_seconds: 61 },
+        )]);
+        assert_eq!(
+            find(&s, LATEST_REVISION_READY).reason,
+            "ProgressDeadlineExceeded"
+        );
+    }
+}
