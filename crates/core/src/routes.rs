@@ -40,11 +40,7 @@ impl ServiceRoute {
         self.revisions
             .iter()
             .map(|r| {
-                let pct = if total == 0 {
-                    0
-                } else {
-                    r.weight * 100 / total
-                };
+                let pct = (r.weight * 100).checked_div(total).unwrap_or(0);
                 (r.revision.clone(), pct)
             })
             .collect()
