@@ -1,0 +1,473 @@
+//! The request path, in the order of its phases: classify → route → pick → forward (retry once)
+//! → record. Replica answers are read whole before they are returned, so a replica that dies
+//! mid-answer is retried like one that refused the connection (inference calls are pure
+//! functions of their input, which makes the retry safe), and the outstanding-request count of
+//! a draining replica is exact.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_core::routes::RouteTable;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::error::RouterError;
+use crate::metrics::{ErrorLabels, Metrics, RevisionLabels};
+use crate::table::{BackendState, Compiled, InFlight, InFlightGuard, RevisionState, ServiceState};
+use crate::target::{Target, classify, grpc_model_name, namespace};
+
+/// Router settings.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Largest request body forwarded, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Connect timeout towards a replica.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            max_body_bytes: 64 << 20,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The router: cheap to clone, one per process.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    compiled: watch::Receiver<Arc<Compiled>>,
+    inflight: InFlight,
+    metrics: Arc<Metrics>,
+    http1: Client<HttpConnector, Full<Bytes>>,
+    http2: Client<HttpConnector, Full<Bytes>>,
+    config: RouterConfig,
+}
+
+impl Router {
+    /// A router reading its table from `table`; compiles every new table in a background task.
+    pub fn new(mut table: watch::Receiver<Arc<RouteTable>>, config: RouterConfig) -> Router {
+        let metrics = Arc::new(Metrics::default());
+        let inflight = InFlight::default();
+        let first = inflight.compile(&table.borrow_and_update(), &metrics);
+        let (compiled_tx, compiled) = watch::channel(Arc::new(first));
+        {
+            let inflight = inflight.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                while table.changed().await.is_ok() {
+                    let next = inflight.compile(&table.borrow_and_update(), &metrics);
+                    if compiled_tx.send(Arc::new(next)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        Router {
+            inner: Arc::new(Inner {
+                compiled,
+                inflight,
+                metrics,
+                http1,
+                http2,
+                config,
+            }),
+        }
+    }
+
+    /// Outstanding requests per backend, for draining.
+    pub fn in_flight(&self) -> InFlight {
+        self.inner.inflight.clone()
+    }
+
+    /// Handle one request; never fails (router errors become responses).
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Buffered> {
+        let target = classify(request.uri(), request.headers());
+        let grpc = matches!(target, Target::Grpc { .. });
+        match self.route(request, target).await {
+            Ok(response) => response,
+            Err(error) => {
+                self.inner
+                    .metrics
+                    .router_errors
+                    .get_or_create(&ErrorLabels {
+                        reason: error.label().to_string(),
+                    })
+                    .inc();
+                tracing::debug!(error = %error, "router answered with an error");
+                error_response(&error, grpc)
+            }
+        }
+    }
+
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        target: Target,
+    ) -> Result<Response<Buffered>, RouterError> {
+        let model = match target {
+            Target::Health => {
+                return Ok(json(StatusCode::OK, r#"{"live":true,"ready":true}"#.into()));
+            }
+            Target::Metrics => {
+                let mut response =
+                    Response::new(Buffered::data(self.inner.metrics.encode().into()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                return Ok(response);
+            }
+            Target::Unknown => return Err(RouterError::NoRoute(request.uri().path().to_string())),
+            Target::Rest { model } => Some(model),
+            Target::Grpc { .. } => None,
+        };
+        let grpc = model.is_none();
+        let namespace = namespace(request.headers());
+        let (parts, body) = request.into_parts();
+        let limit = self.inner.config.max_body_bytes;
+        if parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|len| len > limit)
+        {
+            return Err(RouterError::TooLarge { limit });
+        }
+        let body = match Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(RouterError::TooLarge { limit });
+            }
+            Err(e) => {
+                return Err(RouterError::BadRequest(format!(
+                    "cannot read the request body: {e}"
+                )));
+            }
+        };
+        let model = match model {
+            Some(model) => Some(model),
+            None => grpc_model_name(&body),
+        };
+        let compiled = self.inner.compiled.borrow().clone();
+        let service: &Arc<ServiceState> =
+            match &model {
+                Some(model) => compiled.lookup(&namespace, model).ok_or_else(|| {
+                    RouterError::ModelNotFound {
+                        namespace: namespace.clone(),
+                        model: model.clone(),
+                    }
+                })?,
+                // Server-level gRPC calls (ServerLive, ...): any replica answers for the server.
+                None => compiled.any().ok_or_else(|| RouterError::NoReadyReplica {
+                    namespace: namespace.clone(),
+                    service: "any service".into(),
+                })?,
+            };
+        let no_replica = || RouterError::NoReadyReplica {
+            namespace: service.namespace.clone(),
+            service: service.service.clone(),
+        };
+        let (revision, backend) = service.pick(None).ok_or_else(no_replica)?;
+        match self
+            .forward(&parts, &body, service, revision, backend.clone(), grpc)
+            .await
+        {
+            Ok(response) => Ok(response),
+            Err(first) => {
+                let Some((revision, other)) = service.pick(Some(&backend.backend.id)) else {
+                    return Err(first);
+                };
+                tracing::debug!(failed = %backend.backend.id, retry = %other.backend.id, error = %first, "retrying on another replica");
+                self.inner
+                    .metrics
+                    .retries
+                    .get_or_create(&labels(service, revision))
+                    .inc();
+                self.forward(&parts, &body, service, revision, other, grpc)
+                    .await
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        service: &ServiceState,
+        revision: &RevisionState,
+        backend: Arc<BackendState>,
+        grpc: bool,
+    ) -> Result<Response<Buffered>, RouterError> {
+        let started = Instant::now();
+        let _outstanding = InFlightGuard::new(backend.clone());
+        let (addr, client, version) = if grpc {
+            (backend.backend.grpc, &self.inner.http2, Version::HTTP_2)
+        } else {
+            (backend.backend.http, &self.inner.http1, Version::HTTP_11)
+        };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let upstream_error = |cause: String| RouterError::Upstream {
+            backend: backend.backend.id.clone(),
+            cause,
+        };
+        let mut request = Request::builder()
+            .method(parts.method.clone())
+            .uri(format!("http://{addr}{path}"))
+            .version(version)
+            .body(Full::new(body.clone()))
+            .map_err(|e| RouterError::BadRequest(e.to_string()))?;
+        copy_end_to_end(&parts.headers, request.headers_mut(), grpc);
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| upstream_error(error_chain(&e)))?;
+        let (mut head, upstream_body) = response.into_parts();
+        let collected = upstream_body
+            .collect()
+            .await
+            .map_err(|e| upstream_error(error_chain(&e)))?;
+        let trailers = collected.trailers().cloned();
+        let data = collected.to_bytes();
+        strip_hop_by_hop(&mut head.headers);
+        head.version = Version::HTTP_11;
+        if let Ok(value) = HeaderValue::from_str(&revision.revision) {
+            head.headers
+                .insert(HeaderName::from_static(ferry_api::HEADER_REVISION), value);
+        }
+        revision.latency.observe(started.elapsed().as_secs_f64());
+        if head.status.is_success() {
+            revision.ok.inc();
+        } else {
+            self.inner
+                .metrics
+                .response(&labels(service, revision), head.status.as_u16());
+        }
+        Ok(Response::from_parts(
+            head,
+            Buffered {
+                data: Some(data),
+                trailers,
+            },
+        ))
+    }
+}
+
+fn labels(service: &ServiceState, revision: &RevisionState) -> RevisionLabels {
+    RevisionLabels {
+        namespace: service.namespace.clone(),
+        service: service.service.clone(),
+        revision: revision.revision.to_string(),
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, grpc: bool) {
+    for (name, value) in from {
+        if name == header::HOST || HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+    if grpc {
+        to.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response<Buffered> {
+    let mut response = Response::new(Buffered::data(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The one place router errors become responses: OIP's `{"error": ...}` for REST, a
+/// trailers-only gRPC status for gRPC.
+fn error_response(error: &RouterError, grpc: bool) -> Response<Buffered> {
+    if grpc {
+        let mut response = Response::new(Buffered::data(Bytes::new()));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(error.grpc_code()));
+        if let Ok(message) = HeaderValue::from_str(
+            &error
+                .to_string()
+                .replace(|c: char| !c.is_ascii() || c.is_ascii_control(), " "),
+        ) {
+            headers.insert("grpc-message", message);
+        }
+        return response;
+    }
+    json(
+        error.http_status(),
+        serde_json::json!({ "error": error.to_string() }).to_string(),
+    )
+}
+
+/// A whole response body, with the replica's trailers (gRPC status) when it sent any.
+pub struct Buffered {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Buffered {
+    fn data(data: Bytes) -> Self {
+        Buffered {
+            data: Some(data),
+            trailers: None,
+        }
+    }
+}
+
+impl hyper::body::Body for Buffered {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(data) = self.data.take().filter(|d| !d.is_empty()) {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.as_ref().is_none_or(Bytes::is_empty) && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let len = self.data.as_ref().map_or(0, |d| d.len() as u64);
+        if self.trailers.is_some() {
+            let mut hint = hyper::body::SizeHint::new();
+            hint.set_lower(len);
+            hint
+        } else {
+            hyper::body::SizeHint::with_exact(len)
+        }
+    }
+}
+
+/// A router serving on a listener; stop with [`RunningRouter::shutdown`].
+pub struct RunningRouter {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningRouter {
+    /// Stop accepting, let open requests finish (up to `grace`), return.
+    pub async fn shutdown(mut self, grace: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(grace, &mut self.task).await;
+        self.task.abort();
+    }
+}
+
+/// Serve `router` on `listener` (HTTP/1.1 and h2c on one port) until shut down.
+pub fn serve(listener: TcpListener, router: Router) -> std::io::Result<RunningRouter> {
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(accept_loop(listener, router, stop_rx));
+    Ok(RunningRouter {
+        addr,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    stop: impl Future<Output = Result<(), tokio::sync::oneshot::error::RecvError>>,
+) {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let router = router.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let router = router.clone();
+                    async move { Ok::<_, Infallible>(router.handle(request).await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}

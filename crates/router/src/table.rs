@@ -1,0 +1,212 @@
+//! The route table as the request path uses it: compiled from `ferry_core::routes::RouteTable`
+//! whenever the watch channel changes, with per-backend outstanding-request counters that live
+//! across table changes (a draining backend keeps counting until its last request ends).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ferry_core::routes::{Backend, RouteTable};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::{Metrics, RevisionLabels};
+
+/// One replica and its outstanding requests.
+#[derive(Debug)]
+pub struct BackendState {
+    pub backend: Backend,
+    inflight: AtomicUsize,
+}
+
+impl BackendState {
+    pub fn outstanding(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds one outstanding request on a backend; released on drop.
+pub struct InFlightGuard(Arc<BackendState>);
+
+impl InFlightGuard {
+    pub fn new(state: Arc<BackendState>) -> Self {
+        state.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(state)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One revision with its backends and cached metric handles.
+pub struct RevisionState {
+    pub revision: Arc<str>,
+    pub weight: u32,
+    pub backends: Vec<Arc<BackendState>>,
+    pub ok: Counter,
+    pub latency: Histogram,
+}
+
+/// One service's compiled route.
+pub struct ServiceState {
+    pub namespace: String,
+    pub service: String,
+    pub revisions: Vec<RevisionState>,
+    total_weight: u32,
+}
+
+impl ServiceState {
+    /// Weighted choice of a revision, then the less loaded of two random backends of it
+    /// (power of two choices); `avoid` is skipped when any other backend exists.
+    pub fn pick(&self, avoid: Option<&str>) -> Option<(&RevisionState, Arc<BackendState>)> {
+        if self.total_weight > 0 {
+            let mut ticket = fastrand::u32(0..self.total_weight);
+            for revision in &self.revisions {
+                if ticket < revision.weight {
+                    if let Some(backend) = two_choices(&revision.backends, avoid) {
+                        return Some((revision, backend));
+                    }
+                    break;
+                }
+                ticket -= revision.weight;
+            }
+        }
+        // The chosen revision had nothing but `avoid`: any other backend of any revision.
+        self.revisions
+            .iter()
+            .find_map(|revision| two_choices(&revision.backends, avoid).map(|b| (revision, b)))
+    }
+}
+
+fn two_choices(backends: &[Arc<BackendState>], avoid: Option<&str>) -> Option<Arc<BackendState>> {
+    let candidates: Vec<&Arc<BackendState>> = match avoid {
+        Some(id) if backends.iter().any(|b| b.backend.id != id) => {
+            backends.iter().filter(|b| b.backend.id != id).collect()
+        }
+        Some(_) => return None,
+        None => backends.iter().collect(),
+    };
+    match candidates.len() {
+        0 => None,
+        1 => Some(candidates[0].clone()),
+        n => {
+            let first = fastrand::usize(0..n);
+            let mut second = fastrand::usize(0..n - 1);
+            if second >= first {
+                second += 1;
+            }
+            let (a, b) = (candidates[first], candidates[second]);
+            Some(if b.outstanding() < a.outstanding() {
+                b.clone()
+            } else {
+                a.clone()
+            })
+        }
+    }
+}
+
+/// The compiled table: namespace → model → service.
+#[derive(Default)]
+pub struct Compiled {
+    services: HashMap<String, HashMap<String, Arc<ServiceState>>>,
+}
+
+impl Compiled {
+    pub fn lookup(&self, namespace: &str, model: &str) -> Option<&Arc<ServiceState>> {
+        self.services.get(namespace)?.get(model)
+    }
+
+    /// Any service with a ready backend, for server-level gRPC calls.
+    pub fn any(&self) -> Option<&Arc<ServiceState>> {
+        self.services
+            .values()
+            .flat_map(|models| models.values())
+            .find(|s| s.revisions.iter().any(|r| !r.backends.is_empty()))
+    }
+}
+
+/// Outstanding requests per backend id, shared with the executor that drains replicas.
+#[derive(Clone, Default)]
+pub struct InFlight {
+    registry: Arc<Mutex<HashMap<String, Arc<BackendState>>>>,
+}
+
+impl InFlight {
+    /// Requests the router still has outstanding on backend `id` (0 for unknown ids).
+    pub fn outstanding(&self, id: &str) -> usize {
+        self.registry
+            .lock()
+            .expect("in-flight registry poisoned")
+            .get(id)
+            .map_or(0, |b| b.outstanding())
+    }
+
+    /// Compile `table`, reusing the counters of backends already known.
+    pub(crate) fn compile(&self, table: &RouteTable, metrics: &Metrics) -> Compiled {
+        let mut registry = self.registry.lock().expect("in-flight registry poisoned");
+        let mut seen = HashMap::new();
+        let mut compiled = Compiled::default();
+        for (namespace, models) in &table.namespaces {
+            for (model, route) in models {
+                let revisions: Vec<RevisionState> = route
+                    .revisions
+                    .iter()
+                    .map(|r| {
+                        let backends = r
+                            .backends
+                            .iter()
+                            .map(|b| {
+                                let state = match registry.get(&b.id) {
+                                    Some(existing) if existing.backend == *b => existing.clone(),
+                                    _ => Arc::new(BackendState {
+                                        backend: b.clone(),
+                                        inflight: AtomicUsize::new(0),
+                                    }),
+                                };
+                                seen.insert(b.id.clone(), state.clone());
+                                state
+                            })
+                            .collect();
+                        let labels = RevisionLabels {
+                            namespace: namespace.clone(),
+                            service: route.service.clone(),
+                            revision: r.revision.clone(),
+                        };
+                        RevisionState {
+                            revision: Arc::from(r.revision.as_str()),
+                            weight: if r.backends.is_empty() { 0 } else { r.weight },
+                            backends,
+                            ok: metrics.ok_counter(&labels),
+                            latency: metrics.latency(&labels),
+                        }
+                    })
+                    .collect();
+                let total_weight = revisions.iter().map(|r| r.weight).sum();
+                compiled
+                    .services
+                    .entry(namespace.clone())
+                    .or_default()
+                    .insert(
+                        model.clone(),
+                        Arc::new(ServiceState {
+                            namespace: namespace.clone(),
+                            service: route.service.clone(),
+                            revisions,
+                            total_weight,
+                        }),
+                    );
+            }
+        }
+        // Backends that left the table stay while requests are outstanding (draining).
+        for (id, state) in registry.drain() {
+            if state.outstanding() > 0 {
+                seen.entry(id).or_insert(state);
+            }
+        }
+        *registry = seen;
+        compiled
+    }
+}

@@ -1,0 +1,196 @@
+//! Classify a request: which model in which namespace, REST or gRPC, or the router's own
+//! endpoints.
+
+use http::{HeaderMap, Uri};
+
+/// What a request is for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target {
+    /// OIP REST (`/v2/models/{model}/...`) or KServe v1 (`/v1/models/{model}:predict`).
+    Rest {
+        model: String,
+    },
+    /// OIP gRPC; `None` for server-level calls (ServerLive, ServerReady, ServerMetadata).
+    Grpc {
+        model: Option<String>,
+    },
+    /// The router's own liveness / readiness / metadata.
+    Health,
+    Metrics,
+    Unknown,
+}
+
+/// Classify by path (the gRPC model name is read from the message later).
+pub fn classify(uri: &Uri, headers: &HeaderMap) -> Target {
+    let path = uri.path();
+    let is_grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if is_grpc || path.starts_with("/inference.GRPCInferenceService/") {
+        return Target::Grpc { model: None };
+    }
+    if let Some(rest) = path.strip_prefix("/v2/models/") {
+        let model = rest.split('/').next().unwrap_or("");
+        return named(model);
+    }
+    if let Some(rest) = path.strip_prefix("/v1/models/") {
+        let model = rest.split(['/', ':']).next().unwrap_or("");
+        return named(model);
+    }
+    match path {
+        "/v2" | "/v2/" | "/v2/health/live" | "/v2/health/ready" | "/healthz" | "/readyz" => {
+            Target::Health
+        }
+        "/metrics" => Target::Metrics,
+        _ => Target::Unknown,
+    }
+}
+
+fn named(model: &str) -> Target {
+    if model.is_empty() {
+        Target::Unknown
+    } else {
+        Target::Rest {
+            model: model.to_string(),
+        }
+    }
+}
+
+/// The namespace a request addresses: the `ferry-namespace` header, else the second label of a
+/// `NAME.NAMESPACE.domain` host, else `default`.
+pub fn namespace(headers: &HeaderMap) -> String {
+    if let Some(ns) = headers
+        .get(ferry_api::HEADER_NAMESPACE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+    {
+        return ns.to_string();
+    }
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    if host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('[') {
+        let labels: Vec<&str> = host.split('.').collect();
+        if labels.len() >= 3 && !labels[1].is_empty() {
+            return labels[1].to_string();
+        }
+    }
+    "default".to_string()
+}
+
+/// gRPC calls that name a model carry it in protobuf field 1 of the request message
+/// (`ModelInferRequest.model_name`, `ModelReadyRequest.name`, `ModelMetadataRequest.name`).
+/// Reads it from the first length-prefixed message of `body`.
+pub fn grpc_model_name(body: &[u8]) -> Option<String> {
+    let (&compressed, rest) = body.split_first()?;
+    if compressed != 0 || rest.len() < 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
+    let mut message = rest.get(4..4 + len)?;
+    while !message.is_empty() {
+        let (key, used) = varint(message)?;
+        message = &message[used..];
+        let field = key >> 3;
+        match key & 7 {
+            0 => message = &message[varint(message)?.1..],
+            1 => message = message.get(8..)?,
+            5 => message = message.get(4..)?,
+            2 => {
+                let (len, used) = varint(message)?;
+                let end = used.checked_add(usize::try_from(len).ok()?)?;
+                let value = message.get(used..end)?;
+                if field == 1 {
+                    return String::from_utf8(value.to_vec()).ok();
+                }
+                message = &message[end..];
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_paths_name_their_model() {
+        let h = HeaderMap::new();
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        assert_eq!(
+            classify(&uri("/v2/models/iris/infer"), &h),
+            Target::Rest {
+                model: "iris".into()
+            }
+        );
+        assert_eq!(
+            classify(&uri("/v2/models/iris/versions/1/ready"), &h),
+            Target::Rest {
+                model: "iris".into()
+            }
+        );
+        assert_eq!(
+            classify(&uri("/v1/models/iris:predict"), &h),
+            Target::Rest {
+                model: "iris".into()
+            }
+        );
+        assert_eq!(classify(&uri("/v2/health/ready"), &h), Target::Health);
+        assert_eq!(classify(&uri("/v2/models//infer"), &h), Target::Unknown);
+    }
+
+    #[test]
+    fn namespace_from_header_then_host() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::HOST,
+            "iris.team-a.example.com:8080".parse().unwrap(),
+        );
+        assert_eq!(namespace(&h), "team-a");
+        h.insert(ferry_api::HEADER_NAMESPACE, "team-b".parse().unwrap());
+        assert_eq!(namespace(&h), "team-b");
+        let mut h = HeaderMap::new();
+        h.insert(http::header::HOST, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(namespace(&h), "default");
+        h.insert(http::header::HOST, "localhost:8080".parse().unwrap());
+        assert_eq!(namespace(&h), "default");
+    }
+
+    #[test]
+    fn grpc_model_name_is_read_from_field_one() {
+        // field 2 (varint 7), then field 1 = "iris"
+        let message = [0x10, 0x07, 0x0a, 0x04, b'i', b'r', b'i', b's'];
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&message);
+        assert_eq!(grpc_model_name(&frame).as_deref(), Some("iris"));
+        assert_eq!(grpc_model_name(&frame[..6]), None);
+        assert_eq!(
+            grpc_model_name(&[1, 0, 0, 0, 0]),
+            None,
+            "compressed messages are not read"
+        );
+    }
+}

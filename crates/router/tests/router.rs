@@ -1,0 +1,325 @@
+//! The router end to end in one process: real model servers, the real router on a loopback
+//! port, real HTTP and gRPC clients.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_core::routes::{Endpoint, RouteTable, ServiceEndpoints, build};
+use ferry_core::{ReplicaHealth, ReplicaView};
+use ferry_router::{Router, RouterConfig, serve};
+use ferry_server::grpc::GrpcInferenceServiceClient;
+use ferry_server::grpc::pb::{ModelInferRequest, model_infer_request::InferInputTensor};
+use ferry_server::{ModelConfig, RunningServer, ServerConfig};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+fn model_path(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(file)
+}
+
+async fn replica(file: &str) -> RunningServer {
+    let server = ferry_server::start(ServerConfig {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        models: vec![ModelConfig::new("iris", model_path(file))],
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = format!("http://{}/v2/models/iris/ready", server.http_addr);
+    while client
+        .get(&url)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        assert!(Instant::now() < deadline, "replica never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server
+}
+
+fn endpoint(id: &str, revision: &str, http: SocketAddr, grpc: SocketAddr) -> Endpoint {
+    Endpoint {
+        replica: ReplicaView {
+            id: id.into(),
+            revision: revision.into(),
+            health: ReplicaHealth::Ready,
+            terminating: false,
+        },
+        http,
+        grpc,
+    }
+}
+
+fn table(namespace: &str, endpoints: Vec<Endpoint>) -> Arc<RouteTable> {
+    Arc::new(build(&[ServiceEndpoints {
+        namespace: namespace.into(),
+        service: "iris".into(),
+        model: "iris".into(),
+        endpoints,
+    }]))
+}
+
+fn iris_request() -> Value {
+    json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]})
+}
+
+/// A loopback port with nothing listening (bound, then released).
+fn dead_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_model_and_namespace_and_names_the_revision() {
+    let v1 = replica("iris-v1.onnx").await;
+    let v2 = replica("iris-v2.onnx").await;
+    let (tx, rx) = watch::channel(table(
+        "default",
+        vec![
+            endpoint("v1-a", "iris-aaaaaa", v1.http_addr, v1.grpc_addr),
+            endpoint("v2-a", "iris-bbbbbb", v2.http_addr, v2.grpc_addr),
+        ],
+    ));
+    let router = Router::new(
+        rx,
+        RouterConfig {
+            max_body_bytes: 4096,
+            ..RouterConfig::default()
+        },
+    );
+    let running = serve(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        router.clone(),
+    )
+    .unwrap();
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+
+    let mut seen = BTreeMap::new();
+    for _ in 0..200 {
+        let response = client
+            .post(format!("{base}/v2/models/iris/infer"))
+            .json(&iris_request())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let revision = response.headers()["ferry-revision"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["model_name"], "iris");
+        *seen.entry(revision).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "both revisions take traffic: {seen:?}");
+    assert!(seen.values().all(|n| *n > 40), "weights 1:1: {seen:?}");
+
+    // v1 protocol through the router too.
+    let response = client
+        .post(format!("{base}/v1/models/iris:predict"))
+        .json(&json!({"instances": [[5.1, 3.5, 1.4, 0.2]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Unknown model, other namespace (header and host): 404 naming both.
+    let response = client
+        .post(format!("{base}/v2/models/nope/infer"))
+        .json(&iris_request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("\"nope\""),
+        "{error}"
+    );
+    let response = client
+        .post(format!("{base}/v2/models/iris/infer"))
+        .header("ferry-namespace", "team-a")
+        .json(&iris_request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let response = client
+        .post(format!("{base}/v2/models/iris/infer"))
+        .header("host", "iris.team-a.example.com")
+        .json(&iris_request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+
+    // Too large: 413 before the replica sees it.
+    let response = client
+        .post(format!("{base}/v2/models/iris/infer"))
+        .body(vec![b' '; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+
+    // The table moves: team-a now serves iris, default has it with no ready replica → 503.
+    let mut unready = endpoint("v2-a", "iris-bbbbbb", v2.http_addr, v2.grpc_addr);
+    unready.replica.health = ReplicaHealth::Starting { for_seconds: 1 };
+    let mut both = (*table(
+        "team-a",
+        vec![endpoint("v2-a", "iris-bbbbbb", v2.http_addr, v2.grpc_addr)],
+    ))
+    .clone();
+    both.namespaces
+        .extend(table("default", vec![unready]).namespaces.clone());
+    tx.send(Arc::new(both)).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let response = client
+        .post(format!("{base}/v2/models/iris/infer"))
+        .header("host", "iris.team-a.example.com:8080")
+        .json(&iris_request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["ferry-revision"], "iris-bbbbbb");
+    let response = client
+        .post(format!("{base}/v2/models/iris/infer"))
+        .json(&iris_request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+
+    // Metrics per revision.
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"ferry_router_requests_ok_total{namespace="default",service="iris",revision="iris-aaaaaa"}"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"reason="no_ready_replica""#),
+        "{metrics}"
+    );
+    assert_eq!(router.in_flight().outstanding("v1-a"), 0);
+    running.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replica_is_retried_on_another() {
+    let live = replica("iris-v1.onnx").await;
+    let dead = dead_addr();
+    let (_tx, rx) = watch::channel(table(
+        "default",
+        vec![
+            endpoint("dead", "iris-aaaaaa", dead, dead),
+            endpoint("live", "iris-aaaaaa", live.http_addr, live.grpc_addr),
+        ],
+    ));
+    let running = serve(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Router::new(rx, RouterConfig::default()),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    for _ in 0..50 {
+        let response = client
+            .post(format!("http://{}/v2/models/iris/infer", running.addr))
+            .json(&iris_request())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let metrics = client
+        .get(format!("http://{}/metrics", running.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let retries: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("ferry_router_retries_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        retries >= 5.0,
+        "the dead replica was picked and retried: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_goes_through_the_router() {
+    let v1 = replica("iris-v1.onnx").await;
+    let (_tx, rx) = watch::channel(table(
+        "default",
+        vec![endpoint("v1-a", "iris-aaaaaa", v1.http_addr, v1.grpc_addr)],
+    ));
+    let running = serve(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Router::new(rx, RouterConfig::default()),
+    )
+    .unwrap();
+    let mut client = GrpcInferenceServiceClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    let values = [5.1f32, 3.5, 1.4, 0.2];
+    let request = ModelInferRequest {
+        model_name: "iris".into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 4],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![
+            values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        ],
+        ..Default::default()
+    };
+    let response = client.model_infer(request.clone()).await.unwrap();
+    assert_eq!(
+        response.metadata().get("ferry-revision").unwrap(),
+        "iris-aaaaaa"
+    );
+    let answer = response.into_inner();
+    assert_eq!(answer.model_name, "iris");
+    assert!(!answer.outputs.is_empty());
+
+    let live = client
+        .server_live(ferry_server::grpc::pb::ServerLiveRequest {})
+        .await
+        .unwrap();
+    assert!(live.into_inner().live);
+    let status = client
+        .model_infer(ModelInferRequest {
+            model_name: "nope".into(),
+            ..request
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+}
