@@ -16,6 +16,7 @@ mod schema_check;
 mod types;
 pub mod validate;
 
+pub use k8s_openapi;
 pub use manifest::{Manifest, ParseError, parse_manifests};
 pub use revision::{Revision, revision_name};
 pub use types::*;

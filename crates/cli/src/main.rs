@@ -1,13 +1,21 @@
 //! The `ferry` binary: every Ferry role behind one set of subcommands.
 //!
-//! Today: `ferry server`, the model server. Later roles (`up`, `apply`, `operator`, `router`)
-//! join here as subcommands; this crate only parses flags and wires the library crates.
+//! - `ferry server`: one model server (OIP v2 REST + gRPC);
+//! - `ferry up`: local mode (router, control API, supervised replicas, SQLite state);
+//! - `ferry apply | get | describe | delete | logs | predict | rollout`: kubectl-like commands
+//!   against the control API of a running `ferry up`.
+//!
+//! This crate only parses flags, prints, and wires the library crates.
 
-use std::time::Duration;
+mod ctl;
+mod render;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use ferry_server::{ModelConfig, ServerConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -24,99 +32,96 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve ONNX models over the Open Inference Protocol v2 (REST + gRPC).
-    Server(ServerArgs),
+    Server(server::ServerArgs),
+    /// Run InferenceServices on this machine: router, control API, supervised replicas.
+    Up(UpArgs),
+    /// Create or update InferenceServices from manifests (YAML/JSON, multi-document).
+    Apply(ctl::ApplyArgs),
+    /// List InferenceServices, or show one.
+    Get(ctl::GetArgs),
+    /// Show an InferenceService in detail: conditions, revisions, replicas, events.
+    Describe(ctl::DescribeArgs),
+    /// Delete InferenceServices (their replicas drain and stop).
+    Delete(ctl::DeleteArgs),
+    /// Print the logs of an InferenceService's replicas.
+    Logs(ctl::LogsArgs),
+    /// Send an inference request through the router (JSON rows or CSV).
+    Predict(ctl::PredictArgs),
+    /// Follow, list or undo rollouts.
+    #[command(subcommand)]
+    Rollout(ctl::RolloutCommand),
 }
 
 #[derive(Args)]
-struct ServerArgs {
-    /// A model to serve: NAME=PATH[,version=V][,tokenizer=FILE][,max_batch_size=N]
-    /// [,max_queue_delay_ms=MS][,max_queue=N]. Repeat for several models.
-    #[arg(long = "model", value_name = "NAME=PATH[,OPTIONS]")]
-    models: Vec<String>,
-    /// Address of the REST (HTTP/1.1 and h2c) listener.
-    #[arg(long, default_value = "127.0.0.1:8000")]
-    http_addr: std::net::SocketAddr,
-    /// Address of the gRPC listener.
-    #[arg(long, default_value = "127.0.0.1:8001")]
-    grpc_addr: std::net::SocketAddr,
-    /// Largest accepted request body (REST) or message (gRPC), in bytes.
-    #[arg(long, default_value_t = 64 << 20)]
-    max_body_bytes: usize,
-    /// Inference threads (the bounded compute pool); default: one per CPU.
-    #[arg(long)]
-    compute_threads: Option<usize>,
-    /// Seconds to let in-flight requests finish after SIGTERM before exiting anyway.
+struct UpArgs {
+    /// State directory (SQLite state, token, logs).
+    #[arg(long, env = "FERRY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Address of the router (inference traffic, REST and gRPC).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    router_addr: SocketAddr,
+    /// Address of the control API (port 0: any free port, written to the state directory).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    api_addr: SocketAddr,
+    /// Seconds between SIGTERM and SIGKILL when a replica stops.
     #[arg(long, default_value_t = 30)]
-    shutdown_grace_seconds: u64,
+    termination_grace_seconds: u64,
+    /// First restart delay of a crashed replica, in milliseconds (doubles per restart).
+    #[arg(long, default_value_t = 1000)]
+    restart_backoff_ms: u64,
 }
 
-fn main() -> Result<()> {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     let cli = Cli::parse();
+    if let Err(error) = run(cli) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
-        Command::Server(args) => runtime.block_on(server(args)),
+        Command::Server(args) => runtime.block_on(server::run(args)),
+        Command::Up(args) => runtime.block_on(up(args)),
+        Command::Apply(args) => runtime.block_on(ctl::apply(args)),
+        Command::Get(args) => runtime.block_on(ctl::get(args)),
+        Command::Describe(args) => runtime.block_on(ctl::describe(args)),
+        Command::Delete(args) => runtime.block_on(ctl::delete(args)),
+        Command::Logs(args) => runtime.block_on(ctl::logs(args)),
+        Command::Predict(args) => runtime.block_on(ctl::predict(args)),
+        Command::Rollout(command) => runtime.block_on(ctl::rollout(command)),
     }
 }
 
-async fn server(args: ServerArgs) -> Result<()> {
-    let mut config = ServerConfig {
-        http_addr: args.http_addr,
-        grpc_addr: args.grpc_addr,
-        max_body_bytes: args.max_body_bytes,
-        ..ServerConfig::default()
+async fn up(args: UpArgs) -> Result<()> {
+    let state_dir = args
+        .state_dir
+        .unwrap_or_else(ferry_local::paths::default_state_dir);
+    let config = ferry_local::daemon::DaemonConfig {
+        state_dir,
+        router_addr: args.router_addr,
+        api_addr: args.api_addr,
+        program: ferry_local::supervisor::current_program(),
+        supervisor: ferry_local::supervisor::SupervisorConfig {
+            termination_grace: std::time::Duration::from_secs(args.termination_grace_seconds),
+            backoff_base: std::time::Duration::from_millis(args.restart_backoff_ms),
+            ..Default::default()
+        },
     };
-    if let Some(n) = args.compute_threads {
-        config.compute_threads = n.max(1);
-    }
-    for spec in &args.models {
-        config.models.push(ModelConfig::parse(spec)?);
-    }
-    if config.models.is_empty() {
-        tracing::warn!(
-            "no --model given: the server starts empty (load models through the repository API)"
-        );
-    }
-    let server = ferry_server::start(config).await?;
-    shutdown_signal().await;
-    tracing::info!("shutdown signal received: draining in-flight requests");
-    server.shutdown();
-    let grace = Duration::from_secs(args.shutdown_grace_seconds);
-    if tokio::time::timeout(grace, server.wait()).await.is_err() {
-        tracing::warn!(
-            grace_seconds = args.shutdown_grace_seconds,
-            "in-flight requests did not finish in time; exiting"
-        );
-    }
+    ferry_local::daemon::run(config, server::shutdown_signal()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

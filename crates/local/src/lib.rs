@@ -1,1 +1,24 @@
-//! placeholder
+//! Ferry's local mode: `ferry up` runs InferenceServices on one machine, no Kubernetes.
+//!
+//! - [`store`]: SQLite (WAL) holds everything that must survive a crash: desired specs,
+//!   revisions, replicas (pid + start time, addresses), events. State is written before it acts.
+//! - [`supervisor`]: one task per replica runs `ferry server` as a child process in its own process
+//!   group, probes readiness (OIP model-ready) and liveness, restarts with exponential back-off,
+//!   drains (out of the route table, in-flight requests finish, SIGTERM, SIGKILL after a grace).
+//!   After a crash of the daemon it adopts live replicas by pid + start time and kills leftovers.
+//! - [`reconcile`]: level-triggered loop: for each service, `ferry_core::rollout::plan` on what the
+//!   supervisor observes, `ferry_core::routes::build` for the router, `ferry_core::status::derive`.
+//! - [`api`]: the control API on loopback (bearer token from the state dir); [`client`] calls it.
+//! - [`daemon`]: wires the above with the router (`ferry_router`) into `ferry up`.
+
+pub mod api;
+pub mod client;
+pub mod daemon;
+pub mod error;
+pub mod paths;
+mod process;
+pub mod reconcile;
+pub mod store;
+pub mod supervisor;
+
+pub use error::{Error, Result};

@@ -198,7 +198,7 @@ async fn model_metadata_version(
 
 fn ready_response(view: &ModelView) -> Response {
     let ready = matches!(view.state, ModelState::Ready(_));
-    let mut body = json!({ "name": view.config.name, "ready": ready });
+    let mut body = json!({ "name": view.config.name, "ready": ready, "state": view.state.name() });
     if let Some(reason) = view.state.reason() {
         body["reason"] = json!(reason);
     }

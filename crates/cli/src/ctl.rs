@@ -1,0 +1,551 @@
+//! Client commands of local mode: they talk to the control API of a running `ferry up`
+//! (found through the state directory) and to its router.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use ferry_local::client::{Client, ClientError};
+use ferry_local::paths::{StateDir, default_state_dir};
+use serde_json::{Value, json};
+
+use crate::render;
+
+#[derive(Args, Clone)]
+pub struct Common {
+    /// State directory of the `ferry up` to talk to.
+    #[arg(long, env = "FERRY_STATE_DIR", global = true)]
+    state_dir: Option<PathBuf>,
+    /// Namespace.
+    #[arg(short, long, default_value = "default", global = true)]
+    namespace: String,
+}
+
+impl Common {
+    fn dirs(&self) -> StateDir {
+        StateDir::new(self.state_dir.clone().unwrap_or_else(default_state_dir))
+    }
+    fn client(&self) -> Result<Client> {
+        Ok(Client::connect(&self.dirs())?)
+    }
+}
+
+/// Output formats.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Yaml,
+    Json,
+    Wide,
+}
+
+#[derive(Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Manifest file or directory (its *.yaml, *.yml, *.json files); `-` reads stdin. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// Wait until every applied InferenceService has rolled out (or failed).
+    #[arg(long)]
+    wait: bool,
+    /// How long `--wait` waits, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Kind: inferenceservice(s) or isvc.
+    kind: String,
+    name: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    #[arg(short, long, value_enum)]
+    output: Option<Output>,
+}
+
+#[derive(Args)]
+pub struct DescribeArgs {
+    #[command(flatten)]
+    common: Common,
+    kind: String,
+    name: String,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    common: Common,
+    kind: Option<String>,
+    name: Option<String>,
+    /// Delete what these manifests describe.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    common: Common,
+    name: String,
+    #[arg(long, default_value_t = 100)]
+    tail: usize,
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The InferenceService (its model) to call.
+    name: String,
+    /// Rows as JSON (`[[5.1, 3.5, 1.4, 0.2]]`), or a whole OIP request (`{"inputs": ...}`).
+    #[arg(short, long, conflicts_with = "csv")]
+    data: Option<String>,
+    /// Rows from a CSV file of numbers (a header line is skipped).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum RolloutCommand {
+    /// Wait for the current rollout to finish, showing its progress.
+    Status {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// List the revisions of an InferenceService.
+    History {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+    },
+    /// Roll back to the previous revision (or `--to-revision`).
+    Undo {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+        #[arg(long)]
+        to_revision: Option<String>,
+    },
+}
+
+fn check_kind(kind: &str) -> Result<()> {
+    match kind.to_ascii_lowercase().as_str() {
+        "inferenceservice"
+        | "inferenceservices"
+        | "isvc"
+        | "inferenceservice.ferry.dev"
+        | "inferenceservices.ferry.dev" => Ok(()),
+        other => bail!("unknown kind {other:?}: known kinds are inferenceservice (isvc)"),
+    }
+}
+
+/// Read manifests from files, directories or stdin; relative model paths become absolute
+/// (relative to the working directory), since the daemon runs elsewhere.
+fn read_manifests(files: &[PathBuf]) -> Result<String> {
+    let mut documents = Vec::new();
+    for file in files {
+        if file.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+            documents.push(text);
+        } else if file.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(file)
+                .with_context(|| format!("cannot read {}", file.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+                })
+                .collect();
+            entries.sort();
+            for entry in entries {
+                documents.push(
+                    std::fs::read_to_string(&entry)
+                        .with_context(|| format!("cannot read {}", entry.display()))?,
+                );
+            }
+        } else {
+            documents.push(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?,
+            );
+        }
+    }
+    let text = documents.join("\n---\n");
+    Ok(absolutize_model_paths(&text).unwrap_or(text))
+}
+
+fn absolutize_model_paths(text: &str) -> Option<String> {
+    use serde::Deserialize;
+    let cwd = std::env::current_dir().ok()?;
+    let mut out = Vec::new();
+    for document in serde_norway::Deserializer::from_str(text) {
+        let mut value = Value::deserialize(document).ok()?;
+        if value.is_null() {
+            continue;
+        }
+        for pointer in [
+            "/spec/predictor/model/uri",
+            "/spec/predictor/model/storageUri",
+            "/spec/predictor/onnx/storageUri",
+        ] {
+            if let Some(slot) = value.pointer_mut(pointer)
+                && let Some(uri) = slot.as_str()
+                && !uri.contains("://")
+                && !uri.is_empty()
+                && !Path::new(uri).is_absolute()
+            {
+                *slot = Value::String(cwd.join(uri).display().to_string());
+            }
+        }
+        out.push(serde_json::to_string(&value).ok()?);
+    }
+    Some(out.join("\n---\n"))
+}
+
+fn refused(error: ClientError) -> anyhow::Error {
+    if let ClientError::Refused { body, .. } = &error
+        && let Some(documents) = body["documents"].as_array()
+    {
+        let mut lines = vec!["the manifests were refused; nothing was applied:".to_string()];
+        for doc in documents {
+            for e in doc["errors"].as_array().into_iter().flatten() {
+                lines.push(format!(
+                    "  document {} ({}): {}: {}",
+                    doc["document"],
+                    doc["object"].as_str().unwrap_or("?"),
+                    e["path"].as_str().unwrap_or("?"),
+                    e["message"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        return anyhow!(lines.join("\n"));
+    }
+    anyhow!(error)
+}
+
+pub async fn apply(args: ApplyArgs) -> Result<()> {
+    let text = read_manifests(&args.files)?;
+    let client = args.common.client()?;
+    let answer = client
+        .apply(&text, &args.common.namespace)
+        .await
+        .map_err(refused)?;
+    let results = answer["results"].as_array().cloned().unwrap_or_default();
+    for result in &results {
+        println!(
+            "inferenceservice.ferry.dev/{} {} (revision {})",
+            result["name"].as_str().unwrap_or("?"),
+            result["result"].as_str().unwrap_or("?"),
+            result["revision"].as_str().unwrap_or("?")
+        );
+    }
+    if args.wait {
+        for result in &results {
+            let namespace = result["namespace"].as_str().unwrap_or("default");
+            let name = result["name"].as_str().unwrap_or_default();
+            wait_rollout(&client, namespace, name, Duration::from_secs(args.timeout)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Follow a rollout until it completes; fail with the reason when it cannot.
+async fn wait_rollout(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let object = client.get(namespace, name).await?;
+        let progress = render::rollout_progress(&object);
+        if progress.message != last {
+            println!("{namespace}/{name}: {}", progress.message);
+            last = progress.message.clone();
+        }
+        if progress.done {
+            return Ok(());
+        }
+        if let Some(reason) = progress.failed {
+            bail!("rollout of {namespace}/{name} failed: {reason}");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "timed out after {}s waiting for the rollout of {namespace}/{name}: {last}",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn get(args: GetArgs) -> Result<()> {
+    check_kind(&args.kind)?;
+    let client = args.common.client()?;
+    let items: Vec<Value> = match &args.name {
+        Some(name) => vec![client.get(&args.common.namespace, name).await?],
+        None => {
+            let namespace = (!args.all_namespaces).then_some(args.common.namespace.as_str());
+            client.list(namespace).await?["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    let single = args.name.is_some();
+    match args.output {
+        Some(Output::Json) => {
+            let value = if single {
+                items[0].clone()
+            } else {
+                json!({"apiVersion": "v1", "kind": "List", "items": items})
+            };
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        Some(Output::Yaml) => {
+            let value = if single {
+                items[0].clone()
+            } else {
+                json!({"apiVersion": "v1", "kind": "List", "items": items})
+            };
+            print!("{}", serde_norway::to_string(&value)?);
+        }
+        wide => {
+            if items.is_empty() {
+                eprintln!("No resources found in {} namespace.", args.common.namespace);
+            } else {
+                print!(
+                    "{}",
+                    render::table(&items, args.all_namespaces, wide == Some(Output::Wide))
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn describe(args: DescribeArgs) -> Result<()> {
+    check_kind(&args.kind)?;
+    let client = args.common.client()?;
+    let ns = &args.common.namespace;
+    let object = client.get(ns, &args.name).await?;
+    let replicas = client.detail(ns, &args.name, "replicas").await?;
+    let events = client.detail(ns, &args.name, "events").await?;
+    print!("{}", render::describe(&object, &replicas, &events));
+    Ok(())
+}
+
+pub async fn delete(args: DeleteArgs) -> Result<()> {
+    let client = args.common.client()?;
+    let mut targets = Vec::new();
+    if !args.files.is_empty() {
+        let text = read_manifests(&args.files)?;
+        let manifests = ferry_api::parse_manifests(&text, &args.common.namespace)?;
+        for m in manifests {
+            targets.push((
+                m.isvc.namespace_or_default(),
+                m.isvc.metadata.name.unwrap_or_default(),
+            ));
+        }
+    } else {
+        let (Some(kind), Some(name)) = (&args.kind, &args.name) else {
+            bail!("give KIND NAME or -f FILE");
+        };
+        check_kind(kind)?;
+        targets.push((args.common.namespace.clone(), name.clone()));
+    }
+    for (namespace, name) in targets {
+        client.delete(&namespace, &name).await?;
+        println!("inferenceservice.ferry.dev/{name} deleted");
+    }
+    Ok(())
+}
+
+pub async fn logs(args: LogsArgs) -> Result<()> {
+    let client = args.common.client()?;
+    print!(
+        "{}",
+        client
+            .logs(&args.common.namespace, &args.name, args.tail)
+            .await?
+    );
+    Ok(())
+}
+
+pub async fn predict(args: PredictArgs) -> Result<()> {
+    let dirs = args.common.dirs();
+    let api: Value = serde_json::from_str(
+        &std::fs::read_to_string(dirs.api_file()).context("ferry up is not running")?,
+    )?;
+    let router = api["router"]
+        .as_str()
+        .context("api.json names no router")?
+        .to_string();
+    let client = args.common.client()?;
+    let object = client.get(&args.common.namespace, &args.name).await?;
+    let model = object
+        .pointer("/spec/predictor/model/name")
+        .and_then(Value::as_str)
+        .unwrap_or(&args.name)
+        .to_string();
+    let http = reqwest::Client::new();
+    let base = format!("http://{router}/v2/models/{model}");
+    let ns = args.common.namespace.as_str();
+    let request = match (&args.data, &args.csv) {
+        (Some(data), _) => {
+            let value: Value = serde_json::from_str(data).context("--data is not JSON")?;
+            if value.get("inputs").is_some() {
+                value
+            } else {
+                rows_request(&http, &base, ns, rows_of(&value)?).await?
+            }
+        }
+        (None, Some(csv)) => {
+            let text = std::fs::read_to_string(csv)
+                .with_context(|| format!("cannot read {}", csv.display()))?;
+            rows_request(&http, &base, ns, csv_rows(&text)?).await?
+        }
+        (None, None) => bail!("give --data or --csv"),
+    };
+    let response = http
+        .post(format!("{base}/infer"))
+        .header(ferry_api::HEADER_NAMESPACE, ns)
+        .json(&request)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the router at {router}"))?;
+    let status = response.status();
+    let revision = response
+        .headers()
+        .get(ferry_api::HEADER_REVISION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_string();
+    let body: Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "{status}: {}",
+            body["error"].as_str().unwrap_or("request failed")
+        );
+    }
+    eprintln!("revision: {revision}");
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
+}
+
+fn rows_of(value: &Value) -> Result<Vec<Vec<f64>>> {
+    let rows = value
+        .as_array()
+        .context("--data must be an array of rows")?;
+    rows.iter()
+        .map(|row| {
+            let cells = match row {
+                Value::Array(cells) => cells.clone(),
+                single => vec![single.clone()],
+            };
+            cells
+                .iter()
+                .map(|c| c.as_f64().context("--data cells must be numbers"))
+                .collect()
+        })
+        .collect()
+}
+
+fn csv_rows(text: &str) -> Result<Vec<Vec<f64>>> {
+    let mut rows = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let cells: Result<Vec<f64>, _> = line.split(',').map(|c| c.trim().parse::<f64>()).collect();
+        match cells {
+            Ok(cells) => rows.push(cells),
+            Err(_) if index == 0 => continue, // header
+            Err(e) => bail!("CSV line {}: {e}", index + 1),
+        }
+    }
+    Ok(rows)
+}
+
+/// An OIP request for `rows`, named and typed after the model's first input.
+async fn rows_request(
+    http: &reqwest::Client,
+    base: &str,
+    namespace: &str,
+    rows: Vec<Vec<f64>>,
+) -> Result<Value> {
+    let metadata: Value = http
+        .get(base)
+        .header(ferry_api::HEADER_NAMESPACE, namespace)
+        .send()
+        .await
+        .context("cannot reach the router")?
+        .json()
+        .await
+        .unwrap_or_default();
+    let input = &metadata["inputs"][0];
+    let name = input["name"]
+        .as_str()
+        .context("the model's metadata names no input")?;
+    let datatype = input["datatype"].as_str().unwrap_or("FP32");
+    let width = rows.first().map_or(0, Vec::len);
+    if rows.iter().any(|r| r.len() != width) {
+        bail!("every row needs the same number of values");
+    }
+    let data: Vec<f64> = rows.iter().flatten().copied().collect();
+    Ok(
+        json!({"inputs": [{"name": name, "datatype": datatype, "shape": [rows.len(), width], "data": data}]}),
+    )
+}
+
+pub async fn rollout(command: RolloutCommand) -> Result<()> {
+    match command {
+        RolloutCommand::Status {
+            common,
+            name,
+            timeout,
+        } => {
+            wait_rollout(
+                &common.client()?,
+                &common.namespace,
+                &name,
+                Duration::from_secs(timeout),
+            )
+            .await
+        }
+        RolloutCommand::History { common, name } => {
+            let revisions = common
+                .client()?
+                .detail(&common.namespace, &name, "revisions")
+                .await?;
+            print!("{}", render::history(&revisions));
+            Ok(())
+        }
+        RolloutCommand::Undo {
+            common,
+            name,
+            to_revision,
+        } => {
+            let answer = common
+                .client()?
+                .rollback(&common.namespace, &name, to_revision.as_deref())
+                .await?;
+            println!(
+                "inferenceservice.ferry.dev/{name} rolled back to {}",
+                answer["revision"].as_str().unwrap_or("?")
+            );
+            Ok(())
+        }
+    }
+}

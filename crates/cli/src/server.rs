@@ -1,0 +1,97 @@
+//! `ferry server`: the model server (OIP v2 REST + gRPC) as a process.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use ferry_server::{ModelConfig, ServerConfig};
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// A model to serve: NAME=PATH[,version=V][,tokenizer=FILE][,max_batch_size=N]
+    /// [,max_queue_delay_ms=MS][,max_queue=N]. Repeat for several models.
+    #[arg(long = "model", value_name = "NAME=PATH[,OPTIONS]")]
+    models: Vec<String>,
+    /// Address of the REST (HTTP/1.1 and h2c) listener.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    http_addr: std::net::SocketAddr,
+    /// Address of the gRPC listener.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    grpc_addr: std::net::SocketAddr,
+    /// Largest accepted request body (REST) or message (gRPC), in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_body_bytes: usize,
+    /// Inference threads (the bounded compute pool); default: one per CPU.
+    #[arg(long)]
+    compute_threads: Option<usize>,
+    /// Seconds to let in-flight requests finish after SIGTERM before exiting anyway.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace_seconds: u64,
+    /// Once both listeners are bound, write `{"http": ADDR, "grpc": ADDR}` to this file
+    /// (atomically), so a supervisor that asked for port 0 learns the ports.
+    #[arg(long, value_name = "FILE")]
+    addr_file: Option<std::path::PathBuf>,
+}
+
+pub async fn run(args: ServerArgs) -> Result<()> {
+    let mut config = ServerConfig {
+        http_addr: args.http_addr,
+        grpc_addr: args.grpc_addr,
+        max_body_bytes: args.max_body_bytes,
+        ..ServerConfig::default()
+    };
+    if let Some(n) = args.compute_threads {
+        config.compute_threads = n.max(1);
+    }
+    for spec in &args.models {
+        config.models.push(ModelConfig::parse(spec)?);
+    }
+    if config.models.is_empty() {
+        tracing::warn!(
+            "no --model given: the server starts empty (load models through the repository API)"
+        );
+    }
+    let server = ferry_server::start(config).await?;
+    if let Some(path) = &args.addr_file {
+        let text = format!(
+            r#"{{"http":"{}","grpc":"{}"}}"#,
+            server.http_addr, server.grpc_addr
+        );
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, text)
+            .and_then(|()| std::fs::rename(&partial, path))
+            .with_context(|| format!("cannot write --addr-file {}", path.display()))?;
+    }
+    shutdown_signal().await;
+    tracing::info!("shutdown signal received: draining in-flight requests");
+    server.shutdown();
+    let grace = Duration::from_secs(args.shutdown_grace_seconds);
+    if tokio::time::timeout(grace, server.wait()).await.is_err() {
+        tracing::warn!(
+            grace_seconds = args.shutdown_grace_seconds,
+            "in-flight requests did not finish in time; exiting"
+        );
+    }
+    Ok(())
+}
+
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

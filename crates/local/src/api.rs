@@ -1,0 +1,328 @@
+//! The control API of `ferry up`, on loopback, every call with `Authorization: Bearer <token>`
+//! (the token is in the state directory, mode 0600). `ferry apply/get/describe/...` call it.
+//!
+//! | method | path | does |
+//! |---|---|---|
+//! | POST | `/v1/apply` | `{"manifests": YAML, "namespace": NS}`: validate all, store all or nothing |
+//! | GET | `/v1/inferenceservices[?namespace=NS]` | list with status |
+//! | GET / DELETE | `/v1/namespaces/{ns}/inferenceservices/{name}` | one / delete |
+//! | GET | `.../{name}/events`, `/revisions`, `/replicas`, `/logs?tail=N` | details |
+//! | POST | `.../{name}/rollback` | `{"revision": NAME?}`: the predictor of an earlier revision |
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_api::{InferenceService, parse_manifests};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::paths::StateDir;
+use crate::process;
+use crate::store::Store;
+use crate::supervisor::Supervisor;
+use crate::{Error, Result};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<Store>,
+    pub supervisor: Supervisor,
+    pub dirs: StateDir,
+    pub token: Arc<str>,
+    pub changed: Arc<tokio::sync::Notify>,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.to_string() });
+        if let Error::Invalid(parse) = &self {
+            body["documents"] = serde_json::to_value(&parse.0).unwrap_or_default();
+        }
+        (self.http_status(), Json(body)).into_response()
+    }
+}
+
+pub fn app(state: ApiState) -> Router {
+    let ns = "/v1/namespaces/{namespace}/inferenceservices/{name}";
+    Router::new()
+        .route("/v1/health", get(|| async { Json(json!({"ok": true})) }))
+        .route("/v1/apply", post(apply))
+        .route("/v1/inferenceservices", get(list))
+        .route(ns, get(show).delete(delete))
+        .route(&format!("{ns}/events"), get(events))
+        .route(&format!("{ns}/revisions"), get(revisions))
+        .route(&format!("{ns}/replicas"), get(replicas))
+        .route(&format!("{ns}/logs"), get(logs))
+        .route(&format!("{ns}/rollback"), post(rollback))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .with_state(state)
+}
+
+async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented != Some(&*state.token) {
+        return Error::Unauthorized.into_response();
+    }
+    next.run(request).await
+}
+
+#[derive(Deserialize)]
+struct ApplyRequest {
+    manifests: String,
+    #[serde(default = "default_namespace")]
+    namespace: String,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+async fn apply(
+    State(state): State<ApiState>,
+    Json(request): Json<ApplyRequest>,
+) -> Result<Json<Value>> {
+    let manifests = parse_manifests(&request.manifests, &request.namespace)?;
+    let objects: Vec<InferenceService> = manifests.into_iter().map(|m| m.isvc).collect();
+    check_model_names(&state.store, &objects)?;
+    let outcomes = state.store.apply_all(&objects)?;
+    state.changed.notify_one();
+    let results: Vec<Value> = objects
+        .iter()
+        .zip(outcomes)
+        .map(|(isvc, (applied, revision))| {
+            json!({
+                "namespace": isvc.namespace_or_default(),
+                "name": isvc.metadata.name,
+                "result": applied,
+                "revision": revision,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+/// Requests are routed by (namespace, model name): two services may not claim the same one.
+fn check_model_names(store: &Store, objects: &[InferenceService]) -> Result<()> {
+    let existing = store.services()?;
+    let mut claimed: Vec<(String, String, String)> = existing
+        .iter()
+        .filter(|s| !s.deleted)
+        .map(|s| (s.namespace(), s.isvc.model_name(), s.name()))
+        .collect();
+    for isvc in objects {
+        let (ns, model, name) = (
+            isvc.namespace_or_default(),
+            isvc.model_name(),
+            isvc.metadata.name.clone().unwrap_or_default(),
+        );
+        claimed.retain(|(n, _, owner)| !(n == &ns && owner == &name));
+        if let Some((_, _, owner)) = claimed.iter().find(|(n, m, _)| n == &ns && m == &model) {
+            return Err(Error::Conflict(format!(
+                "InferenceService {ns}/{name}: spec.predictor.model.name: model name {model:?} is already served by InferenceService {ns}/{owner}"
+            )));
+        }
+        claimed.push((ns, model, name));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    namespace: Option<String>,
+}
+
+async fn list(
+    State(state): State<ApiState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>> {
+    let items: Vec<InferenceService> = state
+        .store
+        .services()?
+        .into_iter()
+        .filter(|s| !s.deleted)
+        .filter(|s| {
+            query
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| *ns == s.namespace())
+        })
+        .map(|s| s.to_object())
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+fn find(store: &Store, namespace: &str, name: &str) -> Result<crate::store::ServiceRow> {
+    store
+        .service(namespace, name)?
+        .ok_or_else(|| Error::NotFound {
+            kind: "InferenceService",
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+}
+
+async fn show(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    let row = find(&state.store, &namespace, &name)?;
+    Ok(Json(
+        serde_json::to_value(row.to_object()).unwrap_or_default(),
+    ))
+}
+
+async fn delete(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    find(&state.store, &namespace, &name)?;
+    state.store.delete(&namespace, &name)?;
+    state.changed.notify_one();
+    Ok(Json(json!({ "deleted": format!("{namespace}/{name}") })))
+}
+
+async fn events(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    find(&state.store, &namespace, &name)?;
+    Ok(Json(
+        json!({ "items": state.store.events(&namespace, &name, 50)? }),
+    ))
+}
+
+async fn revisions(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    let row = find(&state.store, &namespace, &name)?;
+    let items: Vec<Value> = state
+        .store
+        .revisions(&namespace, &name)?
+        .into_iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(&r).unwrap_or_default();
+            v["current"] = json!(r.name == row.revision);
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn replicas(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<Value>> {
+    find(&state.store, &namespace, &name)?;
+    let observed = state.supervisor.observed();
+    let items: Vec<Value> = state
+        .store
+        .replicas()?
+        .into_iter()
+        .filter(|r| r.namespace == namespace && r.service == name)
+        .map(|r| {
+            let o = observed.get(&r.id);
+            let ready = o.is_some_and(|o| o.health == ferry_core::ReplicaHealth::Ready);
+            let mut item = json!({
+                "id": r.id,
+                "revision": r.revision,
+                "pid": o.and_then(|o| o.pid),
+                "http": o.and_then(|o| o.http).map(|a| a.to_string()),
+                "grpc": o.and_then(|o| o.grpc).map(|a| a.to_string()),
+                "health": o.map(|o| serde_json::to_value(&o.health).unwrap_or_default()),
+                "ready": ready,
+                "restarts": o.map_or(0, |o| o.restarts),
+                "lastExit": o.and_then(|o| o.last_exit.clone()),
+                "terminating": r.terminating,
+            });
+            if !ready {
+                item["lastLogLines"] = json!(process::last_lines(&state.dirs.log_of(&r.id), 5));
+            }
+            item
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    tail: Option<usize>,
+}
+
+async fn logs(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Response> {
+    find(&state.store, &namespace, &name)?;
+    let mut out = String::new();
+    for replica in state
+        .store
+        .replicas()?
+        .into_iter()
+        .filter(|r| r.namespace == namespace && r.service == name)
+    {
+        for line in process::last_lines(&state.dirs.log_of(&replica.id), query.tail.unwrap_or(100))
+        {
+            out.push_str(&format!("[{}] {line}\n", replica.id));
+        }
+    }
+    Ok((StatusCode::OK, out).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct RollbackRequest {
+    revision: Option<String>,
+}
+
+async fn rollback(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+    body: Option<Json<RollbackRequest>>,
+) -> Result<Json<Value>> {
+    let row = find(&state.store, &namespace, &name)?;
+    let wanted = body.map(|b| b.0).unwrap_or_default().revision;
+    let history = state.store.revisions(&namespace, &name)?;
+    let target = match &wanted {
+        Some(revision) => history
+            .iter()
+            .find(|r| &r.name == revision)
+            .ok_or_else(|| Error::NotFound {
+                kind: "revision",
+                namespace: namespace.clone(),
+                name: revision.clone(),
+            })?,
+        // The newest revision other than the current one.
+        None => history
+            .iter()
+            .find(|r| r.name != row.revision)
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "InferenceService {namespace}/{name} has no earlier revision to roll back to"
+                ))
+            })?,
+    };
+    let mut isvc = row.isvc.clone();
+    isvc.spec.predictor = target.predictor.clone();
+    state.store.apply_all(std::slice::from_ref(&isvc))?;
+    state.store.event(
+        &namespace,
+        &name,
+        "Normal",
+        "RolledBack",
+        &format!("predictor set to revision {}", target.name),
+    )?;
+    state.changed.notify_one();
+    Ok(Json(json!({ "revision": target.name })))
+}

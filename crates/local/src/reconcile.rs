@@ -1,0 +1,333 @@
+//! The reconcile loop: level-triggered, on every supervisor observation and on a timer. Each
+//! pass reads the whole desired state (SQLite) and the whole observed state (supervisor), asks
+//! the shared core what to do, persists the decision, then carries it out.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_api::InferenceServiceStatus;
+use ferry_core::rollout::{self, Target};
+use ferry_core::routes::{Endpoint, RouteTable, ServiceEndpoints};
+use ferry_core::{ReplicaHealth, ReplicaView, status};
+use tokio::sync::{Notify, watch};
+
+use crate::Result;
+use crate::store::{ReplicaRow, ServiceRow, Store, now};
+use crate::supervisor::{ReplicaSpec, Supervisor};
+
+/// Drives every service towards its spec.
+pub struct Reconciler {
+    pub store: Arc<Store>,
+    pub supervisor: Supervisor,
+    pub routes: watch::Sender<Arc<RouteTable>>,
+    pub changed: Arc<Notify>,
+    /// The router's address, for `status.url`.
+    pub router_addr: SocketAddr,
+}
+
+impl Reconciler {
+    /// Reconcile until `shutdown` turns true.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.reconcile() {
+                tracing::error!(error = %e, "reconcile failed; retrying");
+            }
+            tokio::select! {
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// One pass over everything.
+    pub fn reconcile(&self) -> Result<()> {
+        let services = self.store.services()?;
+        let mut rows = self.store.replicas()?;
+        let observed = self.supervisor.observed();
+        let by_key: HashMap<(String, String), &ServiceRow> = services
+            .iter()
+            .map(|s| ((s.namespace(), s.name()), s))
+            .collect();
+
+        // Every recorded replica has a task: adopted after a restart, stopped when orphaned.
+        for row in rows.iter_mut() {
+            let service = by_key.get(&(row.namespace.clone(), row.service.clone()));
+            let spec = service.and_then(|s| self.spec_of(s, &row.revision));
+            if spec.is_none() && !row.terminating {
+                self.store.set_terminating(&row.id)?;
+                row.terminating = true;
+            }
+            if !observed.contains_key(&row.id) {
+                let spec = spec.unwrap_or(ReplicaSpec {
+                    model_name: String::new(),
+                    model_uri: String::new(),
+                    compute_threads: None,
+                });
+                self.supervisor.run(row.clone(), spec);
+                if row.terminating {
+                    self.supervisor.stop(&row.id);
+                }
+            }
+        }
+
+        let view = |row: &ReplicaRow| ReplicaView {
+            id: row.id.clone(),
+            revision: row.revision.clone(),
+            health: observed
+                .get(&row.id)
+                .map(|o| o.health.clone())
+                .unwrap_or(ReplicaHealth::Starting { for_seconds: 0 }),
+            terminating: row.terminating,
+        };
+
+        let mut to_stop = Vec::new();
+        for service in &services {
+            let (namespace, name) = (service.namespace(), service.name());
+            let mine: Vec<&mut ReplicaRow> = rows
+                .iter_mut()
+                .filter(|r| r.namespace == namespace && r.service == name)
+                .collect();
+            if service.deleted {
+                if mine.is_empty() {
+                    self.store.purge(&namespace, &name)?;
+                    tracing::info!(namespace, name, "deleted");
+                }
+                for row in mine.into_iter().filter(|r| !r.terminating) {
+                    self.store.set_terminating(&row.id)?;
+                    row.terminating = true;
+                    to_stop.push(row.id.clone());
+                }
+                continue;
+            }
+            let target = Target::from_spec(&service.revision, &service.isvc.spec);
+            let views: Vec<ReplicaView> = mine.iter().map(|r| view(r)).collect();
+            let step = rollout::plan(&target, &views);
+            for row in mine.into_iter().filter(|r| step.stop.contains(&r.id)) {
+                self.store.set_terminating(&row.id)?;
+                row.terminating = true;
+                to_stop.push(row.id.clone());
+                self.store.event(
+                    &namespace,
+                    &name,
+                    "Normal",
+                    "Draining",
+                    &format!(
+                        "replica {} of {} leaves the route table and stops",
+                        row.id, row.revision
+                    ),
+                )?;
+            }
+            if step.start > 0 {
+                let spec = self
+                    .spec_of(service, &service.revision)
+                    .expect("the latest revision is stored with its service");
+                for _ in 0..step.start {
+                    let row = ReplicaRow {
+                        id: format!(
+                            "{}-{}",
+                            service.revision,
+                            (0..5)
+                                .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
+                                .collect::<String>()
+                        ),
+                        namespace: namespace.clone(),
+                        service: name.clone(),
+                        revision: service.revision.clone(),
+                        pid: None,
+                        start_time: None,
+                        http_addr: None,
+                        grpc_addr: None,
+                        terminating: false,
+                        created_at: now(),
+                    };
+                    self.store.insert_replica(&row)?;
+                    self.store.event(
+                        &namespace,
+                        &name,
+                        "Normal",
+                        "Starting",
+                        &format!("replica {} of {}", row.id, row.revision),
+                    )?;
+                    self.supervisor.run(row.clone(), spec.clone());
+                    rows.push(row);
+                }
+            }
+        }
+
+        // Publish the route table before anything is stopped: a draining replica is out of it.
+        let table = Arc::new(self.route_table(&services, &rows, &observed));
+        self.routes.send_if_modified(|current| {
+            if **current == *table {
+                false
+            } else {
+                *current = table.clone();
+                true
+            }
+        });
+        for id in &to_stop {
+            self.supervisor.stop(id);
+        }
+
+        for service in services.iter().filter(|s| !s.deleted) {
+            self.update_status(service, &rows, &view, &table)?;
+        }
+        Ok(())
+    }
+
+    fn spec_of(&self, service: &ServiceRow, revision: &str) -> Option<ReplicaSpec> {
+        let predictor = if revision == service.revision {
+            service.isvc.spec.predictor.clone()
+        } else {
+            self.store
+                .revisions(&service.namespace(), &service.name())
+                .ok()?
+                .into_iter()
+                .find(|r| r.name == revision)?
+                .predictor
+        };
+        let threads = predictor
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.get("cpu").or(r.requests.get("cpu")))
+            .and_then(|q| ferry_api::quantity::parse(q))
+            .map(|cores| cores.ceil().max(1.0) as u32);
+        Some(ReplicaSpec {
+            model_name: predictor
+                .model
+                .name
+                .clone()
+                .unwrap_or_else(|| service.name()),
+            model_uri: predictor.model.uri.clone(),
+            compute_threads: threads,
+        })
+    }
+
+    fn route_table(
+        &self,
+        services: &[ServiceRow],
+        rows: &[ReplicaRow],
+        observed: &HashMap<String, crate::supervisor::Observed>,
+    ) -> RouteTable {
+        let inputs: Vec<ServiceEndpoints> = services
+            .iter()
+            .filter(|s| !s.deleted)
+            .map(|s| ServiceEndpoints {
+                namespace: s.namespace(),
+                service: s.name(),
+                model: s.isvc.model_name(),
+                endpoints: rows
+                    .iter()
+                    .filter(|r| r.namespace == s.namespace() && r.service == s.name())
+                    .filter_map(|r| {
+                        let o = observed.get(&r.id)?;
+                        Some(Endpoint {
+                            replica: ReplicaView {
+                                id: r.id.clone(),
+                                revision: r.revision.clone(),
+                                health: o.health.clone(),
+                                terminating: r.terminating,
+                            },
+                            http: o.http?,
+                            grpc: o.grpc?,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        ferry_core::routes::build(&inputs)
+    }
+
+    fn update_status(
+        &self,
+        service: &ServiceRow,
+        rows: &[ReplicaRow],
+        view: &dyn Fn(&ReplicaRow) -> ReplicaView,
+        table: &RouteTable,
+    ) -> Result<()> {
+        let (namespace, name) = (service.namespace(), service.name());
+        let views: Vec<ReplicaView> = rows
+            .iter()
+            .filter(|r| r.namespace == namespace && r.service == name)
+            .map(view)
+            .collect();
+        let target = Target::from_spec(&service.revision, &service.isvc.spec);
+        let order: Vec<String> = self
+            .store
+            .revisions(&namespace, &name)?
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        let model = service.isvc.model_name();
+        let port = self.router_addr.port();
+        let url = if namespace == "default" {
+            format!("http://127.0.0.1:{port}/v2/models/{model}")
+        } else {
+            format!("http://{name}.{namespace}.localhost:{port}/v2/models/{model}")
+        };
+        let observed = status::Observed {
+            generation: service.generation,
+            target: &target,
+            replicas: &views,
+            route: table.lookup(&namespace, &model),
+            startup_timeout_seconds: u64::from(
+                service.isvc.spec.predictor.startup_timeout_seconds(),
+            ),
+            url,
+            revision_order: &order,
+        };
+        let next = status::derive(&observed, service.status.as_ref(), &now());
+        if service.status.as_ref() != Some(&next) {
+            self.record_transitions(&namespace, &name, service.status.as_ref(), &next)?;
+            self.store.set_status(&namespace, &name, &next)?;
+        }
+        Ok(())
+    }
+
+    fn record_transitions(
+        &self,
+        namespace: &str,
+        name: &str,
+        previous: Option<&InferenceServiceStatus>,
+        next: &InferenceServiceStatus,
+    ) -> Result<()> {
+        let before: BTreeSet<(String, String, String)> = previous
+            .map(|p| {
+                p.conditions
+                    .iter()
+                    .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for condition in &next.conditions {
+            if before.contains(&(
+                condition.type_.clone(),
+                condition.status.clone(),
+                condition.reason.clone(),
+            )) {
+                continue;
+            }
+            let failing = matches!(
+                condition.reason.as_str(),
+                "CrashLoopBackOff"
+                    | "ModelNotReady"
+                    | "ProgressDeadlineExceeded"
+                    | "NoReadyReplicas"
+            );
+            let type_ = if failing { "Warning" } else { "Normal" };
+            self.store.event(
+                namespace,
+                name,
+                type_,
+                &condition.reason,
+                &format!(
+                    "{}={}: {}",
+                    condition.type_, condition.status, condition.message
+                ),
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,462 @@
+//! SQLite state (WAL): services (desired spec + last derived status), revisions (immutable
+//! history), replicas (process identity and addresses) and events. Every decision is written
+//! here before it is carried out, so a restarted daemon picks up where the last one stopped.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use ferry_api::k8s_openapi::jiff;
+use ferry_api::{InferenceService, InferenceServiceStatus, PredictorSpec, revision_name};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS services (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    revision TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    status TEXT,
+    PRIMARY KEY (namespace, name)
+);
+CREATE TABLE IF NOT EXISTS revisions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace TEXT NOT NULL,
+    service TEXT NOT NULL,
+    name TEXT NOT NULL,
+    predictor TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (namespace, service, name)
+);
+CREATE TABLE IF NOT EXISTS replicas (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    service TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    pid INTEGER,
+    start_time INTEGER,
+    http_addr TEXT,
+    grpc_addr TEXT,
+    terminating INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    service TEXT NOT NULL,
+    type TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+";
+
+/// The current time, RFC 3339.
+pub fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
+}
+
+/// One InferenceService as stored.
+#[derive(Debug, Clone)]
+pub struct ServiceRow {
+    pub isvc: InferenceService,
+    pub generation: i64,
+    pub revision: String,
+    pub created_at: String,
+    pub deleted: bool,
+    pub status: Option<InferenceServiceStatus>,
+}
+
+impl ServiceRow {
+    pub fn namespace(&self) -> String {
+        self.isvc.namespace_or_default()
+    }
+    pub fn name(&self) -> String {
+        self.isvc.metadata.name.clone().unwrap_or_default()
+    }
+    /// The full object as `get -o yaml` shows it.
+    pub fn to_object(&self) -> InferenceService {
+        let mut isvc = self.isvc.clone();
+        isvc.metadata.generation = Some(self.generation);
+        isvc.metadata.creation_timestamp = self
+            .created_at
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(k8s_time);
+        isvc.status = self.status.clone();
+        isvc
+    }
+}
+
+fn k8s_time(t: jiff::Timestamp) -> ferry_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    ferry_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t)
+}
+
+/// One revision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRow {
+    pub seq: i64,
+    pub name: String,
+    pub predictor: PredictorSpec,
+    pub created_at: String,
+}
+
+/// One replica's identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaRow {
+    pub id: String,
+    pub namespace: String,
+    pub service: String,
+    pub revision: String,
+    pub pid: Option<i32>,
+    /// Start time of the process (clock ticks since boot, from /proc): with the pid, the identity.
+    pub start_time: Option<u64>,
+    pub http_addr: Option<String>,
+    pub grpc_addr: Option<String>,
+    pub terminating: bool,
+    pub created_at: String,
+}
+
+/// One event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRow {
+    pub at: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// What `apply` did to one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Applied {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().expect("store mutex poisoned")
+    }
+
+    /// Apply every object in one transaction: all are stored or none.
+    pub fn apply_all(&self, objects: &[InferenceService]) -> Result<Vec<(Applied, String)>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut outcomes = Vec::new();
+        let at = now();
+        for isvc in objects {
+            let namespace = isvc.namespace_or_default();
+            let name = isvc.metadata.name.clone().unwrap_or_default();
+            let revision = revision_name(&name, &isvc.spec.predictor);
+            let manifest = serde_json::to_string(isvc).expect("serializes");
+            let existing: Option<(String, i64, bool)> = tx
+                .query_row(
+                    "SELECT manifest, generation, deleted FROM services WHERE namespace = ?1 AND name = ?2",
+                    params![namespace, name],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? != 0)),
+                )
+                .optional()?;
+            let outcome = match existing {
+                Some((old, _, false)) if old == manifest => Applied::Unchanged,
+                Some((old, generation, deleted)) => {
+                    let spec_changed = deleted
+                        || serde_json::from_str::<InferenceService>(&old)
+                            .map(|o| o.spec != isvc.spec)
+                            .unwrap_or(true);
+                    let generation = if spec_changed {
+                        generation + 1
+                    } else {
+                        generation
+                    };
+                    tx.execute(
+                        "UPDATE services SET manifest = ?3, generation = ?4, revision = ?5, deleted = 0 WHERE namespace = ?1 AND name = ?2",
+                        params![namespace, name, manifest, generation, revision],
+                    )?;
+                    if deleted {
+                        Applied::Created
+                    } else {
+                        Applied::Configured
+                    }
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO services (namespace, name, manifest, generation, revision, created_at) VALUES (?1, ?2, ?3, 1, ?4, ?5)",
+                        params![namespace, name, manifest, revision, at],
+                    )?;
+                    Applied::Created
+                }
+            };
+            tx.execute(
+                "INSERT OR IGNORE INTO revisions (namespace, service, name, predictor, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![namespace, name, revision, serde_json::to_string(&isvc.spec.predictor).expect("serializes"), at],
+            )?;
+            if outcome != Applied::Unchanged {
+                let message = format!(
+                    "{} (revision {revision})",
+                    match outcome {
+                        Applied::Created => "created",
+                        _ => "configured",
+                    }
+                );
+                tx.execute(
+                    "INSERT INTO events (at, namespace, service, type, reason, message) VALUES (?1, ?2, ?3, 'Normal', 'Applied', ?4)",
+                    params![at, namespace, name, message],
+                )?;
+            }
+            outcomes.push((outcome, revision));
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Every service, deleted ones included (their replicas still have to stop).
+    pub fn services(&self) -> Result<Vec<ServiceRow>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT manifest, generation, revision, created_at, deleted, status FROM services ORDER BY namespace, name",
+        )?;
+        let rows = statement.query_map([], service_row)?;
+        Ok(rows
+            .collect::<std::result::Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Result<Option<ServiceRow>> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT manifest, generation, revision, created_at, deleted, status FROM services WHERE namespace = ?1 AND name = ?2 AND deleted = 0",
+                params![namespace, name],
+                service_row,
+            )
+            .optional()?;
+        Ok(row.flatten())
+    }
+
+    /// Mark deleted; the reconciler stops its replicas and then forgets it.
+    pub fn delete(&self, namespace: &str, name: &str) -> Result<bool> {
+        let conn = self.conn();
+        let changed = conn.execute(
+            "UPDATE services SET deleted = 1 WHERE namespace = ?1 AND name = ?2 AND deleted = 0",
+            params![namespace, name],
+        )?;
+        if changed > 0 {
+            conn.execute(
+                "INSERT INTO events (at, namespace, service, type, reason, message) VALUES (?1, ?2, ?3, 'Normal', 'Deleted', 'deletion requested')",
+                params![now(), namespace, name],
+            )?;
+        }
+        Ok(changed > 0)
+    }
+
+    /// Forget a deleted service whose replicas are gone.
+    pub fn purge(&self, namespace: &str, name: &str) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM services WHERE namespace = ?1 AND name = ?2 AND deleted = 1",
+            params![namespace, name],
+        )?;
+        conn.execute(
+            "DELETE FROM revisions WHERE namespace = ?1 AND service = ?2",
+            params![namespace, name],
+        )?;
+        conn.execute(
+            "DELETE FROM events WHERE namespace = ?1 AND service = ?2",
+            params![namespace, name],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &InferenceServiceStatus,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE services SET status = ?3 WHERE namespace = ?1 AND name = ?2",
+            params![
+                namespace,
+                name,
+                serde_json::to_string(status).expect("serializes")
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Revisions of a service, newest first.
+    pub fn revisions(&self, namespace: &str, service: &str) -> Result<Vec<RevisionRow>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT seq, name, predictor, created_at FROM revisions WHERE namespace = ?1 AND service = ?2 ORDER BY seq DESC",
+        )?;
+        let rows = statement.query_map(params![namespace, service], |row| {
+            let predictor: String = row.get(2)?;
+            Ok((row.get(0)?, row.get(1)?, predictor, row.get(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, name, predictor, created_at) = row?;
+            if let Ok(predictor) = serde_json::from_str(&predictor) {
+                out.push(RevisionRow {
+                    seq,
+                    name,
+                    predictor,
+                    created_at,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn insert_replica(&self, replica: &ReplicaRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO replicas (id, namespace, service, revision, pid, start_time, http_addr, grpc_addr, terminating, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                replica.id,
+                replica.namespace,
+                replica.service,
+                replica.revision,
+                replica.pid,
+                replica.start_time.map(|t| t as i64),
+                replica.http_addr,
+                replica.grpc_addr,
+                replica.terminating as i64,
+                replica.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Record the process now running a replica (pid, start time; addresses once known).
+    pub fn set_replica_process(
+        &self,
+        id: &str,
+        pid: Option<i32>,
+        start_time: Option<u64>,
+        addrs: Option<(&str, &str)>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE replicas SET pid = ?2, start_time = ?3, http_addr = ?4, grpc_addr = ?5 WHERE id = ?1",
+            params![id, pid, start_time.map(|t| t as i64), addrs.map(|a| a.0), addrs.map(|a| a.1)],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_terminating(&self, id: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE replicas SET terminating = 1 WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_replica(&self, id: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM replicas WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    pub fn replicas(&self) -> Result<Vec<ReplicaRow>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT id, namespace, service, revision, pid, start_time, http_addr, grpc_addr, terminating, created_at FROM replicas ORDER BY created_at, id",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok(ReplicaRow {
+                id: row.get(0)?,
+                namespace: row.get(1)?,
+                service: row.get(2)?,
+                revision: row.get(3)?,
+                pid: row.get(4)?,
+                start_time: row.get::<_, Option<i64>>(5)?.map(|t| t as u64),
+                http_addr: row.get(6)?,
+                grpc_addr: row.get(7)?,
+                terminating: row.get::<_, i64>(8)? != 0,
+                created_at: row.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    pub fn event(
+        &self,
+        namespace: &str,
+        service: &str,
+        type_: &str,
+        reason: &str,
+        message: &str,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO events (at, namespace, service, type, reason, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![now(), namespace, service, type_, reason, message],
+        )?;
+        Ok(())
+    }
+
+    /// The latest `limit` events of a service, oldest first.
+    pub fn events(&self, namespace: &str, service: &str, limit: usize) -> Result<Vec<EventRow>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT at, type, reason, message FROM events WHERE namespace = ?1 AND service = ?2 ORDER BY seq DESC LIMIT ?3",
+        )?;
+        let rows = statement.query_map(params![namespace, service, limit as i64], |row| {
+            Ok(EventRow {
+                at: row.get(0)?,
+                type_: row.get(1)?,
+                reason: row.get(2)?,
+                message: row.get(3)?,
+            })
+        })?;
+        let mut events: Vec<EventRow> = rows.collect::<std::result::Result<_, _>>()?;
+        events.reverse();
+        Ok(events)
+    }
+}
+
+fn service_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ServiceRow>> {
+    let manifest: String = row.get(0)?;
+    let status: Option<String> = row.get(5)?;
+    let Ok(isvc) = serde_json::from_str::<InferenceService>(&manifest) else {
+        return Ok(None);
+    };
+    Ok(Some(ServiceRow {
+        isvc,
+        generation: row.get(1)?,
+        revision: row.get(2)?,
+        created_at: row.get(3)?,
+        deleted: row.get::<_, i64>(4)? != 0,
+        status: status.and_then(|s| serde_json::from_str(&s).ok()),
+    }))
+}
