@@ -233,7 +233,7 @@ async fn replica_task(
     mut stop: watch::Receiver<bool>,
 ) {
     let id = row.id.clone();
-    let mut adopted = adoptable(&row);
+    let mut adopted = adoptable(&ctx, &row);
     let mut restarts: u32 = 0;
     loop {
         let (mut proc, http, grpc) = match adopted.take() {
@@ -371,11 +371,50 @@ async fn crash_wait(
     }
 }
 
-fn adoptable(row: &ReplicaRow) -> Option<(Proc, SocketAddr, SocketAddr)> {
+/// A replica process that outlived the previous daemon: adopt it when it is still the same
+/// process (pid + start time) and its addresses are known (from the store, or from the address
+/// file it wrote after the daemon died); a live process that cannot be adopted is killed, so a
+/// relaunch never leaves an orphan.
+fn adoptable(ctx: &Ctx, row: &ReplicaRow) -> Option<(Proc, SocketAddr, SocketAddr)> {
     let (pid, start_time) = (row.pid?, row.start_time?);
-    let http = row.http_addr.as_deref()?.parse().ok()?;
-    let grpc = row.grpc_addr.as_deref()?.parse().ok()?;
-    process::alive(pid, start_time).then_some((Proc::Adopted { pid, start_time }, http, grpc))
+    if !process::alive(pid, start_time) {
+        return None;
+    }
+    let from_row = || -> Option<(SocketAddr, SocketAddr)> {
+        Some((
+            row.http_addr.as_deref()?.parse().ok()?,
+            row.grpc_addr.as_deref()?.parse().ok()?,
+        ))
+    };
+    match from_row().or_else(|| read_addr_file(&ctx.dirs.addr_file_of(&row.id))) {
+        Some((http, grpc)) => {
+            let _ = ctx.store.set_replica_process(
+                &row.id,
+                Some(pid),
+                Some(start_time),
+                Some((&http.to_string(), &grpc.to_string())),
+            );
+            Some((Proc::Adopted { pid, start_time }, http, grpc))
+        }
+        None => {
+            tracing::warn!(replica = %row.id, pid, "a replica of the previous run never reported its addresses: killing it");
+            process::signal_group(pid, Signal::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while process::alive(pid, start_time) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        }
+    }
+}
+
+fn read_addr_file(path: &Path) -> Option<(SocketAddr, SocketAddr)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let addrs: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some((
+        addrs["http"].as_str()?.parse().ok()?,
+        addrs["grpc"].as_str()?.parse().ok()?,
+    ))
 }
 
 /// Start the replica's process; returns once it listens.
