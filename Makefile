@@ -40,7 +40,7 @@ fuzz-smoke:
 	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; done
 
 serve:
-	cargo run --release -p ferry -- server --model iris=models/iris-v1.onnx
+	cargo run --release -p ferry -- up -f examples/
 
 minilm: deps
 	$(MAKE) -C models minilm PY=$(PY)

@@ -290,6 +290,77 @@ async fn wait_rollout(
     }
 }
 
+/// `ferry up -f`: once the control API answers, apply the manifests, wait for their rollouts,
+/// and print a curl for each service that works as it is.
+pub async fn quick_start(dirs: &StateDir, files: &[PathBuf]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (client, router) = loop {
+        let api = std::fs::read_to_string(dirs.api_file())
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        // The api.json of this very process (a stale one of a crashed run names another pid).
+        if let Some(api) = api.filter(|a| a["pid"].as_u64() == Some(u64::from(std::process::id())))
+            && let Ok(client) = Client::connect(dirs)
+        {
+            break (
+                client,
+                api["router"].as_str().unwrap_or_default().to_string(),
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("the control API did not come up");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = read_manifests(files)?;
+    let answer = client.apply(&text, "default").await.map_err(refused)?;
+    let http = reqwest::Client::new();
+    for result in answer["results"].as_array().into_iter().flatten() {
+        let namespace = result["namespace"].as_str().unwrap_or("default");
+        let name = result["name"].as_str().unwrap_or_default();
+        println!(
+            "inferenceservice.ferry.dev/{name} {} (revision {})",
+            result["result"].as_str().unwrap_or("?"),
+            result["revision"].as_str().unwrap_or("?")
+        );
+        wait_rollout(&client, namespace, name, Duration::from_secs(300)).await?;
+        let object = client.get(namespace, name).await?;
+        let model = object
+            .pointer("/spec/predictor/model/name")
+            .and_then(Value::as_str)
+            .unwrap_or(name);
+        let base = format!("http://{router}/v2/models/{model}");
+        let metadata: Value = http
+            .get(&base)
+            .header(ferry_api::HEADER_NAMESPACE, namespace)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let inputs: Vec<Value> = metadata["inputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|input| {
+                let shape: Vec<i64> = input["shape"].as_array().into_iter().flatten().map(|d| d.as_i64().filter(|d| *d > 0).unwrap_or(1)).collect();
+                let count: i64 = shape.iter().product();
+                let value = if input["datatype"].as_str().is_some_and(|d| d.starts_with("FP")) { json!(1.0) } else { json!(1) };
+                json!({"name": input["name"], "datatype": input["datatype"], "shape": shape, "data": vec![value; count as usize]})
+            })
+            .collect();
+        let body = json!({ "inputs": inputs }).to_string();
+        let namespace_header = if namespace == "default" {
+            String::new()
+        } else {
+            format!(" -H 'ferry-namespace: {namespace}'")
+        };
+        println!(
+            "\n{namespace}/{name} is ready. Try:\n  curl -s {base}/infer{namespace_header} -H 'content-type: application/json' -d '{body}'\n"
+        );
+    }
+    Ok(())
+}
+
 pub async fn get(args: GetArgs) -> Result<()> {
     check_kind(&args.kind)?;
     let client = args.common.client()?;

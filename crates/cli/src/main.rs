@@ -69,6 +69,9 @@ struct UpArgs {
     /// First restart delay of a crashed replica, in milliseconds (doubles per restart).
     #[arg(long, default_value_t = 1000)]
     restart_backoff_ms: u64,
+    /// Manifests to apply once running (file, directory or `-`); prints a ready-to-run curl.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<PathBuf>,
 }
 
 fn main() {
@@ -111,6 +114,15 @@ async fn up(args: UpArgs) -> Result<()> {
     let state_dir = args
         .state_dir
         .unwrap_or_else(ferry_local::paths::default_state_dir);
+    if !args.files.is_empty() {
+        let dirs = ferry_local::paths::StateDir::new(&state_dir);
+        let files = args.files.clone();
+        tokio::spawn(async move {
+            if let Err(error) = ctl::quick_start(&dirs, &files).await {
+                eprintln!("error: applying {files:?} failed: {error:#}");
+            }
+        });
+    }
     let config = ferry_local::daemon::DaemonConfig {
         state_dir,
         router_addr: args.router_addr,

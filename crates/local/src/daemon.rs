@@ -48,6 +48,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             dirs.root.display()
         )));
     }
+    // A crashed run may have left its api.json: clients must not find a dead address.
+    let _ = std::fs::remove_file(dirs.api_file());
     let store = Arc::new(Store::open(&dirs.db())?);
     let token: Arc<str> = Arc::from(dirs.ensure_token()?);
 

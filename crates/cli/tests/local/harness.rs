@@ -58,6 +58,11 @@ impl Daemon {
 
     /// `ferry up` on an existing state directory (a restart).
     pub fn start_in(dir: PathBuf) -> Daemon {
+        Daemon::start_with(dir, &[])
+    }
+
+    /// `ferry up EXTRA...` on `dir`, run from the repository root.
+    pub fn start_with(dir: PathBuf, extra: &[&str]) -> Daemon {
         let dirs = StateDir::new(&dir);
         let _ = std::fs::remove_file(dirs.api_file());
         std::fs::create_dir_all(&dir).unwrap();
@@ -78,6 +83,8 @@ impl Daemon {
             ])
             .arg("--state-dir")
             .arg(&dir)
+            .args(extra)
+            .current_dir(repo())
             .env("FERRY_LOG", "info,ferry_local=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::from(log.try_clone().unwrap()))
