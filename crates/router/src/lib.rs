@@ -11,6 +11,7 @@
 
 mod error;
 mod metrics;
+mod pool;
 mod proxy;
 mod table;
 mod target;

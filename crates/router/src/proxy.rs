@@ -17,14 +17,13 @@ use ferry_core::routes::RouteTable;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::error::RouterError;
 use crate::metrics::{ErrorLabels, Metrics, RevisionLabels};
+use crate::pool::error_chain;
 use crate::table::{BackendState, Compiled, InFlight, InFlightGuard, RevisionState, ServiceState};
 use crate::target::{Target, classify, grpc_model_name, namespace};
 
@@ -56,8 +55,6 @@ struct Inner {
     compiled: watch::Receiver<Arc<Compiled>>,
     inflight: InFlight,
     metrics: Arc<Metrics>,
-    http1: Client<HttpConnector, Full<Bytes>>,
-    http2: Client<HttpConnector, Full<Bytes>>,
     config: RouterConfig,
 }
 
@@ -80,22 +77,11 @@ impl Router {
                 }
             });
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(connector);
         Router {
             inner: Arc::new(Inner {
                 compiled,
                 inflight,
                 metrics,
-                http1,
-                http2,
                 config,
             }),
         }
@@ -230,32 +216,45 @@ impl Router {
     ) -> Result<Response<Buffered>, RouterError> {
         let started = Instant::now();
         let _outstanding = InFlightGuard::new(backend.clone());
-        let (addr, client, version) = if grpc {
-            (backend.backend.grpc, &self.inner.http2, Version::HTTP_2)
-        } else {
-            (backend.backend.http, &self.inner.http1, Version::HTTP_11)
-        };
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let upstream_error = |cause: String| RouterError::Upstream {
             backend: backend.backend.id.clone(),
             cause,
         };
-        let mut request = Request::builder()
-            .method(parts.method.clone())
-            .uri(format!("http://{addr}{path}"))
-            .version(version)
-            .body(Full::new(body.clone()))
-            .map_err(|e| RouterError::BadRequest(e.to_string()))?;
-        copy_end_to_end(&parts.headers, request.headers_mut(), grpc);
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| upstream_error(error_chain(&e)))?;
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let build = |version: Version| {
+            let mut request = Request::new(Full::new(body.clone()));
+            *request.method_mut() = parts.method.clone();
+            // HTTP/1.1 in origin form; HTTP/2 needs scheme and authority for its pseudo-headers.
+            let uri = if version == Version::HTTP_2 {
+                http::Uri::try_from(format!("http://{}{path}", backend.backend.grpc))
+            } else {
+                http::Uri::try_from(path)
+            };
+            *request.uri_mut() = uri.unwrap_or_else(|_| http::Uri::from_static("/"));
+            *request.version_mut() = version;
+            copy_end_to_end(&parts.headers, request.headers_mut(), grpc);
+            request
+        };
+        let timeout = self.inner.config.connect_timeout;
+        let pool = &backend.pool;
+        let (response, lease) = if grpc {
+            let response = pool
+                .send_http2(backend.backend.grpc, timeout, build(Version::HTTP_2))
+                .await
+                .map_err(|e| upstream_error(e.0))?;
+            (response, None)
+        } else {
+            let (response, lease) = pool
+                .send_http1(backend.backend.http, timeout, || build(Version::HTTP_11))
+                .await
+                .map_err(|e| upstream_error(e.0))?;
+            (response, Some(lease))
+        };
         let (mut head, upstream_body) = response.into_parts();
-        let collected = upstream_body
-            .collect()
-            .await
-            .map_err(|e| upstream_error(error_chain(&e)))?;
+        let collected = upstream_body.collect().await.map_err(|e| upstream_error(error_chain(&e)))?;
+        if let Some(lease) = lease {
+            pool.release(lease);
+        }
         let trailers = collected.trailers().cloned();
         let data = collected.to_bytes();
         strip_hop_by_hop(&mut head.headers);
@@ -288,17 +287,6 @@ fn labels(service: &ServiceState, revision: &RevisionState) -> RevisionLabels {
         service: service.service.clone(),
         revision: revision.revision.to_string(),
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 const HOP_BY_HOP: [&str; 8] = [

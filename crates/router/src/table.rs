@@ -17,6 +17,8 @@ use crate::metrics::{Metrics, RevisionLabels};
 pub struct BackendState {
     pub backend: Backend,
     inflight: AtomicUsize,
+    /// Connections to this backend; they live as long as the backend stays known.
+    pub pool: crate::pool::Pool,
 }
 
 impl BackendState {
@@ -164,6 +166,7 @@ impl InFlight {
                                     _ => Arc::new(BackendState {
                                         backend: b.clone(),
                                         inflight: AtomicUsize::new(0),
+                                        pool: crate::pool::Pool::default(),
                                     }),
                                 };
                                 seen.insert(b.id.clone(), state.clone());
