@@ -17,5 +17,5 @@ mod table;
 mod target;
 
 pub use error::RouterError;
-pub use proxy::{Router, RouterConfig, RunningRouter, serve};
+pub use proxy::{Router, RouterConfig, RunningRouter, serve, serve_threads};
 pub use table::InFlight;

@@ -13,6 +13,20 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Mark the calling thread as router thread `index` (selects its connection pools).
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// Index of the calling router thread (0 outside router threads).
+pub fn worker() -> usize {
+    WORKER.with(std::cell::Cell::get)
+}
+
 /// Why a request could not be exchanged with the replica.
 #[derive(Debug)]
 pub struct SendError(pub String);
@@ -30,7 +44,10 @@ pub struct Lease(http1::SendRequest<Full<Bytes>>);
 /// Idle connections kept per backend.
 const MAX_IDLE: usize = 256;
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<tokio::net::TcpStream>, SendError> {
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TokioIo<tokio::net::TcpStream>, SendError> {
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| SendError(format!("connect to {addr} timed out")))?
@@ -116,8 +133,14 @@ impl Pool {
                 sender
             }
         };
-        sender.ready().await.map_err(|e| SendError(error_chain(&e)))?;
-        sender.send_request(request).await.map_err(|e| SendError(error_chain(&e)))
+        sender
+            .ready()
+            .await
+            .map_err(|e| SendError(error_chain(&e)))?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| SendError(error_chain(&e)))
     }
 }
 

@@ -5,7 +5,6 @@
 //! a draining replica is exact.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,6 +33,8 @@ pub struct RouterConfig {
     pub max_body_bytes: usize,
     /// Connect timeout towards a replica.
     pub connect_timeout: Duration,
+    /// Router threads [`serve_threads`] may run (upstream connections are pooled per thread).
+    pub worker_threads: usize,
 }
 
 impl Default for RouterConfig {
@@ -41,6 +42,7 @@ impl Default for RouterConfig {
         RouterConfig {
             max_body_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(1),
+            worker_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -63,14 +65,15 @@ impl Router {
     pub fn new(mut table: watch::Receiver<Arc<RouteTable>>, config: RouterConfig) -> Router {
         let metrics = Arc::new(Metrics::default());
         let inflight = InFlight::default();
-        let first = inflight.compile(&table.borrow_and_update(), &metrics);
+        let workers = config.worker_threads.max(1);
+        let first = inflight.compile(&table.borrow_and_update(), &metrics, workers);
         let (compiled_tx, compiled) = watch::channel(Arc::new(first));
         {
             let inflight = inflight.clone();
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 while table.changed().await.is_ok() {
-                    let next = inflight.compile(&table.borrow_and_update(), &metrics);
+                    let next = inflight.compile(&table.borrow_and_update(), &metrics, workers);
                     if compiled_tx.send(Arc::new(next)).is_err() {
                         break;
                     }
@@ -236,7 +239,7 @@ impl Router {
             request
         };
         let timeout = self.inner.config.connect_timeout;
-        let pool = &backend.pool;
+        let pool = backend.pool();
         let (response, lease) = if grpc {
             let response = pool
                 .send_http2(backend.backend.grpc, timeout, build(Version::HTTP_2))
@@ -251,7 +254,10 @@ impl Router {
             (response, Some(lease))
         };
         let (mut head, upstream_body) = response.into_parts();
-        let collected = upstream_body.collect().await.map_err(|e| upstream_error(error_chain(&e)))?;
+        let collected = upstream_body
+            .collect()
+            .await
+            .map_err(|e| upstream_error(error_chain(&e)))?;
         if let Some(lease) = lease {
             pool.release(lease);
         }
@@ -399,44 +405,100 @@ impl hyper::body::Body for Buffered {
     }
 }
 
-/// A router serving on a listener; stop with [`RunningRouter::shutdown`].
+/// A running router; stop with [`RunningRouter::shutdown`].
 pub struct RunningRouter {
     pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    done: Vec<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl RunningRouter {
     /// Stop accepting, let open requests finish (up to `grace`), return.
-    pub async fn shutdown(mut self, grace: Duration) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        for done in self.done {
+            let _ = tokio::time::timeout_at(deadline, done).await;
         }
-        let _ = tokio::time::timeout(grace, &mut self.task).await;
-        self.task.abort();
     }
 }
 
-/// Serve `router` on `listener` (HTTP/1.1 and h2c on one port) until shut down.
+/// Serve `router` on `listener` (HTTP/1.1 and h2c on one port) on the current runtime.
 pub fn serve(listener: TcpListener, router: Router) -> std::io::Result<RunningRouter> {
     let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(accept_loop(listener, router, stop_rx));
+    let (stop, stop_rx) = watch::channel(false);
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        accept_loop(listener, router, stop_rx).await;
+        let _ = done_tx.send(());
+    });
     Ok(RunningRouter {
         addr,
-        stop: Some(stop_tx),
-        task,
+        stop,
+        done: vec![done],
     })
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// Serve `router` on `addr` with `threads` OS threads, each a single-threaded runtime with its
+/// own `SO_REUSEPORT` listener (the kernel spreads connections): a connection, its upstream
+/// connections and its requests stay on one thread, as in nginx's worker model.
+pub fn serve_threads(
+    addr: SocketAddr,
     router: Router,
-    stop: impl Future<Output = Result<(), tokio::sync::oneshot::error::RecvError>>,
-) {
+    threads: usize,
+) -> std::io::Result<RunningRouter> {
+    let threads = threads.clamp(1, router.inner.config.worker_threads.max(1));
+    let socket = |at: SocketAddr| -> std::io::Result<tokio::net::TcpSocket> {
+        let socket = if at.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(at)?;
+        Ok(socket)
+    };
+    let first = socket(addr)?;
+    let bound = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..threads {
+        sockets.push(socket(bound)?);
+    }
+    let (stop, stop_rx) = watch::channel(false);
+    let mut done = Vec::new();
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let router = router.clone();
+        let stop_rx = stop_rx.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        done.push(done_rx);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("ferry-router-{index}"))
+            .spawn(move || {
+                crate::pool::set_worker(index);
+                runtime.block_on(async move {
+                    match socket.listen(4096) {
+                        Ok(listener) => accept_loop(listener, router, stop_rx).await,
+                        Err(e) => tracing::error!(error = %e, "router listener failed"),
+                    }
+                });
+                let _ = done_tx.send(());
+            })?;
+    }
+    Ok(RunningRouter {
+        addr: bound,
+        stop,
+        done,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -453,7 +515,7 @@ async fn accept_loop(
                     let _ = connection.await;
                 });
             }
-            _ = &mut stop => break,
+            _ = stop.changed() => break,
         }
     }
     drop(listener);

@@ -17,11 +17,17 @@ use crate::metrics::{Metrics, RevisionLabels};
 pub struct BackendState {
     pub backend: Backend,
     inflight: AtomicUsize,
-    /// Connections to this backend; they live as long as the backend stays known.
-    pub pool: crate::pool::Pool,
+    /// Connections to this backend, one pool per router thread; they live as long as the
+    /// backend stays known.
+    pools: Box<[crate::pool::Pool]>,
 }
 
 impl BackendState {
+    /// The connection pool of the calling router thread.
+    pub fn pool(&self) -> &crate::pool::Pool {
+        &self.pools[crate::pool::worker() % self.pools.len()]
+    }
+
     pub fn outstanding(&self) -> usize {
         self.inflight.load(Ordering::Relaxed)
     }
@@ -147,7 +153,12 @@ impl InFlight {
     }
 
     /// Compile `table`, reusing the counters of backends already known.
-    pub(crate) fn compile(&self, table: &RouteTable, metrics: &Metrics) -> Compiled {
+    pub(crate) fn compile(
+        &self,
+        table: &RouteTable,
+        metrics: &Metrics,
+        workers: usize,
+    ) -> Compiled {
         let mut registry = self.registry.lock().expect("in-flight registry poisoned");
         let mut seen = HashMap::new();
         let mut compiled = Compiled::default();
@@ -166,7 +177,9 @@ impl InFlight {
                                     _ => Arc::new(BackendState {
                                         backend: b.clone(),
                                         inflight: AtomicUsize::new(0),
-                                        pool: crate::pool::Pool::default(),
+                                        pools: (0..workers)
+                                            .map(|_| crate::pool::Pool::default())
+                                            .collect(),
                                     }),
                                 };
                                 seen.insert(b.id.clone(), state.clone());
