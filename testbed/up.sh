@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Start a real Kubernetes control plane on 127.0.0.1 only: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler and kwok (fake CPU and GPU nodes, pod IPs from
+# 127.1.0.0/16). Builds the binaries on first use (build.sh). Writes testbed/run/admin.kubeconfig.
+# Idempotent: with the cluster up it returns at once. Stop with testbed/down.sh.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/versions.env"
+CACHE=${FERRY_TESTBED_CACHE:-$HOME/.cache/ferry-testbed/$K8S_VERSION}
+BIN=$CACHE/bin
+RUN=$here/run
+PIDS=$RUN/pids
+LOGS=$RUN/logs
+PKI=$RUN/pki
+KUBECTL=$BIN/kubectl
+ADMIN=$RUN/admin.kubeconfig
+
+alive() { [ -f "$PIDS/$1" ] && kill -0 "$(cat "$PIDS/$1")" 2>/dev/null; }
+healthy() {
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do alive "$c" || return 1; done
+  "$KUBECTL" --kubeconfig "$ADMIN" get --raw /readyz >/dev/null 2>&1
+}
+
+"$here/build.sh"
+if healthy; then
+  echo "testbed: already up (kubeconfig $ADMIN)"
+  exit 0
+fi
+# Half-started leftovers: stop them first.
+"$here/down.sh" >/dev/null 2>&1 || true
+start=$(date +%s.%N)
+mkdir -p "$PIDS" "$LOGS" "$PKI"
+
+# --- PKI (kept across restarts; --purge in down.sh removes it) ---
+if [ ! -f "$PKI/ca.crt" ]; then
+  (
+    cd "$PKI"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj "/CN=ferry-testbed-ca" 2>/dev/null
+    cert() { # name subject [ext]
+      openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+      if [ -n "${3:-}" ]; then
+        printf '%s\n' "$3" > "$1.ext"
+        openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 -extfile "$1.ext" 2>/dev/null
+      else
+        openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 2>/dev/null
+      fi
+    }
+    cert apiserver "/CN=kube-apiserver" \
+      "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    cert admin "/O=system:masters/CN=admin"
+    cert controller-manager "/CN=system:kube-controller-manager"
+    cert scheduler "/CN=system:kube-scheduler"
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  )
+fi
+kubeconfig() { # file user
+  cat > "$1" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster: {server: "https://127.0.0.1:6443", certificate-authority: "$PKI/ca.crt"}
+users:
+- name: $2
+  user: {client-certificate: "$PKI/$2.crt", client-key: "$PKI/$2.key"}
+contexts:
+- name: testbed
+  context: {cluster: testbed, user: $2, namespace: default}
+current-context: testbed
+KC
+}
+kubeconfig "$ADMIN" admin
+kubeconfig "$RUN/controller-manager.kubeconfig" controller-manager
+kubeconfig "$RUN/scheduler.kubeconfig" scheduler
+
+launch() { # name command...
+  local name=$1; shift
+  setsid "$@" >"$LOGS/$name.log" 2>&1 < /dev/null &
+  echo $! > "$PIDS/$name"
+}
+wait_for() { # what seconds command...
+  local what=$1 seconds=$2; shift 2
+  local deadline=$(( $(date +%s) + seconds ))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "testbed: $what not healthy after ${seconds}s; last log lines:" >&2
+      tail -n 20 "$LOGS/$what.log" >&2 || true
+      exit 1
+    fi
+    sleep 0.1
+  done
+}
+
+launch etcd "$BIN/etcd" --name node0 --data-dir "$RUN/etcd" \
+  --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+  --listen-metrics-urls http://127.0.0.1:2381 --initial-cluster node0=http://127.0.0.1:2380 \
+  --unsafe-no-fsync
+wait_for etcd 30 curl -sf http://127.0.0.1:2381/health
+
+launch kube-apiserver "$BIN/kube-apiserver" \
+  --etcd-servers http://127.0.0.1:2379 --bind-address 127.0.0.1 --secure-port 6443 \
+  --advertise-address 127.0.0.1 --endpoint-reconciler-type none \
+  --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+  --client-ca-file "$PKI/ca.crt" \
+  --service-account-issuer https://kubernetes.default.svc \
+  --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+  --service-cluster-ip-range 10.96.0.0/16 --authorization-mode Node,RBAC --allow-privileged=true \
+  --enable-priority-and-fairness=false
+wait_for kube-apiserver 60 "$KUBECTL" --kubeconfig "$ADMIN" get --raw /readyz
+
+launch kube-controller-manager "$BIN/kube-controller-manager" \
+  --kubeconfig "$RUN/controller-manager.kubeconfig" \
+  --authentication-kubeconfig "$RUN/controller-manager.kubeconfig" \
+  --authorization-kubeconfig "$RUN/controller-manager.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port 10257 --leader-elect=false --controllers '*' \
+  --use-service-account-credentials=true --root-ca-file "$PKI/ca.crt" \
+  --service-account-private-key-file "$PKI/sa.key" \
+  --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
+  --service-cluster-ip-range 10.96.0.0/16
+launch kube-scheduler "$BIN/kube-scheduler" \
+  --kubeconfig "$RUN/scheduler.kubeconfig" \
+  --authentication-kubeconfig "$RUN/scheduler.kubeconfig" \
+  --authorization-kubeconfig "$RUN/scheduler.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port 10259 --leader-elect=false
+launch kwok "$BIN/kwok" --kubeconfig "$ADMIN" --config "$CACHE/kwok-stages.yaml" \
+  --manage-all-nodes=false --manage-nodes-with-label-selector type=kwok \
+  --node-lease-duration-seconds 40 --cidr 127.1.0.0/16 --node-ip 127.0.0.1
+wait_for kube-controller-manager 60 curl -skf https://127.0.0.1:10257/healthz
+wait_for kube-scheduler 60 curl -skf https://127.0.0.1:10259/healthz
+
+# --- kwok nodes: CPU-only and GPU nodes (8 GPUs each), tainted so only pods that ask land there ---
+node() { # name gpus product
+  local gpu_labels="" gpu_capacity=""
+  if [ "$2" -gt 0 ]; then
+    gpu_labels="nvidia.com/gpu.product: $3
+    nvidia.com/gpu.count: \"$2\""
+    gpu_capacity="nvidia.com/gpu: \"$2\""
+  fi
+  cat <<NODE
+apiVersion: v1
+kind: Node
+metadata:
+  name: $1
+  annotations: {node.alpha.kubernetes.io/ttl: "0", kwok.x-k8s.io/node: fake}
+  labels:
+    type: kwok
+    kubernetes.io/hostname: $1
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    ${gpu_labels}
+spec:
+  taints: [{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}]
+status:
+  capacity: {cpu: "32", memory: 256Gi, pods: "110", ${gpu_capacity}}
+  allocatable: {cpu: "32", memory: 256Gi, pods: "110", ${gpu_capacity}}
+---
+NODE
+}
+{
+  node kwok-cpu-0 0 ""
+  node kwok-cpu-1 0 ""
+  node kwok-gpu-a100-0 8 NVIDIA-A100-SXM4-80GB
+  node kwok-gpu-h100-0 8 NVIDIA-H100-80GB-HBM3
+} | "$KUBECTL" --kubeconfig "$ADMIN" apply -f - >/dev/null
+wait_for kwok 60 "$KUBECTL" --kubeconfig "$ADMIN" wait --for=condition=Ready node -l type=kwok --timeout=1s
+echo "testbed: up in $(echo "$(date +%s.%N) - $start" | bc | cut -c1-5)s; export KUBECONFIG=$ADMIN; kubectl is $KUBECTL"
