@@ -5,7 +5,7 @@ VENV ?= $(HOME)/.cache/ferry-venv
 PY := $(VENV)/bin/python
 FUZZ_SECONDS ?= 20
 
-.PHONY: test deps lint rust-test interop fuzz-smoke serve minilm bench
+.PHONY: test deps lint rust-test interop fuzz-smoke serve minilm bench testbed-up testbed-down
 
 test: deps lint rust-test fuzz-smoke
 
@@ -28,8 +28,20 @@ ORT_LIB = $(shell $(PY) -c "import glob, os, onnxruntime; print(sorted(glob.glob
 # suite (tests/interop) runs from crates/cli/tests/interop.rs against this very `ferry` binary.
 TEST_ENV = FERRY_REQUIRE_MINILM=1 FERRY_REQUIRE_INTEROP=1 FERRY_INTEROP_PYTHON=$(PY) ORT_DYLIB_PATH=$(ORT_LIB)
 
+# The cluster tests (testbed/e2e) need the test bed: it is built or reused, brought up before
+# the one test run and taken down after it, also when a test fails.
+TESTBED_ENV = FERRY_REQUIRE_TESTBED=1 FERRY_TESTBED_KUBECONFIG=$(CURDIR)/testbed/run/admin.kubeconfig
+CARGO_TEST_FLAGS = --workspace --features ferry-server/onnxruntime
+
 rust-test: minilm
-	$(TEST_ENV) cargo test --workspace --features ferry-server/onnxruntime
+	FERRY_TESTBED_CARGO_FLAGS="$(CARGO_TEST_FLAGS) --bins" testbed/up.sh || { testbed/down.sh; exit 1; }
+	$(TEST_ENV) $(TESTBED_ENV) cargo test $(CARGO_TEST_FLAGS); rc=$$?; testbed/down.sh || rc=1; exit $$rc
+
+testbed-up:
+	testbed/up.sh
+
+testbed-down:
+	testbed/down.sh
 
 interop: deps
 	$(TEST_ENV) cargo test --workspace --features ferry-server/onnxruntime --test interop

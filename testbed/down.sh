@@ -21,7 +21,20 @@ stop() {
   rm -f "$file"
 }
 for c in ferry-agent kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$c"; done
+# No process of a pod may outlive the agent: find any by its environment, kill it, and fail.
+orphans=""
+for environ in /proc/[0-9]*/environ; do
+  if tr '\0' '\n' < "$environ" 2>/dev/null | grep -q '^FERRY_TESTBED_NODE='; then
+    pid=${environ#/proc/}; pid=${pid%/environ}
+    orphans="$orphans $pid"
+    kill -KILL "$pid" 2>/dev/null
+  fi
+done
 if [ "${1:-}" = "--purge" ]; then
   rm -rf "$RUN"
+fi
+if [ -n "$orphans" ]; then
+  echo "testbed: ORPHAN pod processes survived the agent (killed now):$orphans" >&2
+  exit 1
 fi
 echo "testbed: down"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start a real Kubernetes control plane on 127.0.0.1 only: etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler and kwok (fake CPU and GPU nodes, pod IPs from
-# 127.1.0.0/16). Builds the binaries on first use (build.sh). Writes testbed/run/admin.kubeconfig.
+# 127.1.0.0/16), plus one process node (process-0) run by testbed/agent: its pods are real
+# processes on 127.2.0.0/24. Builds the binaries on first use (build.sh, cargo). Writes testbed/run/admin.kubeconfig.
 # Idempotent: with the cluster up it returns at once. Stop with testbed/down.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,7 +18,7 @@ ADMIN=$RUN/admin.kubeconfig
 
 alive() { [ -f "$PIDS/$1" ] && kill -0 "$(cat "$PIDS/$1")" 2>/dev/null; }
 healthy() {
-  for c in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do alive "$c" || return 1; done
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler kwok ferry-agent; do alive "$c" || return 1; done
   "$KUBECTL" --kubeconfig "$ADMIN" get --raw /readyz >/dev/null 2>&1
 }
 
@@ -28,7 +29,7 @@ if healthy; then
 fi
 # Half-started leftovers: stop them first.
 "$here/down.sh" >/dev/null 2>&1 || true
-start=$(date +%s.%N)
+start_ns=$(date +%s%N)
 mkdir -p "$PIDS" "$LOGS" "$PKI"
 
 # --- PKI (kept across restarts; --purge in down.sh removes it) ---
@@ -36,20 +37,17 @@ if [ ! -f "$PKI/ca.crt" ]; then
   (
     cd "$PKI"
     openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj "/CN=ferry-testbed-ca" 2>/dev/null
-    cert() { # name subject [ext]
+    cert() { # name subject extensions (always v3 certificates: rustls refuses v1)
       openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-      if [ -n "${3:-}" ]; then
-        printf '%s\n' "$3" > "$1.ext"
-        openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 -extfile "$1.ext" 2>/dev/null
-      else
-        openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 2>/dev/null
-      fi
+      printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n%s\n' "$3" > "$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 3650 -extfile "$1.ext" 2>/dev/null
     }
     cert apiserver "/CN=kube-apiserver" \
-      "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
-    cert admin "/O=system:masters/CN=admin"
-    cert controller-manager "/CN=system:kube-controller-manager"
-    cert scheduler "/CN=system:kube-scheduler"
+      "extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    cert admin "/O=system:masters/CN=admin" "extendedKeyUsage=clientAuth"
+    cert controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
+    cert scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   )
@@ -165,4 +163,14 @@ NODE
   node kwok-gpu-h100-0 8 NVIDIA-H100-80GB-HBM3
 } | "$KUBECTL" --kubeconfig "$ADMIN" apply -f - >/dev/null
 wait_for kwok 60 "$KUBECTL" --kubeconfig "$ADMIN" wait --for=condition=Ready node -l type=kwok --timeout=1s
-echo "testbed: up in $(echo "$(date +%s.%N) - $start" | bc | cut -c1-5)s; export KUBECONFIG=$ADMIN; kubectl is $KUBECTL"
+# --- the process node: our agent runs pods bound to it as local processes on 127.2.0.0/24 ---
+repo=$(cd "$here/.." && pwd)
+target=${CARGO_TARGET_DIR:-$repo/target}
+# shellcheck disable=SC2086
+(cd "$repo" && cargo build --quiet ${FERRY_TESTBED_CARGO_FLAGS:--p ferry -p ferry-testbed-agent})
+mkdir -p "$RUN/bin"
+cp "$target/debug/ferry" "$target/debug/ferry-testbed-agent" "$RUN/bin/"
+launch ferry-agent "$RUN/bin/ferry-testbed-agent" --kubeconfig "$ADMIN" --node process-0 --index 0 \
+  --ferry-bin "$RUN/bin/ferry" --logs "$RUN/agent-logs"
+wait_for ferry-agent 60 "$KUBECTL" --kubeconfig "$ADMIN" wait --for=condition=Ready node/process-0 --timeout=1s
+echo "testbed: up in $(( ($(date +%s%N) - start_ns) / 1000000 )) ms; export KUBECONFIG=$ADMIN; kubectl is $KUBECTL"

@@ -1,0 +1,126 @@
+//! A container's environment as the kubelet builds it: values, downward-API `fieldRef`s, the
+//! in-cluster service variables, and `$(VAR)` expansion in values, command and args.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+/// Everything of the pod a `fieldRef` may name.
+pub struct PodFacts<'a> {
+    pub pod: &'a Pod,
+    pub pod_ip: &'a str,
+    pub host_ip: &'a str,
+}
+
+fn field(facts: &PodFacts<'_>, path: &str) -> Result<String> {
+    let meta = &facts.pod.metadata;
+    let spec = facts.pod.spec.as_ref();
+    Ok(match path {
+        "metadata.name" => meta.name.clone().unwrap_or_default(),
+        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+        "status.podIP" => facts.pod_ip.to_string(),
+        "status.hostIP" => facts.host_ip.to_string(),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        other => {
+            if let Some(label) = other
+                .strip_prefix("metadata.labels['")
+                .and_then(|l| l.strip_suffix("']"))
+            {
+                meta.labels
+                    .as_ref()
+                    .and_then(|l| l.get(label).cloned())
+                    .unwrap_or_default()
+            } else {
+                bail!("fieldRef {other:?} is not supported on process nodes")
+            }
+        }
+    })
+}
+
+/// `$(NAME)` → the value of NAME when defined, `$$` → `$`; anything else stays as written.
+pub fn expand(text: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(index) = rest.find('$') {
+        out.push_str(&rest[..index]);
+        let after = &rest[index + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('(')
+            && let Some(end) = body.find(')')
+            && let Some(value) = vars.get(&body[..end])
+        {
+            out.push_str(value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The environment of `container`, in definition order (later entries may use earlier ones).
+pub fn environment(
+    container: &Container,
+    facts: &PodFacts<'_>,
+    apiserver: (&str, u16),
+) -> Result<BTreeMap<String, String>> {
+    let mut vars = BTreeMap::new();
+    vars.insert(
+        "KUBERNETES_SERVICE_HOST".to_string(),
+        apiserver.0.to_string(),
+    );
+    vars.insert(
+        "KUBERNETES_SERVICE_PORT".to_string(),
+        apiserver.1.to_string(),
+    );
+    vars.insert(
+        "KUBERNETES_SERVICE_PORT_HTTPS".to_string(),
+        apiserver.1.to_string(),
+    );
+    vars.insert(
+        "HOSTNAME".to_string(),
+        facts.pod.metadata.name.clone().unwrap_or_default(),
+    );
+    for var in container.env.iter().flatten() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), _) => expand(value, &vars),
+            (None, Some(from)) => match &from.field_ref {
+                Some(field_ref) => field(facts, &field_ref.field_path)?,
+                None => bail!(
+                    "env {}: only value and fieldRef are supported on process nodes",
+                    var.name
+                ),
+            },
+            (None, None) => String::new(),
+        };
+        vars.insert(var.name.clone(), value);
+    }
+    Ok(vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_like_the_kubelet() {
+        let vars = BTreeMap::from([("POD_IP".to_string(), "127.2.0.5".to_string())]);
+        assert_eq!(
+            expand("--http-addr=$(POD_IP):8000", &vars),
+            "--http-addr=127.2.0.5:8000"
+        );
+        assert_eq!(
+            expand("$(MISSING) $$(POD_IP) $", &vars),
+            "$(MISSING) $(POD_IP) $"
+        );
+    }
+}

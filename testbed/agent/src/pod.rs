@@ -1,0 +1,267 @@
+//! One pod on the process node: a loopback IP, one process per container, status reported to the
+//! apiserver, graceful deletion (SIGTERM, grace period, SIGKILL, then the final delete).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+
+use crate::container::{self, ContainerView, Launch, now};
+use crate::env::{PodFacts, environment, expand};
+
+/// What every pod worker shares.
+pub struct Ctx {
+    pub client: kube::Client,
+    pub node: String,
+    pub ferry_bin: PathBuf,
+    pub logs: PathBuf,
+    pub apiserver: (String, u16),
+}
+
+/// The image name without registry and tag: `ghcr.io/x/ferry:1.2` → `ferry`.
+fn image_name(image: &str) -> &str {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    last.split(['@', ':']).next().unwrap_or(last)
+}
+
+/// Program and arguments of a container: the image `ferry` (any registry, any tag) is the
+/// workspace's `ferry` binary; its entrypoint is the binary itself.
+fn program(
+    ctx: &Ctx,
+    container: &Container,
+    vars: &BTreeMap<String, String>,
+) -> Result<(PathBuf, Vec<String>), String> {
+    let image = container.image.clone().unwrap_or_default();
+    if image_name(&image) != "ferry" {
+        return Err(format!(
+            "image {image:?} cannot run on a process node: only images named `ferry` (any registry or tag) map to the workspace's ferry binary"
+        ));
+    }
+    let mut argv: Vec<String> = container.command.clone().unwrap_or_default();
+    if let Some(first) = argv.first()
+        && Path::new(first).file_name().is_some_and(|n| n == "ferry")
+    {
+        argv.remove(0);
+    } else if !argv.is_empty() {
+        return Err(format!(
+            "command {:?}: only the ferry binary runs on a process node",
+            argv[0]
+        ));
+    }
+    argv.extend(container.args.clone().unwrap_or_default());
+    Ok((
+        ctx.ferry_bin.clone(),
+        argv.iter().map(|a| expand(a, vars)).collect(),
+    ))
+}
+
+/// Run `pod` until it is deleted (or vanished: `gone`).
+pub async fn run(
+    ctx: Arc<Ctx>,
+    pod_ip: String,
+    mut updates: watch::Receiver<Pod>,
+    mut gone: watch::Receiver<bool>,
+) {
+    let pod = updates.borrow().clone();
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let restart_policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
+    let grace =
+        Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
+    let facts = PodFacts {
+        pod: &pod,
+        pod_ip: &pod_ip,
+        host_ip: "127.0.0.1",
+    };
+    let start_time = now();
+    let changed = Arc::new(Notify::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut views = Vec::new();
+    let mut tasks = Vec::new();
+    for container in &spec.containers {
+        let view = Arc::new(Mutex::new(ContainerView::default()));
+        views.push((container.clone(), view.clone()));
+        let launch = environment(container, &facts, (&ctx.apiserver.0, ctx.apiserver.1))
+            .map_err(|e| e.to_string())
+            .and_then(|vars| program(&ctx, container, &vars).map(|p| (p, vars)));
+        match launch {
+            Ok(((program, args), env)) => {
+                let launch = Launch {
+                    container: container.clone(),
+                    program,
+                    args,
+                    env,
+                    log: ctx
+                        .logs
+                        .join(format!("{namespace}_{name}_{}.log", container.name)),
+                    pod_ip: pod_ip.clone(),
+                    restart_policy: restart_policy.clone(),
+                    grace,
+                    node: ctx.node.clone(),
+                };
+                tasks.push(tokio::spawn(container::run(
+                    launch,
+                    view,
+                    changed.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            Err(reason) => {
+                tracing::warn!(pod = %name, container = %container.name, %reason, "cannot run container");
+                view.lock().expect("view poisoned").waiting = Some(("ErrImagePull".into(), reason));
+            }
+        }
+    }
+
+    let mut last_status = Value::Null;
+    let mut ready_since: Option<(bool, String)> = None;
+    loop {
+        let status = pod_status(
+            &views,
+            &pod_ip,
+            &start_time,
+            &restart_policy,
+            &mut ready_since,
+        );
+        if status != last_status {
+            let patch = json!({ "status": status });
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => last_status = status,
+                Err(e) => tracing::debug!(pod = %name, error = %e, "status patch failed; retrying"),
+            }
+        }
+        let deleting = updates.borrow().metadata.deletion_timestamp.is_some();
+        if deleting || *gone.borrow() {
+            break;
+        }
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = updates.changed() => {}
+            _ = gone.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    // Graceful deletion: every container gets SIGTERM, SIGKILL after the grace period.
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    if !*gone.borrow() {
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        if let Err(e) = api.delete(&name, &params).await {
+            tracing::debug!(pod = %name, error = %e, "final delete failed (already gone?)");
+        }
+    }
+    tracing::info!(pod = %name, namespace = %namespace, "pod stopped");
+}
+
+fn pod_status(
+    views: &[(Container, Arc<Mutex<ContainerView>>)],
+    pod_ip: &str,
+    start_time: &str,
+    restart_policy: &str,
+    ready_since: &mut Option<(bool, String)>,
+) -> Value {
+    let mut statuses = Vec::new();
+    let mut all_ready = !views.is_empty();
+    let mut any_running = false;
+    let mut all_terminated = true;
+    let mut all_succeeded = true;
+    for (container, view) in views {
+        let v = view.lock().expect("view poisoned").clone();
+        let state = if let Some(since) = &v.running_since {
+            any_running = true;
+            all_terminated = false;
+            json!({"running": {"startedAt": since}})
+        } else if let Some(t) = &v.terminated {
+            all_succeeded &= t.exit_code == 0;
+            json!({"terminated": terminated(t)})
+        } else {
+            all_terminated = false;
+            let (reason, message) = v
+                .waiting
+                .clone()
+                .unwrap_or(("ContainerCreating".into(), String::new()));
+            json!({"waiting": {"reason": reason, "message": message}})
+        };
+        all_ready &= v.ready;
+        let mut status = json!({
+            "name": container.name,
+            "image": container.image.clone().unwrap_or_default(),
+            "imageID": "",
+            "ready": v.ready,
+            "started": v.started,
+            "restartCount": v.restarts,
+            "state": state,
+            "lastState": v.last_terminated.as_ref().map_or(json!({}), |t| json!({"terminated": terminated(t)})),
+        });
+        if let Some(pid) = v.pid {
+            status["containerID"] = json!(format!("process://{pid}"));
+        }
+        statuses.push(status);
+    }
+    let phase = if any_running {
+        "Running"
+    } else if all_terminated && restart_policy != "Always" {
+        if all_succeeded { "Succeeded" } else { "Failed" }
+    } else {
+        "Pending"
+    };
+    let ready = all_ready && any_running;
+    if ready_since.as_ref().is_none_or(|(r, _)| *r != ready) {
+        *ready_since = Some((ready, now()));
+    }
+    let since = ready_since
+        .as_ref()
+        .map(|(_, t)| t.clone())
+        .unwrap_or_default();
+    let bool_text = |b: bool| if b { "True" } else { "False" };
+    json!({
+        "phase": phase,
+        "hostIP": "127.0.0.1",
+        "hostIPs": [{"ip": "127.0.0.1"}],
+        "podIP": pod_ip,
+        "podIPs": [{"ip": pod_ip}],
+        "startTime": start_time,
+        "conditions": [
+            {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": start_time},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": start_time},
+            {"type": "ContainersReady", "status": bool_text(ready), "lastTransitionTime": since},
+            {"type": "Ready", "status": bool_text(ready), "lastTransitionTime": since},
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": start_time},
+        ],
+        "containerStatuses": statuses,
+    })
+}
+
+fn terminated(t: &container::Terminated) -> Value {
+    json!({
+        "exitCode": t.exit_code,
+        "reason": t.reason,
+        "message": t.message,
+        "startedAt": t.started_at,
+        "finishedAt": t.finished_at,
+    })
+}

@@ -1,0 +1,85 @@
+//! Harness for tests on the test bed's real control plane (started by `testbed/up.sh`).
+//!
+//! `FERRY_TESTBED_KUBECONFIG` names the admin kubeconfig; without it the tests say they were
+//! skipped, and fail when `FERRY_REQUIRE_TESTBED` is set (as `make test` does). Each test works
+//! in a throw-away namespace that is deleted at its end.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// A client on the admin kubeconfig, or `None` when no test bed is configured.
+pub async fn admin_client() -> Option<Client> {
+    let Some(path) = std::env::var_os("FERRY_TESTBED_KUBECONFIG") else {
+        assert!(
+            std::env::var_os("FERRY_REQUIRE_TESTBED").is_none(),
+            "FERRY_TESTBED_KUBECONFIG is not set: run through `make test` (testbed/up.sh)"
+        );
+        eprintln!(
+            "SKIPPED: set FERRY_TESTBED_KUBECONFIG (testbed/up.sh writes testbed/run/admin.kubeconfig)"
+        );
+        return None;
+    };
+    let kubeconfig = Kubeconfig::read_from(&path).expect("the test bed kubeconfig reads");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("the test bed kubeconfig is valid");
+    Some(Client::try_from(config).expect("client"))
+}
+
+/// A namespace for one test; [`TempNamespace::delete`] removes it (and everything in it).
+pub struct TempNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TempNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Result<TempNamespace> {
+        let name = format!("{prefix}-{}", std::process::id() % 100_000);
+        let api: Api<Namespace> = Api::all(client.clone());
+        // A leftover of an earlier run with the same pid: wait until it is gone.
+        let _ = api.delete(&name, &DeleteParams::default()).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while api.get_opt(&name).await?.is_some() {
+            if Instant::now() > deadline {
+                bail!("namespace {name} from an earlier run does not go away");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"ferry.dev/test": prefix}}
+        }))?;
+        api.create(&PostParams::default(), &namespace)
+            .await
+            .context("create namespace")?;
+        Ok(TempNamespace {
+            name,
+            client: client.clone(),
+        })
+    }
+
+    pub async fn delete(self) {
+        let api: Api<Namespace> = Api::all(self.client);
+        let _ = api.delete(&self.name, &DeleteParams::default()).await;
+    }
+}
+
+/// Poll `check` until it returns `Some`, or fail with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
