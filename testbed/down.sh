@@ -24,7 +24,7 @@ for c in ferry-agent kwok kube-scheduler kube-controller-manager kube-apiserver 
 # No process of a pod may outlive the agent: find any by its environment, kill it, and fail.
 orphans=""
 for environ in /proc/[0-9]*/environ; do
-  if tr '\0' '\n' < "$environ" 2>/dev/null | grep -q '^FERRY_TESTBED_NODE='; then
+  if { tr '\0' '\n' < "$environ"; } 2>/dev/null | grep -q '^FERRY_TESTBED_NODE='; then
     pid=${environ#/proc/}; pid=${pid%/environ}
     orphans="$orphans $pid"
     kill -KILL "$pid" 2>/dev/null

@@ -171,6 +171,6 @@ target=${CARGO_TARGET_DIR:-$repo/target}
 mkdir -p "$RUN/bin"
 cp "$target/debug/ferry" "$target/debug/ferry-testbed-agent" "$RUN/bin/"
 launch ferry-agent "$RUN/bin/ferry-testbed-agent" --kubeconfig "$ADMIN" --node process-0 --index 0 \
-  --ferry-bin "$RUN/bin/ferry" --logs "$RUN/agent-logs"
+  --ferry-bin "$RUN/bin/ferry" --logs "$RUN/agent-logs" --pods-dir "$RUN/pods" --ca-file "$PKI/ca.crt"
 wait_for ferry-agent 60 "$KUBECTL" --kubeconfig "$ADMIN" wait --for=condition=Ready node/process-0 --timeout=1s
 echo "testbed: up in $(( ($(date +%s%N) - start_ns) / 1000000 )) ms; export KUBECONFIG=$ADMIN; kubectl is $KUBECTL"

@@ -8,6 +8,7 @@
 //! This crate only parses flags, prints, and wires the library crates.
 
 mod ctl;
+mod doctor;
 mod render;
 mod server;
 
@@ -50,6 +51,15 @@ enum Command {
     /// Follow, list or undo rollouts.
     #[command(subcommand)]
     Rollout(ctl::RolloutCommand),
+    /// Check what this process may do on the Kubernetes API (in-cluster or kubeconfig).
+    #[command(subcommand)]
+    Doctor(DoctorCommand),
+}
+
+#[derive(Subcommand)]
+enum DoctorCommand {
+    /// Try the given API calls for real and print which are allowed.
+    Kube(doctor::DoctorArgs),
 }
 
 #[derive(Args)]
@@ -107,6 +117,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => runtime.block_on(ctl::logs(args)),
         Command::Predict(args) => runtime.block_on(ctl::predict(args)),
         Command::Rollout(command) => runtime.block_on(ctl::rollout(command)),
+        Command::Doctor(DoctorCommand::Kube(args)) => runtime.block_on(doctor::run(args)),
     }
 }
 

@@ -13,6 +13,7 @@
 mod container;
 mod env;
 mod pod;
+mod serviceaccount;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -47,6 +48,12 @@ struct Args {
     /// Directory for container logs.
     #[arg(long)]
     logs: PathBuf,
+    /// Directory for per-pod files (projected ServiceAccount credentials).
+    #[arg(long)]
+    pods_dir: PathBuf,
+    /// The cluster CA, handed to pods as `ca.crt`.
+    #[arg(long)]
+    ca_file: PathBuf,
 }
 
 const FIELD_MANAGER: &str = "ferry-testbed-agent";
@@ -79,6 +86,8 @@ async fn main() -> Result<()> {
         node: args.node.clone(),
         ferry_bin: std::fs::canonicalize(&args.ferry_bin).context("--ferry-bin")?,
         logs: args.logs.clone(),
+        pods_dir: args.pods_dir.clone(),
+        ca_file: args.ca_file.clone(),
         apiserver,
     });
     let pods: Api<Pod> = Api::all(client.clone());

@@ -21,6 +21,8 @@ pub struct Ctx {
     pub node: String,
     pub ferry_bin: PathBuf,
     pub logs: PathBuf,
+    pub pods_dir: PathBuf,
+    pub ca_file: PathBuf,
     pub apiserver: (String, u16),
 }
 
@@ -88,14 +90,44 @@ pub async fn run(
     let start_time = now();
     let changed = Arc::new(Notify::new());
     let (stop_tx, stop_rx) = watch::channel(false);
+    // ServiceAccount credentials first: a container must find them when it starts.
+    let credentials_dir = ctx.pods_dir.join(&uid).join("serviceaccount");
+    let mut refresher = None;
+    let mut credentials_error = None;
+    if crate::serviceaccount::wanted(&pod) {
+        match crate::serviceaccount::project(
+            ctx.client.clone(),
+            pod.clone(),
+            ctx.ca_file.clone(),
+            credentials_dir.clone(),
+        )
+        .await
+        {
+            Ok(task) => refresher = Some(task),
+            Err(e) => credentials_error = Some(format!("{e:#}")),
+        }
+    }
     let mut views = Vec::new();
     let mut tasks = Vec::new();
     for container in &spec.containers {
         let view = Arc::new(Mutex::new(ContainerView::default()));
         views.push((container.clone(), view.clone()));
-        let launch = environment(container, &facts, (&ctx.apiserver.0, ctx.apiserver.1))
-            .map_err(|e| e.to_string())
-            .and_then(|vars| program(&ctx, container, &vars).map(|p| (p, vars)));
+        let launch = match &credentials_error {
+            Some(e) => Err(format!("ServiceAccount credentials: {e}")),
+            None => environment(container, &facts, (&ctx.apiserver.0, ctx.apiserver.1))
+                .map_err(|e| e.to_string())
+                .and_then(|vars| program(&ctx, container, &vars).map(|p| (p, vars))),
+        };
+        let launch = launch.map(|((program, args), env)| {
+            if refresher.is_some() {
+                (
+                    crate::serviceaccount::wrap(&program, &args, &credentials_dir),
+                    env,
+                )
+            } else {
+                ((program, args), env)
+            }
+        });
         match launch {
             Ok(((program, args), env)) => {
                 let launch = Launch {
@@ -161,6 +193,10 @@ pub async fn run(
     for task in tasks {
         let _ = task.await;
     }
+    if let Some(refresher) = refresher {
+        refresher.abort();
+    }
+    let _ = std::fs::remove_dir_all(ctx.pods_dir.join(&uid));
     if !*gone.borrow() {
         let params = DeleteParams {
             grace_period_seconds: Some(0),
