@@ -5,11 +5,19 @@ VENV ?= $(HOME)/.cache/ferry-venv
 PY := $(VENV)/bin/python
 FUZZ_SECONDS ?= 20
 
-.PHONY: test deps lint rust-test interop fuzz-smoke serve minilm bench testbed-up testbed-down
+.PHONY: test deps tools lint rust-test interop fuzz-smoke serve minilm bench testbed-up testbed-down
 
 test: deps lint rust-test fuzz-smoke
 
-deps: $(VENV)/.ferry-deps
+deps: $(VENV)/.ferry-deps tools
+
+# Command-line tools the tests and the test bed call (curl: the quick start's printed command;
+# openssl: the test bed's PKI). Installed from Debian when missing.
+tools:
+	@missing=""; for t in curl openssl unshare; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  pkgs=$$(echo "$$missing" | sed 's/unshare/util-linux/'); \
+	  apt-get update -qq && apt-get install -y -qq $$pkgs; fi
 
 $(VENV)/.ferry-deps: models/requirements.txt tests/interop/requirements.txt
 	python3 -m venv $(VENV)
