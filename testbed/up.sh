@@ -69,6 +69,7 @@ current-context: testbed
 KC
 }
 kubeconfig "$ADMIN" admin
+ln -sf "$KUBECTL" "$RUN/kubectl"   # the test bed's own kubectl, for tests and by hand
 kubeconfig "$RUN/controller-manager.kubeconfig" controller-manager
 kubeconfig "$RUN/scheduler.kubeconfig" scheduler
 

@@ -8,17 +8,20 @@
 //!   rejected by name.
 //! - [`revision`]: immutable revisions named from a content hash of the predictor.
 
+pub mod crd;
 pub mod kserve;
 pub mod manifest;
 pub mod quantity;
 pub mod revision;
 mod schema_check;
+mod servingruntime;
 mod types;
 pub mod validate;
 
 pub use k8s_openapi;
 pub use manifest::{Manifest, ParseError, parse_manifests};
 pub use revision::{Revision, revision_name};
+pub use servingruntime::*;
 pub use types::*;
 pub use validate::{FieldError, ValidationErrors};
 

@@ -14,6 +14,22 @@ pub(crate) fn check(value: &Value, schema: &Value, path: &str, errors: &mut Vec<
         }
         return;
     }
+    if schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        if !(value.is_string() || value.is_u64() || value.is_i64()) {
+            errors.push(FieldError::new(
+                path,
+                format!(
+                    "Invalid value: {}: must be an integer or a string",
+                    short(value)
+                ),
+            ));
+        }
+        return;
+    }
     if let Some(branches) = schema
         .get("anyOf")
         .or_else(|| schema.get("oneOf"))
@@ -28,22 +44,6 @@ pub(crate) fn check(value: &Value, schema: &Value, path: &str, errors: &mut Vec<
             errors.push(FieldError::new(
                 path,
                 format!("Invalid value: {}: {}", short(value), describe(schema)),
-            ));
-        }
-        return;
-    }
-    if schema
-        .get("x-kubernetes-int-or-string")
-        .and_then(Value::as_bool)
-        == Some(true)
-    {
-        if !(value.is_string() || value.is_u64() || value.is_i64()) {
-            errors.push(FieldError::new(
-                path,
-                format!(
-                    "Invalid value: {}: must be an integer or a string",
-                    short(value)
-                ),
             ));
         }
         return;

@@ -86,9 +86,11 @@ pub struct RolloutSpec {
     pub strategy: Option<RolloutStrategy>,
     /// Replicas above the desired count during an update: a number or a percentage (default 25%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_string")]
     pub max_surge: Option<IntOrPercent>,
     /// Replicas that may be unavailable during an update: a number or a percentage (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_string")]
     pub max_unavailable: Option<IntOrPercent>,
 }
 
@@ -98,6 +100,14 @@ pub struct RolloutSpec {
 pub enum RolloutStrategy {
     /// Replace replicas a few at a time, new ones ready before old ones go.
     Rolling,
+}
+
+/// The structural schema Kubernetes wants for a count-or-percentage (as its own IntOrString).
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{"type": "integer"}, {"type": "string"}]
+    })
 }
 
 /// A count or a percentage such as `"25%"`.

@@ -112,6 +112,7 @@ spec:
   predictor:
     model: {uri: 42}
     minReplicas: "two"
+  rollout: {maxSurge: true}
 "#;
     let mut found = paths(text);
     found.sort();
@@ -120,7 +121,8 @@ spec:
         vec![
             "spec.predictor.minReplicas",
             "spec.predictor.model.format",
-            "spec.predictor.model.uri"
+            "spec.predictor.model.uri",
+            "spec.rollout.maxSurge"
         ]
     );
     let err = parse_manifests(text, "default").unwrap_err().to_string();

@@ -51,9 +51,18 @@ enum Command {
     /// Follow, list or undo rollouts.
     #[command(subcommand)]
     Rollout(ctl::RolloutCommand),
+    /// Print Ferry's CustomResourceDefinitions (InferenceService, ServingRuntime) as YAML.
+    Crd(CrdArgs),
     /// Check what this process may do on the Kubernetes API (in-cluster or kubeconfig).
     #[command(subcommand)]
     Doctor(DoctorCommand),
+}
+
+#[derive(Args)]
+struct CrdArgs {
+    /// Write one file per CRD into this directory (as `deploy/crds/` holds them) instead.
+    #[arg(long, value_name = "DIR")]
+    write: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -118,7 +127,25 @@ fn run(cli: Cli) -> Result<()> {
         Command::Predict(args) => runtime.block_on(ctl::predict(args)),
         Command::Rollout(command) => runtime.block_on(ctl::rollout(command)),
         Command::Doctor(DoctorCommand::Kube(args)) => runtime.block_on(doctor::run(args)),
+        Command::Crd(args) => crd(args),
     }
+}
+
+fn crd(args: CrdArgs) -> Result<()> {
+    match args.write {
+        None => print!("{}", ferry_api::crd::all_yaml()),
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            for crd in ferry_api::crd::crds() {
+                let path = dir.join(ferry_api::crd::file_name(&crd));
+                std::fs::write(&path, ferry_api::crd::to_yaml(&crd))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn up(args: UpArgs) -> Result<()> {

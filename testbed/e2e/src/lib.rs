@@ -31,6 +31,74 @@ pub async fn admin_client() -> Option<Client> {
     Some(Client::try_from(config).expect("client"))
 }
 
+/// Run the test bed's own kubectl (`testbed/run/kubectl`, linked by up.sh) with the admin
+/// kubeconfig; `stdin` is fed to it.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let run = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../run");
+    let kubeconfig =
+        std::env::var_os("FERRY_TESTBED_KUBECONFIG").expect("FERRY_TESTBED_KUBECONFIG");
+    let mut child = std::process::Command::new(run.join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the test bed's kubectl runs");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    child.wait_with_output().expect("kubectl finishes")
+}
+
+/// Install Ferry's CRDs (`deploy/crds/`) with server-side apply and wait until established.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        let crd: serde_json::Value = serde_norway::from_str(&text)?;
+        let name = crd["metadata"]["name"]
+            .as_str()
+            .context("CRD without a name")?
+            .to_string();
+        api.patch(
+            &name,
+            &PatchParams::apply("ferry-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        names.push(name);
+    }
+    for name in names {
+        eventually(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let crd = api.get(&name).await.ok()?;
+                    crd.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    Ok(())
+}
+
 /// A namespace for one test; [`TempNamespace::delete`] removes it (and everything in it).
 pub struct TempNamespace {
     pub name: String,
