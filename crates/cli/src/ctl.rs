@@ -150,6 +150,12 @@ fn check_kind(kind: &str) -> Result<()> {
 /// Read manifests from files, directories or stdin; relative model paths become absolute
 /// (relative to the working directory), since the daemon runs elsewhere.
 fn read_manifests(files: &[PathBuf]) -> Result<String> {
+    let text = read_manifest_files(files)?;
+    Ok(absolutize_model_paths(&text).unwrap_or(text))
+}
+
+/// The manifests as written, documents joined (for `ferry render`: paths stay as they are).
+pub fn read_manifest_files(files: &[PathBuf]) -> Result<String> {
     let mut documents = Vec::new();
     for file in files {
         if file.as_os_str() == "-" {
@@ -179,8 +185,7 @@ fn read_manifests(files: &[PathBuf]) -> Result<String> {
             );
         }
     }
-    let text = documents.join("\n---\n");
-    Ok(absolutize_model_paths(&text).unwrap_or(text))
+    Ok(documents.join("\n---\n"))
 }
 
 fn absolutize_model_paths(text: &str) -> Option<String> {

@@ -53,6 +53,8 @@ enum Command {
     Rollout(ctl::RolloutCommand),
     /// Print Ferry's CustomResourceDefinitions (InferenceService, ServingRuntime) as YAML.
     Crd(CrdArgs),
+    /// Print the Kubernetes objects the operator would create for manifests (GitOps review).
+    Render(RenderArgs),
     /// Check what this process may do on the Kubernetes API (in-cluster or kubeconfig).
     #[command(subcommand)]
     Doctor(DoctorCommand),
@@ -63,6 +65,22 @@ struct CrdArgs {
     /// Write one file per CRD into this directory (as `deploy/crds/` holds them) instead.
     #[arg(long, value_name = "DIR")]
     write: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    /// Manifest file or directory; `-` reads stdin.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// Namespace for manifests that name none.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// The ferry image the Deployments run.
+    #[arg(long, default_value = concat!("ghcr.io/ferry-dev/ferry:", env!("CARGO_PKG_VERSION")))]
+    image: String,
+    /// Extra node selector for every pod, KEY=VALUE (repeatable).
+    #[arg(long = "node-selector", value_name = "KEY=VALUE")]
+    node_selector: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -128,7 +146,37 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rollout(command) => runtime.block_on(ctl::rollout(command)),
         Command::Doctor(DoctorCommand::Kube(args)) => runtime.block_on(doctor::run(args)),
         Command::Crd(args) => crd(args),
+        Command::Render(args) => render(args),
     }
+}
+
+fn render(args: RenderArgs) -> Result<()> {
+    let text = ctl::read_manifest_files(&args.files)?;
+    let manifests = ferry_api::parse_manifests(&text, &args.namespace)?;
+    let mut node_selector = std::collections::BTreeMap::new();
+    for pair in &args.node_selector {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--node-selector {pair:?}: write KEY=VALUE"))?;
+        node_selector.insert(key.to_string(), value.to_string());
+    }
+    let options = ferry_core::render::RenderOptions {
+        image: args.image,
+        node_selector,
+    };
+    let mut documents = Vec::new();
+    for manifest in manifests {
+        let isvc = manifest.isvc;
+        let name = isvc.metadata.name.clone().unwrap_or_default();
+        let revision = ferry_api::revision_name(&name, &isvc.spec.predictor);
+        let objects =
+            ferry_core::render::render(&isvc, &revision, isvc.spec.predictor.replicas(), &options);
+        for value in ferry_core::render::to_values(&objects) {
+            documents.push(serde_norway::to_string(&value)?);
+        }
+    }
+    print!("{}", documents.join("---\n"));
+    Ok(())
 }
 
 fn crd(args: CrdArgs) -> Result<()> {

@@ -6,9 +6,11 @@
 //!   `maxSurge` / `maxUnavailable` (the Deployment controller's rules);
 //! - [`routes::build`]: the route table the router reads (services → weighted revisions →
 //!   ready backends);
-//! - [`status::derive`]: the InferenceService status with conditions that name the reason.
+//! - [`status::derive`]: the InferenceService status with conditions that name the reason;
+//! - [`render::render`]: the Kubernetes objects of a revision (operator and `ferry render`).
 
 pub mod observe;
+pub mod render;
 pub mod rollout;
 pub mod routes;
 pub mod status;
