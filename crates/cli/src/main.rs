@@ -55,6 +55,9 @@ enum Command {
     Crd(CrdArgs),
     /// Print the Kubernetes objects the operator would create for manifests (GitOps review).
     Render(RenderArgs),
+    /// Cluster mode: reconcile InferenceServices into Deployments and Services (in-cluster
+    /// credentials, else the kubeconfig).
+    Operator(OperatorArgs),
     /// Check what this process may do on the Kubernetes API (in-cluster or kubeconfig).
     #[command(subcommand)]
     Doctor(DoctorCommand),
@@ -79,6 +82,16 @@ struct RenderArgs {
     #[arg(long, default_value = concat!("ghcr.io/ferry-dev/ferry:", env!("CARGO_PKG_VERSION")))]
     image: String,
     /// Extra node selector for every pod, KEY=VALUE (repeatable).
+    #[arg(long = "node-selector", value_name = "KEY=VALUE")]
+    node_selector: Vec<String>,
+}
+
+#[derive(Args)]
+struct OperatorArgs {
+    /// The ferry image the predictor Deployments run.
+    #[arg(long, default_value = concat!("ghcr.io/ferry-dev/ferry:", env!("CARGO_PKG_VERSION")))]
+    image: String,
+    /// Extra node selector for every predictor pod, KEY=VALUE (repeatable).
     #[arg(long = "node-selector", value_name = "KEY=VALUE")]
     node_selector: Vec<String>,
 }
@@ -147,19 +160,38 @@ fn run(cli: Cli) -> Result<()> {
         Command::Doctor(DoctorCommand::Kube(args)) => runtime.block_on(doctor::run(args)),
         Command::Crd(args) => crd(args),
         Command::Render(args) => render(args),
+        Command::Operator(args) => runtime.block_on(operator(args)),
     }
+}
+
+fn node_selector(pairs: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut selector = std::collections::BTreeMap::new();
+    for pair in pairs {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--node-selector {pair:?}: write KEY=VALUE"))?;
+        selector.insert(key.to_string(), value.to_string());
+    }
+    Ok(selector)
+}
+
+async fn operator(args: OperatorArgs) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes credentials (in-cluster or kubeconfig)")?;
+    let render = ferry_core::render::RenderOptions {
+        image: args.image,
+        node_selector: node_selector(&args.node_selector)?,
+    };
+    tracing::info!("ferry operator: reconciling InferenceServices");
+    ferry_operator::run(ferry_operator::Context { client, render }).await;
+    Ok(())
 }
 
 fn render(args: RenderArgs) -> Result<()> {
     let text = ctl::read_manifest_files(&args.files)?;
     let manifests = ferry_api::parse_manifests(&text, &args.namespace)?;
-    let mut node_selector = std::collections::BTreeMap::new();
-    for pair in &args.node_selector {
-        let (key, value) = pair
-            .split_once('=')
-            .with_context(|| format!("--node-selector {pair:?}: write KEY=VALUE"))?;
-        node_selector.insert(key.to_string(), value.to_string());
-    }
+    let node_selector = node_selector(&args.node_selector)?;
     let options = ferry_core::render::RenderOptions {
         image: args.image,
         node_selector,

@@ -1,0 +1,216 @@
+//! `ferry operator` on the real control plane: an InferenceService becomes a Deployment and a
+//! Service per revision whose pods (process node) are scheduled by kube-scheduler and run by the
+//! agent; the status turns Ready only after the model loaded; a model update rolls to a new
+//! revision and removes the old one; deletion garbage-collects every child.
+//! (The operator runs here as a local process with the admin kubeconfig; running it as a pod with
+//! its own ServiceAccount and RBAC comes with deploy/.)
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferry_testbed_e2e::{TempNamespace, admin_client, eventually, install_crds, kubectl};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::Value;
+
+struct Operator(std::process::Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn manifest(model: &str) -> String {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap();
+    format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: iris}}\nspec:\n  predictor:\n    model: {{format: onnx, uri: {}}}\n    minReplicas: 2\n  rollout: {{maxSurge: 1, maxUnavailable: 0}}\n",
+        repo.join("models").join(model).display()
+    )
+}
+
+fn isvc(ns: &str) -> Value {
+    let out = kubectl(&["get", "isvc", "iris", "-n", ns, "-o", "json"], None);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn condition(isvc: &Value, type_: &str) -> (String, String) {
+    isvc["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or("").to_string(),
+                c["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    let run = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../run");
+    let log = std::fs::File::create(run.join("logs/operator-test.log")).unwrap();
+    let _operator = Operator(
+        std::process::Command::new(run.join("bin/ferry"))
+            .args(["operator", "--node-selector", "ferry.dev/process-node=true"])
+            .env(
+                "KUBECONFIG",
+                std::env::var_os("FERRY_TESTBED_KUBECONFIG").unwrap(),
+            )
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("ferry operator starts"),
+    );
+    let ns = TempNamespace::create(&client, "operator").await.unwrap();
+    let applied = kubectl(
+        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
+        Some(&manifest("iris-v1.onnx")),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    let first = eventually(
+        "the InferenceService is Ready",
+        Duration::from_secs(90),
+        || {
+            let ns = ns.name.clone();
+            async move {
+                let object = isvc(&ns);
+                (condition(&object, "Ready").0 == "True"
+                    && condition(&object, "LatestRevisionReady").0 == "True")
+                    .then(|| {
+                        object["status"]["latestRevision"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string()
+                    })
+            }
+        },
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let deployment = deployments.get(&first).await.unwrap();
+    assert_eq!(
+        deployment.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+        "ferry"
+    );
+    assert_eq!(
+        deployment.metadata.owner_references.as_ref().unwrap()[0].kind,
+        "InferenceService"
+    );
+    assert!(services.get(&first).await.is_ok());
+    let http = reqwest::Client::new();
+    let list = pods
+        .list(&ListParams::default().labels(&format!("ferry.dev/revision={first}")))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 2);
+    for pod in &list.items {
+        let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+        let ready = http
+            .get(format!("http://{ip}:8080/v2/models/iris/ready"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200, "Ready only once the model is loaded");
+    }
+
+    // A new model: a new revision rolls out, the old one goes.
+    let applied = kubectl(
+        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
+        Some(&manifest("iris-v2.onnx")),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let second = eventually(
+        "the new revision is ready and the old one gone",
+        Duration::from_secs(120),
+        || {
+            let ns = ns.name.clone();
+            let deployments = deployments.clone();
+            let first = first.clone();
+            async move {
+                let object = isvc(&ns);
+                let latest = object["status"]["latestRevision"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let old_gone = deployments.get_opt(&first).await.ok()?.is_none();
+                (latest != first
+                    && condition(&object, "LatestRevisionReady").0 == "True"
+                    && old_gone)
+                    .then_some(latest)
+            }
+        },
+    )
+    .await;
+    eventually("only new pods remain", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        let second = second.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("ferry.dev/inferenceservice=iris"))
+                .await
+                .ok()?;
+            (list.items.len() == 2
+                && list.items.iter().all(|p| {
+                    p.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("ferry.dev/revision"))
+                        == Some(&second)
+                }))
+            .then_some(())
+        }
+    })
+    .await;
+
+    // Delete: owner references cascade.
+    let deleted = kubectl(&["delete", "isvc", "iris", "-n", &ns.name], None);
+    assert!(deleted.status.success());
+    eventually(
+        "children garbage-collected",
+        Duration::from_secs(60),
+        || {
+            let deployments = deployments.clone();
+            let services = services.clone();
+            async move {
+                let d = deployments
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .len();
+                let s = services
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .len();
+                (d == 0 && s == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    ns.delete().await;
+}
