@@ -294,6 +294,8 @@ const FAILED_REASONS: &[&str] = &[
     "CrashLoopBackOff",
     "ModelNotReady",
     "ProgressDeadlineExceeded",
+    "Unschedulable",
+    "FailedCreate",
 ];
 
 pub fn rollout_progress(object: &Value) -> Progress {

@@ -12,6 +12,8 @@ pub enum ReplicaHealth {
     Ready,
     /// Running but the model server says the model cannot serve (`reason` from the server).
     ModelNotReady { reason: String, for_seconds: u64 },
+    /// Not placed: the scheduler's reason (`0/5 nodes are available: 1 Insufficient nvidia.com/gpu`).
+    Unschedulable { message: String },
     /// Exited and waiting to be restarted (back-off); `last_exit` quotes how it ended.
     CrashLoop { restarts: u32, last_exit: String },
 }

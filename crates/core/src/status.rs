@@ -23,6 +23,9 @@ pub struct Observed<'a> {
     pub url: String,
     /// Revision names, newest first, for ordering `status.revisions`.
     pub revision_order: &'a [String],
+    /// Why replicas of the latest revision could not even be created (a cluster's ReplicaSet
+    /// `FailedCreate`, e.g. a ResourceQuota), when that happened.
+    pub creation_failure: Option<String>,
 }
 
 /// Why the latest revision is not ready (or that it is): `(status, reason, message)`.
@@ -57,6 +60,18 @@ pub fn latest_revision_condition(observed: &Observed<'_>) -> (bool, &'static str
                     "replica {} restarted {restarts} times; last exit: {last_exit}",
                     replica.id
                 ),
+            );
+        }
+    }
+    if let Some(message) = &observed.creation_failure {
+        return (false, "FailedCreate", message.clone());
+    }
+    for replica in &latest {
+        if let ReplicaHealth::Unschedulable { message } = &replica.health {
+            return (
+                false,
+                "Unschedulable",
+                format!("replica {}: {message}", replica.id),
             );
         }
     }
@@ -258,6 +273,7 @@ mod tests {
             startup_timeout_seconds: 60,
             url: "http://127.0.0.1:8080/v2/models/iris".into(),
             revision_order: &order,
+            creation_failure: None,
         };
         derive(&observed, None, "2026-11-28T00:00:00Z")
     }

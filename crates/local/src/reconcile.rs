@@ -277,6 +277,7 @@ impl Reconciler {
             ),
             url,
             revision_order: &order,
+            creation_failure: None,
         };
         let next = status::derive(&observed, service.status.as_ref(), &now());
         if service.status.as_ref() != Some(&next) {
@@ -315,6 +316,8 @@ impl Reconciler {
                     | "ModelNotReady"
                     | "ProgressDeadlineExceeded"
                     | "NoReadyReplicas"
+                    | "Unschedulable"
+                    | "FailedCreate"
             );
             let type_ = if failing { "Warning" } else { "Normal" };
             self.store.event(

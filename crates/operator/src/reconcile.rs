@@ -93,13 +93,23 @@ fn pod_view(pod: &Pod) -> Option<(ReplicaView, Option<String>)> {
                 })
             })
         });
-    let health = match (ready, crash) {
-        (true, _) => ReplicaHealth::Ready,
-        (false, Some((restarts, last_exit))) => ReplicaHealth::CrashLoop {
+    let unschedulable = status.and_then(|s| s.conditions.as_ref()).and_then(|c| {
+        c.iter()
+            .find(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })
+            .map(|c| c.message.clone().unwrap_or_default())
+    });
+    let health = match (ready, crash, unschedulable) {
+        (true, _, _) => ReplicaHealth::Ready,
+        (false, Some((restarts, last_exit)), _) => ReplicaHealth::CrashLoop {
             restarts,
             last_exit,
         },
-        (false, None) => ReplicaHealth::Starting { for_seconds: 0 },
+        (false, None, Some(message)) => ReplicaHealth::Unschedulable { message },
+        (false, None, None) => ReplicaHealth::Starting { for_seconds: 0 },
     };
     Some((
         ReplicaView {
@@ -228,6 +238,19 @@ async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Act
             isvc.model_name()
         ),
         revision_order: &order,
+        creation_failure: existing
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some(revision.as_str()))
+            .and_then(|d| d.status.as_ref()?.conditions.as_ref())
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+                    .map(|c| {
+                        c.message
+                            .clone()
+                            .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
+                    })
+            }),
     };
     let now = k8s_openapi::jiff::Timestamp::now()
         .round(k8s_openapi::jiff::Unit::Second)

@@ -185,8 +185,84 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
     })
     .await;
 
+    // Status that names the real reason: 9 GPUs fit on no node; a quota forbids the pods.
+    let big = manifest("iris-v1.onnx")
+        .replace("name: iris}", "name: big}")
+        .replace(
+            "    minReplicas: 2\n",
+            "    minReplicas: 1\n    resources: {limits: {nvidia.com/gpu: \"9\"}}\n",
+        );
+    let applied = kubectl(
+        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
+        Some(&big),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let message = eventually(
+        "Unschedulable names nvidia.com/gpu",
+        Duration::from_secs(60),
+        || {
+            let ns = ns.name.clone();
+            async move {
+                let out = kubectl(&["get", "isvc", "big", "-n", &ns, "-o", "json"], None);
+                let object: Value = serde_json::from_slice(&out.stdout).ok()?;
+                let c = object["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Ready")?
+                    .clone();
+                (c["status"] == "False" && c["reason"] == "Unschedulable")
+                    .then(|| c["message"].as_str().unwrap_or("").to_string())
+            }
+        },
+    )
+    .await;
+    assert!(message.contains("nvidia.com/gpu"), "{message}");
+
+    let quota_ns = TempNamespace::create(&client, "operator-quota")
+        .await
+        .unwrap();
+    let quota = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: no-pods}\nspec: {hard: {pods: \"0\"}}\n";
+    assert!(
+        kubectl(&["apply", "-n", &quota_ns.name, "-f", "-"], Some(quota))
+            .status
+            .success()
+    );
+    let applied = kubectl(
+        &["apply", "--server-side", "-n", &quota_ns.name, "-f", "-"],
+        Some(&manifest("iris-v1.onnx")),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let message = eventually(
+        "FailedCreate quotes the quota",
+        Duration::from_secs(60),
+        || {
+            let ns = quota_ns.name.clone();
+            async move {
+                let object = isvc(&ns);
+                let c = object["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "LatestRevisionReady")?
+                    .clone();
+                (c["reason"] == "FailedCreate")
+                    .then(|| c["message"].as_str().unwrap_or("").to_string())
+            }
+        },
+    )
+    .await;
+    assert!(message.contains("exceeded quota"), "{message}");
+    quota_ns.delete().await;
+
     // Delete: owner references cascade.
-    let deleted = kubectl(&["delete", "isvc", "iris", "-n", &ns.name], None);
+    let deleted = kubectl(&["delete", "isvc", "iris", "big", "-n", &ns.name], None);
     assert!(deleted.status.success());
     eventually(
         "children garbage-collected",
