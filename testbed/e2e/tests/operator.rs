@@ -2,8 +2,8 @@
 //! Service per revision whose pods (process node) are scheduled by kube-scheduler and run by the
 //! agent; the status turns Ready only after the model loaded; a model update rolls to a new
 //! revision and removes the old one; deletion garbage-collects every child.
-//! (The operator runs here as a local process with the admin kubeconfig; running it as a pod with
-//! its own ServiceAccount and RBAC comes with deploy/.)
+//! The operator itself is installed from deploy/operator.yaml and runs as a pod on the process
+//! node with its own ServiceAccount bound to exactly the ClusterRole there.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,15 +14,6 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::Value;
-
-struct Operator(std::process::Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn manifest(model: &str) -> String {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -59,20 +50,34 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
         return;
     };
     install_crds(&client).await.unwrap();
-    let run = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../run");
-    let log = std::fs::File::create(run.join("logs/operator-test.log")).unwrap();
-    let _operator = Operator(
-        std::process::Command::new(run.join("bin/ferry"))
-            .args(["operator", "--node-selector", "ferry.dev/process-node=true"])
-            .env(
-                "KUBECONFIG",
-                std::env::var_os("FERRY_TESTBED_KUBECONFIG").unwrap(),
-            )
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("ferry operator starts"),
+    // The operator runs as a pod on the process node, with its ServiceAccount and exactly the
+    // ClusterRole of deploy/operator.yaml (never the admin kubeconfig).
+    let deploy = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/operator.yaml"
+    ))
+    .unwrap();
+    let applied = kubectl(&["apply", "--server-side", "-f", "-"], Some(&deploy));
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
     );
+    let operator_pods: Api<Pod> = Api::namespaced(client.clone(), "ferry-system");
+    eventually("the operator pod runs", Duration::from_secs(60), || {
+        let pods = operator_pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/name=ferry-operator"))
+                .await
+                .ok()?;
+            list.items
+                .iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .then_some(())
+        }
+    })
+    .await;
     let ns = TempNamespace::create(&client, "operator").await.unwrap();
     let applied = kubectl(
         &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
@@ -142,6 +147,25 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
         "{}",
         String::from_utf8_lossy(&applied.stderr)
     );
+    // kill -9 of the operator in the middle of that rollout: its restart converges.
+    let operator = operator_pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=ferry-operator"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let pid: i32 = operator
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c[0].container_id.clone())
+        .and_then(|id| id.strip_prefix("process://").and_then(|p| p.parse().ok()))
+        .expect("the operator container names its process");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let second = eventually(
         "the new revision is ready and the old one gone",
         Duration::from_secs(120),
@@ -164,6 +188,19 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
         },
     )
     .await;
+    let operator_name = operator.metadata.name.clone().unwrap();
+    let restarted = operator_pods.get(&operator_name).await.unwrap();
+    let restarts = restarted.status.unwrap().container_statuses.unwrap()[0].restart_count;
+    assert!(restarts >= 1, "the operator was restarted after kill -9");
+    let all = deployments
+        .list(&ListParams::default().labels("ferry.dev/inferenceservice=iris"))
+        .await
+        .unwrap();
+    assert_eq!(
+        all.items.len(),
+        1,
+        "no duplicate Deployments after the operator restart"
+    );
     eventually("only new pods remain", Duration::from_secs(60), || {
         let pods = pods.clone();
         let second = second.clone();
