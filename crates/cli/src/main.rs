@@ -58,6 +58,8 @@ enum Command {
     /// Cluster mode: reconcile InferenceServices into Deployments and Services (in-cluster
     /// credentials, else the kubeconfig).
     Operator(OperatorArgs),
+    /// Cluster mode: the router, fed by watching InferenceServices and their Pods.
+    Router(RouterArgs),
     /// Check what this process may do on the Kubernetes API (in-cluster or kubeconfig).
     #[command(subcommand)]
     Doctor(DoctorCommand),
@@ -94,6 +96,13 @@ struct OperatorArgs {
     /// Extra node selector for every predictor pod, KEY=VALUE (repeatable).
     #[arg(long = "node-selector", value_name = "KEY=VALUE")]
     node_selector: Vec<String>,
+}
+
+#[derive(Args)]
+struct RouterArgs {
+    /// Address to serve inference traffic on (REST and gRPC).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    addr: SocketAddr,
 }
 
 #[derive(Subcommand)]
@@ -161,6 +170,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Crd(args) => crd(args),
         Command::Render(args) => render(args),
         Command::Operator(args) => runtime.block_on(operator(args)),
+        Command::Router(args) => runtime.block_on(cluster_router(args)),
     }
 }
 
@@ -173,6 +183,24 @@ fn node_selector(pairs: &[String]) -> Result<std::collections::BTreeMap<String, 
         selector.insert(key.to_string(), value.to_string());
     }
     Ok(selector)
+}
+
+async fn cluster_router(args: RouterArgs) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes credentials (in-cluster or kubeconfig)")?;
+    let (routes, table) = tokio::sync::watch::channel(std::sync::Arc::new(Default::default()));
+    let router = ferry_router::Router::new(table, ferry_router::RouterConfig::default());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let running = ferry_router::serve_threads(args.addr, router, threads)
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    tracing::info!(addr = %running.addr, "ferry router: serving");
+    tokio::select! {
+        _ = ferry_operator::routes::feed(client, routes) => tracing::warn!("the watches ended"),
+        _ = server::shutdown_signal() => {}
+    }
+    running.shutdown(std::time::Duration::from_secs(10)).await;
+    Ok(())
 }
 
 async fn operator(args: OperatorArgs) -> Result<()> {

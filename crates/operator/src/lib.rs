@@ -10,5 +10,6 @@
 //! cascade. Level-triggered: every event and a periodic requeue re-derive the whole state.
 
 mod reconcile;
+pub mod routes;
 
 pub use reconcile::{Context, Error, FIELD_MANAGER, run};

@@ -66,7 +66,7 @@ fn error_policy(isvc: Arc<InferenceService>, error: &Error, _: Arc<Context>) -> 
     Action::requeue(Duration::from_secs(5))
 }
 
-fn pod_view(pod: &Pod) -> Option<(ReplicaView, Option<String>)> {
+pub(crate) fn pod_view(pod: &Pod) -> Option<(ReplicaView, Option<String>)> {
     let revision = pod.labels().get(LABEL_REVISION)?.clone();
     let status = pod.status.as_ref();
     let ready = status

@@ -1,0 +1,222 @@
+//! The router in the cluster: installed from deploy/router.yaml, running as a pod with its own
+//! ServiceAccount, it routes by the same route table local mode uses. A model update under
+//! continuous load through the router pod: at least 2,000 requests, none failed, every request
+//! after the rollout answered by the new revision (`ferry-revision`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_testbed_e2e::{TempNamespace, admin_client, eventually, install_crds, kubectl};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::{Value, json};
+
+fn manifest(model: &str) -> String {
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap();
+    format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: iris}}\nspec:\n  predictor:\n    model: {{format: onnx, uri: {}}}\n    minReplicas: 2\n  rollout: {{maxSurge: 1, maxUnavailable: 0}}\n",
+        repo.join("models").join(model).display()
+    )
+}
+
+fn latest_ready(ns: &str) -> Option<String> {
+    let out = kubectl(&["get", "isvc", "iris", "-n", ns, "-o", "json"], None);
+    let object: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let ready = object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .any(|c| c["type"] == "LatestRevisionReady" && c["status"] == "True");
+    ready.then(|| {
+        object["status"]["latestRevision"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_update_through_the_cluster_router_fails_no_request() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    for file in ["operator.yaml", "router.yaml"] {
+        let text = std::fs::read_to_string(format!(
+            "{}/../../deploy/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let applied = kubectl(&["apply", "--server-side", "-f", "-"], Some(&text));
+        assert!(
+            applied.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+    }
+    let system: Api<Pod> = Api::namespaced(client.clone(), "ferry-system");
+    let router_ip = eventually("the router pod is Ready", Duration::from_secs(60), || {
+        let pods = system.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/name=ferry-router"))
+                .await
+                .ok()?;
+            list.items.iter().find_map(|p| {
+                let status = p.status.as_ref()?;
+                let ready = status
+                    .conditions
+                    .as_ref()?
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                (ready && p.metadata.deletion_timestamp.is_none())
+                    .then(|| status.pod_ip.clone())
+                    .flatten()
+            })
+        }
+    })
+    .await;
+    assert!(router_ip.starts_with("127.2."), "{router_ip}");
+
+    let ns = TempNamespace::create(&client, "cluster-router")
+        .await
+        .unwrap();
+    let applied = kubectl(
+        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
+        Some(&manifest("iris-v1.onnx")),
+    );
+    assert!(applied.status.success());
+    let first = eventually("v1 ready", Duration::from_secs(90), || {
+        let ns = ns.name.clone();
+        async move { latest_ready(&ns) }
+    })
+    .await;
+    let url = format!("http://{router_ip}:8080/v2/models/iris/infer");
+    let http = reqwest::Client::new();
+    eventually("the router routes to v1", Duration::from_secs(30), || {
+        let (http, url, ns) = (http.clone(), url.clone(), ns.name.clone());
+        async move {
+            let response = http
+                .post(&url)
+                .header("ferry-namespace", &ns)
+                .json(&body())
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 200).then_some(())
+        }
+    })
+    .await;
+
+    // Continuous load through the router pod across the update.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, url, ns, stop, count) = (
+                http.clone(),
+                url.clone(),
+                ns.name.clone(),
+                stop.clone(),
+                sent.clone(),
+            );
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let sample = match http
+                        .post(&url)
+                        .header("ferry-namespace", &ns)
+                        .json(&body())
+                        .send()
+                        .await
+                    {
+                        Ok(r) => {
+                            let revision = r
+                                .headers()
+                                .get("ferry-revision")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            (sent, r.status().as_u16(), revision)
+                        }
+                        Err(_) => (sent, 0, String::new()),
+                    };
+                    samples.push(sample);
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                samples
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let applied = kubectl(
+        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
+        Some(&manifest("iris-v2.onnx")),
+    );
+    assert!(applied.status.success());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let second = eventually("v2 rolled out, v1 gone", Duration::from_secs(120), || {
+        let (ns, deployments, first) = (ns.name.clone(), deployments.clone(), first.clone());
+        async move {
+            let latest = latest_ready(&ns)?;
+            let gone = deployments.get_opt(&first).await.ok()?.is_none();
+            (latest != first && gone).then_some(latest)
+        }
+    })
+    .await;
+    // The last old pods may still be terminating: wait until none is left, then keep loading.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    eventually("old pods gone", Duration::from_secs(60), || {
+        let (pods, first) = (pods.clone(), first.clone());
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels(&format!("ferry.dev/revision={first}")))
+                .await
+                .ok()?;
+            list.items.is_empty().then_some(())
+        }
+    })
+    .await;
+    let settled = Instant::now();
+    let deadline = settled + Duration::from_secs(60);
+    while (sent.load(Ordering::Relaxed) < 2000 || settled.elapsed() < Duration::from_secs(1))
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut samples = Vec::new();
+    for worker in workers {
+        samples.extend(worker.await.unwrap());
+    }
+    let failed: Vec<_> = samples.iter().filter(|s| s.1 != 200).collect();
+    eprintln!(
+        "{} requests through the cluster router, {} failed",
+        samples.len(),
+        failed.len()
+    );
+    assert!(samples.len() >= 2000, "only {} requests", samples.len());
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let late: Vec<_> = samples.iter().filter(|s| s.0 > settled).collect();
+    assert!(!late.is_empty());
+    assert!(
+        late.iter().all(|s| s.2 == second),
+        "after the rollout only {second} answers"
+    );
+    ns.delete().await;
+}
+
+fn body() -> Value {
+    json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]})
+}
