@@ -106,6 +106,19 @@ async fn ready_pods(pods: &Api<Pod>, want: usize) -> Option<Vec<Pod>> {
     (ready.len() == want).then_some(ready)
 }
 
+/// Create the iris Deployment (v1) in `namespace`.
+async fn start_iris(client: &kube::Client, namespace: &str) -> (Api<Deployment>, Api<Pod>) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deployment("iris-v1.onnx")).unwrap(),
+        )
+        .await
+        .unwrap();
+    (deployments, Api::namespaced(client.clone(), namespace))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ferry_server_deployment_runs_as_processes_on_loopback_pod_ips() {
     let Some(client) = admin_client().await else {
@@ -114,15 +127,7 @@ async fn a_ferry_server_deployment_runs_as_processes_on_loopback_pod_ips() {
     let ns = TempNamespace::create(&client, "process-node")
         .await
         .unwrap();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    deployments
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(deployment("iris-v1.onnx")).unwrap(),
-        )
-        .await
-        .unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let (_, pods) = start_iris(&client, &ns.name).await;
     let running = eventually("2 Ready pods", Duration::from_secs(90), || {
         ready_pods(&pods, 2)
     })
@@ -217,15 +222,7 @@ async fn a_rolling_update_on_a_process_node_replaces_the_processes() {
     let ns = TempNamespace::create(&client, "process-rollout")
         .await
         .unwrap();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    deployments
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(deployment("iris-v1.onnx")).unwrap(),
-        )
-        .await
-        .unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let (deployments, pods) = start_iris(&client, &ns.name).await;
     let old = eventually("2 Ready pods", Duration::from_secs(90), || {
         ready_pods(&pods, 2)
     })
