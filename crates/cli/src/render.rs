@@ -289,15 +289,6 @@ pub struct Progress {
     pub message: String,
 }
 
-/// Reasons of `LatestRevisionReady=False` that will not fix themselves.
-const FAILED_REASONS: &[&str] = &[
-    "CrashLoopBackOff",
-    "ModelNotReady",
-    "ProgressDeadlineExceeded",
-    "Unschedulable",
-    "FailedCreate",
-];
-
 pub fn rollout_progress(object: &Value) -> Progress {
     let generation = object
         .pointer("/metadata/generation")
@@ -328,7 +319,9 @@ pub fn rollout_progress(object: &Value) -> Progress {
     let latest_condition = condition(object, "LatestRevisionReady");
     if let Some(c) = latest_condition
         && c["status"] == "False"
-        && let Some(reason) = c["reason"].as_str().filter(|r| FAILED_REASONS.contains(r))
+        && let Some(reason) = c["reason"]
+            .as_str()
+            .filter(|r| ferry_core::status::is_failure(r))
     {
         let message = c["message"].as_str().unwrap_or("");
         return Progress {

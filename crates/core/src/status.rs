@@ -9,6 +9,21 @@ use crate::rollout::{self, Target};
 use crate::routes::ServiceRoute;
 use crate::{ReplicaHealth, ReplicaView};
 
+/// Condition reasons that say a revision cannot become ready without a change (a failure, as
+/// opposed to progress): `ferry apply --wait` stops on them, events carry them as warnings.
+pub const FAILURE_REASONS: &[&str] = &[
+    "CrashLoopBackOff",
+    "ModelNotReady",
+    "ProgressDeadlineExceeded",
+    "Unschedulable",
+    "FailedCreate",
+];
+
+/// Whether a condition reason is one of [`FAILURE_REASONS`].
+pub fn is_failure(reason: &str) -> bool {
+    FAILURE_REASONS.contains(&reason)
+}
+
 /// Condition types Ferry sets.
 pub const READY: &str = "Ready";
 pub const LATEST_REVISION_READY: &str = "LatestRevisionReady";

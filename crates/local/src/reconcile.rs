@@ -310,15 +310,8 @@ impl Reconciler {
             )) {
                 continue;
             }
-            let failing = matches!(
-                condition.reason.as_str(),
-                "CrashLoopBackOff"
-                    | "ModelNotReady"
-                    | "ProgressDeadlineExceeded"
-                    | "NoReadyReplicas"
-                    | "Unschedulable"
-                    | "FailedCreate"
-            );
+            let failing =
+                status::is_failure(&condition.reason) || condition.reason == "NoReadyReplicas";
             let type_ = if failing { "Warning" } else { "Normal" };
             self.store.event(
                 namespace,

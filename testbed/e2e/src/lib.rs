@@ -31,6 +31,17 @@ pub async fn admin_client() -> Option<Client> {
     Some(Client::try_from(config).expect("client"))
 }
 
+/// The iris InferenceService (2 replicas, surge 1, unavailable 0) serving `models/<model>` by
+/// its absolute path (pods on the process node are local processes).
+pub fn iris_manifest(model: &str) -> String {
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let path = models.canonicalize().unwrap_or(models).join(model);
+    format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: iris}}\nspec:\n  predictor:\n    model: {{format: onnx, uri: {}}}\n    minReplicas: 2\n  rollout: {{maxSurge: 1, maxUnavailable: 0}}\n",
+        path.display()
+    )
+}
+
 /// Run the test bed's own kubectl (`testbed/run/kubectl`, linked by up.sh) with the admin
 /// kubeconfig; `stdin` is fed to it.
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> std::process::Output {

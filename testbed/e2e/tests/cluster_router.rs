@@ -7,23 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry_testbed_e2e::{TempNamespace, admin_client, eventually, install_crds, kubectl};
+use ferry_testbed_e2e::{
+    TempNamespace, admin_client, eventually, install_crds, iris_manifest as manifest, kubectl,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::{Value, json};
-
-fn manifest(model: &str) -> String {
-    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap();
-    format!(
-        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: iris}}\nspec:\n  predictor:\n    model: {{format: onnx, uri: {}}}\n    minReplicas: 2\n  rollout: {{maxSurge: 1, maxUnavailable: 0}}\n",
-        repo.join("models").join(model).display()
-    )
-}
 
 fn latest_ready(ns: &str) -> Option<String> {
     let out = kubectl(&["get", "isvc", "iris", "-n", ns, "-o", "json"], None);

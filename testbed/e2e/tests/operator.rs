@@ -5,26 +5,16 @@
 //! The operator itself is installed from deploy/operator.yaml and runs as a pod on the process
 //! node with its own ServiceAccount bound to exactly the ClusterRole there.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_testbed_e2e::{TempNamespace, admin_client, eventually, install_crds, kubectl};
+use ferry_testbed_e2e::{
+    TempNamespace, admin_client, eventually, install_crds, iris_manifest as manifest, kubectl,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::Value;
-
-fn manifest(model: &str) -> String {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap();
-    format!(
-        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: iris}}\nspec:\n  predictor:\n    model: {{format: onnx, uri: {}}}\n    minReplicas: 2\n  rollout: {{maxSurge: 1, maxUnavailable: 0}}\n",
-        repo.join("models").join(model).display()
-    )
-}
 
 fn isvc(ns: &str) -> Value {
     let out = kubectl(&["get", "isvc", "iris", "-n", ns, "-o", "json"], None);
