@@ -96,6 +96,9 @@ struct OperatorArgs {
     /// Extra node selector for every predictor pod, KEY=VALUE (repeatable).
     #[arg(long = "node-selector", value_name = "KEY=VALUE")]
     node_selector: Vec<String>,
+    /// Address of `/healthz` and `/metrics`.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    metrics_addr: SocketAddr,
 }
 
 #[derive(Args)]
@@ -211,8 +214,17 @@ async fn operator(args: OperatorArgs) -> Result<()> {
         image: args.image,
         node_selector: node_selector(&args.node_selector)?,
     };
-    tracing::info!("ferry operator: reconciling InferenceServices");
-    ferry_operator::run(ferry_operator::Context { client, render }).await;
+    let metrics = std::sync::Arc::new(ferry_operator::probes::Metrics::default());
+    let probes = ferry_operator::probes::serve(args.metrics_addr, metrics.clone())
+        .await
+        .with_context(|| format!("cannot listen on {} (--metrics-addr)", args.metrics_addr))?;
+    tracing::info!(probes = %probes, "ferry operator: reconciling InferenceServices");
+    ferry_operator::run(ferry_operator::Context {
+        client,
+        render,
+        metrics,
+    })
+    .await;
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 //! Everything is server-side applied under one field manager; owner references make deletion
 //! cascade. Level-triggered: every event and a periodic requeue re-derive the whole state.
 
+pub mod probes;
 mod reconcile;
 pub mod routes;
 

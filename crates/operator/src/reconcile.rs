@@ -33,6 +33,7 @@ pub enum Error {
 pub struct Context {
     pub client: Client,
     pub render: RenderOptions,
+    pub metrics: Arc<crate::probes::Metrics>,
 }
 
 /// Run the controller until the process is asked to stop.
@@ -123,6 +124,13 @@ pub(crate) fn pod_view(pod: &Pod) -> Option<(ReplicaView, Option<String>)> {
 }
 
 async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(isvc, &ctx).await;
+    ctx.metrics.record(result.is_ok(), started.elapsed());
+    result
+}
+
+async fn reconcile_inner(isvc: Arc<InferenceService>, ctx: &Context) -> Result<Action, Error> {
     let namespace = isvc
         .namespace()
         .ok_or_else(|| Error::Invalid("InferenceService without namespace".into()))?;

@@ -99,6 +99,34 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
     )
     .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    // The operator's own endpoints, on its pod IP.
+    let operator_ip = operator_pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=ferry-operator"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .find_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .unwrap();
+    let http = reqwest::Client::new();
+    let healthz = http
+        .get(format!("http://{operator_ip}:8081/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+    let metrics = http
+        .get(format!("http://{operator_ip}:8081/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"ferry_operator_reconciles_total{result="ok"}"#),
+        "{metrics}"
+    );
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
     let deployment = deployments.get(&first).await.unwrap();

@@ -1,0 +1,99 @@
+//! The operator's own endpoints: `GET /healthz` (liveness/readiness) and `GET /metrics`
+//! (reconciles by result, reconcile duration), on `--metrics-addr`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+/// Metrics of the reconciler.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ferry_operator");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "reconciles",
+            "Reconciles of InferenceServices, by result",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took",
+            duration.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            reconciles,
+            duration,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record(&self, ok: bool, took: Duration) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("registry poisoned");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("encoding to a String");
+        out
+    }
+}
+
+/// Serve `/healthz` and `/metrics` on `addr` (in the background).
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                        .into_response()
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(bound)
+}
