@@ -183,7 +183,35 @@ pub struct Condition {
     pub last_transition_time: Option<String>,
 }
 
+impl ModelSpec {
+    /// See [`local_model_path`].
+    pub fn local_path(&self) -> Option<&str> {
+        local_model_path(&self.uri)
+    }
+}
+
+/// The file a model URI names, for `file://` URIs and plain paths; `None` for `http(s)://` (the
+/// model has to be fetched first).
+pub fn local_model_path(uri: &str) -> Option<&str> {
+    if let Some(path) = uri.strip_prefix("file://") {
+        return Some(path);
+    }
+    (!uri.starts_with("http://") && !uri.starts_with("https://")).then_some(uri)
+}
+
 impl PredictorSpec {
+    /// Inference threads of one replica: the CPU limit (else request) rounded up, at least 1;
+    /// `None` when the spec sets no CPU (the server then uses every core). Local mode and the
+    /// rendered Deployments both pass it as `--compute-threads`.
+    pub fn compute_threads(&self) -> Option<u32> {
+        let resources = self.resources.as_ref()?;
+        let cpu = resources
+            .limits
+            .get("cpu")
+            .or(resources.requests.get("cpu"))?;
+        crate::quantity::parse(cpu).map(|cores| cores.ceil().max(1.0) as u32)
+    }
+
     /// Replicas kept running.
     pub fn replicas(&self) -> u32 {
         self.min_replicas.unwrap_or(1)

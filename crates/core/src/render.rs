@@ -51,11 +51,6 @@ pub fn labels(service: &str, revision: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// The model's path inside the pod: `file://` and plain paths as they are.
-fn model_path(uri: &str) -> String {
-    uri.strip_prefix("file://").unwrap_or(uri).to_string()
-}
-
 /// Render revision `revision` of `isvc` with `replicas` replicas.
 pub fn render(
     isvc: &InferenceService,
@@ -94,26 +89,20 @@ pub fn render(
     if !resources.limits.is_empty() {
         container_resources["limits"] = json!(resources.limits);
     }
-    // Threads follow the CPU limit, as in local mode.
     let mut args = vec![
         "server".to_string(),
         "--model".to_string(),
-        format!("{model}={}", model_path(&predictor.model.uri)),
+        format!(
+            "{model}={}",
+            predictor.model.local_path().unwrap_or(&predictor.model.uri)
+        ),
         "--http-addr".to_string(),
         format!("$(POD_IP):{HTTP_PORT}"),
         "--grpc-addr".to_string(),
         format!("$(POD_IP):{GRPC_PORT}"),
     ];
-    if let Some(cores) = resources
-        .limits
-        .get("cpu")
-        .or(resources.requests.get("cpu"))
-        .and_then(|q| ferry_api::quantity::parse(q))
-    {
-        args.extend([
-            "--compute-threads".to_string(),
-            (cores.ceil().max(1.0) as u32).to_string(),
-        ]);
+    if let Some(threads) = predictor.compute_threads() {
+        args.extend(["--compute-threads".to_string(), threads.to_string()]);
     }
     let period = 2;
     let startup_failures = (predictor.startup_timeout_seconds() / period).max(1);

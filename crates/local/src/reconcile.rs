@@ -188,12 +188,7 @@ impl Reconciler {
                 .find(|r| r.name == revision)?
                 .predictor
         };
-        let threads = predictor
-            .resources
-            .as_ref()
-            .and_then(|r| r.limits.get("cpu").or(r.requests.get("cpu")))
-            .and_then(|q| ferry_api::quantity::parse(q))
-            .map(|cores| cores.ceil().max(1.0) as u32);
+        let threads = predictor.compute_threads();
         Some(ReplicaSpec {
             model_name: predictor
                 .model

@@ -497,11 +497,8 @@ async fn launch(
 
 /// A local path for the model: paths and `file://` as they are, `http(s)://` downloaded once.
 async fn resolve_model(ctx: &Ctx, id: &str, uri: &str) -> Result<PathBuf, String> {
-    if let Some(path) = uri.strip_prefix("file://") {
+    if let Some(path) = ferry_api::local_model_path(uri) {
         return Ok(PathBuf::from(path));
-    }
-    if !(uri.starts_with("http://") || uri.starts_with("https://")) {
-        return Ok(PathBuf::from(uri));
     }
     let name: String = uri
         .chars()
