@@ -16,7 +16,7 @@ pub mod client;
 pub mod daemon;
 pub mod error;
 pub mod paths;
-mod process;
+pub mod process;
 pub mod reconcile;
 pub mod store;
 pub mod supervisor;

@@ -134,9 +134,9 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// Process groups of replicas of `state_dir` that nobody owns: started by a daemon that crashed
-/// before it could record them. Found by their environment.
-pub fn leftovers(state_dir: &Path, owned: &HashSet<i32>) -> Vec<i32> {
+/// Live replica processes of `state_dir` (zombies excluded), found by their environment: every
+/// replica gets `FERRY_STATE_DIR` and `FERRY_REPLICA_ID` from the supervisor.
+pub fn replica_processes(state_dir: &Path) -> Vec<i32> {
     let wanted = format!("{ENV_STATE_DIR}={}", state_dir.display());
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -150,9 +150,6 @@ pub fn leftovers(state_dir: &Path, owned: &HashSet<i32>) -> Vec<i32> {
         else {
             continue;
         };
-        if owned.contains(&pid) || pid == std::process::id() as i32 {
-            continue;
-        }
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
@@ -165,9 +162,20 @@ pub fn leftovers(state_dir: &Path, owned: &HashSet<i32>) -> Vec<i32> {
                 replica = true;
             }
         }
-        if ours && replica {
+        let live = matches!(stat(pid), Some((state, _)) if state != 'Z' && state != 'X');
+        if ours && replica && live {
             found.push(pid);
         }
     }
     found
+}
+
+/// Process groups of replicas of `state_dir` that nobody owns: started by a daemon that crashed
+/// before it could record them.
+pub fn leftovers(state_dir: &Path, owned: &HashSet<i32>) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    replica_processes(state_dir)
+        .into_iter()
+        .filter(|pid| !owned.contains(pid) && *pid != me)
+        .collect()
 }

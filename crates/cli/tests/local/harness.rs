@@ -180,28 +180,7 @@ impl Drop for Daemon {
 
 /// Live `ferry server` processes started for the state directory `dir`.
 pub fn replica_pids(dir: &Path) -> Vec<i32> {
-    let wanted = format!("FERRY_STATE_DIR={}", dir.display());
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
-            .unwrap_or(true);
-        if !zombie && environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes()) {
-            pids.push(pid);
-        }
-    }
-    pids
+    ferry_local::process::replica_processes(dir)
 }
 
 /// Wait until `check` holds, or fail with `what`.
