@@ -17,6 +17,7 @@ pub const FAILURE_REASONS: &[&str] = &[
     "ProgressDeadlineExceeded",
     "Unschedulable",
     "FailedCreate",
+    "NoReadyReplicas",
 ];
 
 /// Whether a condition reason is one of [`FAILURE_REASONS`].

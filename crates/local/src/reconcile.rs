@@ -305,8 +305,7 @@ impl Reconciler {
             )) {
                 continue;
             }
-            let failing =
-                status::is_failure(&condition.reason) || condition.reason == "NoReadyReplicas";
+            let failing = status::is_failure(&condition.reason);
             let type_ = if failing { "Warning" } else { "Normal" };
             self.store.event(
                 namespace,
