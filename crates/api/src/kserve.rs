@@ -1,7 +1,9 @@
 //! `serving.kserve.io/v1beta1` InferenceService manifests, converted to `ferry.dev/v1alpha1`.
 //!
-//! The predictor's model (`modelFormat`, `storageUri`, `protocolVersion`, `resources`, also the
-//! older `predictor.onnx` form), `minReplicas` / `maxReplicas` and metadata convert; every other
+//! The predictor's model (`modelFormat`, `storageUri`, `protocolVersion`, `runtimeVersion`,
+//! `resources`, also the
+//! older `predictor.onnx` form), `minReplicas` / `maxReplicas`, `scaleMetric` / `scaleTarget`,
+//! `nodeSelector`, `tolerations` and metadata convert; every other
 //! field is refused by name, never silently dropped.
 
 use serde_json::{Map, Value, json};
@@ -11,6 +13,16 @@ use crate::validate::FieldError;
 
 /// `apiVersion` of KServe's InferenceService.
 pub const KSERVE_API_VERSION: &str = "serving.kserve.io/v1beta1";
+
+/// Predictor fields that mean the same in both APIs and are copied as they are.
+const SAME_PREDICTOR_FIELDS: &[&str] = &[
+    "minReplicas",
+    "maxReplicas",
+    "scaleMetric",
+    "scaleTarget",
+    "nodeSelector",
+    "tolerations",
+];
 
 /// Convert a KServe manifest to a Ferry manifest (as JSON), or every unsupported field.
 pub fn convert(doc: &Value) -> Result<Value, Vec<FieldError>> {
@@ -31,7 +43,7 @@ pub fn convert(doc: &Value) -> Result<Value, Vec<FieldError>> {
     refuse_unknown(
         predictor,
         "spec.predictor",
-        &["model", "onnx", "minReplicas", "maxReplicas"],
+        &[&["model", "onnx"], SAME_PREDICTOR_FIELDS].concat(),
         &mut errors,
     );
     let (model_path, model) = match (predictor.get("model"), predictor.get("onnx")) {
@@ -63,6 +75,7 @@ pub fn convert(doc: &Value) -> Result<Value, Vec<FieldError>> {
             "protocolVersion",
             "resources",
             "name",
+            "runtimeVersion",
         ],
         &mut errors,
     );
@@ -111,15 +124,27 @@ pub fn convert(doc: &Value) -> Result<Value, Vec<FieldError>> {
         .get("resources")
         .map(|r| convert_resources(r, &join(model_path, "resources"), &mut errors));
 
+    if let Some(metric) = predictor.get("scaleMetric")
+        && !matches!(metric.as_str(), Some("cpu" | "memory"))
+    {
+        errors.push(FieldError::new(
+            "spec.predictor.scaleMetric",
+            format!("Unsupported value: {metric}: Ferry scales on \"cpu\" or \"memory\" (concurrency and rps scaling are not available yet)"),
+        ));
+    }
+
     if !errors.is_empty() {
         return Err(errors);
     }
     let mut ferry_predictor = json!({
         "model": { "format": format, "uri": uri },
     });
-    for field in ["minReplicas", "maxReplicas"] {
-        if let Some(value) = predictor.get(field) {
-            ferry_predictor[field] = value.clone();
+    if let Some(version) = model.get("runtimeVersion") {
+        ferry_predictor["model"]["runtimeVersion"] = version.clone();
+    }
+    for field in SAME_PREDICTOR_FIELDS {
+        if let Some(value) = predictor.get(*field) {
+            ferry_predictor[*field] = value.clone();
         }
     }
     if let Some(resources) = resources {

@@ -18,12 +18,14 @@ pub struct Revision {
 
 /// The revision name for `predictor` of the service `service`: equal predictors give equal names,
 /// any change to what a replica runs (model, runtime, resources, startup budget) gives a new one.
-/// Scaling fields (`minReplicas`, `maxReplicas`) are left out, as a Deployment's `replicas` is left
+/// Scaling fields (`minReplicas`, `maxReplicas`, `scaleMetric`, `scaleTarget`) are left out, as a Deployment's `replicas` is left
 /// out of its pod-template hash: scaling never restarts replicas.
 pub fn revision_name(service: &str, predictor: &PredictorSpec) -> String {
     let template = PredictorSpec {
         min_replicas: None,
         max_replicas: None,
+        scale_metric: None,
+        scale_target: None,
         ..predictor.clone()
     };
     // Struct fields serialize in declaration order and maps are BTreeMaps: the JSON is canonical.
@@ -44,12 +46,18 @@ mod tests {
                 format: "onnx".into(),
                 uri: uri.into(),
                 name: None,
+                runtime_version: None,
             },
             runtime: None,
             min_replicas: Some(replicas),
             max_replicas: None,
             resources: None,
             startup_timeout_seconds: None,
+            scale_metric: None,
+            scale_target: None,
+            node_selector: Default::default(),
+            tolerations: Vec::new(),
+            gpu_products: Vec::new(),
         }
     }
 

@@ -28,6 +28,46 @@ pub struct InferenceServiceSpec {
     /// How a change of the predictor reaches traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
+    /// Expose the service outside the cluster through an Ingress or a Gateway API HTTPRoute
+    /// (cluster mode; local mode serves every service on its router already).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+}
+
+/// An Ingress or an HTTPRoute for the service's stable Service (`<name>` in its namespace).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// `Ingress` (networking.k8s.io/v1, the default) or `HTTPRoute` (gateway.networking.k8s.io/v1,
+    /// only when the Gateway API is installed; otherwise the IngressReady condition says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<IngressKind>,
+    /// The host name clients use, e.g. `iris.example.com`.
+    pub host: String,
+    /// Ingress: its `ingressClassName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// HTTPRoute: the Gateway it attaches to (`name` or `namespace/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
+/// The kinds of external entry point.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum IngressKind {
+    Ingress,
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute,
+}
+
+/// What a HorizontalPodAutoscaler scales on.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ScaleMetric {
+    /// Average CPU utilisation, in percent of the CPU request.
+    Cpu,
+    /// Average memory utilisation, in percent of the memory request.
+    Memory,
 }
 
 /// The predictor: the model and the replicas that serve it.
@@ -52,6 +92,23 @@ pub struct PredictorSpec {
     /// declared stuck (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_timeout_seconds: Option<u32>,
+    /// Autoscale between minReplicas and maxReplicas on this metric (cluster mode: a
+    /// HorizontalPodAutoscaler, autoscaling/v2). Needs a request for that resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_metric: Option<ScaleMetric>,
+    /// Target average utilisation for `scaleMetric`, in percent of the request (default 80).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_target: Option<u32>,
+    /// Node labels a replica's node must carry (a Pod's `nodeSelector`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the replicas tolerate (a Pod's `tolerations`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    /// GPU models a replica may run on: values of the `nvidia.com/gpu.product` node label (e.g.
+    /// `NVIDIA-A100-SXM4-80GB`), any of them; a required node affinity in cluster mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_products: Vec<String>,
 }
 
 /// Where the model comes from and what it is.
@@ -65,6 +122,10 @@ pub struct ModelSpec {
     /// The model's name in the inference protocol (default: the InferenceService's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Pin the model server's version (cluster mode: the tag of the `ferry` image; default: the
+    /// operator's own). Local mode always runs its own binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_version: Option<String>,
 }
 
 /// Requests and limits, keyed by resource name (`cpu`, `memory`, `nvidia.com/gpu`).
@@ -210,6 +271,11 @@ impl PredictorSpec {
             .get("cpu")
             .or(resources.requests.get("cpu"))?;
         crate::quantity::parse(cpu).map(|cores| cores.ceil().max(1.0) as u32)
+    }
+
+    /// Target utilisation of `scaleMetric`, in percent.
+    pub fn scale_target(&self) -> u32 {
+        self.scale_target.unwrap_or(80)
     }
 
     /// Replicas kept running.

@@ -36,7 +36,9 @@ pub const SUPPORTED_FORMATS: &[&str] = &["onnx"];
 /// Runtimes known today (ServingRuntimes arrive with cluster mode).
 pub const KNOWN_RUNTIMES: &[&str] = &["ferry"];
 /// Resources a predictor may ask for.
-pub const KNOWN_RESOURCES: &[&str] = &["cpu", "memory", "nvidia.com/gpu"];
+pub const KNOWN_RESOURCES: &[&str] = &["cpu", "memory", GPU];
+/// The GPU resource name.
+pub const GPU: &str = "nvidia.com/gpu";
 /// Longest InferenceService name: leaves room for `-<6 hex>` revision suffixes and the
 /// suffixes Kubernetes adds to Deployment pods, within the 63-character label limit.
 pub const MAX_NAME_LEN: usize = 45;
@@ -113,6 +115,24 @@ pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
         ));
     }
 
+    if let Some(version) = model.runtime_version.as_deref() {
+        let valid = !version.is_empty()
+            && version.len() <= 128
+            && version
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            && version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid {
+            errors.push(FieldError::new(
+                "spec.predictor.model.runtimeVersion",
+                format!("Invalid value: {version:?}: must be an image tag (letters, digits, '_', '.', '-'; at most 128)"),
+            ));
+        }
+    }
+
     let min = predictor.replicas();
     if min == 0 {
         errors.push(FieldError::new(
@@ -139,6 +159,11 @@ pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
     if let Some(resources) = &predictor.resources {
         check_resources(resources, &mut errors);
     }
+    check_scaling(predictor, &mut errors);
+    check_placement(predictor, &mut errors);
+    if let Some(ingress) = &isvc.spec.ingress {
+        check_ingress(ingress, &mut errors);
+    }
 
     if let Some(rollout) = &isvc.spec.rollout {
         let surge = check_int_or_percent(
@@ -159,6 +184,127 @@ pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
         }
     }
     errors
+}
+
+fn check_scaling(predictor: &crate::PredictorSpec, errors: &mut Vec<FieldError>) {
+    if let Some(target) = predictor.scale_target
+        && !(1..=100).contains(&target)
+    {
+        errors.push(FieldError::new(
+            "spec.predictor.scaleTarget",
+            format!("Invalid value: {target}: must be a percentage between 1 and 100"),
+        ));
+    }
+    let Some(metric) = predictor.scale_metric else {
+        if predictor.scale_target.is_some() {
+            errors.push(FieldError::new(
+                "spec.predictor.scaleMetric",
+                "Required value: scaleTarget needs a scaleMetric (cpu or memory)",
+            ));
+        }
+        return;
+    };
+    if predictor.max_replicas.is_none() {
+        errors.push(FieldError::new(
+            "spec.predictor.maxReplicas",
+            "Required value: scaleMetric needs an upper bound for the autoscaler",
+        ));
+    }
+    let resource = match metric {
+        crate::ScaleMetric::Cpu => "cpu",
+        crate::ScaleMetric::Memory => "memory",
+    };
+    let requested = predictor
+        .resources
+        .as_ref()
+        .is_some_and(|r| r.requests.contains_key(resource) || r.limits.contains_key(resource));
+    if !requested {
+        errors.push(FieldError::new(
+            &format!("spec.predictor.resources.requests.{resource}"),
+            format!(
+                "Required value: scaleMetric {resource} scales on utilisation of the {resource} request"
+            ),
+        ));
+    }
+}
+
+fn check_placement(predictor: &crate::PredictorSpec, errors: &mut Vec<FieldError>) {
+    for (i, product) in predictor.gpu_products.iter().enumerate() {
+        if !is_label_value(product) || product.is_empty() {
+            errors.push(FieldError::new(
+                &format!("spec.predictor.gpuProducts[{i}]"),
+                format!("Invalid value: {product:?}: must be a node label value"),
+            ));
+        }
+    }
+    let gpus = predictor
+        .resources
+        .as_ref()
+        .is_some_and(|r| r.limits.contains_key(GPU) || r.requests.contains_key(GPU));
+    if !predictor.gpu_products.is_empty() && !gpus {
+        errors.push(FieldError::new(
+            "spec.predictor.gpuProducts",
+            format!("Invalid value: gpuProducts needs a {GPU} limit in spec.predictor.resources"),
+        ));
+    }
+    for (key, value) in &predictor.node_selector {
+        if !is_label_value(value) {
+            errors.push(FieldError::new(
+                &format!("spec.predictor.nodeSelector.{key}"),
+                format!("Invalid value: {value:?}: must be a label value"),
+            ));
+        }
+    }
+}
+
+fn check_ingress(ingress: &crate::IngressSpec, errors: &mut Vec<FieldError>) {
+    let host = &ingress.host;
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|label| is_dns_label(label, 63) || label.chars().all(|c| c.is_ascii_digit()));
+    if !valid {
+        errors.push(FieldError::new(
+            "spec.ingress.host",
+            format!("Invalid value: {host:?}: must be a DNS name such as iris.example.com"),
+        ));
+    }
+    let http_route = ingress.kind == Some(crate::IngressKind::HttpRoute);
+    if http_route && ingress.class_name.is_some() {
+        errors.push(FieldError::new(
+            "spec.ingress.className",
+            "Forbidden: className is for kind Ingress; an HTTPRoute names its gateway",
+        ));
+    }
+    if !http_route && ingress.gateway.is_some() {
+        errors.push(FieldError::new(
+            "spec.ingress.gateway",
+            "Forbidden: gateway is for kind HTTPRoute",
+        ));
+    }
+    if http_route && ingress.gateway.is_none() {
+        errors.push(FieldError::new(
+            "spec.ingress.gateway",
+            "Required value: an HTTPRoute attaches to a Gateway (name or namespace/name)",
+        ));
+    }
+}
+
+/// A Kubernetes label value: at most 63 of letters, digits, '-', '_', '.', alphanumeric at both ends.
+fn is_label_value(value: &str) -> bool {
+    value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && value
+            .chars()
+            .next()
+            .is_none_or(|c| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .last()
+            .is_none_or(|c| c.is_ascii_alphanumeric())
 }
 
 fn check_uri(uri: &str) -> Result<(), String> {

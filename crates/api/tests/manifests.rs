@@ -210,3 +210,102 @@ spec:
         "semantic errors name the KServe fields"
     );
 }
+
+#[test]
+fn placement_scaling_and_ingress_mistakes_name_their_fields() {
+    let text = VALID
+        .replace(
+            "    minReplicas: 2\n",
+            concat!(
+                "    minReplicas: 2\n",
+                "    scaleMetric: memory\n",
+                "    scaleTarget: 150\n",
+                "    gpuProducts: [\"-bad-\"]\n",
+                "    nodeSelector: {pool: \"no spaces\"}\n",
+            ),
+        )
+        .replace(
+            "      requests: {cpu: 500m, memory: 256Mi}\n      limits: {cpu: \"1\", memory: 1Gi}\n",
+            "      requests: {cpu: 500m}\n",
+        )
+        + "  ingress: {host: \"Not A Host\", className: nginx, gateway: public}\n";
+    let mut found = paths(&text);
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            "spec.ingress.gateway",
+            "spec.ingress.host",
+            "spec.predictor.gpuProducts",
+            "spec.predictor.gpuProducts[0]",
+            "spec.predictor.maxReplicas",
+            "spec.predictor.nodeSelector.pool",
+            "spec.predictor.resources.requests.memory",
+            "spec.predictor.scaleTarget",
+        ]
+    );
+    // The same fields, right, parse; scaling fields do not change the revision.
+    let good = VALID.replace(
+        "    minReplicas: 2\n",
+        concat!(
+            "    minReplicas: 2\n",
+            "    maxReplicas: 4\n",
+            "    scaleMetric: cpu\n",
+            "    nodeSelector: {pool: gpu}\n",
+            "    tolerations: [{key: dedicated, operator: Equal, value: ml, effect: NoSchedule}]\n",
+        ),
+    ) + "  ingress: {kind: HTTPRoute, host: iris.example.com, gateway: infra/public}\n";
+    let isvc = parse_manifests(&good, "default").unwrap().remove(0).isvc;
+    assert_eq!(
+        isvc.spec.predictor.tolerations[0].value.as_deref(),
+        Some("ml")
+    );
+    let mut unscaled = isvc.spec.predictor.clone();
+    unscaled.scale_metric = None;
+    unscaled.max_replicas = None;
+    assert_eq!(
+        revision_name("iris", &isvc.spec.predictor),
+        revision_name("iris", &unscaled)
+    );
+    let mut moved = isvc.spec.predictor.clone();
+    moved.node_selector.clear();
+    assert_ne!(
+        revision_name("iris", &isvc.spec.predictor),
+        revision_name("iris", &moved),
+        "placement is part of the pod template"
+    );
+}
+
+#[test]
+fn kserve_placement_and_scaling_convert() {
+    let text = r#"
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: iris}
+spec:
+  predictor:
+    minReplicas: 1
+    maxReplicas: 3
+    scaleMetric: cpu
+    scaleTarget: 70
+    nodeSelector: {pool: cpu}
+    tolerations: [{key: dedicated, operator: Exists}]
+    model:
+      modelFormat: {name: onnx}
+      storageUri: file:///models/iris-v1.onnx
+      resources: {requests: {cpu: 1}}
+"#;
+    let isvc = parse_manifests(text, "default").unwrap().remove(0).isvc;
+    assert_eq!(
+        isvc.spec.predictor.scale_metric,
+        Some(ferry_api::ScaleMetric::Cpu)
+    );
+    assert_eq!(isvc.spec.predictor.scale_target, Some(70));
+    assert_eq!(isvc.spec.predictor.node_selector["pool"], "cpu");
+    assert_eq!(
+        isvc.spec.predictor.tolerations[0].key.as_deref(),
+        Some("dedicated")
+    );
+    let rps = text.replace("scaleMetric: cpu", "scaleMetric: rps");
+    assert_eq!(paths(&rps), vec!["spec.predictor.scaleMetric"]);
+}

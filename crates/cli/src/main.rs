@@ -99,6 +99,13 @@ struct OperatorArgs {
     /// Address of `/healthz` and `/metrics`.
     #[arg(long, default_value = "0.0.0.0:8081")]
     metrics_addr: SocketAddr,
+    /// Namespace of the leader-election Lease (default: the pod's namespace from the service
+    /// account, else `ferry-system`).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: $POD_NAME, else the host name and pid).
+    #[arg(long)]
+    identity: Option<String>,
 }
 
 #[derive(Args)]
@@ -218,14 +225,51 @@ async fn operator(args: OperatorArgs) -> Result<()> {
     let probes = ferry_operator::probes::serve(args.metrics_addr, metrics.clone())
         .await
         .with_context(|| format!("cannot listen on {} (--metrics-addr)", args.metrics_addr))?;
-    tracing::info!(probes = %probes, "ferry operator: reconciling InferenceServices");
-    ferry_operator::run(ferry_operator::Context {
-        client,
-        render,
-        metrics,
-    })
-    .await;
-    Ok(())
+    let identity = args
+        .identity
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+    let lease_namespace = args
+        .lease_namespace
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|ns| ns.trim().to_string())
+        })
+        .unwrap_or_else(|| "ferry-system".to_string());
+    let election = ferry_operator::lease::LeaderElection::new(
+        client.clone(),
+        &lease_namespace,
+        "ferry-operator",
+        &identity,
+    );
+    tracing::info!(probes = %probes, %identity, lease = %format!("{lease_namespace}/ferry-operator"), "ferry operator: waiting for the leader lease");
+    tokio::select! {
+        _ = election.acquire() => {}
+        _ = server::shutdown_signal() => return Ok(()),
+    }
+    metrics.leader.set(1);
+    tracing::info!("ferry operator: leading; reconciling InferenceServices");
+    let reporter = ferry_operator::Reporter {
+        controller: "ferry-operator".to_string(),
+        instance: Some(identity.clone()),
+    };
+    let lost = tokio::select! {
+        _ = ferry_operator::run(ferry_operator::Context { client, render, metrics: metrics.clone(), reporter }) => None,
+        lost = election.hold() => Some(lost),
+    };
+    metrics.leader.set(0);
+    match lost {
+        // Another replica leads now: stop at once, a restart makes this one a candidate again.
+        Some(lost) => anyhow::bail!("lost leadership: {lost}"),
+        None => {
+            election.release().await;
+            Ok(())
+        }
+    }
 }
 
 fn render(args: RenderArgs) -> Result<()> {
@@ -243,7 +287,11 @@ fn render(args: RenderArgs) -> Result<()> {
         let revision = ferry_api::revision_name(&name, &isvc.spec.predictor);
         let objects =
             ferry_core::render::render(&isvc, &revision, isvc.spec.predictor.replicas(), &options);
-        for value in ferry_core::render::to_values(&objects) {
+        let service = ferry_core::render::render_service(&isvc, &revision);
+        for value in ferry_core::render::to_values(&objects)
+            .into_iter()
+            .chain(ferry_core::render::service_values(&service))
+        {
             documents.push(serde_norway::to_string(&value)?);
         }
     }

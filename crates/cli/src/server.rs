@@ -31,6 +31,10 @@ pub struct ServerArgs {
     /// (atomically), so a supervisor that asked for port 0 learns the ports.
     #[arg(long, value_name = "FILE")]
     addr_file: Option<std::path::PathBuf>,
+    /// Exit with status 3 when a --model fails to load, quoting why on stderr (a container's
+    /// restart back-off then says so), instead of staying up with the model unavailable.
+    #[arg(long)]
+    exit_on_load_failure: bool,
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
@@ -62,7 +66,33 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             .and_then(|()| std::fs::rename(&partial, path))
             .with_context(|| format!("cannot write --addr-file {}", path.display()))?;
     }
-    shutdown_signal().await;
+    let names: Vec<String> = args
+        .models
+        .iter()
+        .map(|m| m.split(['=', ',']).next().unwrap_or("").to_string())
+        .collect();
+    let failed = async {
+        if !args.exit_on_load_failure {
+            return std::future::pending().await;
+        }
+        loop {
+            for name in &names {
+                if let Some(view) = server.repo.view(name)
+                    && let ferry_server::repository::ModelState::Unavailable(reason) = &view.state
+                {
+                    return format!("model {name} failed to load: {reason}");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        why = failed => {
+            eprintln!("ferry server: {why}");
+            std::process::exit(3);
+        }
+    }
     tracing::info!("shutdown signal received: draining in-flight requests");
     server.shutdown();
     let grace = Duration::from_secs(args.shutdown_grace_seconds);

@@ -6,12 +6,17 @@
 //! read-only root filesystem, bound to the pod IP) and a Service. Labels on everything:
 //! `app.kubernetes.io/managed-by=ferry`, `ferry.dev/inferenceservice`, `ferry.dev/revision`,
 //! `app.kubernetes.io/component=predictor`.
+//!
+//! Per service ([`render_service`]): the stable Service `<name>` (the status URL), and when the
+//! spec asks, a HorizontalPodAutoscaler on the latest revision, an Ingress or an HTTPRoute.
 
 use std::collections::BTreeMap;
 
-use ferry_api::{InferenceService, LABEL_REVISION, LABEL_SERVICE};
+use ferry_api::{InferenceService, IngressKind, LABEL_REVISION, LABEL_SERVICE, ScaleMetric};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
 use serde_json::{Value, json};
 
 /// Ports of Ferry's model server in a pod.
@@ -67,16 +72,7 @@ pub fn render(
         (LABEL_SERVICE.to_string(), name.clone()),
         (LABEL_REVISION.to_string(), revision.to_string()),
     ]);
-    let owner = isvc.metadata.uid.as_ref().map(|uid| {
-        json!([{
-            "apiVersion": ferry_api::API_VERSION,
-            "kind": "InferenceService",
-            "name": name,
-            "uid": uid,
-            "controller": true,
-            "blockOwnerDeletion": true
-        }])
-    });
+    let owner = owner_references(isvc);
     let mut metadata = json!({"name": revision, "namespace": namespace, "labels": labels});
     if let Some(owner) = &owner {
         metadata["ownerReferences"] = owner.clone();
@@ -91,6 +87,9 @@ pub fn render(
     }
     let mut args = vec![
         "server".to_string(),
+        // A model that cannot load is a crash the kubelet restarts with back-off, its log tail
+        // the termination message (FallbackToLogsOnError): the status can quote why.
+        "--exit-on-load-failure".to_string(),
         "--model".to_string(),
         format!(
             "{model}={}",
@@ -111,7 +110,7 @@ pub fn render(
         "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532},
         "containers": [{
             "name": "server",
-            "image": options.image,
+            "image": image(&options.image, predictor.model.runtime_version.as_deref()),
             "args": args,
             "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
             "ports": [
@@ -119,6 +118,7 @@ pub fn render(
                 {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}
             ],
             "resources": container_resources,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
             "startupProbe": {
                 "httpGet": {"path": format!("/v2/models/{model}/ready"), "port": "http"},
                 "periodSeconds": period, "failureThreshold": startup_failures
@@ -138,8 +138,20 @@ pub fn render(
             }
         }]
     });
-    if !options.node_selector.is_empty() {
-        pod_spec["nodeSelector"] = json!(options.node_selector);
+    let mut node_selector = options.node_selector.clone();
+    node_selector.extend(predictor.node_selector.clone());
+    if !node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(node_selector);
+    }
+    if !predictor.tolerations.is_empty() {
+        pod_spec["tolerations"] = json!(predictor.tolerations);
+    }
+    if !predictor.gpu_products.is_empty() {
+        pod_spec["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{
+                "key": GPU_PRODUCT_LABEL, "operator": "In", "values": predictor.gpu_products
+            }]}]
+        }}});
     }
     let deployment: Deployment = serde_json::from_value(json!({
         "apiVersion": "apps/v1",
@@ -180,6 +192,160 @@ pub fn to_values(objects: &RevisionObjects) -> Vec<Value> {
     ]
 }
 
+/// `image` with its tag replaced by `version` (`spec.predictor.model.runtimeVersion`).
+pub fn image(image: &str, version: Option<&str>) -> String {
+    let Some(version) = version else {
+        return image.to_string();
+    };
+    let repository = image.split('@').next().unwrap_or(image);
+    let slash = repository.rfind('/').map_or(0, |i| i + 1);
+    let repository = match repository[slash..].rfind(':') {
+        Some(colon) => &repository[..slash + colon],
+        None => repository,
+    };
+    format!("{repository}:{version}")
+}
+
+/// The node label that names a node's GPU model (NVIDIA GPU feature discovery).
+pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
+
+/// API version of the Gateway API's HTTPRoute (a CRD: present only where it is installed).
+pub const HTTP_ROUTE_API_VERSION: &str = "gateway.networking.k8s.io/v1";
+
+/// The objects of a service as a whole, across its revisions.
+#[derive(Debug, Clone)]
+pub struct ServiceObjects {
+    /// `<name>`: the stable in-cluster address (the status URL), every ready predictor pod of
+    /// any revision behind it.
+    pub service: Service,
+    /// When `scaleMetric` is set: scales the latest revision's Deployment.
+    pub autoscaler: Option<HorizontalPodAutoscaler>,
+    /// When `spec.ingress` asks for an Ingress.
+    pub ingress: Option<Ingress>,
+    /// When `spec.ingress` asks for an HTTPRoute (no typed struct: the Gateway API is a CRD).
+    pub http_route: Option<Value>,
+}
+
+/// Render the service-wide objects of `isvc` whose latest revision is `latest`.
+pub fn render_service(isvc: &InferenceService, latest: &str) -> ServiceObjects {
+    let name = isvc.metadata.name.clone().unwrap_or_default();
+    let namespace = isvc.namespace_or_default();
+    let predictor = &isvc.spec.predictor;
+    let mut labels = labels(&name, latest);
+    labels.remove(LABEL_REVISION);
+    let mut metadata = json!({"name": name, "namespace": namespace, "labels": labels});
+    if let Some(owner) = owner_references(isvc) {
+        metadata["ownerReferences"] = owner;
+    }
+    let service: Service = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "selector": {LABEL_SERVICE: name},
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
+            ]
+        }
+    }))
+    .expect("the rendered Service matches its type");
+    let autoscaler = predictor.scale_metric.map(|metric| {
+        let resource = match metric {
+            ScaleMetric::Cpu => "cpu",
+            ScaleMetric::Memory => "memory",
+        };
+        let min = predictor.replicas();
+        serde_json::from_value(json!({
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": metadata,
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": latest},
+                "minReplicas": min,
+                "maxReplicas": predictor.max_replicas.unwrap_or(min).max(min),
+                "metrics": [{"type": "Resource", "resource": {
+                    "name": resource,
+                    "target": {"type": "Utilization", "averageUtilization": predictor.scale_target()}
+                }}]
+            }
+        }))
+        .expect("the rendered HorizontalPodAutoscaler matches its type")
+    });
+    let (mut ingress, mut http_route) = (None, None);
+    if let Some(spec) = &isvc.spec.ingress {
+        match spec.kind.unwrap_or(IngressKind::Ingress) {
+            IngressKind::Ingress => {
+                let mut ingress_spec = json!({"rules": [{"host": spec.host, "http": {"paths": [{
+                    "path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": name, "port": {"name": "http"}}}
+                }]}}]});
+                if let Some(class) = &spec.class_name {
+                    ingress_spec["ingressClassName"] = json!(class);
+                }
+                ingress = Some(
+                    serde_json::from_value(json!({
+                        "apiVersion": "networking.k8s.io/v1",
+                        "kind": "Ingress",
+                        "metadata": metadata,
+                        "spec": ingress_spec
+                    }))
+                    .expect("the rendered Ingress matches its type"),
+                );
+            }
+            IngressKind::HttpRoute => {
+                let gateway = spec.gateway.clone().unwrap_or_default();
+                let parent = match gateway.split_once('/') {
+                    Some((ns, gw)) => json!({"namespace": ns, "name": gw}),
+                    None => json!({"name": gateway}),
+                };
+                http_route = Some(json!({
+                    "apiVersion": HTTP_ROUTE_API_VERSION,
+                    "kind": "HTTPRoute",
+                    "metadata": metadata,
+                    "spec": {
+                        "parentRefs": [parent],
+                        "hostnames": [spec.host],
+                        "rules": [{"backendRefs": [{"name": name, "port": HTTP_PORT}]}]
+                    }
+                }));
+            }
+        }
+    }
+    ServiceObjects {
+        service,
+        autoscaler,
+        ingress,
+        http_route,
+    }
+}
+
+/// The objects of [`render_service`] as JSON, in apply order.
+pub fn service_values(objects: &ServiceObjects) -> Vec<Value> {
+    let mut values = vec![serde_json::to_value(&objects.service).expect("serializes")];
+    if let Some(hpa) = &objects.autoscaler {
+        values.push(serde_json::to_value(hpa).expect("serializes"));
+    }
+    if let Some(ingress) = &objects.ingress {
+        values.push(serde_json::to_value(ingress).expect("serializes"));
+    }
+    values.extend(objects.http_route.clone());
+    values
+}
+
+fn owner_references(isvc: &InferenceService) -> Option<Value> {
+    isvc.metadata.uid.as_ref().map(|uid| {
+        json!([{
+            "apiVersion": ferry_api::API_VERSION,
+            "kind": "InferenceService",
+            "name": isvc.metadata.name.clone().unwrap_or_default(),
+            "uid": uid,
+            "controller": true,
+            "blockOwnerDeletion": true
+        }])
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,7 +380,7 @@ mod tests {
         assert_eq!(d["metadata"]["labels"]["ferry.dev/revision"], "iris-abc123");
         assert_eq!(d["spec"]["replicas"], 2);
         let c = &d["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(c["args"][2], "iris=/models/iris.onnx");
+        assert_eq!(c["args"][3], "iris=/models/iris.onnx");
         assert_eq!(
             c["readinessProbe"]["httpGet"]["path"],
             "/v2/models/iris/ready"
@@ -230,6 +396,104 @@ mod tests {
         );
         let s = serde_json::to_value(&objects.service).unwrap();
         assert_eq!(s["spec"]["selector"]["ferry.dev/revision"], "iris-abc123");
+    }
+
+    #[test]
+    fn placement_reaches_the_pod_spec() {
+        let objects = render(
+            &isvc(concat!(
+                "    resources: {limits: {nvidia.com/gpu: \"2\"}}\n",
+                "    nodeSelector: {pool: gpu}\n",
+                "    tolerations: [{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}]\n",
+                "    gpuProducts: [NVIDIA-A100-SXM4-80GB, NVIDIA-H100-80GB-HBM3]\n",
+            )),
+            "iris-abc123",
+            1,
+            &RenderOptions {
+                node_selector: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+                ..options()
+            },
+        );
+        let d = serde_json::to_value(&objects.deployment).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["nodeSelector"], json!({"pool": "gpu", "zone": "a"}));
+        assert_eq!(pod["tolerations"][0]["key"], "kwok.x-k8s.io/node");
+        assert_eq!(pod["tolerations"][0]["operator"], "Exists");
+        let term = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchExpressions"][0];
+        assert_eq!(term["key"], "nvidia.com/gpu.product");
+        assert_eq!(term["operator"], "In");
+        assert_eq!(term["values"][1], "NVIDIA-H100-80GB-HBM3");
+    }
+
+    #[test]
+    fn runtime_version_replaces_the_tag() {
+        assert_eq!(
+            image("ghcr.io/ferry-dev/ferry:0.1.0", None),
+            "ghcr.io/ferry-dev/ferry:0.1.0"
+        );
+        assert_eq!(
+            image("ghcr.io/ferry-dev/ferry:0.1.0", Some("0.2.0")),
+            "ghcr.io/ferry-dev/ferry:0.2.0"
+        );
+        assert_eq!(
+            image("localhost:5000/ferry", Some("dev")),
+            "localhost:5000/ferry:dev"
+        );
+        assert_eq!(image("ferry@sha256:abc", Some("1")), "ferry:1");
+    }
+
+    #[test]
+    fn service_wide_objects_follow_the_spec() {
+        let plain = render_service(&isvc(""), "iris-abc123");
+        assert!(
+            plain.autoscaler.is_none() && plain.ingress.is_none() && plain.http_route.is_none()
+        );
+        let s = serde_json::to_value(&plain.service).unwrap();
+        assert_eq!(s["metadata"]["name"], "iris");
+        assert_eq!(
+            s["spec"]["selector"],
+            json!({"ferry.dev/inferenceservice": "iris"})
+        );
+        assert!(s["metadata"]["labels"].get("ferry.dev/revision").is_none());
+
+        let scaled = render_service(
+            &isvc(concat!(
+                "    maxReplicas: 5\n    scaleMetric: cpu\n    scaleTarget: 60\n",
+                "    resources: {requests: {cpu: 500m}}\n",
+                "  ingress: {host: iris.example.com, className: nginx}\n",
+            )),
+            "iris-abc123",
+        );
+        let h = serde_json::to_value(scaled.autoscaler.unwrap()).unwrap();
+        assert_eq!(h["spec"]["scaleTargetRef"]["name"], "iris-abc123");
+        assert_eq!(h["spec"]["minReplicas"], 2);
+        assert_eq!(h["spec"]["maxReplicas"], 5);
+        assert_eq!(h["spec"]["metrics"][0]["resource"]["name"], "cpu");
+        assert_eq!(
+            h["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+            60
+        );
+        let i = serde_json::to_value(scaled.ingress.unwrap()).unwrap();
+        assert_eq!(i["spec"]["ingressClassName"], "nginx");
+        assert_eq!(i["spec"]["rules"][0]["host"], "iris.example.com");
+        assert_eq!(
+            i["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"],
+            "iris"
+        );
+
+        let routed = render_service(
+            &isvc("  ingress: {kind: HTTPRoute, host: iris.example.com, gateway: infra/public}\n"),
+            "iris-abc123",
+        );
+        let r = routed.http_route.unwrap();
+        assert_eq!(r["apiVersion"], "gateway.networking.k8s.io/v1");
+        assert_eq!(
+            r["spec"]["parentRefs"][0],
+            json!({"namespace": "infra", "name": "public"})
+        );
+        assert_eq!(r["spec"]["rules"][0]["backendRefs"][0]["name"], "iris");
+        assert!(routed.ingress.is_none());
     }
 
     #[test]

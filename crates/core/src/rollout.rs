@@ -17,11 +17,31 @@ pub struct Target {
     pub max_unavailable: u32,
 }
 
+/// Replicas the latest revision should have: `minReplicas`, or, when the predictor autoscales
+/// (`scaleMetric`), what the autoscaler last chose (`current`), kept within min..=max.
+pub fn desired_replicas(predictor: &ferry_api::PredictorSpec, current: Option<u32>) -> u32 {
+    let min = predictor.replicas();
+    if predictor.scale_metric.is_none() {
+        return min;
+    }
+    let max = predictor.max_replicas.unwrap_or(min).max(min);
+    current.unwrap_or(min).clamp(min, max)
+}
+
 impl Target {
     /// Resolve a spec's rollout bounds like a Deployment: surge rounds up, unavailability rounds
     /// down, defaults 25% / 0, and never both zero (then surge becomes 1).
     pub fn from_spec(revision: &str, spec: &ferry_api::InferenceServiceSpec) -> Target {
-        let replicas = spec.predictor.replicas();
+        Target::with_replicas(revision, spec, spec.predictor.replicas())
+    }
+
+    /// As [`Target::from_spec`], for `replicas` chosen elsewhere (an autoscaler: see
+    /// [`desired_replicas`]).
+    pub fn with_replicas(
+        revision: &str,
+        spec: &ferry_api::InferenceServiceSpec,
+        replicas: u32,
+    ) -> Target {
         let rollout = spec.rollout.clone().unwrap_or_default();
         let surge = rollout
             .max_surge

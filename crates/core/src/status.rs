@@ -20,14 +20,17 @@ pub const FAILURE_REASONS: &[&str] = &[
     "NoReadyReplicas",
 ];
 
-/// Whether a condition reason is one of [`FAILURE_REASONS`].
+/// Whether a condition reason is one of [`FAILURE_REASONS`] or of the kubelet's container
+/// failures ([`crate::observe::CONTAINER_FAILURES`]).
 pub fn is_failure(reason: &str) -> bool {
-    FAILURE_REASONS.contains(&reason)
+    FAILURE_REASONS.contains(&reason) || crate::observe::CONTAINER_FAILURES.contains(&reason)
 }
 
 /// Condition types Ferry sets.
 pub const READY: &str = "Ready";
 pub const LATEST_REVISION_READY: &str = "LatestRevisionReady";
+/// Set only when the spec asks for an Ingress or an HTTPRoute.
+pub const INGRESS_READY: &str = "IngressReady";
 
 /// Everything the status is derived from.
 pub struct Observed<'a> {
@@ -42,6 +45,9 @@ pub struct Observed<'a> {
     /// Why replicas of the latest revision could not even be created (a cluster's ReplicaSet
     /// `FailedCreate`, e.g. a ResourceQuota), when that happened.
     pub creation_failure: Option<String>,
+    /// The external entry point, when the spec asks for one: `(ok, reason, message)`, e.g.
+    /// `(false, "GatewayAPIMissing", ...)` where the cluster does not serve HTTPRoutes.
+    pub ingress: Option<(bool, String, String)>,
 }
 
 /// Why the latest revision is not ready (or that it is): `(status, reason, message)`.
@@ -77,6 +83,16 @@ pub fn latest_revision_condition(observed: &Observed<'_>) -> (bool, &'static str
                     replica.id
                 ),
             );
+        }
+    }
+    for replica in &latest {
+        if let ReplicaHealth::ContainerFailed { reason, message } = &replica.health {
+            let reason = crate::observe::CONTAINER_FAILURES
+                .iter()
+                .find(|r| **r == reason.as_str())
+                .copied()
+                .unwrap_or("CreateContainerError");
+            return (false, reason, format!("replica {}: {message}", replica.id));
         }
     }
     if let Some(message) = &observed.creation_failure {
@@ -194,7 +210,7 @@ pub fn derive(
         .collect();
     revisions.sort_by_key(|r| position(&r.name));
 
-    let conditions = vec![
+    let mut conditions = vec![
         condition(
             READY,
             ready_condition.0,
@@ -212,6 +228,16 @@ pub fn derive(
             now,
         ),
     ];
+    if let Some((ok, reason, message)) = &observed.ingress {
+        conditions.push(condition(
+            INGRESS_READY,
+            *ok,
+            reason,
+            message.clone(),
+            previous,
+            now,
+        ));
+    }
     InferenceServiceStatus {
         observed_generation: Some(observed.generation),
         url: Some(observed.url.clone()),
@@ -290,6 +316,7 @@ mod tests {
             url: "http://127.0.0.1:8080/v2/models/iris".into(),
             revision_order: &order,
             creation_failure: None,
+            ingress: None,
         };
         derive(&observed, None, "2026-11-28T00:00:00Z")
     }

@@ -9,8 +9,17 @@
 //! Everything is server-side applied under one field manager; owner references make deletion
 //! cascade. Level-triggered: every event and a periodic requeue re-derive the whole state.
 
+//!
+//! Besides: the stable Service `<name>` (the status URL), a HorizontalPodAutoscaler, an Ingress
+//! or a Gateway API HTTPRoute when the spec asks (the HTTPRoute only where the cluster serves
+//! that API, else the IngressReady condition says it is missing); Kubernetes Events for every
+//! decision (`kube::runtime::events`); leader election with a Lease ([`lease`]), so several
+//! replicas can run and one reconciles.
+
+pub mod lease;
 pub mod probes;
 mod reconcile;
 pub mod routes;
 
-pub use reconcile::{Context, Error, FIELD_MANAGER, run};
+pub use kube::runtime::events::Reporter;
+pub use reconcile::{APPLIED_HASH, Context, Error, FIELD_MANAGER, run};

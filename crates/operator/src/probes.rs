@@ -1,5 +1,6 @@
 //! The operator's own endpoints: `GET /healthz` (liveness/readiness) and `GET /metrics`
-//! (reconciles by result, reconcile duration), on `--metrics-addr`.
+//! (reconciles by result, reconcile duration, whether this replica leads), on `--metrics-addr`.
+//! `/healthz` answers on standby replicas too: waiting for the Lease is healthy.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -25,6 +27,8 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     pub reconciles: Family<ResultLabels, Counter>,
     pub duration: Histogram,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -42,10 +46,17 @@ impl Default for Metrics {
             "Time one reconcile took",
             duration.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and reconciles",
+            leader.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             reconciles,
             duration,
+            leader,
         }
     }
 }

@@ -1,25 +1,48 @@
 //! The reconciler of InferenceServices.
+//!
+//! Reads come from reflector caches (Deployments, Services and Pods labelled
+//! `app.kubernetes.io/managed-by=ferry`), so a reconcile costs no API call unless something has
+//! to change: every object Ferry applies carries a hash of what was applied
+//! ([`APPLIED_HASH`]), and an object whose cached hash matches is not sent again. A second
+//! reconcile of a settled InferenceService writes nothing.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ferry_api::{InferenceService, LABEL_REVISION, LABEL_SERVICE, revision_name};
-use ferry_core::render::{RenderOptions, render};
-use ferry_core::rollout::{Target, plan};
+use ferry_core::render::{RenderOptions, render, render_service};
+use ferry_core::rollout::{Target, desired_replicas, plan};
 use ferry_core::routes::{Endpoint, ServiceEndpoints, build};
 use ferry_core::{ReplicaHealth, ReplicaView, status};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::ApiResource;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
 use serde_json::json;
 
 /// The one field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "ferry-operator";
+
+/// Annotation on every applied object: a hash of the object as Ferry applied it.
+pub const APPLIED_HASH: &str = "ferry.dev/applied-hash";
+
+/// Annotation on the stable Service: the optional objects that exist for the service
+/// (`autoscaler`, `ingress`, `httproute`), so the ones the spec no longer asks for are deleted.
+pub const EXTRAS: &str = "ferry.dev/objects";
+
+const MANAGED: &str = "app.kubernetes.io/managed-by=ferry";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,26 +57,69 @@ pub struct Context {
     pub client: Client,
     pub render: RenderOptions,
     pub metrics: Arc<crate::probes::Metrics>,
+    /// Who reports events (`ferry-operator`, and the pod's name as instance).
+    pub reporter: Reporter,
 }
+
+/// The caches and helpers of a running controller.
+struct Shared {
+    context: Context,
+    recorder: Recorder,
+    deployments: Store<Deployment>,
+    services: Store<Service>,
+    pods: Store<Pod>,
+    /// Whether the cluster serves HTTPRoutes, and when that was last asked.
+    gateway_api: Mutex<Option<(Instant, Option<ApiResource>)>>,
+    /// When each InferenceService's objects were last applied in full, hash or not: changes
+    /// made to them by hand are undone within [`REAPPLY_EVERY`].
+    applied_in_full: Mutex<std::collections::HashMap<ObjectRef<InferenceService>, Instant>>,
+}
+
+/// How often every object is re-applied even when its hash says nothing changed.
+pub const REAPPLY_EVERY: Duration = Duration::from_secs(300);
 
 /// Run the controller until the process is asked to stop.
 pub async fn run(context: Context) {
     let client = context.client.clone();
-    let isvcs: Api<InferenceService> = Api::all(client.clone());
-    let deployments: Api<Deployment> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client);
-    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=ferry");
+    let managed = watcher::Config::default().labels(MANAGED);
+    let (deployments, deployments_writer) = reflector::store::<Deployment>();
+    let (services, services_writer) = reflector::store::<Service>();
+    let (pods, pods_writer) = reflector::store::<Pod>();
+    let deployment_events = watcher(Api::<Deployment>::all(client.clone()), managed.clone())
+        .default_backoff()
+        .modify(|d| d.managed_fields_mut().clear())
+        .reflect(deployments_writer)
+        .touched_objects();
+    let service_events = watcher(Api::<Service>::all(client.clone()), managed.clone())
+        .default_backoff()
+        .modify(|s| s.managed_fields_mut().clear())
+        .reflect(services_writer)
+        .touched_objects();
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), managed)
+        .default_backoff()
+        .modify(|p| p.managed_fields_mut().clear())
+        .reflect(pods_writer)
+        .touched_objects();
+    tokio::spawn(service_events.for_each(|_| async {}));
+    let recorder = Recorder::new(client.clone(), context.reporter.clone());
+    let shared = Arc::new(Shared {
+        context,
+        recorder,
+        deployments,
+        services,
+        pods,
+        gateway_api: Mutex::new(None),
+        applied_in_full: Mutex::default(),
+    });
+    // The controller is triggered by the very streams that fill the caches (a reflector updates
+    // its store before it passes an object on): a reconcile never reads a cache older than its
+    // trigger.
+    let isvcs: Api<InferenceService> = Api::all(client);
     Controller::new(isvcs, watcher::Config::default())
-        .owns(deployments, managed.clone())
-        .watches(pods, managed, |pod: Pod| {
-            let name = pod.labels().get(LABEL_SERVICE)?.clone();
-            Some(
-                kube::runtime::reflector::ObjectRef::<InferenceService>::new(&name)
-                    .within(&pod.namespace()?),
-            )
-        })
+        .watches_stream(deployment_events, owner)
+        .watches_stream(pod_events, owner)
         .shutdown_on_signal()
-        .run(reconcile, error_policy, Arc::new(context))
+        .run(reconcile, error_policy, shared)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile failed");
@@ -62,7 +128,13 @@ pub async fn run(context: Context) {
         .await;
 }
 
-fn error_policy(isvc: Arc<InferenceService>, error: &Error, _: Arc<Context>) -> Action {
+/// The InferenceService a managed object belongs to.
+fn owner<K: Resource>(object: K) -> Option<ObjectRef<InferenceService>> {
+    let name = object.labels().get(LABEL_SERVICE)?.clone();
+    Some(ObjectRef::new(&name).within(&object.namespace()?))
+}
+
+fn error_policy(isvc: Arc<InferenceService>, error: &Error, _: Arc<Shared>) -> Action {
     tracing::warn!(name = %isvc.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
@@ -73,27 +145,40 @@ pub(crate) fn pod_view(pod: &Pod) -> Option<(ReplicaView, Option<String>)> {
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let crash = status
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| {
-            c.iter().find_map(|c| {
-                let waiting = c.state.as_ref()?.waiting.as_ref()?;
-                (waiting.reason.as_deref() == Some("CrashLoopBackOff")).then(|| {
-                    let last = c.last_state.as_ref().and_then(|l| l.terminated.as_ref());
-                    (
-                        c.restart_count as u32,
-                        last.map(|t| {
-                            format!(
-                                "exit code {}: {}",
-                                t.exit_code,
-                                t.message.clone().unwrap_or_default()
-                            )
-                        })
-                        .unwrap_or_default(),
-                    )
+    let containers = status
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    let crash = containers.iter().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        (waiting.reason.as_deref() == Some("CrashLoopBackOff")).then(|| {
+            let last = c.last_state.as_ref().and_then(|l| l.terminated.as_ref());
+            (
+                c.restart_count as u32,
+                last.map(|t| {
+                    let message = t.message.clone().unwrap_or_default();
+                    let message = message.trim();
+                    if message.is_empty() {
+                        format!("exit code {}", t.exit_code)
+                    } else {
+                        format!("exit code {}: {message}", t.exit_code)
+                    }
                 })
+                .unwrap_or_default(),
+            )
+        })
+    });
+    let container_failure = containers.iter().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref()?;
+        ferry_core::observe::CONTAINER_FAILURES
+            .contains(&reason)
+            .then(|| {
+                (
+                    reason.to_string(),
+                    waiting.message.clone().unwrap_or_default(),
+                )
             })
-        });
+    });
     let unschedulable = status.and_then(|s| s.conditions.as_ref()).and_then(|c| {
         c.iter()
             .find(|c| {
@@ -103,14 +188,17 @@ pub(crate) fn pod_view(pod: &Pod) -> Option<(ReplicaView, Option<String>)> {
             })
             .map(|c| c.message.clone().unwrap_or_default())
     });
-    let health = match (ready, crash, unschedulable) {
-        (true, _, _) => ReplicaHealth::Ready,
-        (false, Some((restarts, last_exit)), _) => ReplicaHealth::CrashLoop {
+    let health = match (ready, crash, container_failure, unschedulable) {
+        (true, ..) => ReplicaHealth::Ready,
+        (false, Some((restarts, last_exit)), ..) => ReplicaHealth::CrashLoop {
             restarts,
             last_exit,
         },
-        (false, None, Some(message)) => ReplicaHealth::Unschedulable { message },
-        (false, None, None) => ReplicaHealth::Starting { for_seconds: 0 },
+        (false, None, Some((reason, message)), _) => {
+            ReplicaHealth::ContainerFailed { reason, message }
+        }
+        (false, None, None, Some(message)) => ReplicaHealth::Unschedulable { message },
+        (false, None, None, None) => ReplicaHealth::Starting { for_seconds: 0 },
     };
     Some((
         ReplicaView {
@@ -123,19 +211,102 @@ pub(crate) fn pod_view(pod: &Pod) -> Option<(ReplicaView, Option<String>)> {
     ))
 }
 
-async fn reconcile(isvc: Arc<InferenceService>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = reconcile_inner(isvc, &ctx).await;
-    ctx.metrics.record(result.is_ok(), started.elapsed());
+async fn reconcile(isvc: Arc<InferenceService>, shared: Arc<Shared>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&isvc, &shared).await;
+    shared
+        .context
+        .metrics
+        .record(result.is_ok(), started.elapsed());
+    if let Err(Error::Invalid(message)) = &result {
+        shared
+            .event(&isvc, EventType::Warning, "InvalidSpec", message.clone())
+            .await;
+    }
     result
 }
 
-async fn reconcile_inner(isvc: Arc<InferenceService>, ctx: &Context) -> Result<Action, Error> {
+/// Hash of an object as it is about to be applied (without the hash annotation itself).
+fn applied_hash<T: Serialize>(object: &T) -> String {
+    let text = serde_json::to_string(object).expect("objects serialize");
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Stamp `object` with its hash; `None` when `cached` already carries the same one (nothing to
+/// do) and no periodic re-apply is due (`force`).
+fn stamp<K: Resource + Serialize>(
+    object: &mut K,
+    cached: Option<&K>,
+    force: bool,
+) -> Option<String> {
+    let hash = applied_hash(object);
+    if !force && cached.and_then(|c| c.annotations().get(APPLIED_HASH)) == Some(&hash) {
+        return None;
+    }
+    object
+        .annotations_mut()
+        .insert(APPLIED_HASH.to_string(), hash.clone());
+    Some(hash)
+}
+
+impl Shared {
+    async fn event(&self, isvc: &InferenceService, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Reconcile".to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &isvc.object_ref(&())).await {
+            tracing::warn!(name = %isvc.name_any(), error = %e, "cannot publish an event");
+        }
+    }
+
+    fn cached<K>(&self, store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        store.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// The HTTPRoute resource, when the cluster serves the Gateway API (asked at most every 30 s).
+    async fn http_route_api(&self) -> Option<ApiResource> {
+        if let Some((at, known)) = self.gateway_api.lock().expect("poisoned").as_ref()
+            && at.elapsed() < Duration::from_secs(30)
+        {
+            return known.clone();
+        }
+        let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+        let found = kube::discovery::pinned_kind(&self.context.client, &gvk)
+            .await
+            .ok()
+            .map(|(resource, _)| resource);
+        *self.gateway_api.lock().expect("poisoned") = Some((Instant::now(), found.clone()));
+        found
+    }
+}
+
+async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Action, Error> {
+    let ctx = &shared.context;
+    // Decisions need complete caches (after a restart, a missing Deployment would look like a
+    // rollout that has not started).
+    let filled = tokio::time::timeout(Duration::from_secs(60), async {
+        let _ = shared.deployments.wait_until_ready().await;
+        let _ = shared.services.wait_until_ready().await;
+        let _ = shared.pods.wait_until_ready().await;
+    })
+    .await;
+    if filled.is_err() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let namespace = isvc
         .namespace()
         .ok_or_else(|| Error::Invalid("InferenceService without namespace".into()))?;
     let name = isvc.name_any();
-    let errors = ferry_api::validate::validate(&isvc);
+    let errors = ferry_api::validate::validate(isvc);
     if !errors.is_empty() {
         return Err(Error::Invalid(
             errors
@@ -146,18 +317,35 @@ async fn reconcile_inner(isvc: Arc<InferenceService>, ctx: &Context) -> Result<A
         ));
     }
     let revision = revision_name(&name, &isvc.spec.predictor);
+    let key = ObjectRef::from_obj(isvc);
+    let force = shared
+        .applied_in_full
+        .lock()
+        .expect("poisoned")
+        .get(&key)
+        .is_none_or(|at| at.elapsed() >= REAPPLY_EVERY);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let selector = ListParams::default().labels(&format!("{LABEL_SERVICE}={name}"));
-    let existing = deployments.list(&selector).await?.items;
-    let pod_list = pods.list(&selector).await?.items;
-    let seen: Vec<(ReplicaView, Option<String>)> = pod_list.iter().filter_map(pod_view).collect();
+    let mine = |labels: &BTreeMap<String, String>, ns: Option<String>| {
+        ns.as_deref() == Some(namespace.as_str()) && labels.get(LABEL_SERVICE) == Some(&name)
+    };
+    let existing: Vec<Arc<Deployment>> = shared
+        .deployments
+        .state()
+        .into_iter()
+        .filter(|d| mine(d.labels(), d.namespace()))
+        .collect();
+    let pod_list: Vec<Arc<Pod>> = shared
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| mine(p.labels(), p.namespace()))
+        .collect();
+    let seen: Vec<(ReplicaView, Option<String>)> =
+        pod_list.iter().filter_map(|p| pod_view(p)).collect();
     let views: Vec<ReplicaView> = seen.iter().map(|(v, _)| v.clone()).collect();
 
     // The core decides the next step over pods; the step becomes Deployment replica counts.
-    let target = Target::from_spec(&revision, &isvc.spec);
-    let step = plan(&target, &views);
     let mut replicas: BTreeMap<String, i32> = existing
         .iter()
         .filter_map(|d| {
@@ -167,14 +355,26 @@ async fn reconcile_inner(isvc: Arc<InferenceService>, ctx: &Context) -> Result<A
             ))
         })
         .collect();
+    let before = replicas.clone();
+    // With an autoscaler, the latest revision's size is the autoscaler's last choice.
+    let wanted = desired_replicas(
+        &isvc.spec.predictor,
+        replicas.get(&revision).map(|r| (*r).max(0) as u32),
+    );
+    let target = Target::with_replicas(&revision, &isvc.spec, wanted);
+    let step = plan(&target, &views);
     let current_new = replicas.get(&revision).copied().unwrap_or(0);
     let live_new = views
         .iter()
         .filter(|v| v.revision == revision && !v.terminating)
         .count() as i32;
-    let new_count = current_new
-        .max(live_new + step.start as i32)
-        .min(target.replicas as i32);
+    let new_count = if current_new >= target.replicas as i32 {
+        target.replicas as i32
+    } else {
+        current_new
+            .max(live_new + step.start as i32)
+            .min(target.replicas as i32)
+    };
     replicas.insert(revision.clone(), new_count);
     for stopped in &step.stop {
         if let Some(view) = views.iter().find(|v| &v.id == stopped)
@@ -187,6 +387,9 @@ async fn reconcile_inner(isvc: Arc<InferenceService>, ctx: &Context) -> Result<A
 
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for (rev, count) in &replicas {
+        let cached = existing
+            .iter()
+            .find(|d| d.metadata.name.as_deref() == Some(rev.as_str()));
         if rev != &revision
             && *count == 0
             && !views.iter().any(|v| &v.revision == rev && !v.terminating)
@@ -194,25 +397,76 @@ async fn reconcile_inner(isvc: Arc<InferenceService>, ctx: &Context) -> Result<A
             // A drained revision: its objects go.
             let _ = deployments.delete(rev, &DeleteParams::default()).await;
             let _ = services.delete(rev, &DeleteParams::default()).await;
+            shared
+                .event(
+                    isvc,
+                    EventType::Normal,
+                    "RevisionRetired",
+                    format!("deleted revision {rev}: no replica left"),
+                )
+                .await;
             continue;
         }
-        let objects = if rev == &revision {
-            render(&isvc, rev, *count as u32, &ctx.render)
-        } else {
+        if rev != &revision {
             // Older revisions keep their template: only their replica count changes (a merge
             // patch: an apply of just `replicas` would drop the template this manager owns).
-            let patch = json!({"spec": {"replicas": count}});
-            deployments
-                .patch(rev, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+            if before.get(rev) != Some(count) {
+                let patch = json!({"spec": {"replicas": count}});
+                deployments
+                    .patch(rev, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                shared
+                    .event(
+                        isvc,
+                        EventType::Normal,
+                        "ScaledDown",
+                        format!("revision {rev}: {} → {count} replicas", before[rev]),
+                    )
+                    .await;
+            }
             continue;
-        };
-        deployments
-            .patch(rev, &params, &Patch::Apply(&objects.deployment))
-            .await?;
-        services
-            .patch(rev, &params, &Patch::Apply(&objects.service))
-            .await?;
+        }
+        let mut objects = render(isvc, rev, *count as u32, &ctx.render);
+        if let Some(hash) = stamp(&mut objects.deployment, cached.map(|d| d.as_ref()), force) {
+            deployments
+                .patch(rev, &params, &Patch::Apply(&objects.deployment))
+                .await?;
+            // A periodic re-apply of an unchanged object is no decision: no event.
+            let decided = cached.and_then(|c| c.annotations().get(APPLIED_HASH)) != Some(&hash);
+            let (reason, note) = match before.get(rev) {
+                None => (
+                    "RevisionCreated",
+                    format!("created revision {rev} with {count} replicas"),
+                ),
+                Some(old) if old < count => (
+                    "ScaledUp",
+                    format!("revision {rev}: {old} → {count} replicas"),
+                ),
+                Some(old) if old > count => (
+                    "ScaledDown",
+                    format!("revision {rev}: {old} → {count} replicas"),
+                ),
+                Some(_) => ("Updated", format!("revision {rev}: applied")),
+            };
+            if decided {
+                shared.event(isvc, EventType::Normal, reason, note).await;
+            }
+        }
+        let cached_service = shared.cached(&shared.services, &namespace, rev);
+        if stamp(&mut objects.service, cached_service.as_deref(), force).is_some() {
+            services
+                .patch(rev, &params, &Patch::Apply(&objects.service))
+                .await?;
+        }
+    }
+
+    let ingress = apply_service_objects(isvc, &revision, shared, &params, force).await?;
+    if force {
+        shared
+            .applied_in_full
+            .lock()
+            .expect("poisoned")
+            .insert(key, Instant::now());
     }
 
     // Status from the same pods, through the core.
@@ -259,6 +513,7 @@ async fn reconcile_inner(isvc: Arc<InferenceService>, ctx: &Context) -> Result<A
                             .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
                     })
             }),
+        ingress,
     };
     let now = k8s_openapi::jiff::Timestamp::now()
         .round(k8s_openapi::jiff::Unit::Second)
@@ -271,11 +526,233 @@ async fn reconcile_inner(isvc: Arc<InferenceService>, ctx: &Context) -> Result<A
         isvcs
             .patch_status(&name, &params, &Patch::Apply(&patch))
             .await?;
+        // An event for every condition that changed, a warning when it names a failure.
+        let previous = isvc.status.as_ref().map(|s| s.conditions.as_slice());
+        for condition in &next.conditions {
+            let old = previous.and_then(|c| c.iter().find(|o| o.type_ == condition.type_));
+            if old.map(|o| (&o.status, &o.reason)) == Some((&condition.status, &condition.reason)) {
+                continue;
+            }
+            let type_ = if status::is_failure(&condition.reason)
+                || condition.reason == "GatewayAPIMissing"
+            {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            shared
+                .event(
+                    isvc,
+                    type_,
+                    &condition.reason,
+                    format!(
+                        "{}={}: {}",
+                        condition.type_, condition.status, condition.message
+                    ),
+                )
+                .await;
+        }
     }
     let settled = ferry_core::rollout::complete(&target, &views) && replicas.len() == 1;
     Ok(Action::requeue(if settled {
-        Duration::from_secs(60)
+        Duration::from_secs(300)
     } else {
         Duration::from_secs(2)
     }))
+}
+
+/// The stable Service, and the autoscaler, Ingress or HTTPRoute the spec asks for (deleting the
+/// ones it no longer asks for). Returns the IngressReady condition when the spec asks for one.
+async fn apply_service_objects(
+    isvc: &InferenceService,
+    latest: &str,
+    shared: &Shared,
+    params: &PatchParams,
+    force: bool,
+) -> Result<Option<(bool, String, String)>, Error> {
+    let client = &shared.context.client;
+    let namespace = isvc.namespace().unwrap_or_default();
+    let name = isvc.name_any();
+    let mut objects = render_service(isvc, latest);
+    let mut extras = BTreeSet::new();
+    let mut condition = None;
+    if let Some(hpa) = &mut objects.autoscaler {
+        extras.insert("autoscaler");
+        // No cache of autoscalers: apply only when the service's own hash changes.
+        stamp(hpa, None, true);
+    }
+    if let Some(ingress) = &mut objects.ingress {
+        extras.insert("ingress");
+        stamp(ingress, None, true);
+        condition = Some((
+            true,
+            "IngressCreated".to_string(),
+            format!(
+                "Ingress {name} routes {} to Service {name}",
+                ingress_host(isvc)
+            ),
+        ));
+    }
+    let route_api = if objects.http_route.is_some() {
+        let found = shared.http_route_api().await;
+        match &found {
+            Some(_) => {
+                extras.insert("httproute");
+                condition = Some((
+                    true,
+                    "HTTPRouteCreated".to_string(),
+                    format!(
+                        "HTTPRoute {name} routes {} to Service {name}",
+                        ingress_host(isvc)
+                    ),
+                ));
+            }
+            None => {
+                condition = Some((
+                    false,
+                    "GatewayAPIMissing".to_string(),
+                    "spec.ingress asks for an HTTPRoute but this cluster does not serve gateway.networking.k8s.io/v1 HTTPRoute: install the Gateway API CRDs, or use kind Ingress".to_string(),
+                ));
+            }
+        }
+        found
+    } else {
+        None
+    };
+    // The Service's hash covers every optional object, so a change of any re-applies them all.
+    let everything = json!({
+        "service": &objects.service,
+        "autoscaler": &objects.autoscaler,
+        "ingress": &objects.ingress,
+        "route": route_api.as_ref().and(objects.http_route.as_ref()),
+    });
+    let hash = applied_hash(&everything);
+    let cached = shared.cached(&shared.services, &namespace, &name);
+    if !force
+        && cached
+            .as_ref()
+            .and_then(|c| c.annotations().get(APPLIED_HASH))
+            == Some(&hash)
+    {
+        return Ok(condition);
+    }
+    let had: BTreeSet<String> = cached
+        .as_ref()
+        .and_then(|c| c.annotations().get(EXTRAS))
+        .map(|list| {
+            list.split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(hpa) = &objects.autoscaler {
+        Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &namespace)
+            .patch(&name, params, &Patch::Apply(hpa))
+            .await?;
+    } else if had.contains("autoscaler") {
+        let _ = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &namespace)
+            .delete(&name, &DeleteParams::default())
+            .await;
+    }
+    if let Some(ingress) = &objects.ingress {
+        Api::<Ingress>::namespaced(client.clone(), &namespace)
+            .patch(&name, params, &Patch::Apply(ingress))
+            .await?;
+    } else if had.contains("ingress") {
+        let _ = Api::<Ingress>::namespaced(client.clone(), &namespace)
+            .delete(&name, &DeleteParams::default())
+            .await;
+    }
+    if let (Some(resource), Some(route)) = (&route_api, &objects.http_route) {
+        let route: DynamicObject =
+            serde_json::from_value(route.clone()).expect("a rendered HTTPRoute is an object");
+        Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, resource)
+            .patch(&name, params, &Patch::Apply(&route))
+            .await?;
+    } else if had.contains("httproute")
+        && let Some(resource) = shared.http_route_api().await
+    {
+        let _ = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &resource)
+            .delete(&name, &DeleteParams::default())
+            .await;
+    }
+    let annotations = objects.service.annotations_mut();
+    annotations.insert(APPLIED_HASH.to_string(), hash);
+    annotations.insert(
+        EXTRAS.to_string(),
+        extras.into_iter().collect::<Vec<_>>().join(","),
+    );
+    Api::<Service>::namespaced(client.clone(), &namespace)
+        .patch(&name, params, &Patch::Apply(&objects.service))
+        .await?;
+    Ok(condition)
+}
+
+fn ingress_host(isvc: &InferenceService) -> String {
+    isvc.spec
+        .ingress
+        .as_ref()
+        .map(|i| i.host.clone())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "iris-abc123-x", "labels": {LABEL_REVISION: "iris-abc123"}},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pods_say_what_keeps_them_from_serving() {
+        let waiting = |reason: &str, message: &str| {
+            pod(json!({"containerStatuses": [{
+                "name": "server", "image": "x", "imageID": "", "ready": false, "restartCount": 4,
+                "state": {"waiting": {"reason": reason, "message": message}},
+                "lastState": {"terminated": {"exitCode": 3, "message": "ferry server: model iris failed to load\n"}}
+            }]}))
+        };
+        let health = |p: &Pod| pod_view(p).unwrap().0.health;
+        assert_eq!(
+            health(&waiting("CrashLoopBackOff", "back-off 8s")),
+            ReplicaHealth::CrashLoop {
+                restarts: 4,
+                last_exit: "exit code 3: ferry server: model iris failed to load".into()
+            }
+        );
+        assert_eq!(
+            health(&waiting(
+                "ImagePullBackOff",
+                "Back-off pulling image \"ferry:nope\""
+            )),
+            ReplicaHealth::ContainerFailed {
+                reason: "ImagePullBackOff".into(),
+                message: "Back-off pulling image \"ferry:nope\"".into()
+            }
+        );
+        assert_eq!(
+            health(&waiting("ContainerCreating", "")),
+            ReplicaHealth::Starting { for_seconds: 0 }
+        );
+        let unscheduled = pod(json!({"conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/5 nodes are available: 2 Insufficient nvidia.com/gpu."
+        }]}));
+        assert!(
+            matches!(health(&unscheduled), ReplicaHealth::Unschedulable { message } if message.contains("nvidia.com/gpu"))
+        );
+        let ready =
+            pod(json!({"podIP": "127.2.0.5", "conditions": [{"type": "Ready", "status": "True"}]}));
+        let (view, ip) = pod_view(&ready).unwrap();
+        assert_eq!(
+            (view.health, ip.as_deref()),
+            (ReplicaHealth::Ready, Some("127.2.0.5"))
+        );
+    }
 }

@@ -125,7 +125,18 @@ pub async fn run(
                 tracing::warn!(container = %launch.container.name, %why, "liveness/startup probe failed: restarting");
                 (137, "Error".to_string(), why)
             }
-            Exit::Exited(status) => describe(status),
+            Exit::Exited(status) => {
+                let (code, reason, mut message) = describe(status);
+                // The kubelet's FallbackToLogsOnError: a failed container's message is the tail
+                // of its log (no termination-message file exists here).
+                if code != 0
+                    && launch.container.termination_message_policy.as_deref()
+                        == Some("FallbackToLogsOnError")
+                {
+                    message = log_tail(&launch.log, 2048).unwrap_or(message);
+                }
+                (code, reason, message)
+            }
         };
         let terminated = Terminated {
             exit_code: code,
@@ -189,6 +200,20 @@ enum Exit {
     Exited(Option<std::process::ExitStatus>),
     Unhealthy(String),
     Stopped,
+}
+
+/// The last `max` bytes of a log file, from a line start.
+fn log_tail(path: &std::path::Path, max: usize) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let start = bytes.len().saturating_sub(max);
+    let mut tail = &bytes[start..];
+    if start > 0
+        && let Some(newline) = tail.iter().position(|b| *b == b'\n')
+    {
+        tail = &tail[newline + 1..];
+    }
+    let text = String::from_utf8_lossy(tail).trim_end().to_string();
+    (!text.is_empty()).then_some(text)
 }
 
 fn describe(status: Option<std::process::ExitStatus>) -> (i32, String, String) {

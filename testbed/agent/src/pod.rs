@@ -32,8 +32,8 @@ fn image_name(image: &str) -> &str {
     last.split(['@', ':']).next().unwrap_or(last)
 }
 
-/// Program and arguments of a container: the image `ferry` (any registry, any tag) is the
-/// workspace's `ferry` binary; its entrypoint is the binary itself.
+/// Program and arguments of a container: the image `ferry` (any registry; tag `latest` or the
+/// workspace's version) is the workspace's `ferry` binary; its entrypoint is the binary itself.
 fn program(
     ctx: &Ctx,
     container: &Container,
@@ -43,6 +43,21 @@ fn program(
     if image_name(&image) != "ferry" {
         return Err(format!(
             "image {image:?} cannot run on a process node: only images named `ferry` (any registry or tag) map to the workspace's ferry binary"
+        ));
+    }
+    // As a registry would: tags that were never pushed cannot be pulled.
+    let version = env!("CARGO_PKG_VERSION");
+    let tag = image
+        .rsplit('/')
+        .next()
+        .and_then(|last| last.split_once(':'))
+        .map(|(_, tag)| tag);
+    if let Some(tag) = tag
+        && tag != "latest"
+        && tag != version
+    {
+        return Err(format!(
+            "failed to pull image {image:?}: manifest unknown: the process node has the ferry tags \"latest\" and \"{version}\""
         ));
     }
     let mut argv: Vec<String> = container.command.clone().unwrap_or_default();

@@ -162,3 +162,79 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Apply `deploy/<file>` with server-side apply, as a user installs Ferry.
+pub fn apply_deploy(file: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(file);
+    let text = std::fs::read_to_string(&path).expect("deploy/ file reads");
+    let applied = kubectl(&["apply", "--server-side", "-f", "-"], Some(&text));
+    assert!(
+        applied.status.success(),
+        "{file}: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+}
+
+/// Install the CRDs and the operator (deploy/operator.yaml: two replicas, leader election) and
+/// wait until a replica leads; returns the leading pod.
+pub async fn install_operator(client: &Client) -> k8s_openapi::api::core::v1::Pod {
+    install_crds(client).await.expect("CRDs install");
+    apply_deploy("operator.yaml");
+    operator_leader(client).await
+}
+
+/// The operator pod that holds the Lease `ferry-system/ferry-operator` and is Running.
+pub async fn operator_leader(client: &Client) -> k8s_openapi::api::core::v1::Pod {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Pod;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "ferry-system");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "ferry-system");
+    eventually("an operator replica leads", Duration::from_secs(90), || {
+        let (leases, pods) = (leases.clone(), pods.clone());
+        async move {
+            let holder = leases
+                .get_opt("ferry-operator")
+                .await
+                .ok()??
+                .spec?
+                .holder_identity?;
+            let pod = pods.get_opt(&holder).await.ok()??;
+            let running = pod.status.as_ref()?.phase.as_deref() == Some("Running");
+            running.then_some(pod)
+        }
+    })
+    .await
+}
+
+/// `kubectl get isvc NAME -n NS -o json`, or `Null` when it cannot be read.
+pub fn isvc_json(ns: &str, name: &str) -> serde_json::Value {
+    let out = kubectl(&["get", "isvc", name, "-n", ns, "-o", "json"], None);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// A condition of an InferenceService's status: `(status, reason, message)`, empty when absent.
+pub fn condition(isvc: &serde_json::Value, type_: &str) -> (String, String, String) {
+    isvc["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .map(|c| {
+            let text = |key: &str| c[key].as_str().unwrap_or("").to_string();
+            (text("status"), text("reason"), text("message"))
+        })
+        .unwrap_or_default()
+}
+
+/// Apply a manifest in `ns` with server-side apply (as kubectl users do) and assert it worked.
+pub fn apply_in(ns: &str, manifest: &str) {
+    let applied = kubectl(
+        &["apply", "--server-side", "-n", ns, "-f", "-"],
+        Some(manifest),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+}

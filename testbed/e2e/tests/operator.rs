@@ -8,30 +8,18 @@
 use std::time::Duration;
 
 use ferry_testbed_e2e::{
-    TempNamespace, admin_client, eventually, install_crds, iris_manifest as manifest, kubectl,
+    TempNamespace, admin_client, apply_in, condition, eventually, install_operator,
+    iris_manifest as manifest, isvc_json, kubectl, operator_leader,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::ListParams;
-use serde_json::Value;
+use kube::api::{ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
 
 fn isvc(ns: &str) -> Value {
-    let out = kubectl(&["get", "isvc", "iris", "-n", ns, "-o", "json"], None);
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
-}
-
-fn condition(isvc: &Value, type_: &str) -> (String, String) {
-    isvc["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-        .map(|c| {
-            (
-                c["status"].as_str().unwrap_or("").to_string(),
-                c["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .unwrap_or_default()
+    isvc_json(ns, "iris")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,35 +27,11 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
     let Some(client) = admin_client().await else {
         return;
     };
-    install_crds(&client).await.unwrap();
-    // The operator runs as a pod on the process node, with its ServiceAccount and exactly the
-    // ClusterRole of deploy/operator.yaml (never the admin kubeconfig).
-    let deploy = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/operator.yaml"
-    ))
-    .unwrap();
-    let applied = kubectl(&["apply", "--server-side", "-f", "-"], Some(&deploy));
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    // The operator runs as two pods on the process node (one leads through the Lease), with
+    // its ServiceAccount and exactly the RBAC of deploy/operator.yaml (never the admin
+    // kubeconfig).
+    let leader = install_operator(&client).await;
     let operator_pods: Api<Pod> = Api::namespaced(client.clone(), "ferry-system");
-    eventually("the operator pod runs", Duration::from_secs(60), || {
-        let pods = operator_pods.clone();
-        async move {
-            let list = pods
-                .list(&ListParams::default().labels("app.kubernetes.io/name=ferry-operator"))
-                .await
-                .ok()?;
-            list.items
-                .iter()
-                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                .then_some(())
-        }
-    })
-    .await;
     let ns = TempNamespace::create(&client, "operator").await.unwrap();
     let applied = kubectl(
         &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
@@ -99,15 +63,8 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
     )
     .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    // The operator's own endpoints, on its pod IP.
-    let operator_ip = operator_pods
-        .list(&ListParams::default().labels("app.kubernetes.io/name=ferry-operator"))
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .find_map(|p| p.status.as_ref()?.pod_ip.clone())
-        .unwrap();
+    // The leader's own endpoints, on its pod IP.
+    let operator_ip = leader.status.as_ref().unwrap().pod_ip.clone().unwrap();
     let http = reqwest::Client::new();
     let healthz = http
         .get(format!("http://{operator_ip}:8081/healthz"))
@@ -127,6 +84,32 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
         metrics.contains(r#"ferry_operator_reconciles_total{result="ok"}"#),
         "{metrics}"
     );
+    assert!(metrics.contains("ferry_operator_leader 1"), "{metrics}");
+    // The standby replica is healthy but does not lead.
+    let standby = operator_pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=ferry-operator"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|p| p.metadata.name != leader.metadata.name)
+        .expect("two operator replicas");
+    let standby_ip = eventually("the standby has an IP", Duration::from_secs(60), || {
+        let pods = operator_pods.clone();
+        let name = standby.metadata.name.clone().unwrap();
+        async move { pods.get(&name).await.ok()?.status?.pod_ip }
+    })
+    .await;
+    let standby_metrics = eventually("the standby answers", Duration::from_secs(60), || {
+        let http = http.clone();
+        let url = format!("http://{standby_ip}:8081/metrics");
+        async move { http.get(&url).send().await.ok()?.text().await.ok() }
+    })
+    .await;
+    assert!(
+        standby_metrics.contains("ferry_operator_leader 0"),
+        "{standby_metrics}"
+    );
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
     let deployment = deployments.get(&first).await.unwrap();
@@ -139,6 +122,61 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
         "InferenceService"
     );
     assert!(services.get(&first).await.is_ok());
+    let stable = services
+        .get("iris")
+        .await
+        .expect("the stable Service of the status URL");
+    assert_eq!(
+        stable.spec.unwrap().selector.unwrap(),
+        [("ferry.dev/inferenceservice".to_string(), "iris".to_string())].into()
+    );
+    // Events name the decisions.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("iris"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "RevisionCreated"),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r == "RevisionReady"), "{reasons:?}");
+
+    // A reconcile of a settled InferenceService writes nothing: touch the spec's metadata (a
+    // watch event, so a reconcile) and nothing the operator owns changes.
+    let rv = |o: &kube::api::ObjectMeta| o.resource_version.clone().unwrap();
+    let deployment_rv = rv(&deployments.get(&first).await.unwrap().metadata);
+    let service_rv = rv(&services.get(&first).await.unwrap().metadata);
+    let stable_rv = rv(&services.get("iris").await.unwrap().metadata);
+    let isvcs: Api<ferry_api::InferenceService> = Api::namespaced(client.clone(), &ns.name);
+    let touched = isvcs
+        .patch(
+            "iris",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"test/touch": "1"}}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        rv(&deployments.get(&first).await.unwrap().metadata),
+        deployment_rv
+    );
+    assert_eq!(
+        rv(&services.get(&first).await.unwrap().metadata),
+        service_rv
+    );
+    assert_eq!(rv(&services.get("iris").await.unwrap().metadata), stable_rv);
+    assert_eq!(
+        rv(&isvcs.get("iris").await.unwrap().metadata),
+        rv(&touched.metadata),
+        "no status write either"
+    );
     let http = reqwest::Client::new();
     let list = pods
         .list(&ListParams::default().labels(&format!("ferry.dev/revision={first}")))
@@ -165,13 +203,9 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
         "{}",
         String::from_utf8_lossy(&applied.stderr)
     );
-    // kill -9 of the operator in the middle of that rollout: its restart converges.
-    let operator = operator_pods
-        .list(&ListParams::default().labels("app.kubernetes.io/name=ferry-operator"))
-        .await
-        .unwrap()
-        .items
-        .remove(0);
+    // kill -9 of the leading operator in the middle of that rollout: the rollout converges
+    // (its restarted process or the standby takes the Lease).
+    let operator = operator_leader(&client).await;
     let pid: i32 = operator
         .status
         .as_ref()
@@ -239,6 +273,34 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
         }
     })
     .await;
+
+    // A server version whose image cannot be pulled: the new revision never becomes ready, the
+    // status quotes the kubelet, and the ready revision keeps serving.
+    apply_in(
+        &ns.name,
+        &manifest("iris-v2.onnx").replace(
+            "    model: {format: onnx, uri: ",
+            "    model: {format: onnx, runtimeVersion: 0.0.0-missing, uri: ",
+        ),
+    );
+    let (reason, message) = eventually(
+        "LatestRevisionReady names the image pull",
+        Duration::from_secs(60),
+        || {
+            let ns = ns.name.clone();
+            async move {
+                let (_, reason, message) = condition(&isvc(&ns), "LatestRevisionReady");
+                (reason == "ErrImagePull" || reason == "ImagePullBackOff")
+                    .then_some((reason, message))
+            }
+        },
+    )
+    .await;
+    assert!(
+        message.contains("ferry:0.0.0-missing"),
+        "{reason}: {message}"
+    );
+    assert_eq!(condition(&isvc(&ns.name), "Ready").0, "True");
 
     // Status that names the real reason: 9 GPUs fit on no node; a quota forbids the pods.
     let big = manifest("iris-v1.onnx")

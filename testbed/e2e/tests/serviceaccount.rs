@@ -61,7 +61,7 @@ async fn an_in_cluster_client_gets_exactly_its_role() {
                 "nodeSelector": {"ferry.dev/process-node": "true"},
                 "containers": [{
                     "name": "doctor",
-                    "image": "registry.example/ferry:v0",
+                    "image": "registry.example/ferry:latest",
                     "args": ["doctor", "kube", "--check", "list pods", "--check", "list secrets"]
                 }]
             }

@@ -1,0 +1,199 @@
+//! What the spec asks of the operator beyond replicas, on the real control plane with the
+//! operator of deploy/operator.yaml: placement (nodeSelector, tolerations, GPU product by node
+//! affinity) on the kwok nodes, an autoscaler, an Ingress, an HTTPRoute where the Gateway API
+//! is missing (the condition says so), and a model that crashes its server (the condition
+//! quotes the exit).
+
+use std::time::Duration;
+
+use ferry_testbed_e2e::{
+    TempNamespace, admin_client, apply_in, condition, eventually, install_operator, isvc_json,
+};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::Api;
+use kube::api::ListParams;
+
+fn models() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .canonicalize()
+        .unwrap()
+}
+
+/// An InferenceService on the (fake) kwok GPU nodes: its pods run at once there.
+fn on_kwok(name: &str, predictor_extra: &str, spec_extra: &str) -> String {
+    format!(
+        "apiVersion: ferry.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: {name}}}
+spec:
+  predictor:
+    model: {{format: onnx, uri: {}}}
+    minReplicas: 1
+    nodeSelector: {{type: kwok}}
+    tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]
+{predictor_extra}{spec_extra}",
+        models().join("iris-v1.onnx").display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_autoscaling_ingress_and_crashes_follow_the_spec() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_operator(&client).await;
+    let ns = TempNamespace::create(&client, "operator-spec")
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+
+    // Placement: an H100 asked by product lands on the H100 kwok node (the A100 one has free
+    // GPUs too); it tolerates the kwok taint and selects kwok nodes.
+    apply_in(
+        &ns.name,
+        &on_kwok(
+            "h100",
+            "    resources: {limits: {nvidia.com/gpu: \"1\"}}\n    gpuProducts: [NVIDIA-H100-80GB-HBM3]\n",
+            "",
+        ),
+    );
+    let node = eventually("the h100 pod is scheduled", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("ferry.dev/inferenceservice=h100"))
+                .await
+                .ok()?;
+            list.items.first()?.spec.as_ref()?.node_name.clone()
+        }
+    })
+    .await;
+    assert_eq!(node, "kwok-gpu-h100-0");
+    eventually("h100 is Ready", Duration::from_secs(60), || {
+        let ns = ns.name.clone();
+        async move { (condition(&isvc_json(&ns, "h100"), "Ready").0 == "True").then_some(()) }
+    })
+    .await;
+
+    // An autoscaler and an Ingress when the spec asks.
+    apply_in(
+        &ns.name,
+        &on_kwok(
+            "scaled",
+            "    maxReplicas: 4\n    scaleMetric: cpu\n    scaleTarget: 60\n    resources: {requests: {cpu: 100m}}\n",
+            "  ingress: {host: scaled.example.com, className: nginx}\n",
+        ),
+    );
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns.name);
+    let hpa = eventually("the autoscaler exists", Duration::from_secs(60), || {
+        let hpas = hpas.clone();
+        async move { hpas.get_opt("scaled").await.ok()? }
+    })
+    .await;
+    let latest = eventually(
+        "scaled has a latest revision",
+        Duration::from_secs(30),
+        || {
+            let ns = ns.name.clone();
+            async move {
+                isvc_json(&ns, "scaled")["status"]["latestRevision"]
+                    .as_str()
+                    .map(String::from)
+            }
+        },
+    )
+    .await;
+    let spec = hpa.spec.unwrap();
+    assert_eq!(spec.scale_target_ref.name, latest);
+    assert_eq!((spec.min_replicas, spec.max_replicas), (Some(1), 4));
+    let metric = &spec.metrics.unwrap()[0];
+    assert_eq!(metric.resource.as_ref().unwrap().name, "cpu");
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns.name);
+    let ingress = eventually("the Ingress exists", Duration::from_secs(60), || {
+        let ingresses = ingresses.clone();
+        async move { ingresses.get_opt("scaled").await.ok()? }
+    })
+    .await;
+    let rule = &ingress.spec.as_ref().unwrap().rules.as_ref().unwrap()[0];
+    assert_eq!(rule.host.as_deref(), Some("scaled.example.com"));
+    let (status, reason, _) = eventually("IngressReady", Duration::from_secs(30), || {
+        let ns = ns.name.clone();
+        async move {
+            let c = condition(&isvc_json(&ns, "scaled"), "IngressReady");
+            (!c.0.is_empty()).then_some(c)
+        }
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "IngressCreated")
+    );
+
+    // An HTTPRoute where the Gateway API is not installed: the condition says what is missing,
+    // and the Ingress the spec no longer asks for goes.
+    apply_in(
+        &ns.name,
+        &on_kwok(
+            "scaled",
+            "    maxReplicas: 4\n    scaleMetric: cpu\n    scaleTarget: 60\n    resources: {requests: {cpu: 100m}}\n",
+            "  ingress: {kind: HTTPRoute, host: scaled.example.com, gateway: infra/public}\n",
+        ),
+    );
+    let message = eventually(
+        "IngressReady=False names the missing API",
+        Duration::from_secs(60),
+        || {
+            let ns = ns.name.clone();
+            async move {
+                let (status, reason, message) =
+                    condition(&isvc_json(&ns, "scaled"), "IngressReady");
+                (status == "False" && reason == "GatewayAPIMissing").then_some(message)
+            }
+        },
+    )
+    .await;
+    assert!(message.contains("gateway.networking.k8s.io"), "{message}");
+    eventually("the Ingress is deleted", Duration::from_secs(30), || {
+        let ingresses = ingresses.clone();
+        async move {
+            ingresses
+                .get_opt("scaled")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+
+    // A model that cannot load crashes its server (on the process node): the condition quotes
+    // the exit and the server's last words.
+    let broken = format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: broken}}\nspec:\n  predictor:\n    model: {{format: onnx, uri: {}}}\n",
+        models().join("broken.onnx").display()
+    );
+    apply_in(&ns.name, &broken);
+    let (reason, message) = eventually(
+        "LatestRevisionReady quotes the crash",
+        Duration::from_secs(90),
+        || {
+            let ns = ns.name.clone();
+            async move {
+                let (status, reason, message) =
+                    condition(&isvc_json(&ns, "broken"), "LatestRevisionReady");
+                (status == "False" && reason == "CrashLoopBackOff").then_some((reason, message))
+            }
+        },
+    )
+    .await;
+    assert!(message.contains("exit code 3"), "{reason}: {message}");
+    assert!(message.contains("failed to load"), "{reason}: {message}");
+    assert_eq!(
+        condition(&isvc_json(&ns.name, "broken"), "Ready").0,
+        "False"
+    );
+    ns.delete().await;
+}
