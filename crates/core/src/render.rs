@@ -135,8 +135,11 @@ pub fn render(
                 "allowPrivilegeEscalation": false,
                 "readOnlyRootFilesystem": true,
                 "capabilities": {"drop": ["ALL"]}
-            }
-        }]
+            },
+            // The one writable place: models named by http(s) URLs are fetched there at start.
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]
+        }],
+        "volumes": [{"name": "tmp", "emptyDir": {}}]
     });
     let mut node_selector = options.node_selector.clone();
     node_selector.extend(predictor.node_selector.clone());

@@ -240,12 +240,18 @@ impl Repository {
             (config, generation)
         };
         let started = Instant::now();
-        let outcome = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || build_and_warm_up(&config))
+        let outcome = async {
+            let mut local = config.clone();
+            if crate::fetch::is_url(&config.path) {
+                let dir = std::env::temp_dir().join("ferry-models");
+                let url = config.path.to_string_lossy().to_string();
+                local.path = crate::fetch::download(&url, &dir, name).await?;
+            }
+            tokio::task::spawn_blocking(move || build_and_warm_up(&local))
                 .await
                 .unwrap_or_else(|e| Err(format!("loader task failed: {e}")))
-        };
+        }
+        .await;
         let load_time = started.elapsed();
         let (state, result) = match outcome {
             Ok((backend, warm_up_time)) => {

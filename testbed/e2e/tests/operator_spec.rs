@@ -1,8 +1,8 @@
 //! What the spec asks of the operator beyond replicas, on the real control plane with the
 //! operator of deploy/operator.yaml: placement (nodeSelector, tolerations, GPU product by node
 //! affinity) on the kwok nodes, an autoscaler, an Ingress, an HTTPRoute where the Gateway API
-//! is missing (the condition says so), and a model that crashes its server (the condition
-//! quotes the exit).
+//! is missing (the condition says so), a model fetched from an http URL at start, and a model
+//! that crashes its server (the condition quotes the exit).
 
 use std::time::Duration;
 
@@ -168,6 +168,58 @@ async fn placement_autoscaling_ingress_and_crashes_follow_the_spec() {
         }
     })
     .await;
+
+    // A model named by an http URL is fetched by the server at start (into the pod's emptyDir
+    // /tmp), from a real HTTP server on loopback.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut http_server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(models())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server runs");
+    apply_in(
+        &ns.name,
+        &format!(
+            "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: fetched}}\nspec:\n  predictor:\n    model: {{format: onnx, uri: \"http://127.0.0.1:{port}/iris-v2.onnx\"}}\n"
+        ),
+    );
+    eventually("the fetched model is Ready", Duration::from_secs(90), || {
+        let ns = ns.name.clone();
+        async move { (condition(&isvc_json(&ns, "fetched"), "Ready").0 == "True").then_some(()) }
+    })
+    .await;
+    let ip = pods
+        .list(&ListParams::default().labels("ferry.dev/inferenceservice=fetched"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .find_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .unwrap();
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{ip}:8080/v2/models/fetched/infer"))
+        .json(&serde_json::json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [6.3, 3.3, 6.0, 2.5]}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["outputs"].is_array(), "{answer}");
+    let _ = http_server.kill();
+    let _ = http_server.wait();
 
     // A model that cannot load crashes its server (on the process node): the condition quotes
     // the exit and the server's last words.
