@@ -12,9 +12,10 @@ test: deps lint rust-test fuzz-smoke
 deps: $(VENV)/.ferry-deps tools
 
 # Command-line tools the tests and the test bed call (curl: the quick start's printed command;
-# openssl: the test bed's PKI). Installed from Debian when missing.
+# openssl: the test bed's PKI; skopeo and umoci: the OCI image test). Installed from Debian when
+# missing.
 tools:
-	@missing=""; for t in curl openssl unshare; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in curl openssl unshare skopeo umoci; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  pkgs=$$(echo "$$missing" | sed 's/unshare/util-linux/'); \
 	  apt-get update -qq && apt-get install -y -qq $$pkgs; fi
@@ -34,7 +35,7 @@ ORT_LIB = $(shell $(PY) -c "import glob, os, onnxruntime; print(sorted(glob.glob
 
 # One build for every Rust test, the optional ONNX Runtime backend included; the tritonclient
 # suite (tests/interop) runs from crates/cli/tests/interop.rs against this very `ferry` binary.
-TEST_ENV = FERRY_REQUIRE_MINILM=1 FERRY_REQUIRE_INTEROP=1 FERRY_INTEROP_PYTHON=$(PY) ORT_DYLIB_PATH=$(ORT_LIB)
+TEST_ENV = FERRY_REQUIRE_OCI=1 FERRY_REQUIRE_MINILM=1 FERRY_REQUIRE_INTEROP=1 FERRY_INTEROP_PYTHON=$(PY) ORT_DYLIB_PATH=$(ORT_LIB)
 
 # The cluster tests (testbed/e2e) need the test bed: it is built or reused, brought up before
 # the one test run and taken down after it, also when a test fails.
