@@ -73,7 +73,13 @@ struct Shared {
     /// When each InferenceService's objects were last applied in full, hash or not: changes
     /// made to them by hand are undone within [`REAPPLY_EVERY`].
     applied_in_full: Mutex<std::collections::HashMap<ObjectRef<InferenceService>, Instant>>,
+    /// Hashes applied in the last [`RECENT`], by `kind/namespace/name`: a reconcile that runs
+    /// before the watch delivered the operator's own write does not write again.
+    recent: Mutex<std::collections::HashMap<String, (String, Instant)>>,
 }
+
+/// How long a write of the operator's own is remembered (watch delivery is far quicker).
+const RECENT: Duration = Duration::from_secs(30);
 
 /// How often every object is re-applied even when its hash says nothing changed.
 pub const REAPPLY_EVERY: Duration = Duration::from_secs(300);
@@ -85,19 +91,47 @@ pub async fn run(context: Context) {
     let (deployments, deployments_writer) = reflector::store::<Deployment>();
     let (services, services_writer) = reflector::store::<Service>();
     let (pods, pods_writer) = reflector::store::<Pod>();
+    // The caches keep only what reconciles read (labels, the applied hash, replica counts,
+    // status): a thousand InferenceServices' pod specs and templates would be most of the
+    // operator's memory.
     let deployment_events = watcher(Api::<Deployment>::all(client.clone()), managed.clone())
         .default_backoff()
-        .modify(|d| d.managed_fields_mut().clear())
+        .modify(|d| {
+            slim_metadata(&mut d.metadata);
+            if let Some(spec) = d.spec.as_mut() {
+                spec.template = Default::default();
+            }
+        })
         .reflect(deployments_writer)
         .touched_objects();
     let service_events = watcher(Api::<Service>::all(client.clone()), managed.clone())
         .default_backoff()
-        .modify(|s| s.managed_fields_mut().clear())
+        .modify(|s| {
+            slim_metadata(&mut s.metadata);
+            s.spec = None;
+            s.status = None;
+        })
         .reflect(services_writer)
         .touched_objects();
     let pod_events = watcher(Api::<Pod>::all(client.clone()), managed)
         .default_backoff()
-        .modify(|p| p.managed_fields_mut().clear())
+        .modify(|p| {
+            slim_metadata(&mut p.metadata);
+            p.spec = None;
+            if let Some(status) = p.status.as_mut() {
+                status.init_container_statuses = None;
+                status.ephemeral_container_statuses = None;
+                status.host_ips = None;
+                status.pod_ips = None;
+                for c in status.container_statuses.iter_mut().flatten() {
+                    c.image = String::new();
+                    c.image_id = String::new();
+                    c.resources = None;
+                    c.volume_mounts = None;
+                    c.allocated_resources = None;
+                }
+            }
+        })
         .reflect(pods_writer)
         .touched_objects();
     tokio::spawn(service_events.for_each(|_| async {}));
@@ -110,12 +144,21 @@ pub async fn run(context: Context) {
         pods,
         gateway_api: Mutex::new(None),
         applied_in_full: Mutex::default(),
+        recent: Mutex::default(),
     });
     // The controller is triggered by the very streams that fill the caches (a reflector updates
     // its store before it passes an object on): a reconcile never reads a cache older than its
     // trigger.
-    let isvcs: Api<InferenceService> = Api::all(client);
-    Controller::new(isvcs, watcher::Config::default())
+    let (isvcs, isvcs_writer) = reflector::store::<InferenceService>();
+    let isvc_events = watcher(
+        Api::<InferenceService>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|i| i.managed_fields_mut().clear())
+    .reflect(isvcs_writer)
+    .touched_objects();
+    Controller::for_stream(isvc_events, isvcs)
         .watches_stream(deployment_events, owner)
         .watches_stream(pod_events, owner)
         .shutdown_on_signal()
@@ -126,6 +169,15 @@ pub async fn run(context: Context) {
             }
         })
         .await;
+}
+
+/// Drop what no reconcile reads from a cached object's metadata.
+fn slim_metadata(metadata: &mut kube::api::ObjectMeta) {
+    metadata.managed_fields = None;
+    metadata.owner_references = None;
+    if let Some(annotations) = metadata.annotations.as_mut() {
+        annotations.retain(|key, _| key == APPLIED_HASH || key == EXTRAS);
+    }
 }
 
 /// The InferenceService a managed object belongs to.
@@ -234,15 +286,19 @@ fn applied_hash<T: Serialize>(object: &T) -> String {
     format!("{:016x}", hasher.finish())
 }
 
-/// Stamp `object` with its hash; `None` when `cached` already carries the same one (nothing to
-/// do) and no periodic re-apply is due (`force`).
+/// Stamp `object` with its hash; `None` when `cached` already carries the same one, or this
+/// operator applied that very hash moments ago (`recent`: the cache may not have seen its own
+/// write yet) — nothing to do — and no periodic re-apply is due (`force`).
 fn stamp<K: Resource + Serialize>(
     object: &mut K,
     cached: Option<&K>,
+    recent: Option<String>,
     force: bool,
 ) -> Option<String> {
     let hash = applied_hash(object);
-    if !force && cached.and_then(|c| c.annotations().get(APPLIED_HASH)) == Some(&hash) {
+    let known = cached.and_then(|c| c.annotations().get(APPLIED_HASH)) == Some(&hash)
+        || recent.as_ref() == Some(&hash);
+    if !force && known {
         return None;
     }
     object
@@ -263,6 +319,23 @@ impl Shared {
         if let Err(e) = self.recorder.publish(&event, &isvc.object_ref(&())).await {
             tracing::warn!(name = %isvc.name_any(), error = %e, "cannot publish an event");
         }
+    }
+
+    /// The hash this operator applied to `key` within [`RECENT`], if any.
+    fn recent(&self, key: &str) -> Option<String> {
+        let recent = self.recent.lock().expect("poisoned");
+        recent
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < RECENT)
+            .map(|(hash, _)| hash.clone())
+    }
+
+    fn remember(&self, key: String, hash: String) {
+        let mut recent = self.recent.lock().expect("poisoned");
+        if recent.len() > 4096 {
+            recent.retain(|_, (_, at)| at.elapsed() < RECENT);
+        }
+        recent.insert(key, (hash, Instant::now()));
     }
 
     fn cached<K>(&self, store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
@@ -427,12 +500,21 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
             continue;
         }
         let mut objects = render(isvc, rev, *count as u32, &ctx.render);
-        if let Some(hash) = stamp(&mut objects.deployment, cached.map(|d| d.as_ref()), force) {
+        let key = format!("deployment/{namespace}/{rev}");
+        let recent = shared.recent(&key);
+        if let Some(hash) = stamp(
+            &mut objects.deployment,
+            cached.map(|d| d.as_ref()),
+            recent.clone(),
+            force,
+        ) {
             deployments
                 .patch(rev, &params, &Patch::Apply(&objects.deployment))
                 .await?;
+            shared.remember(key, hash.clone());
             // A periodic re-apply of an unchanged object is no decision: no event.
-            let decided = cached.and_then(|c| c.annotations().get(APPLIED_HASH)) != Some(&hash);
+            let decided = cached.and_then(|c| c.annotations().get(APPLIED_HASH)) != Some(&hash)
+                && recent.as_ref() != Some(&hash);
             let (reason, note) = match before.get(rev) {
                 None => (
                     "RevisionCreated",
@@ -453,10 +535,17 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
             }
         }
         let cached_service = shared.cached(&shared.services, &namespace, rev);
-        if stamp(&mut objects.service, cached_service.as_deref(), force).is_some() {
+        let key = format!("service/{namespace}/{rev}");
+        if let Some(hash) = stamp(
+            &mut objects.service,
+            cached_service.as_deref(),
+            shared.recent(&key),
+            force,
+        ) {
             services
                 .patch(rev, &params, &Patch::Apply(&objects.service))
                 .await?;
+            shared.remember(key, hash);
         }
     }
 
@@ -520,12 +609,24 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         .map(|t| t.to_string())
         .unwrap_or_default();
     let next = status::derive(&observed, isvc.status.as_ref(), &now);
-    if isvc.status.as_ref() != Some(&next) {
+    let status_key = format!("status/{namespace}/{name}");
+    let status_hash = {
+        // Transition times follow the (possibly stale) previous status: not part of the identity.
+        let mut timeless = next.clone();
+        for c in &mut timeless.conditions {
+            c.last_transition_time = None;
+        }
+        applied_hash(&timeless)
+    };
+    // The cached InferenceService may not show the status this operator wrote a moment ago.
+    let written = shared.recent(&status_key).as_ref() == Some(&status_hash);
+    if isvc.status.as_ref() != Some(&next) && !written {
         let isvcs: Api<InferenceService> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({"apiVersion": ferry_api::API_VERSION, "kind": "InferenceService", "status": next});
         isvcs
             .patch_status(&name, &params, &Patch::Apply(&patch))
             .await?;
+        shared.remember(status_key, status_hash);
         // An event for every condition that changed, a warning when it names a failure.
         let previous = isvc.status.as_ref().map(|s| s.conditions.as_slice());
         for condition in &next.conditions {
@@ -533,9 +634,14 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
             if old.map(|o| (&o.status, &o.reason)) == Some((&condition.status, &condition.reason)) {
                 continue;
             }
-            let type_ = if status::is_failure(&condition.reason)
-                || condition.reason == "GatewayAPIMissing"
-            {
+            let failure =
+                status::is_failure(&condition.reason) || condition.reason == "GatewayAPIMissing";
+            // Progress (RolloutInProgress, ...) is no decision: events say what became true and
+            // what failed.
+            if condition.status != "True" && !failure {
+                continue;
+            }
+            let type_ = if failure {
                 EventType::Warning
             } else {
                 EventType::Normal
@@ -579,11 +685,11 @@ async fn apply_service_objects(
     if let Some(hpa) = &mut objects.autoscaler {
         extras.insert("autoscaler");
         // No cache of autoscalers: apply only when the service's own hash changes.
-        stamp(hpa, None, true);
+        stamp(hpa, None, None, true);
     }
     if let Some(ingress) = &mut objects.ingress {
         extras.insert("ingress");
-        stamp(ingress, None, true);
+        stamp(ingress, None, None, true);
         condition = Some((
             true,
             "IngressCreated".to_string(),
@@ -628,12 +734,13 @@ async fn apply_service_objects(
     });
     let hash = applied_hash(&everything);
     let cached = shared.cached(&shared.services, &namespace, &name);
-    if !force
-        && cached
-            .as_ref()
-            .and_then(|c| c.annotations().get(APPLIED_HASH))
-            == Some(&hash)
-    {
+    let key = format!("service/{namespace}/{name}");
+    let known = cached
+        .as_ref()
+        .and_then(|c| c.annotations().get(APPLIED_HASH))
+        == Some(&hash)
+        || shared.recent(&key).as_ref() == Some(&hash);
+    if !force && known {
         return Ok(condition);
     }
     let had: BTreeSet<String> = cached
@@ -678,7 +785,7 @@ async fn apply_service_objects(
             .await;
     }
     let annotations = objects.service.annotations_mut();
-    annotations.insert(APPLIED_HASH.to_string(), hash);
+    annotations.insert(APPLIED_HASH.to_string(), hash.clone());
     annotations.insert(
         EXTRAS.to_string(),
         extras.into_iter().collect::<Vec<_>>().join(","),
@@ -686,6 +793,7 @@ async fn apply_service_objects(
     Api::<Service>::namespaced(client.clone(), &namespace)
         .patch(&name, params, &Patch::Apply(&objects.service))
         .await?;
+    shared.remember(key, hash);
     Ok(condition)
 }
 

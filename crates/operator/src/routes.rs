@@ -3,7 +3,9 @@
 //! the same `ferry_core::routes::build` local mode uses. EndpointSlices are not used: they refuse
 //! loopback pod IPs on the test bed, and Pods carry everything the table needs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_api::{InferenceService, LABEL_SERVICE};
 use ferry_core::routes::{Endpoint, RouteTable, ServiceEndpoints, build};
@@ -17,27 +19,38 @@ use tokio::sync::watch;
 use crate::reconcile::pod_view;
 
 fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
-    let pods = pods.state();
+    // One pass over the pods, grouped by (namespace, InferenceService): linear in the objects,
+    // not their product.
+    let mut by_service: HashMap<(String, String), Vec<Endpoint>> = HashMap::new();
+    for pod in pods.state() {
+        let (Some(namespace), Some(name)) = (pod.namespace(), pod.labels().get(LABEL_SERVICE))
+        else {
+            continue;
+        };
+        let Some((view, Some(ip))) = pod_view(&pod) else {
+            continue;
+        };
+        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        by_service
+            .entry((namespace, name.clone()))
+            .or_default()
+            .push(Endpoint {
+                replica: view,
+                http: (ip, ferry_core::render::HTTP_PORT).into(),
+                grpc: (ip, ferry_core::render::GRPC_PORT).into(),
+            });
+    }
     let services: Vec<ServiceEndpoints> = isvcs
         .state()
         .iter()
         .filter_map(|isvc| {
             let namespace = isvc.namespace()?;
             let name = isvc.name_any();
-            let endpoints = pods
-                .iter()
-                .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
-                .filter(|p| p.labels().get(LABEL_SERVICE) == Some(&name))
-                .filter_map(|p| {
-                    let (view, ip) = pod_view(p)?;
-                    let ip: std::net::IpAddr = ip?.parse().ok()?;
-                    Some(Endpoint {
-                        replica: view,
-                        http: (ip, ferry_core::render::HTTP_PORT).into(),
-                        grpc: (ip, ferry_core::render::GRPC_PORT).into(),
-                    })
-                })
-                .collect();
+            let endpoints = by_service
+                .remove(&(namespace.clone(), name.clone()))
+                .unwrap_or_default();
             Some(ServiceEndpoints {
                 namespace,
                 service: name,
@@ -72,6 +85,16 @@ pub async fn feed(client: Client, routes: watch::Sender<Arc<RouteTable>>) {
             .map(|_| ());
     let mut events = std::pin::pin!(futures_util::stream::select(isvc_events, pod_events));
     while events.next().await.is_some() {
+        // Coalesce a burst (a rollout, a relist): rebuild once it pauses for 10 ms, at the
+        // latest 50 ms after its first event.
+        let burst = tokio::time::Instant::now() + Duration::from_millis(50);
+        while tokio::time::Instant::now() < burst {
+            match tokio::time::timeout(Duration::from_millis(10), events.next()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
         let next = Arc::new(table(&isvc_store, &pod_store));
         routes.send_if_modified(|current| {
             if **current == *next {

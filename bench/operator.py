@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""1,000 InferenceServices applied at once on the test bed's kwok nodes: time until all are
+Ready, and the controller's resident memory, for Ferry's operator and KServe v0.20.0's
+controller in the same run (one after the other, each alone on the control plane).
+
+Run through bench/operator.sh (it builds what this needs and brings the test bed up).
+Both controllers run as local processes with the test bed's admin kubeconfig; their pods land on
+four extra kwok nodes this script adds (label ferry.dev/bench=true) and removes at the end.
+Results go to bench/results/operator-<time>.json and a table on stdout.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RUN = os.path.join(REPO, "testbed", "run")
+KUBECONFIG = os.path.join(RUN, "admin.kubeconfig")
+KUBECTL = os.path.join(RUN, "kubectl")
+NODES = 4
+
+
+def kubectl(*args, stdin=None, check=True):
+    out = subprocess.run(
+        [KUBECTL, "--kubeconfig", KUBECONFIG, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+    )
+    if check and out.returncode != 0:
+        sys.exit(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout
+
+
+def apply(text, *extra):
+    kubectl("apply", "--server-side", "--force-conflicts", *extra, "-f", "-", stdin=text)
+
+
+def bench_nodes():
+    docs = []
+    for i in range(NODES):
+        docs.append(f"""apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-bench-{i}
+  annotations: {{node.alpha.kubernetes.io/ttl: "0", kwok.x-k8s.io/node: fake}}
+  labels: {{type: kwok, ferry.dev/bench: "true", kubernetes.io/hostname: kwok-bench-{i}, kubernetes.io/os: linux}}
+spec:
+  taints: [{{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}}]
+status:
+  capacity: {{cpu: "1000", memory: 4Ti, pods: "400"}}
+  allocatable: {{cpu: "1000", memory: 4Ti, pods: "400"}}
+""")
+    apply("---\n".join(docs))
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        ready = kubectl("get", "nodes", "-l", "ferry.dev/bench=true", "-o",
+                        "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}").split()
+        if ready.count("True") == NODES:
+            return
+        time.sleep(0.5)
+    sys.exit("the bench kwok nodes did not become Ready")
+
+
+PLACEMENT = """    nodeSelector: {ferry.dev/bench: "true"}
+    tolerations: [{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}]
+"""
+
+
+def ferry_manifests(count):
+    return "---\n".join(f"""apiVersion: ferry.dev/v1alpha1
+kind: InferenceService
+metadata: {{name: m-{i:04d}}}
+spec:
+  predictor:
+    model: {{format: onnx, uri: "https://models.example/iris-{i}.onnx"}}
+    minReplicas: 1
+    resources: {{requests: {{cpu: 10m, memory: 32Mi}}}}
+{PLACEMENT}""" for i in range(count))
+
+
+def kserve_manifests(count):
+    return "---\n".join(f"""apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: m-{i:04d}
+  annotations: {{serving.kserve.io/deploymentMode: Standard}}
+spec:
+  predictor:
+    minReplicas: 1
+    maxReplicas: 1
+{PLACEMENT}    model:
+      modelFormat: {{name: onnx}}
+      storageUri: "https://models.example/iris-{i}.onnx"
+      resources: {{requests: {{cpu: 10m, memory: 32Mi}}, limits: {{cpu: 10m, memory: 32Mi}}}}
+""" for i in range(count))
+
+
+class Rss:
+    """Samples a process's resident memory every 200 ms; keeps the peak."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.stop = pid, 0, False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop:
+            try:
+                with open(f"/proc/{self.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    def finish(self):
+        self.stop = True
+        self.thread.join()
+        return self.peak
+
+    def cpu_seconds(self):
+        """User + system CPU time the process used so far."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ready_count(namespace, kind):
+    out = kubectl("get", kind, "-n", namespace, "-o",
+                  "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
+                  check=False)
+    return sum(1 for line in out.splitlines() if line.strip() == "True")
+
+
+def measure(name, namespace, kind, manifests, count, pid, timeout):
+    kubectl("create", "namespace", namespace)
+    rss = Rss(pid)
+    cpu_before = rss.cpu_seconds()
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(manifests)
+        path = f.name
+    start = time.time()
+    kubectl("apply", "--server-side", "-n", namespace, "-f", path)
+    created = time.time() - start
+    ready, last = 0, -1
+    while time.time() - start < timeout:
+        ready = ready_count(namespace, kind)
+        if ready != last:
+            print(f"  {name}: {ready}/{count} Ready after {time.time() - start:.0f} s", flush=True)
+            last = ready
+        if ready >= count:
+            break
+        time.sleep(1)
+    took = time.time() - start
+    cpu = rss.cpu_seconds() - cpu_before
+    peak = rss.finish()
+    os.unlink(path)
+    return {"controller": name, "count": count, "ready": ready, "create_s": round(created, 1),
+            "all_ready_s": round(took, 1) if ready >= count else None,
+            "peak_rss_mb": round(peak / 2**20, 1), "cpu_s": round(cpu, 1)}
+
+
+def stop(process):
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def cleanup(namespace):
+    kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true", "--timeout=600s",
+            check=False)
+
+
+def wait_http(url, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"{url} never answered")
+
+
+def run_ferry(args, log):
+    env = dict(os.environ, KUBECONFIG=KUBECONFIG, FERRY_LOG="warn")
+    kubectl("create", "namespace", "ferry-bench-lease")
+    process = subprocess.Popen(
+        [args.ferry, "operator", "--metrics-addr", "127.0.0.1:18091",
+         "--lease-namespace", "ferry-bench-lease", "--identity", "bench"],
+        env=env, stdout=log, stderr=log)
+    try:
+        wait_http("http://127.0.0.1:18091/healthz")
+        return measure("ferry", "bench-ferry", "inferenceservices.ferry.dev",
+                       ferry_manifests(args.count), args.count, process.pid, args.timeout)
+    finally:
+        cleanup("bench-ferry")
+        stop(process)
+        cleanup("ferry-bench-lease")
+
+
+def kserve_setup(args, certs):
+    config = args.kserve_config
+    kubectl("create", "namespace", "kserve", check=False)
+    for root, _, files in os.walk(os.path.join(config, "full")):
+        for file in sorted(files):
+            if file.startswith("serving.kserve.io_"):
+                with open(os.path.join(root, file)) as f:
+                    apply(f.read())
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        out = kubectl("get", "crd", "-o",
+                      "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=='Established')].status}{'\\n'}{end}")
+        pending = [l for l in out.splitlines() if "kserve.io" in l and not l.endswith("True")]
+        if not pending:
+            break
+        time.sleep(0.5)
+    with open(os.path.join(config, "configmap", "inferenceservice.yaml")) as f:
+        text = f.read()
+    # Standard (raw Deployment) mode, no Ingress: what Ferry's operator does for this manifest.
+    text = text.replace('"defaultDeploymentMode": "Serverless"', '"defaultDeploymentMode": "Standard"')
+    text = text.replace('"disableIngressCreation": false', '"disableIngressCreation": true')
+    apply(text)
+    for file in sorted(os.listdir(os.path.join(config, "runtimes"))):
+        if file.endswith(".yaml") and file != "kustomization.yaml":
+            with open(os.path.join(config, "runtimes", file)) as f:
+                apply(f.read())
+    # Serving certificate for the webhooks on 127.0.0.1, where controller-runtime looks.
+    serving = os.path.join(certs, "k8s-webhook-server", "serving-certs")
+    os.makedirs(serving, exist_ok=True)
+    ca_key, ca_crt = os.path.join(certs, "ca.key"), os.path.join(certs, "ca.crt")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=kserve-bench-ca", "-keyout", ca_key, "-out", ca_crt,
+                    "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=critical,keyCertSign"], check=True, capture_output=True)
+    key, csr, crt = (os.path.join(serving, n) for n in ("tls.key", "tls.csr", "tls.crt"))
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+                    "-keyout", key, "-out", csr], check=True, capture_output=True)
+    ext = os.path.join(certs, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key,
+                    "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", crt],
+                   check=True, capture_output=True)
+    return ca_crt
+
+
+def kserve_webhooks(config, ca_crt):
+    """KServe's webhook configurations, pointed at https://127.0.0.1:9443/<path>."""
+    import base64
+    with open(ca_crt, "rb") as f:
+        bundle = base64.b64encode(f.read()).decode()
+    with open(os.path.join(config, "webhook", "manifests.yaml")) as f:
+        text = f.read()
+    out, lines = [], text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.strip() == "service:" and i + 3 < len(lines) and "path:" in lines[i + 3]:
+            indent = line[: len(line) - len(line.lstrip())]
+            path = lines[i + 3].split("path:", 1)[1].strip()
+            out.append(f"{indent}url: https://127.0.0.1:9443{path}")
+            out.append(f"{indent}caBundle: {bundle}")
+            i += 4
+            continue
+        out.append(line.replace("creationTimestamp: null", ""))
+        i += 1
+    return "\n".join(out) + "\n"
+
+
+def run_kserve(args, log):
+    certs = tempfile.mkdtemp(prefix="kserve-bench-")
+    ca_crt = kserve_setup(args, certs)
+    env = dict(os.environ, KUBECONFIG=KUBECONFIG, POD_NAMESPACE="kserve", TMPDIR=certs)
+    process = subprocess.Popen(
+        [args.kserve, "--metrics-addr", "127.0.0.1:18080", "--health-probe-addr", "127.0.0.1:18081",
+         "--webhook-port", "9443"], env=env, stdout=log, stderr=log)
+    webhooks = kserve_webhooks(args.kserve_config, ca_crt)
+    try:
+        wait_http("http://127.0.0.1:18081/readyz")
+        apply(webhooks)
+        return measure("kserve", "bench-kserve", "inferenceservices.serving.kserve.io",
+                       kserve_manifests(args.count), args.count, process.pid, args.timeout)
+    finally:
+        # While the controller still runs: its InferenceServices carry its finalizer.
+        cleanup("bench-kserve")
+        # Then the webhooks (they would refuse requests once their server is gone), then it.
+        for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+            names = kubectl("get", kind, "-o", "name", check=False).split()
+            for n in names:
+                if "kserve" in n:
+                    kubectl("delete", n, check=False)
+        stop(process)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ferry", required=True)
+    parser.add_argument("--kserve", required=True)
+    parser.add_argument("--kserve-config", required=True)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--only", choices=["ferry", "kserve"])
+    args = parser.parse_args()
+    # The test bed may run Ferry as installed by the cluster tests (deploy/): its operator would
+    # reconcile the bench's InferenceServices too, and its router would route them all.
+    for deployment in ("ferry-operator", "ferry-router"):
+        kubectl("scale", "deployment", deployment, "-n", "ferry-system", "--replicas=0", check=False)
+    bench_nodes()
+    results = []
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with open(os.path.join(HERE, "results", f"operator-{stamp}.log"), "w") as log:
+        if args.only in (None, "ferry"):
+            results.append(run_ferry(args, log))
+        if args.only in (None, "kserve"):
+            results.append(run_kserve(args, log))
+    kubectl("delete", "nodes", "-l", "ferry.dev/bench=true", check=False)
+    with open(os.path.join(HERE, "results", f"operator-{stamp}.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\n| controller | InferenceServices | created in | all Ready after | peak RSS | controller CPU |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        ready = f"{r['all_ready_s']} s" if r["all_ready_s"] is not None else f"{r['ready']} Ready at timeout"
+        print(f"| {r['controller']} | {r['count']} | {r['create_s']} s | {ready} | {r['peak_rss_mb']} MB | {r['cpu_s']} s |")
+    by = {r["controller"]: r for r in results}
+    if "ferry" in by and "kserve" in by and by["ferry"]["all_ready_s"] and by["kserve"]["all_ready_s"]:
+        print(f"\nFerry was {by['kserve']['all_ready_s'] / by['ferry']['all_ready_s']:.1f}x faster "
+              f"at {by['ferry']['peak_rss_mb'] / by['kserve']['peak_rss_mb']:.2f}x KServe's memory.")
+
+
+if __name__ == "__main__":
+    main()
