@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.latestRevision"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","description":"Ready replicas of the newest revision","jsonPath":".status.revisions[0].readyReplicas"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

@@ -35,7 +35,7 @@ fn crds_carry_columns_short_names_and_docs() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, vec!["URL", "Ready", "Revision", "Age"]);
+    assert_eq!(columns, vec!["URL", "Ready", "Revision", "Replicas", "Age"]);
     assert!(
         version
             .subresources

@@ -36,7 +36,7 @@ async fn the_local_manifest_applies_to_the_cluster_unchanged() {
         .collect();
     assert_eq!(
         header,
-        vec!["NAME", "URL", "READY", "REVISION", "AGE"],
+        vec!["NAME", "URL", "READY", "REVISION", "REPLICAS", "AGE"],
         "{table}"
     );
     assert!(table.contains("iris"), "{table}");

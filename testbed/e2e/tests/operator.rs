@@ -62,6 +62,27 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
         },
     )
     .await;
+    // kubectl's columns come from the CRD: URL, Ready, Revision, Replicas, Age.
+    let table = kubectl(&["get", "isvc", "iris", "-n", &ns.name], None);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "URL", "READY", "REVISION", "REPLICAS", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[2..5], ["True", first.as_str(), "2"], "{table}");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     // The leader's own endpoints, on its pod IP.
     let operator_ip = leader.status.as_ref().unwrap().pod_ip.clone().unwrap();
