@@ -55,6 +55,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             "no --model given: the server starts empty (load models through the repository API)"
         );
     }
+    let names: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
     let server = ferry_server::start(config).await?;
     if let Some(path) = &args.addr_file {
         let text = format!(
@@ -66,11 +67,6 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             .and_then(|()| std::fs::rename(&partial, path))
             .with_context(|| format!("cannot write --addr-file {}", path.display()))?;
     }
-    let names: Vec<String> = args
-        .models
-        .iter()
-        .map(|m| m.split(['=', ',']).next().unwrap_or("").to_string())
-        .collect();
     let failed = async {
         if !args.exit_on_load_failure {
             return std::future::pending().await;

@@ -85,24 +85,16 @@ pub fn render(
     if !resources.limits.is_empty() {
         container_resources["limits"] = json!(resources.limits);
     }
-    let mut args = vec![
-        "server".to_string(),
+    let mut args = server_args(&model, &predictor.model.uri, predictor.compute_threads());
+    args.extend([
         // A model that cannot load is a crash the kubelet restarts with back-off, its log tail
         // the termination message (FallbackToLogsOnError): the status can quote why.
         "--exit-on-load-failure".to_string(),
-        "--model".to_string(),
-        format!(
-            "{model}={}",
-            predictor.model.local_path().unwrap_or(&predictor.model.uri)
-        ),
         "--http-addr".to_string(),
         format!("$(POD_IP):{HTTP_PORT}"),
         "--grpc-addr".to_string(),
         format!("$(POD_IP):{GRPC_PORT}"),
-    ];
-    if let Some(threads) = predictor.compute_threads() {
-        args.extend(["--compute-threads".to_string(), threads.to_string()]);
-    }
+    ]);
     let period = 2;
     let startup_failures = (predictor.startup_timeout_seconds() / period).max(1);
     let mut pod_spec = json!({
@@ -193,6 +185,24 @@ pub fn to_values(objects: &RevisionObjects) -> Vec<Value> {
         serde_json::to_value(&objects.deployment).expect("serializes"),
         serde_json::to_value(&objects.service).expect("serializes"),
     ]
+}
+
+/// The `ferry server` arguments that serve the model at `uri` as `model` with
+/// `compute_threads`: one rule for local replicas and rendered pods (each adds its listeners).
+/// Files are passed as paths; `http(s)://` URIs as they are (the server fetches them at start).
+pub fn server_args(model: &str, uri: &str, compute_threads: Option<u32>) -> Vec<String> {
+    let mut args = vec![
+        "server".to_string(),
+        "--model".to_string(),
+        format!(
+            "{model}={}",
+            ferry_api::local_model_path(uri).unwrap_or(uri)
+        ),
+    ];
+    if let Some(threads) = compute_threads {
+        args.extend(["--compute-threads".to_string(), threads.to_string()]);
+    }
+    args
 }
 
 /// `image` with its tag replaced by `version` (`spec.predictor.model.runtimeVersion`).
@@ -383,7 +393,7 @@ mod tests {
         assert_eq!(d["metadata"]["labels"]["ferry.dev/revision"], "iris-abc123");
         assert_eq!(d["spec"]["replicas"], 2);
         let c = &d["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(c["args"][3], "iris=/models/iris.onnx");
+        assert_eq!(c["args"][2], "iris=/models/iris.onnx");
         assert_eq!(
             c["readinessProbe"]["httpGet"]["path"],
             "/v2/models/iris/ready"

@@ -30,7 +30,7 @@ impl StateDir {
     }
 
     pub fn create(&self) -> Result<()> {
-        for dir in [self.root.clone(), self.logs(), self.run(), self.models()] {
+        for dir in [self.root.clone(), self.logs(), self.run()] {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         }
@@ -54,9 +54,6 @@ impl StateDir {
     }
     pub fn run(&self) -> PathBuf {
         self.root.join("run")
-    }
-    pub fn models(&self) -> PathBuf {
-        self.root.join("models")
     }
     pub fn log_of(&self, replica: &str) -> PathBuf {
         self.logs().join(format!("{replica}.log"))

@@ -423,13 +423,11 @@ async fn launch(
     id: &str,
     spec: &ReplicaSpec,
 ) -> Result<(Proc, SocketAddr, SocketAddr), String> {
-    let model = resolve_model(ctx, id, &spec.model_uri).await?;
     let addr_file = ctx.dirs.addr_file_of(id);
     let _ = std::fs::remove_file(&addr_file);
-    let mut args = vec![
-        "server".to_string(),
-        "--model".to_string(),
-        format!("{}={}", spec.model_name, model.display()),
+    let mut args =
+        ferry_core::render::server_args(&spec.model_name, &spec.model_uri, spec.compute_threads);
+    args.extend([
         "--http-addr".to_string(),
         "127.0.0.1:0".to_string(),
         "--grpc-addr".to_string(),
@@ -438,10 +436,7 @@ async fn launch(
         addr_file.display().to_string(),
         "--shutdown-grace-seconds".to_string(),
         ctx.config.termination_grace.as_secs().max(1).to_string(),
-    ];
-    if let Some(threads) = spec.compute_threads {
-        args.extend(["--compute-threads".to_string(), threads.to_string()]);
-    }
+    ]);
     let env = [
         (ENV_STATE_DIR, ctx.dirs.root.display().to_string()),
         (ENV_REPLICA_ID, id.to_string()),
@@ -496,44 +491,6 @@ async fn launch(
 }
 
 /// A local path for the model: paths and `file://` as they are, `http(s)://` downloaded once.
-async fn resolve_model(ctx: &Ctx, id: &str, uri: &str) -> Result<PathBuf, String> {
-    if let Some(path) = ferry_api::local_model_path(uri) {
-        return Ok(PathBuf::from(path));
-    }
-    let name: String = uri
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let path = ctx.dirs.models().join(name);
-    if path.exists() {
-        return Ok(path);
-    }
-    tracing::info!(replica = %id, uri, "downloading model");
-    let response = ctx
-        .http
-        .get(uri)
-        .timeout(Duration::from_secs(600))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| format!("model download failed: {e}"))?;
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| format!("model download failed: {e}"))?;
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, &bytes)
-        .and_then(|()| std::fs::rename(&partial, &path))
-        .map_err(|e| format!("cannot store downloaded model: {e}"))?;
-    Ok(path)
-}
-
 enum Probe {
     Ready,
     /// Up, model not ready; the server's reason when it gave one (the model failed).

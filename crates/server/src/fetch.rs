@@ -1,6 +1,6 @@
-//! Models named by `http://` or `https://` URLs: downloaded once per load into a local cache
-//! directory (the system temp dir; a pod with a read-only root filesystem mounts an emptyDir
-//! there), then loaded from the file like any other model.
+//! Models named by `http://` or `https://` URLs (local replicas and cluster pods alike): each
+//! load downloads the file into the system temp dir (a pod with a read-only root filesystem
+//! mounts an emptyDir there), loads it like any other model and deletes it.
 //!
 //! Redirects are followed (up to 5); any status other than 200 is a load failure that quotes it.
 

@@ -242,14 +242,21 @@ impl Repository {
         let started = Instant::now();
         let outcome = async {
             let mut local = config.clone();
-            if crate::fetch::is_url(&config.path) {
+            let fetched = crate::fetch::is_url(&config.path);
+            if fetched {
                 let dir = std::env::temp_dir().join("ferry-models");
                 let url = config.path.to_string_lossy().to_string();
                 local.path = crate::fetch::download(&url, &dir, name).await?;
             }
-            tokio::task::spawn_blocking(move || build_and_warm_up(&local))
+            let file = local.path.clone();
+            let built = tokio::task::spawn_blocking(move || build_and_warm_up(&local))
                 .await
-                .unwrap_or_else(|e| Err(format!("loader task failed: {e}")))
+                .unwrap_or_else(|e| Err(format!("loader task failed: {e}")));
+            if fetched {
+                // The backend holds the model in memory now: the download is not kept.
+                let _ = std::fs::remove_file(&file);
+            }
+            built
         }
         .await;
         let load_time = started.elapsed();

@@ -1,5 +1,5 @@
 //! Models named by http URLs: fetched from a real HTTP server (following a redirect), then
-//! served; a missing one is UNAVAILABLE with the HTTP status quoted.
+//! served, the download deleted; a missing one is UNAVAILABLE with the HTTP status quoted.
 
 mod common;
 
@@ -46,6 +46,10 @@ async fn a_model_url_is_fetched_then_served() {
         )
         .await;
     assert!(answer["outputs"].is_array(), "{answer}");
+    let download = std::env::temp_dir()
+        .join("ferry-models")
+        .join(format!("iris-{}.onnx", std::process::id()));
+    assert!(!download.exists(), "the download is deleted once loaded");
 
     let gone = server.server.repo.view("gone").unwrap();
     assert_eq!(gone.state.name(), "UNAVAILABLE");
