@@ -18,6 +18,8 @@ pub const FAILURE_REASONS: &[&str] = &[
     "Unschedulable",
     "FailedCreate",
     "NoReadyReplicas",
+    // IngressReady: the spec asks for an HTTPRoute where the cluster serves no Gateway API.
+    "GatewayAPIMissing",
 ];
 
 /// Whether a condition reason is one of [`FAILURE_REASONS`] or of the kubelet's container

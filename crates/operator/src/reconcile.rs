@@ -263,6 +263,17 @@ pub(crate) fn pod_view(pod: &Pod) -> Option<(ReplicaView, Option<String>)> {
     ))
 }
 
+/// Where a pod's model server answers (the ports every rendered pod uses); `None` for an
+/// address that does not parse.
+pub(crate) fn endpoint(replica: ReplicaView, pod_ip: &str) -> Option<Endpoint> {
+    let ip: std::net::IpAddr = pod_ip.parse().ok()?;
+    Some(Endpoint {
+        replica,
+        http: (ip, ferry_core::render::HTTP_PORT).into(),
+        grpc: (ip, ferry_core::render::GRPC_PORT).into(),
+    })
+}
+
 async fn reconcile(isvc: Arc<InferenceService>, shared: Arc<Shared>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&isvc, &shared).await;
@@ -286,25 +297,18 @@ fn applied_hash<T: Serialize>(object: &T) -> String {
     format!("{:016x}", hasher.finish())
 }
 
-/// Stamp `object` with its hash; `None` when `cached` already carries the same one, or this
-/// operator applied that very hash moments ago (`recent`: the cache may not have seen its own
-/// write yet) — nothing to do — and no periodic re-apply is due (`force`).
-fn stamp<K: Resource + Serialize>(
-    object: &mut K,
-    cached: Option<&K>,
-    recent: Option<String>,
-    force: bool,
-) -> Option<String> {
+/// Put `object`'s hash on it ([`APPLIED_HASH`]); returns the hash.
+fn stamp<K: Resource + Serialize>(object: &mut K) -> String {
     let hash = applied_hash(object);
-    let known = cached.and_then(|c| c.annotations().get(APPLIED_HASH)) == Some(&hash)
-        || recent.as_ref() == Some(&hash);
-    if !force && known {
-        return None;
-    }
     object
         .annotations_mut()
         .insert(APPLIED_HASH.to_string(), hash.clone());
-    Some(hash)
+    hash
+}
+
+/// The hash an object in a cache carries.
+fn cached_hash<K: Resource>(cached: Option<&K>) -> Option<&String> {
+    cached.and_then(|c| c.annotations().get(APPLIED_HASH))
 }
 
 impl Shared {
@@ -321,13 +325,16 @@ impl Shared {
         }
     }
 
-    /// The hash this operator applied to `key` within [`RECENT`], if any.
-    fn recent(&self, key: &str) -> Option<String> {
+    /// Whether `hash` is what the object `key` holds already: its cached copy carries it, or
+    /// this operator applied it within [`RECENT`] (the cache may not show its own write yet).
+    fn known(&self, key: &str, cached: Option<&String>, hash: &str) -> bool {
+        if cached.is_some_and(|c| c == hash) {
+            return true;
+        }
         let recent = self.recent.lock().expect("poisoned");
         recent
             .get(key)
-            .filter(|(_, at)| at.elapsed() < RECENT)
-            .map(|(hash, _)| hash.clone())
+            .is_some_and(|(h, at)| h == hash && at.elapsed() < RECENT)
     }
 
     fn remember(&self, key: String, hash: String) {
@@ -501,20 +508,16 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         }
         let mut objects = render(isvc, rev, *count as u32, &ctx.render);
         let key = format!("deployment/{namespace}/{rev}");
-        let recent = shared.recent(&key);
-        if let Some(hash) = stamp(
-            &mut objects.deployment,
-            cached.map(|d| d.as_ref()),
-            recent.clone(),
-            force,
-        ) {
+        let hash = stamp(&mut objects.deployment);
+        // A periodic re-apply of an unchanged object is no decision: no event.
+        let decided = !shared.known(&key, cached_hash(cached.map(|d| d.as_ref())), &hash);
+        if decided || force {
             deployments
                 .patch(rev, &params, &Patch::Apply(&objects.deployment))
                 .await?;
-            shared.remember(key, hash.clone());
-            // A periodic re-apply of an unchanged object is no decision: no event.
-            let decided = cached.and_then(|c| c.annotations().get(APPLIED_HASH)) != Some(&hash)
-                && recent.as_ref() != Some(&hash);
+            shared.remember(key, hash);
+        }
+        if decided {
             let (reason, note) = match before.get(rev) {
                 None => (
                     "RevisionCreated",
@@ -530,18 +533,12 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
                 ),
                 Some(_) => ("Updated", format!("revision {rev}: applied")),
             };
-            if decided {
-                shared.event(isvc, EventType::Normal, reason, note).await;
-            }
+            shared.event(isvc, EventType::Normal, reason, note).await;
         }
         let cached_service = shared.cached(&shared.services, &namespace, rev);
         let key = format!("service/{namespace}/{rev}");
-        if let Some(hash) = stamp(
-            &mut objects.service,
-            cached_service.as_deref(),
-            shared.recent(&key),
-            force,
-        ) {
+        let hash = stamp(&mut objects.service);
+        if force || !shared.known(&key, cached_hash(cached_service.as_deref()), &hash) {
             services
                 .patch(rev, &params, &Patch::Apply(&objects.service))
                 .await?;
@@ -561,14 +558,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     // Status from the same pods, through the core.
     let endpoints: Vec<Endpoint> = seen
         .iter()
-        .filter_map(|(view, ip)| {
-            let ip: std::net::IpAddr = ip.as_ref()?.parse().ok()?;
-            Some(Endpoint {
-                replica: view.clone(),
-                http: (ip, ferry_core::render::HTTP_PORT).into(),
-                grpc: (ip, ferry_core::render::GRPC_PORT).into(),
-            })
-        })
+        .filter_map(|(view, ip)| endpoint(view.clone(), ip.as_deref()?))
         .collect();
     let table = build(&[ServiceEndpoints {
         namespace: namespace.clone(),
@@ -619,7 +609,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         applied_hash(&timeless)
     };
     // The cached InferenceService may not show the status this operator wrote a moment ago.
-    let written = shared.recent(&status_key).as_ref() == Some(&status_hash);
+    let written = shared.known(&status_key, None, &status_hash);
     if isvc.status.as_ref() != Some(&next) && !written {
         let isvcs: Api<InferenceService> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({"apiVersion": ferry_api::API_VERSION, "kind": "InferenceService", "status": next});
@@ -634,8 +624,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
             if old.map(|o| (&o.status, &o.reason)) == Some((&condition.status, &condition.reason)) {
                 continue;
             }
-            let failure =
-                status::is_failure(&condition.reason) || condition.reason == "GatewayAPIMissing";
+            let failure = status::is_failure(&condition.reason);
             // Progress (RolloutInProgress, ...) is no decision: events say what became true and
             // what failed.
             if condition.status != "True" && !failure {
@@ -685,11 +674,11 @@ async fn apply_service_objects(
     if let Some(hpa) = &mut objects.autoscaler {
         extras.insert("autoscaler");
         // No cache of autoscalers: apply only when the service's own hash changes.
-        stamp(hpa, None, None, true);
+        stamp(hpa);
     }
     if let Some(ingress) = &mut objects.ingress {
         extras.insert("ingress");
-        stamp(ingress, None, None, true);
+        stamp(ingress);
         condition = Some((
             true,
             "IngressCreated".to_string(),
@@ -735,12 +724,7 @@ async fn apply_service_objects(
     let hash = applied_hash(&everything);
     let cached = shared.cached(&shared.services, &namespace, &name);
     let key = format!("service/{namespace}/{name}");
-    let known = cached
-        .as_ref()
-        .and_then(|c| c.annotations().get(APPLIED_HASH))
-        == Some(&hash)
-        || shared.recent(&key).as_ref() == Some(&hash);
-    if !force && known {
+    if !force && shared.known(&key, cached_hash(cached.as_deref()), &hash) {
         return Ok(condition);
     }
     let had: BTreeSet<String> = cached
@@ -753,36 +737,43 @@ async fn apply_service_objects(
                 .collect()
         })
         .unwrap_or_default();
-    if let Some(hpa) = &objects.autoscaler {
-        Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &namespace)
-            .patch(&name, params, &Patch::Apply(hpa))
-            .await?;
-    } else if had.contains("autoscaler") {
-        let _ = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &namespace)
-            .delete(&name, &DeleteParams::default())
-            .await;
-    }
-    if let Some(ingress) = &objects.ingress {
-        Api::<Ingress>::namespaced(client.clone(), &namespace)
-            .patch(&name, params, &Patch::Apply(ingress))
-            .await?;
-    } else if had.contains("ingress") {
-        let _ = Api::<Ingress>::namespaced(client.clone(), &namespace)
-            .delete(&name, &DeleteParams::default())
-            .await;
-    }
-    if let (Some(resource), Some(route)) = (&route_api, &objects.http_route) {
-        let route: DynamicObject =
-            serde_json::from_value(route.clone()).expect("a rendered HTTPRoute is an object");
-        Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, resource)
-            .patch(&name, params, &Patch::Apply(&route))
-            .await?;
-    } else if had.contains("httproute")
-        && let Some(resource) = shared.http_route_api().await
-    {
-        let _ = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &resource)
-            .delete(&name, &DeleteParams::default())
-            .await;
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &namespace);
+    apply_or_remove(
+        &hpas,
+        &name,
+        objects.autoscaler.as_ref(),
+        had.contains("autoscaler"),
+        params,
+    )
+    .await?;
+    let ingresses = Api::<Ingress>::namespaced(client.clone(), &namespace);
+    apply_or_remove(
+        &ingresses,
+        &name,
+        objects.ingress.as_ref(),
+        had.contains("ingress"),
+        params,
+    )
+    .await?;
+    // Without the Gateway API there is no HTTPRoute to apply, nor one to remove.
+    if let Some(resource) = match &route_api {
+        Some(resource) => Some(resource.clone()),
+        None if had.contains("httproute") => shared.http_route_api().await,
+        None => None,
+    } {
+        let routes = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &resource);
+        let route: Option<DynamicObject> = route_api
+            .as_ref()
+            .and(objects.http_route.as_ref())
+            .map(|r| serde_json::from_value(r.clone()).expect("a rendered HTTPRoute is an object"));
+        apply_or_remove(
+            &routes,
+            &name,
+            route.as_ref(),
+            had.contains("httproute"),
+            params,
+        )
+        .await?;
     }
     let annotations = objects.service.annotations_mut();
     annotations.insert(APPLIED_HASH.to_string(), hash.clone());
@@ -795,6 +786,31 @@ async fn apply_service_objects(
         .await?;
     shared.remember(key, hash);
     Ok(condition)
+}
+
+/// Apply `desired` as `name`, or delete the object when the spec no longer asks for it and it
+/// was there (`had`).
+async fn apply_or_remove<K>(
+    api: &Api<K>,
+    name: &str,
+    desired: Option<&K>,
+    had: bool,
+    params: &PatchParams,
+) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match desired {
+        Some(object) => api
+            .patch(name, params, &Patch::Apply(object))
+            .await
+            .map(drop),
+        None if had => match api.delete(name, &DeleteParams::default()).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            other => other.map(drop),
+        },
+        None => Ok(()),
+    }
 }
 
 fn ingress_host(isvc: &InferenceService) -> String {

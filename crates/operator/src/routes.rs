@@ -16,7 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
-use crate::reconcile::pod_view;
+use crate::reconcile::{endpoint, pod_view};
 
 fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
     // One pass over the pods, grouped by (namespace, InferenceService): linear in the objects,
@@ -30,17 +30,10 @@ fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
         let Some((view, Some(ip))) = pod_view(&pod) else {
             continue;
         };
-        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
-            continue;
-        };
         by_service
             .entry((namespace, name.clone()))
             .or_default()
-            .push(Endpoint {
-                replica: view,
-                http: (ip, ferry_core::render::HTTP_PORT).into(),
-                grpc: (ip, ferry_core::render::GRPC_PORT).into(),
-            });
+            .extend(endpoint(view, &ip));
     }
     let services: Vec<ServiceEndpoints> = isvcs
         .state()

@@ -238,3 +238,14 @@ pub fn apply_in(ns: &str, manifest: &str) {
         String::from_utf8_lossy(&applied.stderr)
     );
 }
+
+/// `kubectl get ARGS` as a table: the header row, then the rows, split on whitespace.
+pub fn kubectl_table(args: &[&str]) -> Vec<Vec<String>> {
+    let mut full = vec!["get"];
+    full.extend_from_slice(args);
+    let out = kubectl(&full, None);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_testbed_e2e::{
-    TempNamespace, admin_client, eventually, install_crds, iris_manifest as manifest, kubectl,
+    TempNamespace, admin_client, apply_deploy, eventually, install_crds, iris_manifest as manifest,
+    kubectl,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -38,17 +39,7 @@ async fn a_model_update_through_the_cluster_router_fails_no_request() {
     };
     install_crds(&client).await.unwrap();
     for file in ["operator.yaml", "router.yaml"] {
-        let text = std::fs::read_to_string(format!(
-            "{}/../../deploy/{file}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
-        let applied = kubectl(&["apply", "--server-side", "-f", "-"], Some(&text));
-        assert!(
-            applied.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&applied.stderr)
-        );
+        apply_deploy(file);
     }
     let system: Api<Pod> = Api::namespaced(client.clone(), "ferry-system");
     let router_ip = eventually("the router pod is Ready", Duration::from_secs(60), || {

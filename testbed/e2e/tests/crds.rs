@@ -2,7 +2,9 @@
 //! `kubectl apply`, unknown fields are refused by the apiserver's strict field validation,
 //! `kubectl get isvc` shows the printer columns and `kubectl explain` the types' docs.
 
-use ferry_testbed_e2e::{TempNamespace, admin_client, install_crds, kubectl};
+use ferry_testbed_e2e::{
+    TempNamespace, admin_client, apply_in, install_crds, kubectl, kubectl_table,
+};
 
 #[tokio::test]
 async fn the_local_manifest_applies_to_the_cluster_unchanged() {
@@ -17,29 +19,14 @@ async fn the_local_manifest_applies_to_the_cluster_unchanged() {
     ))
     .unwrap();
 
-    let applied = kubectl(
-        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
-        Some(&example),
-    );
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    let listed = kubectl(&["get", "isvc", "-n", &ns.name], None);
-    let table = String::from_utf8_lossy(&listed.stdout);
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    apply_in(&ns.name, &example);
+    let table = kubectl_table(&["isvc", "-n", &ns.name]);
     assert_eq!(
-        header,
-        vec!["NAME", "URL", "READY", "REVISION", "REPLICAS", "AGE"],
-        "{table}"
+        table[0],
+        ["NAME", "URL", "READY", "REVISION", "REPLICAS", "AGE"],
+        "{table:?}"
     );
-    assert!(table.contains("iris"), "{table}");
+    assert_eq!(table[1][0], "iris", "{table:?}");
 
     let typo = example.replace("minReplicas: 2", "minReplicas: 2\n    replicaz: 3");
     let refused = kubectl(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ferry_testbed_e2e::{
     TempNamespace, admin_client, apply_in, condition, eventually, install_operator,
-    iris_manifest as manifest, isvc_json, kubectl, operator_leader,
+    iris_manifest as manifest, isvc_json, kubectl, kubectl_table, operator_leader,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -33,15 +33,7 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
     let leader = install_operator(&client).await;
     let operator_pods: Api<Pod> = Api::namespaced(client.clone(), "ferry-system");
     let ns = TempNamespace::create(&client, "operator").await.unwrap();
-    let applied = kubectl(
-        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
-        Some(&manifest("iris-v1.onnx")),
-    );
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    apply_in(&ns.name, &manifest("iris-v1.onnx"));
 
     let first = eventually(
         "the InferenceService is Ready",
@@ -63,26 +55,13 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
     )
     .await;
     // kubectl's columns come from the CRD: URL, Ready, Revision, Replicas, Age.
-    let table = kubectl(&["get", "isvc", "iris", "-n", &ns.name], None);
-    let table = String::from_utf8_lossy(&table.stdout).to_string();
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let table = kubectl_table(&["isvc", "iris", "-n", &ns.name]);
     assert_eq!(
-        header,
+        table[0],
         ["NAME", "URL", "READY", "REVISION", "REPLICAS", "AGE"],
-        "{table}"
+        "{table:?}"
     );
-    let row: Vec<&str> = table
-        .lines()
-        .nth(1)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    assert_eq!(&row[2..5], ["True", first.as_str(), "2"], "{table}");
+    assert_eq!(table[1][2..5], ["True", first.as_str(), "2"], "{table:?}");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     // The leader's own endpoints, on its pod IP.
     let operator_ip = leader.status.as_ref().unwrap().pod_ip.clone().unwrap();
@@ -224,15 +203,7 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
     }
 
     // A new model: a new revision rolls out, the old one goes.
-    let applied = kubectl(
-        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
-        Some(&manifest("iris-v2.onnx")),
-    );
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    apply_in(&ns.name, &manifest("iris-v2.onnx"));
     // kill -9 of the leading operator in the middle of that rollout: the rollout converges
     // (its restarted process or the standby takes the Lease).
     let operator = operator_leader(&client).await;
@@ -339,15 +310,7 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
             "    minReplicas: 2\n",
             "    minReplicas: 1\n    resources: {limits: {nvidia.com/gpu: \"9\"}}\n",
         );
-    let applied = kubectl(
-        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
-        Some(&big),
-    );
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    apply_in(&ns.name, &big);
     let message = eventually(
         "Unschedulable names nvidia.com/gpu",
         Duration::from_secs(60),
@@ -378,15 +341,7 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
             .status
             .success()
     );
-    let applied = kubectl(
-        &["apply", "--server-side", "-n", &quota_ns.name, "-f", "-"],
-        Some(&manifest("iris-v1.onnx")),
-    );
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    apply_in(&quota_ns.name, &manifest("iris-v1.onnx"));
     let message = eventually(
         "FailedCreate quotes the quota",
         Duration::from_secs(60),
