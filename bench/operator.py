@@ -10,9 +10,11 @@ Results go to bench/results/operator-<time>.json and a table on stdout.
 """
 
 import argparse
+import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -135,39 +137,143 @@ class Rss:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def ready_count(namespace, kind):
-    out = kubectl("get", kind, "-n", namespace, "-o",
-                  "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
-                  check=False)
-    return sum(1 for line in out.splitlines() if line.strip() == "True")
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller", "kube-scheduler", "kwok",
+                 "ferry-testbed-a")
+
+
+def control_plane_cpu():
+    """CPU seconds used so far by each test bed process (by command name)."""
+    used = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        if comm in CONTROL_PLANE:
+            fields = text.rsplit(")", 1)[1].split()
+            ticks = int(fields[11]) + int(fields[12])
+            used[comm] = used.get(comm, 0) + ticks / os.sysconf("SC_CLK_TCK")
+    return used
+
+
+class ReadyWatch:
+    """Counts the InferenceServices of a namespace whose Ready condition is True, from one watch
+    on the apiserver (polling with `kubectl get` every second would cost the 2-core machine a
+    good part of a core at 1,000 objects, and slow down whichever controller is measured)."""
+
+    def __init__(self, namespace, path):
+        self.ready, self.lock = set(), threading.Lock()
+        ctx = ssl.create_default_context(cafile=os.path.join(RUN, "pki", "ca.crt"))
+        ctx.load_cert_chain(os.path.join(RUN, "pki", "admin.crt"), os.path.join(RUN, "pki", "admin.key"))
+        self.connection = http.client.HTTPSConnection("127.0.0.1", 6443, context=ctx)
+        self.url = f"/apis/{path}/namespaces/{namespace}/inferenceservices?watch=1"
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        self.connection.request("GET", self.url)
+        response = self.connection.getresponse()
+        for line in response:
+            event = json.loads(line)
+            obj = event.get("object", {})
+            name = obj.get("metadata", {}).get("name")
+            conditions = (obj.get("status") or {}).get("conditions") or []
+            ready = event.get("type") != "DELETED" and any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+            with self.lock:
+                (self.ready.add if ready else self.ready.discard)(name)
+
+    def count(self):
+        with self.lock:
+            return len(self.ready)
+
+    def close(self):
+        self.connection.sock and self.connection.sock.close()
+
+
+def apiserver_writes():
+    """The apiserver's count of mutating requests so far, by (resource[/subresource], verb)."""
+    counts = {}
+    for line in kubectl("get", "--raw", "/metrics").splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels, value = line[len("apiserver_request_total{"):].rsplit("}", 1)
+        fields = dict(part.split("=", 1) for part in labels.split(",") if "=" in part)
+        fields = {k: v.strip('"') for k, v in fields.items()}
+        if fields.get("verb") not in ("POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE"):
+            continue
+        resource = fields.get("resource", "")
+        if fields.get("subresource"):
+            resource += "/" + fields["subresource"]
+        verb = fields["verb"]
+        if not fields.get("code", "200").startswith("2"):
+            verb += " " + fields["code"]
+        key = (resource, verb)
+        counts[key] = counts.get(key, 0) + float(value)
+    return counts
+
+
+def writes_delta(before, after, count):
+    """Writes per InferenceService during the measurement, largest first."""
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    rows = sorted(((v, k) for k, v in delta.items() if v > 0), reverse=True)
+    return {f"{k[0]} {k[1]}": round(v / count, 2) for v, k in rows}
+
+
+path_of = {"inferenceservices.ferry.dev": "ferry.dev/v1alpha1",
+           "inferenceservices.serving.kserve.io": "serving.kserve.io/v1beta1"}
 
 
 def measure(name, namespace, kind, manifests, count, pid, timeout):
     kubectl("create", "namespace", namespace)
+    writes_before = apiserver_writes()
     rss = Rss(pid)
     cpu_before = rss.cpu_seconds()
+    plane_before = control_plane_cpu()
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(manifests)
         path = f.name
+    watch = ReadyWatch(namespace, path_of[kind])
     start = time.time()
     kubectl("apply", "--server-side", "-n", namespace, "-f", path)
     created = time.time() - start
-    ready, last = 0, -1
+    print(f"  {name}: {count} created after {created:.1f} s", flush=True)
+    ready, shown = 0, 0.0
     while time.time() - start < timeout:
-        ready = ready_count(namespace, kind)
-        if ready != last:
-            print(f"  {name}: {ready}/{count} Ready after {time.time() - start:.0f} s", flush=True)
-            last = ready
+        ready = watch.count()
+        if ready >= count or time.time() - shown >= 5:
+            print(f"  {name}: {ready}/{count} Ready after {time.time() - start:.1f} s", flush=True)
+            shown = time.time()
         if ready >= count:
             break
-        time.sleep(1)
+        time.sleep(0.2)
     took = time.time() - start
+    watch.close()
     cpu = rss.cpu_seconds() - cpu_before
+    plane = {k: round(v - plane_before.get(k, 0), 1) for k, v in control_plane_cpu().items()}
+    writes = writes_delta(writes_before, apiserver_writes(), count)
+    events = {}
+    out = kubectl("get", "events.events.k8s.io", "-n", namespace, "-o",
+                  "jsonpath={range .items[*]}{.reportingController} {.reason} {.deprecatedCount}{'\\n'}{end}",
+                  check=False)
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            key = f"{parts[0]} {parts[1]}"
+            events[key] = events.get(key, 0) + 1
     peak = rss.finish()
     os.unlink(path)
     return {"controller": name, "count": count, "ready": ready, "create_s": round(created, 1),
             "all_ready_s": round(took, 1) if ready >= count else None,
-            "peak_rss_mb": round(peak / 2**20, 1), "cpu_s": round(cpu, 1)}
+            "peak_rss_mb": round(peak / 2**20, 1), "cpu_s": round(cpu, 1),
+            "control_plane_cpu_s": plane,
+            "writes_per_isvc": round(sum(writes.values()), 1), "writes": writes,
+            "events_per_isvc": {k: round(v / count, 2) for k, v in
+                                sorted(events.items(), key=lambda kv: -kv[1])}}
 
 
 def stop(process):
@@ -339,6 +445,11 @@ def main():
     for r in results:
         ready = f"{r['all_ready_s']} s" if r["all_ready_s"] is not None else f"{r['ready']} Ready at timeout"
         print(f"| {r['controller']} | {r['count']} | {r['create_s']} s | {ready} | {r['peak_rss_mb']} MB | {r['cpu_s']} s |")
+    for r in results:
+        top = ", ".join(f"{k} {v}" for k, v in list(r["writes"].items())[:12])
+        plane = ", ".join(f"{k} {v} s" for k, v in r["control_plane_cpu_s"].items())
+        print(f"\n{r['controller']}: control plane CPU until all Ready: {plane}")
+        print(f"{r['controller']}: {r['writes_per_isvc']} apiserver writes per InferenceService until all Ready: {top}")
     by = {r["controller"]: r for r in results}
     if "ferry" in by and "kserve" in by and by["ferry"]["all_ready_s"] and by["kserve"]["all_ready_s"]:
         print(f"\nFerry was {by['kserve']['all_ready_s'] / by['ferry']['all_ready_s']:.1f}x faster "

@@ -165,6 +165,9 @@ pub fn render(
         "kind": "Service",
         "metadata": metadata,
         "spec": {
+            // Headless: the router addresses pods directly and DNS names the revision's pods, so
+            // a revision needs no virtual IP (the apiserver allocates those one at a time).
+            "clusterIP": "None",
             "selector": selector,
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},

@@ -187,8 +187,19 @@ fn owner<K: Resource>(object: K) -> Option<ObjectRef<InferenceService>> {
 }
 
 fn error_policy(isvc: Arc<InferenceService>, error: &Error, _: Arc<Shared>) -> Action {
+    if namespace_terminating(error) {
+        // Nothing can be created there any more, and the InferenceService goes with it.
+        tracing::debug!(name = %isvc.name_any(), "namespace is being deleted; waiting");
+        return Action::await_change();
+    }
     tracing::warn!(name = %isvc.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
+}
+
+/// Whether the apiserver refused a write because the namespace is being deleted.
+fn namespace_terminating(error: &Error) -> bool {
+    matches!(error, Error::Kube(kube::Error::Api(e))
+        if e.code == 403 && e.message.contains("because it is being terminated"))
 }
 
 pub(crate) fn pod_view(pod: &Pod) -> Option<(ReplicaView, Option<String>)> {
@@ -312,6 +323,7 @@ fn cached_hash<K: Resource>(cached: Option<&K>) -> Option<&String> {
 }
 
 impl Shared {
+    /// Publish an event about `isvc` in the background: a reconcile does not wait for it.
     async fn event(&self, isvc: &InferenceService, type_: EventType, reason: &str, note: String) {
         let event = Event {
             type_,
@@ -320,9 +332,13 @@ impl Shared {
             action: "Reconcile".to_string(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &isvc.object_ref(&())).await {
-            tracing::warn!(name = %isvc.name_any(), error = %e, "cannot publish an event");
-        }
+        let recorder = self.recorder.clone();
+        let reference = isvc.object_ref(&());
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                tracing::warn!(name = ?reference.name, error = %e, "cannot publish an event");
+            }
+        });
     }
 
     /// Whether `hash` is what the object `key` holds already: its cached copy carries it, or
@@ -371,6 +387,11 @@ impl Shared {
 
 async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Action, Error> {
     let ctx = &shared.context;
+    if isvc.metadata.deletion_timestamp.is_some() {
+        // Being deleted (foreground): the garbage collector removes the children; a reconcile
+        // would only put them back.
+        return Ok(Action::await_change());
+    }
     // Decisions need complete caches (after a restart, a missing Deployment would look like a
     // rollout that has not started).
     let filled = tokio::time::timeout(Duration::from_secs(60), async {
@@ -466,6 +487,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     }
 
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut revision_service = None;
     for (rev, count) in &replicas {
         let cached = existing
             .iter()
@@ -539,14 +561,22 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         let key = format!("service/{namespace}/{rev}");
         let hash = stamp(&mut objects.service);
         if force || !shared.known(&key, cached_hash(cached_service.as_deref()), &hash) {
-            services
-                .patch(rev, &params, &Patch::Apply(&objects.service))
-                .await?;
-            shared.remember(key, hash);
+            revision_service = Some((key, hash, objects.service));
         }
     }
 
-    let ingress = apply_service_objects(isvc, &revision, shared, &params, force).await?;
+    // The revision's Service and the service-wide objects do not depend on each other.
+    let apply_revision_service = async {
+        if let Some((key, hash, service)) = &revision_service {
+            apply_recreating(&services, &revision, service, &params).await?;
+            shared.remember(key.clone(), hash.clone());
+        }
+        Ok::<_, Error>(())
+    };
+    let ((), ingress) = tokio::try_join!(
+        apply_revision_service,
+        apply_service_objects(isvc, &revision, shared, &params, force)
+    )?;
     if force {
         shared
             .applied_in_full
@@ -786,6 +816,26 @@ async fn apply_service_objects(
         .await?;
     shared.remember(key, hash);
     Ok(condition)
+}
+
+/// Apply a Service; when the apiserver refuses it as invalid because a field it cannot change
+/// differs (a revision Service from before revisions were headless keeps its cluster IP),
+/// delete it and apply again.
+async fn apply_recreating(
+    api: &Api<Service>,
+    name: &str,
+    service: &Service,
+    params: &PatchParams,
+) -> Result<(), kube::Error> {
+    match api.patch(name, params, &Patch::Apply(service)).await {
+        Err(kube::Error::Api(e)) if e.code == 422 => {
+            tracing::info!(%name, reason = %e.message, "recreating a Service the apiserver cannot update");
+            api.delete(name, &DeleteParams::default()).await?;
+            api.patch(name, params, &Patch::Apply(service)).await?;
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    }
 }
 
 /// Apply `desired` as `name`, or delete the object when the spec no longer asks for it and it

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use ferry_testbed_e2e::{
     TempNamespace, admin_client, apply_in, condition, eventually, install_operator, isvc_json,
+    kubectl,
 };
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
 use kube::api::ListParams;
@@ -76,6 +77,41 @@ async fn placement_autoscaling_ingress_and_crashes_follow_the_spec() {
         let ns = ns.name.clone();
         async move { (condition(&isvc_json(&ns, "h100"), "Ready").0 == "True").then_some(()) }
     })
+    .await;
+
+    // Revision Services are headless (the router dials pods; no virtual IP to allocate). One
+    // left with a cluster IP (as before they were headless), which the apiserver cannot take
+    // away, is replaced; checked at the end, as the operator re-applies it only after its
+    // 30 s memory of its own write.
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let h100_revision = isvc_json(&ns.name, "h100")["status"]["latestRevision"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let headless = |s: &Service| s.spec.as_ref().and_then(|s| s.cluster_ip.clone());
+    let first = services.get(&h100_revision).await.unwrap();
+    assert_eq!(headless(&first).as_deref(), Some("None"));
+    services
+        .delete(&h100_revision, &Default::default())
+        .await
+        .unwrap();
+    let mut old = first.clone();
+    old.metadata = kube::api::ObjectMeta {
+        name: first.metadata.name.clone(),
+        labels: first.metadata.labels.clone(),
+        ..Default::default()
+    };
+    let spec = old.spec.as_mut().unwrap();
+    spec.cluster_ip = None;
+    spec.cluster_ips = None;
+    eventually(
+        "the old-style Service is created",
+        Duration::from_secs(30),
+        || {
+            let (services, old) = (services.clone(), old.clone());
+            async move { services.create(&Default::default(), &old).await.ok() }
+        },
+    )
     .await;
 
     // An autoscaler and an Ingress when the spec asks.
@@ -247,5 +283,34 @@ async fn placement_autoscaling_ingress_and_crashes_follow_the_spec() {
         condition(&isvc_json(&ns.name, "broken"), "Ready").0,
         "False"
     );
+
+    let mut touch = 0;
+    eventually(
+        "the revision Service with a cluster IP is replaced by a headless one",
+        Duration::from_secs(90),
+        || {
+            // Each try touches the InferenceService: a reconcile.
+            touch += 1;
+            let stamp = format!("ferry.dev/test-touch={touch}");
+            kubectl(
+                &[
+                    "annotate",
+                    "--overwrite",
+                    "-n",
+                    &ns.name,
+                    "isvc",
+                    "h100",
+                    &stamp,
+                ],
+                None,
+            );
+            let (services, revision) = (services.clone(), h100_revision.clone());
+            async move {
+                let service = services.get(&revision).await.ok()?;
+                (headless(&service).as_deref() == Some("None")).then_some(())
+            }
+        },
+    )
+    .await;
     ns.delete().await;
 }
