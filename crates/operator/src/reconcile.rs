@@ -11,7 +11,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_api::{InferenceService, LABEL_REVISION, LABEL_SERVICE, revision_name};
+use ferry_api::{
+    InferenceService, InferenceServiceStatus, LABEL_REVISION, LABEL_SERVICE, revision_name,
+};
 use ferry_core::render::{RenderOptions, render, render_service};
 use ferry_core::rollout::{Target, desired_replicas, plan};
 use ferry_core::routes::{Endpoint, ServiceEndpoints, build};
@@ -83,6 +85,10 @@ const RECENT: Duration = Duration::from_secs(30);
 
 /// How often every object is re-applied even when its hash says nothing changed.
 pub const REAPPLY_EVERY: Duration = Duration::from_secs(300);
+
+/// The shortest time between two status writes of one InferenceService that only report
+/// progress (condition transitions are written at once).
+const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 
 /// Run the controller until the process is asked to stop.
 pub async fn run(context: Context) {
@@ -351,6 +357,15 @@ impl Shared {
         recent
             .get(key)
             .is_some_and(|(h, at)| h == hash && at.elapsed() < RECENT)
+    }
+
+    /// How long ago this operator wrote `key`, when it did within [`RECENT`].
+    fn since_written(&self, key: &str) -> Option<Duration> {
+        let recent = self.recent.lock().expect("poisoned");
+        recent
+            .get(key)
+            .map(|(_, at)| at.elapsed())
+            .filter(|e| *e < RECENT)
     }
 
     fn remember(&self, key: String, hash: String) {
@@ -640,6 +655,26 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     };
     // The cached InferenceService may not show the status this operator wrote a moment ago.
     let written = shared.known(&status_key, None, &status_hash);
+    // Progress alone (replica counts; the conditions say what they said) is written at most
+    // every PROGRESS_EVERY: a thousand services starting at once would otherwise each write a
+    // status for every pod that appears. Transitions are written at once.
+    let same_conditions = isvc.status.as_ref().is_some_and(|current| {
+        let key = |s: &InferenceServiceStatus| {
+            s.conditions
+                .iter()
+                .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+                .collect::<Vec<_>>()
+        };
+        key(current) == key(&next)
+    });
+    if isvc.status.as_ref() != Some(&next)
+        && !written
+        && same_conditions
+        && let Some(since) = shared.since_written(&status_key)
+        && since < PROGRESS_EVERY
+    {
+        return Ok(Action::requeue(PROGRESS_EVERY - since));
+    }
     if isvc.status.as_ref() != Some(&next) && !written {
         let isvcs: Api<InferenceService> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({"apiVersion": ferry_api::API_VERSION, "kind": "InferenceService", "status": next});
@@ -647,8 +682,10 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
             .patch_status(&name, &params, &Patch::Apply(&patch))
             .await?;
         shared.remember(status_key, status_hash);
-        // An event for every condition that changed, a warning when it names a failure.
+        // One event per status write for the conditions that changed to True or to a failure
+        // (a warning when one names a failure), named by the first of them.
         let previous = isvc.status.as_ref().map(|s| s.conditions.as_slice());
+        let mut changes: Vec<(&str, bool, String)> = Vec::new();
         for condition in &next.conditions {
             let old = previous.and_then(|c| c.iter().find(|o| o.type_ == condition.type_));
             if old.map(|o| (&o.status, &o.reason)) == Some((&condition.status, &condition.reason)) {
@@ -660,22 +697,27 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
             if condition.status != "True" && !failure {
                 continue;
             }
-            let type_ = if failure {
+            changes.push((
+                &condition.reason,
+                failure,
+                format!(
+                    "{}={}: {}",
+                    condition.type_, condition.status, condition.message
+                ),
+            ));
+        }
+        if let Some((reason, _, _)) = changes.first() {
+            let type_ = if changes.iter().any(|(_, failure, _)| *failure) {
                 EventType::Warning
             } else {
                 EventType::Normal
             };
-            shared
-                .event(
-                    isvc,
-                    type_,
-                    &condition.reason,
-                    format!(
-                        "{}={}: {}",
-                        condition.type_, condition.status, condition.message
-                    ),
-                )
-                .await;
+            let note = changes
+                .iter()
+                .map(|(_, _, note)| note.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            shared.event(isvc, type_, reason, note).await;
         }
     }
     let settled = ferry_core::rollout::complete(&target, &views) && replicas.len() == 1;
