@@ -160,17 +160,26 @@ def control_plane_cpu():
     return used
 
 
-class ReadyWatch:
-    """Counts the InferenceServices of a namespace whose Ready condition is True, from one watch
-    on the apiserver (polling with `kubectl get` every second would cost the 2-core machine a
-    good part of a core at 1,000 objects, and slow down whichever controller is measured)."""
+def isvc_ready(obj):
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
-    def __init__(self, namespace, path):
+
+def deployment_ready(obj):
+    return (obj.get("status") or {}).get("readyReplicas", 0) >= 1
+
+
+class ReadyWatch:
+    """Counts the objects at `url` (a collection) that `is_ready`, from one watch on the
+    apiserver (polling with `kubectl get` every second would cost the 2-core machine a good part
+    of a core at 1,000 objects, and slow down whichever controller is measured)."""
+
+    def __init__(self, url, is_ready):
         self.ready, self.lock = set(), threading.Lock()
         ctx = ssl.create_default_context(cafile=os.path.join(RUN, "pki", "ca.crt"))
         ctx.load_cert_chain(os.path.join(RUN, "pki", "admin.crt"), os.path.join(RUN, "pki", "admin.key"))
         self.connection = http.client.HTTPSConnection("127.0.0.1", 6443, context=ctx)
-        self.url = f"/apis/{path}/namespaces/{namespace}/inferenceservices?watch=1"
+        self.url, self.is_ready = f"{url}?watch=1", is_ready
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
@@ -181,9 +190,7 @@ class ReadyWatch:
             event = json.loads(line)
             obj = event.get("object", {})
             name = obj.get("metadata", {}).get("name")
-            conditions = (obj.get("status") or {}).get("conditions") or []
-            ready = event.get("type") != "DELETED" and any(
-                c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+            ready = event.get("type") != "DELETED" and self.is_ready(obj)
             with self.lock:
                 (self.ready.add if ready else self.ready.discard)(name)
 
@@ -224,20 +231,18 @@ def writes_delta(before, after, count):
     return {f"{k[0]} {k[1]}": round(v / count, 2) for v, k in rows}
 
 
-path_of = {"inferenceservices.ferry.dev": "ferry.dev/v1alpha1",
-           "inferenceservices.serving.kserve.io": "serving.kserve.io/v1beta1"}
-
-
-def measure(name, namespace, kind, manifests, count, pid, timeout):
+def measure(name, namespace, collection, is_ready, manifests, count, pid, timeout):
+    """Apply `manifests` in `namespace` at once; wait until `count` objects of `collection` (an
+    API path under the namespace) are ready. `pid`: the controller measured, if any."""
     kubectl("create", "namespace", namespace)
     writes_before = apiserver_writes()
-    rss = Rss(pid)
-    cpu_before = rss.cpu_seconds()
+    rss = Rss(pid) if pid else None
+    cpu_before = rss.cpu_seconds() if rss else 0
     plane_before = control_plane_cpu()
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(manifests)
         path = f.name
-    watch = ReadyWatch(namespace, path_of[kind])
+    watch = ReadyWatch(collection.format(namespace=namespace), is_ready)
     start = time.time()
     kubectl("apply", "--server-side", "-n", namespace, "-f", path)
     created = time.time() - start
@@ -253,7 +258,7 @@ def measure(name, namespace, kind, manifests, count, pid, timeout):
         time.sleep(0.2)
     took = time.time() - start
     watch.close()
-    cpu = rss.cpu_seconds() - cpu_before
+    cpu = rss.cpu_seconds() - cpu_before if rss else 0
     plane = {k: round(v - plane_before.get(k, 0), 1) for k, v in control_plane_cpu().items()}
     writes = writes_delta(writes_before, apiserver_writes(), count)
     events = {}
@@ -265,7 +270,7 @@ def measure(name, namespace, kind, manifests, count, pid, timeout):
         if len(parts) >= 2:
             key = f"{parts[0]} {parts[1]}"
             events[key] = events.get(key, 0) + 1
-    peak = rss.finish()
+    peak = rss.finish() if rss else 0
     os.unlink(path)
     return {"controller": name, "count": count, "ready": ready, "create_s": round(created, 1),
             "all_ready_s": round(took, 1) if ready >= count else None,
@@ -304,6 +309,27 @@ def wait_http(url, timeout=120):
     sys.exit(f"{url} never answered")
 
 
+FERRY_ISVCS = "/apis/ferry.dev/v1alpha1/namespaces/{namespace}/inferenceservices"
+KSERVE_ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices"
+
+
+def run_floor(args):
+    """No controller: the Deployments and revision Services Ferry would create (from `ferry
+    render`), applied by kubectl itself — what the test bed needs for the objects alone."""
+    namespace = "bench-floor"
+    rendered = subprocess.run([args.ferry, "render", "-n", namespace, "-f", "-"],
+                              input=ferry_manifests(args.count), capture_output=True, text=True,
+                              check=True).stdout
+    docs = [d for d in rendered.split("\n---\n")
+            if d.lstrip().startswith("apiVersion: apps/v1\nkind: Deployment")
+            or ("kind: Service" in d and "clusterIP: None" in d)]
+    try:
+        return measure("floor", namespace, "/apis/apps/v1/namespaces/{namespace}/deployments",
+                       deployment_ready, "\n---\n".join(docs), args.count, None, args.timeout)
+    finally:
+        cleanup(namespace)
+
+
 def run_ferry(args, log):
     env = dict(os.environ, KUBECONFIG=KUBECONFIG, FERRY_LOG="warn")
     kubectl("create", "namespace", "ferry-bench-lease")
@@ -313,7 +339,7 @@ def run_ferry(args, log):
         env=env, stdout=log, stderr=log)
     try:
         wait_http("http://127.0.0.1:18091/healthz")
-        return measure("ferry", "bench-ferry", "inferenceservices.ferry.dev",
+        return measure("ferry", "bench-ferry", FERRY_ISVCS, isvc_ready,
                        ferry_manifests(args.count), args.count, process.pid, args.timeout)
     finally:
         cleanup("bench-ferry")
@@ -331,10 +357,12 @@ def kserve_setup(args, certs):
                     apply(f.read())
     deadline = time.time() + 60
     while time.time() < deadline:
+        # A CRD created a moment ago may have no conditions yet (kubectl's filter then fails).
         out = kubectl("get", "crd", "-o",
-                      "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=='Established')].status}{'\\n'}{end}")
+                      "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=='Established')].status}{'\\n'}{end}",
+                      check=False)
         pending = [l for l in out.splitlines() if "kserve.io" in l and not l.endswith("True")]
-        if not pending:
+        if out and not pending:
             break
         time.sleep(0.5)
     with open(os.path.join(config, "configmap", "inferenceservice.yaml")) as f:
@@ -401,7 +429,7 @@ def run_kserve(args, log):
     try:
         wait_http("http://127.0.0.1:18081/readyz")
         apply(webhooks)
-        return measure("kserve", "bench-kserve", "inferenceservices.serving.kserve.io",
+        return measure("kserve", "bench-kserve", KSERVE_ISVCS, isvc_ready,
                        kserve_manifests(args.count), args.count, process.pid, args.timeout)
     finally:
         # While the controller still runs: its InferenceServices carry its finalizer.
@@ -422,7 +450,8 @@ def main():
     parser.add_argument("--kserve-config", required=True)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--timeout", type=int, default=900)
-    parser.add_argument("--only", choices=["ferry", "kserve"])
+    parser.add_argument("--only", choices=["ferry", "kserve", "floor"],
+                        help="one side only; floor: no controller, the rendered objects applied directly")
     args = parser.parse_args()
     # The test bed may run Ferry as installed by the cluster tests (deploy/): its operator would
     # reconcile the bench's InferenceServices too, and its router would route them all.
@@ -433,6 +462,8 @@ def main():
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with open(os.path.join(HERE, "results", f"operator-{stamp}.log"), "w") as log:
+        if args.only == "floor":
+            results.append(run_floor(args))
         if args.only in (None, "ferry"):
             results.append(run_ferry(args, log))
         if args.only in (None, "kserve"):
