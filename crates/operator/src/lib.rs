@@ -17,6 +17,7 @@
 //! replicas can run and one reconciles.
 
 pub mod lease;
+mod owned;
 pub mod probes;
 mod reconcile;
 pub mod routes;

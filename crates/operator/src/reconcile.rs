@@ -18,7 +18,9 @@ use ferry_core::render::{RenderOptions, render, render_service};
 use ferry_core::rollout::{Target, desired_replicas, plan};
 use ferry_core::routes::{Endpoint, ServiceEndpoints, build};
 use ferry_core::{ReplicaHealth, ReplicaView, status};
-use futures_util::StreamExt;
+
+use crate::owned::Owned;
+use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -70,6 +72,9 @@ struct Shared {
     deployments: Store<Deployment>,
     services: Store<Service>,
     pods: Store<Pod>,
+    /// The names of each InferenceService's cached Deployments and Pods.
+    owned_deployments: Arc<Owned>,
+    owned_pods: Arc<Owned>,
     /// Whether the cluster serves HTTPRoutes, and when that was last asked.
     gateway_api: Mutex<Option<(Instant, Option<ApiResource>)>>,
     /// When each InferenceService's objects were last applied in full, hash or not: changes
@@ -97,6 +102,8 @@ pub async fn run(context: Context) {
     let (deployments, deployments_writer) = reflector::store::<Deployment>();
     let (services, services_writer) = reflector::store::<Service>();
     let (pods, pods_writer) = reflector::store::<Pod>();
+    let owned_deployments = Arc::new(Owned::default());
+    let owned_pods = Arc::new(Owned::default());
     // The caches keep only what reconciles read (labels, the applied hash, replica counts,
     // status): a thousand InferenceServices' pod specs and templates would be most of the
     // operator's memory.
@@ -109,6 +116,10 @@ pub async fn run(context: Context) {
             }
         })
         .reflect(deployments_writer)
+        .inspect_ok({
+            let owned = owned_deployments.clone();
+            move |event| owned.observe(event)
+        })
         .touched_objects();
     let service_events = watcher(Api::<Service>::all(client.clone()), managed.clone())
         .default_backoff()
@@ -139,6 +150,10 @@ pub async fn run(context: Context) {
             }
         })
         .reflect(pods_writer)
+        .inspect_ok({
+            let owned = owned_pods.clone();
+            move |event| owned.observe(event)
+        })
         .touched_objects();
     tokio::spawn(service_events.for_each(|_| async {}));
     let recorder = Recorder::new(client.clone(), context.reporter.clone());
@@ -148,6 +163,8 @@ pub async fn run(context: Context) {
         deployments,
         services,
         pods,
+        owned_deployments,
+        owned_pods,
         gateway_api: Mutex::new(None),
         applied_in_full: Mutex::default(),
         recent: Mutex::default(),
@@ -442,20 +459,17 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         .is_none_or(|at| at.elapsed() >= REAPPLY_EVERY);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mine = |labels: &BTreeMap<String, String>, ns: Option<String>| {
-        ns.as_deref() == Some(namespace.as_str()) && labels.get(LABEL_SERVICE) == Some(&name)
-    };
     let existing: Vec<Arc<Deployment>> = shared
-        .deployments
-        .state()
-        .into_iter()
-        .filter(|d| mine(d.labels(), d.namespace()))
+        .owned_deployments
+        .names(&namespace, &name)
+        .iter()
+        .filter_map(|n| shared.cached(&shared.deployments, &namespace, n))
         .collect();
     let pod_list: Vec<Arc<Pod>> = shared
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| mine(p.labels(), p.namespace()))
+        .owned_pods
+        .names(&namespace, &name)
+        .iter()
+        .filter_map(|n| shared.cached(&shared.pods, &namespace, n))
         .collect();
     let seen: Vec<(ReplicaView, Option<String>)> =
         pod_list.iter().filter_map(|p| pod_view(p)).collect();

@@ -130,29 +130,37 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
         stable.spec.unwrap().selector.unwrap(),
         [("ferry.dev/inferenceservice".to_string(), "iris".to_string())].into()
     );
-    // Events name the decisions.
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
-    let regarding: Vec<Event> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("iris"))
-        .collect();
-    let reasons: Vec<&str> = regarding
-        .iter()
-        .filter_map(|e| e.reason.as_deref())
-        .collect();
-    assert!(reasons.contains(&"RevisionCreated"), "{reasons:?}");
+    // Events name the decisions (published in the background: a moment after the status).
     // Conditions that turned True in one status write share one event.
-    let notes: Vec<&str> = regarding.iter().filter_map(|e| e.note.as_deref()).collect();
-    assert!(
-        notes
-            .iter()
-            .any(|n| n.contains("Ready=True") && n.contains("LatestRevisionReady=True")),
-        "{notes:?}"
-    );
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    eventually(
+        "RevisionCreated and one event for Ready and LatestRevisionReady",
+        Duration::from_secs(30),
+        || {
+            let events = events.clone();
+            async move {
+                let regarding: Vec<Event> = events
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .filter(|e| {
+                        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("iris")
+                    })
+                    .collect();
+                let created = regarding
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some("RevisionCreated"));
+                let ready = regarding
+                    .iter()
+                    .filter_map(|e| e.note.as_deref())
+                    .any(|n| n.contains("Ready=True") && n.contains("LatestRevisionReady=True"));
+                (created && ready).then_some(())
+            }
+        },
+    )
+    .await;
 
     // A reconcile of a settled InferenceService writes nothing: touch the spec's metadata (a
     // watch event, so a reconcile) and nothing the operator owns changes.
