@@ -28,6 +28,66 @@ pub fn is_failure(reason: &str) -> bool {
     FAILURE_REASONS.contains(&reason) || crate::observe::CONTAINER_FAILURES.contains(&reason)
 }
 
+/// The conditions of `next` whose status or reason differ from `previous` (or that are new):
+/// what a status change says beyond progress.
+fn changed<'a>(
+    previous: Option<&InferenceServiceStatus>,
+    next: &'a InferenceServiceStatus,
+) -> impl Iterator<Item = &'a Condition> {
+    let before: Vec<(&str, &str, &str)> = previous
+        .map(|p| {
+            p.conditions
+                .iter()
+                .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    next.conditions.iter().filter(move |c| {
+        !before.contains(&(c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+    })
+}
+
+/// Whether going from `previous` to `next` is progress alone (replica counts, messages): no
+/// condition changed its status or reason. Progress may be written lazily; transitions not.
+pub fn progress_only(
+    previous: Option<&InferenceServiceStatus>,
+    next: &InferenceServiceStatus,
+) -> bool {
+    previous.is_some() && changed(previous, next).next().is_none()
+}
+
+/// The event a status change is worth, both modes alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEvent {
+    /// A condition names a failure ([`is_failure`]).
+    pub warning: bool,
+    /// The reason of the first condition in the event.
+    pub reason: String,
+    /// `Type=Status: message` of every condition in the event, `; `-separated.
+    pub note: String,
+}
+
+/// One event for the conditions that turned True or to a failure between `previous` and
+/// `next`; `None` when none did (progress, such as `RolloutInProgress`, is no event).
+pub fn transition_event(
+    previous: Option<&InferenceServiceStatus>,
+    next: &InferenceServiceStatus,
+) -> Option<StatusEvent> {
+    let worth: Vec<&Condition> = changed(previous, next)
+        .filter(|c| c.status == "True" || is_failure(&c.reason))
+        .collect();
+    let first = worth.first()?;
+    Some(StatusEvent {
+        warning: worth.iter().any(|c| is_failure(&c.reason)),
+        reason: first.reason.clone(),
+        note: worth
+            .iter()
+            .map(|c| format!("{}={}: {}", c.type_, c.status, c.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
+}
+
 /// Condition types Ferry sets.
 pub const READY: &str = "Ready";
 pub const LATEST_REVISION_READY: &str = "LatestRevisionReady";
@@ -275,6 +335,58 @@ fn condition(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with(conditions: &[(&str, &str, &str)]) -> InferenceServiceStatus {
+        InferenceServiceStatus {
+            conditions: conditions
+                .iter()
+                .map(|(type_, status, reason)| Condition {
+                    type_: type_.to_string(),
+                    status: status.to_string(),
+                    reason: reason.to_string(),
+                    message: format!("{reason} said"),
+                    last_transition_time: None,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn transitions_make_one_event_and_progress_none() {
+        let rolling = with(&[
+            (READY, "False", "RolloutInProgress"),
+            (LATEST_REVISION_READY, "False", "RolloutInProgress"),
+        ]);
+        let mut more = rolling.clone();
+        more.conditions[0].message = "1/2 replicas ready".into();
+        assert!(progress_only(Some(&rolling), &more));
+        assert_eq!(transition_event(Some(&rolling), &more), None);
+        // A first status is never progress alone; progress conditions make no event.
+        assert!(!progress_only(None, &rolling));
+        assert_eq!(transition_event(None, &rolling), None);
+
+        let ready = with(&[
+            (READY, "True", "Serving"),
+            (LATEST_REVISION_READY, "True", "RevisionReady"),
+        ]);
+        assert!(!progress_only(Some(&rolling), &ready));
+        let event = transition_event(Some(&rolling), &ready).unwrap();
+        assert!(!event.warning);
+        assert_eq!(event.reason, "Serving");
+        assert_eq!(
+            event.note,
+            "Ready=True: Serving said; LatestRevisionReady=True: RevisionReady said"
+        );
+
+        let crashing = with(&[
+            (READY, "True", "Serving"),
+            (LATEST_REVISION_READY, "False", "CrashLoopBackOff"),
+        ]);
+        let event = transition_event(Some(&ready), &crashing).unwrap();
+        assert!(event.warning);
+        assert_eq!(event.reason, "CrashLoopBackOff");
+    }
     use crate::routes::{Endpoint, ServiceEndpoints, build};
 
     fn view(id: &str, revision: &str, health: ReplicaHealth) -> ReplicaView {

@@ -2,7 +2,7 @@
 //! pass reads the whole desired state (SQLite) and the whole observed state (supervisor), asks
 //! the shared core what to do, persists the decision, then carries it out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -283,6 +283,7 @@ impl Reconciler {
         Ok(())
     }
 
+    /// The event a status change is worth: the same rule as cluster mode's.
     fn record_transitions(
         &self,
         namespace: &str,
@@ -290,34 +291,10 @@ impl Reconciler {
         previous: Option<&InferenceServiceStatus>,
         next: &InferenceServiceStatus,
     ) -> Result<()> {
-        let before: BTreeSet<(String, String, String)> = previous
-            .map(|p| {
-                p.conditions
-                    .iter()
-                    .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for condition in &next.conditions {
-            if before.contains(&(
-                condition.type_.clone(),
-                condition.status.clone(),
-                condition.reason.clone(),
-            )) {
-                continue;
-            }
-            let failing = status::is_failure(&condition.reason);
-            let type_ = if failing { "Warning" } else { "Normal" };
-            self.store.event(
-                namespace,
-                name,
-                type_,
-                &condition.reason,
-                &format!(
-                    "{}={}: {}",
-                    condition.type_, condition.status, condition.message
-                ),
-            )?;
+        if let Some(event) = status::transition_event(previous, next) {
+            let type_ = if event.warning { "Warning" } else { "Normal" };
+            self.store
+                .event(namespace, name, type_, &event.reason, &event.note)?;
         }
         Ok(())
     }

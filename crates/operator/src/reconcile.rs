@@ -11,15 +11,11 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_api::{
-    InferenceService, InferenceServiceStatus, LABEL_REVISION, LABEL_SERVICE, revision_name,
-};
+use ferry_api::{InferenceService, LABEL_REVISION, LABEL_SERVICE, revision_name};
 use ferry_core::render::{RenderOptions, render, render_service};
 use ferry_core::rollout::{Target, desired_replicas, plan};
 use ferry_core::routes::{Endpoint, ServiceEndpoints, build};
 use ferry_core::{ReplicaHealth, ReplicaView, status};
-
-use crate::owned::Owned;
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -35,6 +31,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
+
+use crate::owned::Owned;
 
 /// The one field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "ferry-operator";
@@ -669,69 +667,28 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     };
     // The cached InferenceService may not show the status this operator wrote a moment ago.
     let written = shared.known(&status_key, None, &status_hash);
-    // Progress alone (replica counts; the conditions say what they said) is written at most
-    // every PROGRESS_EVERY: a thousand services starting at once would otherwise each write a
-    // status for every pod that appears. Transitions are written at once.
-    let same_conditions = isvc.status.as_ref().is_some_and(|current| {
-        let key = |s: &InferenceServiceStatus| {
-            s.conditions
-                .iter()
-                .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
-                .collect::<Vec<_>>()
-        };
-        key(current) == key(&next)
-    });
-    if isvc.status.as_ref() != Some(&next)
-        && !written
-        && same_conditions
-        && let Some(since) = shared.since_written(&status_key)
-        && since < PROGRESS_EVERY
-    {
-        return Ok(Action::requeue(PROGRESS_EVERY - since));
-    }
     if isvc.status.as_ref() != Some(&next) && !written {
+        // Progress alone is written at most every PROGRESS_EVERY: a thousand services starting
+        // at once would otherwise each write a status for every pod that appears.
+        if status::progress_only(isvc.status.as_ref(), &next)
+            && let Some(since) = shared.since_written(&status_key)
+            && since < PROGRESS_EVERY
+        {
+            return Ok(Action::requeue(PROGRESS_EVERY - since));
+        }
         let isvcs: Api<InferenceService> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({"apiVersion": ferry_api::API_VERSION, "kind": "InferenceService", "status": next});
         isvcs
             .patch_status(&name, &params, &Patch::Apply(&patch))
             .await?;
         shared.remember(status_key, status_hash);
-        // One event per status write for the conditions that changed to True or to a failure
-        // (a warning when one names a failure), named by the first of them.
-        let previous = isvc.status.as_ref().map(|s| s.conditions.as_slice());
-        let mut changes: Vec<(&str, bool, String)> = Vec::new();
-        for condition in &next.conditions {
-            let old = previous.and_then(|c| c.iter().find(|o| o.type_ == condition.type_));
-            if old.map(|o| (&o.status, &o.reason)) == Some((&condition.status, &condition.reason)) {
-                continue;
-            }
-            let failure = status::is_failure(&condition.reason);
-            // Progress (RolloutInProgress, ...) is no decision: events say what became true and
-            // what failed.
-            if condition.status != "True" && !failure {
-                continue;
-            }
-            changes.push((
-                &condition.reason,
-                failure,
-                format!(
-                    "{}={}: {}",
-                    condition.type_, condition.status, condition.message
-                ),
-            ));
-        }
-        if let Some((reason, _, _)) = changes.first() {
-            let type_ = if changes.iter().any(|(_, failure, _)| *failure) {
+        if let Some(event) = status::transition_event(isvc.status.as_ref(), &next) {
+            let type_ = if event.warning {
                 EventType::Warning
             } else {
                 EventType::Normal
             };
-            let note = changes
-                .iter()
-                .map(|(_, _, note)| note.as_str())
-                .collect::<Vec<_>>()
-                .join("; ");
-            shared.event(isvc, type_, reason, note).await;
+            shared.event(isvc, type_, &event.reason, event.note).await;
         }
     }
     let settled = ferry_core::rollout::complete(&target, &views) && replicas.len() == 1;
