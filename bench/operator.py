@@ -20,7 +20,9 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import wait_ready  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -132,31 +134,32 @@ class Rss:
 
     def cpu_seconds(self):
         """User + system CPU time the process used so far."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu(self.pid)[1]
 
 
 CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller", "kube-scheduler", "kwok",
                  "ferry-testbed-a")
 
 
+def process_cpu(pid):
+    """(command name, user + system CPU seconds so far) of a process, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    fields = text.rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return text[text.index("(") + 1:text.rindex(")")], ticks / os.sysconf("SC_CLK_TCK")
+
+
 def control_plane_cpu():
     """CPU seconds used so far by each test bed process (by command name)."""
     used = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                text = f.read()
+            comm, seconds = process_cpu(pid)
         except OSError:
             continue
-        comm = text[text.index("(") + 1:text.rindex(")")]
         if comm in CONTROL_PLANE:
-            fields = text.rsplit(")", 1)[1].split()
-            ticks = int(fields[11]) + int(fields[12])
-            used[comm] = used.get(comm, 0) + ticks / os.sysconf("SC_CLK_TCK")
+            used[comm] = used.get(comm, 0) + seconds
     return used
 
 
@@ -296,19 +299,6 @@ def cleanup(namespace):
             check=False)
 
 
-def wait_http(url, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"{url} never answered")
-
-
 FERRY_ISVCS = "/apis/ferry.dev/v1alpha1/namespaces/{namespace}/inferenceservices"
 KSERVE_ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices"
 
@@ -338,7 +328,7 @@ def run_ferry(args, log):
          "--lease-namespace", "ferry-bench-lease", "--identity", "bench"],
         env=env, stdout=log, stderr=log)
     try:
-        wait_http("http://127.0.0.1:18091/healthz")
+        wait_ready("http://127.0.0.1:18091/healthz", process)
         return measure("ferry", "bench-ferry", FERRY_ISVCS, isvc_ready,
                        ferry_manifests(args.count), args.count, process.pid, args.timeout)
     finally:
@@ -427,7 +417,7 @@ def run_kserve(args, log):
          "--webhook-port", "9443"], env=env, stdout=log, stderr=log)
     webhooks = kserve_webhooks(args.kserve_config, ca_crt)
     try:
-        wait_http("http://127.0.0.1:18081/readyz")
+        wait_ready("http://127.0.0.1:18081/readyz", process)
         apply(webhooks)
         return measure("kserve", "bench-kserve", KSERVE_ISVCS, isvc_ready,
                        kserve_manifests(args.count), args.count, process.pid, args.timeout)

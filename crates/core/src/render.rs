@@ -166,7 +166,8 @@ pub fn render(
         "metadata": metadata,
         "spec": {
             // Headless: the router addresses pods directly and DNS names the revision's pods, so
-            // a revision needs no virtual IP (the apiserver allocates those one at a time).
+            // a revision needs no virtual IP (allocating one made creating a Service take the
+            // apiserver seconds under load).
             "clusterIP": "None",
             "selector": selector,
             "ports": [

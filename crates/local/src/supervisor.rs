@@ -490,7 +490,6 @@ async fn launch(
     }
 }
 
-/// A local path for the model: paths and `file://` as they are, `http(s)://` downloaded once.
 enum Probe {
     Ready,
     /// Up, model not ready; the server's reason when it gave one (the model failed).
