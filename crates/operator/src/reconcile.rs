@@ -344,7 +344,9 @@ fn cached_hash<K: Resource>(cached: Option<&K>) -> Option<&String> {
 }
 
 impl Shared {
-    /// Publish an event about `isvc` in the background: a reconcile does not wait for it.
+    /// Publish an event about `isvc`. Awaited, not spawned: a graceful shutdown lets running
+    /// reconciles finish, and a spawned publish would be lost with the process (the next
+    /// leader sees the status already written and has no transition to report).
     async fn event(&self, isvc: &InferenceService, type_: EventType, reason: &str, note: String) {
         let event = Event {
             type_,
@@ -353,13 +355,9 @@ impl Shared {
             action: "Reconcile".to_string(),
             secondary: None,
         };
-        let recorder = self.recorder.clone();
-        let reference = isvc.object_ref(&());
-        tokio::spawn(async move {
-            if let Err(e) = recorder.publish(&event, &reference).await {
-                tracing::warn!(name = ?reference.name, error = %e, "cannot publish an event");
-            }
-        });
+        if let Err(e) = self.recorder.publish(&event, &isvc.object_ref(&())).await {
+            tracing::warn!(name = %isvc.name_any(), error = %e, "cannot publish an event");
+        }
     }
 
     /// Whether `hash` is what the object `key` holds already: its cached copy carries it, or

@@ -130,7 +130,7 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
         stable.spec.unwrap().selector.unwrap(),
         [("ferry.dev/inferenceservice".to_string(), "iris".to_string())].into()
     );
-    // Events name the decisions (published in the background: a moment after the status).
+    // Events name the decisions (published right after the status write).
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
     eventually(
         "RevisionCreated and events for Ready and LatestRevisionReady",
