@@ -55,22 +55,20 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
 
     let (routes_tx, routes_rx) = watch::channel(Arc::new(RouteTable::default()));
     let router = Router::new(routes_rx, RouterConfig::default());
-    let router_listener = tokio::net::TcpListener::bind(config.router_addr)
-        .await
+    // Thread per core, each with its own SO_REUSEPORT listener and upstream connections (the
+    // request path never crosses threads), like `ferry router` in a cluster.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let running_router = ferry_router::serve_threads(config.router_addr, router.clone(), threads)
         .map_err(|e| {
-            Error::io(
-                format!(
-                    "cannot listen for the router on {} (--router-addr)",
-                    config.router_addr
-                ),
-                e,
-            )
-        })?;
-    let router_addr = router_listener
-        .local_addr()
-        .map_err(|e| Error::io("router address", e))?;
-    let running_router = ferry_router::serve(router_listener, router.clone())
-        .map_err(|e| Error::io("cannot start the router", e))?;
+        Error::io(
+            format!(
+                "cannot listen for the router on {} (--router-addr)",
+                config.router_addr
+            ),
+            e,
+        )
+    })?;
+    let router_addr = running_router.addr;
 
     let changed = Arc::new(Notify::new());
     let supervisor = Supervisor::new(
