@@ -18,6 +18,10 @@ pub struct ServerArgs {
     /// Address of the gRPC listener.
     #[arg(long, default_value = "127.0.0.1:8001")]
     grpc_addr: std::net::SocketAddr,
+    /// Also serve REST on this Unix socket (`ferry up` gives its replicas one, so the router
+    /// skips the TCP stack); the file is replaced when stale and removed on exit.
+    #[arg(long, value_name = "PATH")]
+    http_unix: Option<std::path::PathBuf>,
     /// Largest accepted request body (REST) or message (gRPC), in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     max_body_bytes: usize,
@@ -27,8 +31,9 @@ pub struct ServerArgs {
     /// Seconds to let in-flight requests finish after SIGTERM before exiting anyway.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_seconds: u64,
-    /// Once both listeners are bound, write `{"http": ADDR, "grpc": ADDR}` to this file
-    /// (atomically), so a supervisor that asked for port 0 learns the ports.
+    /// Once the listeners are bound, write `{"http": ADDR, "grpc": ADDR}` (and `"unix": PATH`
+    /// with --http-unix) to this file (atomically), so a supervisor that asked for port 0
+    /// learns the ports.
     #[arg(long, value_name = "FILE")]
     addr_file: Option<std::path::PathBuf>,
     /// Exit with status 3 when a --model fails to load, quoting why on stderr (a container's
@@ -41,6 +46,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let mut config = ServerConfig {
         http_addr: args.http_addr,
         grpc_addr: args.grpc_addr,
+        http_unix: args.http_unix.clone(),
         max_body_bytes: args.max_body_bytes,
         ..ServerConfig::default()
     };
@@ -58,10 +64,14 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let names: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
     let server = ferry_server::start(config).await?;
     if let Some(path) = &args.addr_file {
-        let text = format!(
-            r#"{{"http":"{}","grpc":"{}"}}"#,
-            server.http_addr, server.grpc_addr
-        );
+        let mut addrs = serde_json::json!({
+            "http": server.http_addr.to_string(),
+            "grpc": server.grpc_addr.to_string(),
+        });
+        if let Some(unix) = &server.http_unix {
+            addrs["unix"] = unix.display().to_string().into();
+        }
+        let text = addrs.to_string();
         let partial = path.with_extension("partial");
         std::fs::write(&partial, text)
             .and_then(|()| std::fs::rename(&partial, path))

@@ -4,6 +4,7 @@
 #[path = "local/harness.rs"]
 mod harness;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use harness::*;
@@ -176,6 +177,11 @@ async fn a_killed_replica_costs_no_request_and_is_replaced() {
     let applied = daemon.apply(&manifest("iris", "iris-v1.onnx", 2), &["--wait"]);
     assert!(applied.status.success(), "{}", stderr(&applied));
     let before = replicas(&daemon, "iris").await;
+    // The router reaches each replica's REST over its Unix socket.
+    for replica in &before {
+        let socket = replica["unix"].as_str().expect("a replica socket");
+        assert!(Path::new(socket).exists(), "{socket}");
+    }
     let victim = before[0]["pid"].as_i64().unwrap() as i32;
     let victim_id = before[0]["id"].as_str().unwrap().to_string();
 
@@ -198,9 +204,13 @@ async fn a_killed_replica_costs_no_request_and_is_replaced() {
         Duration::from_secs(30),
         || async {
             let now = replicas(&daemon, "iris").await;
-            now.iter()
-                .any(|r| r["id"] == victim_id.as_str() && r["restarts"] == 1 && r["ready"] == true)
-                && now.iter().filter(|r| r["ready"] == true).count() == 2
+            now.iter().any(|r| {
+                // The relaunch replaced the socket file the killed process left.
+                r["id"] == victim_id.as_str()
+                    && r["restarts"] == 1
+                    && r["ready"] == true
+                    && r["unix"].as_str().is_some()
+            }) && now.iter().filter(|r| r["ready"] == true).count() == 2
         },
     )
     .await;
@@ -277,6 +287,11 @@ async fn a_daemon_killed_mid_rollout_finishes_it_after_restart() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["ferry-revision"], rev2.as_str());
     assert_eq!(pids_now.len(), 3);
+    // Adopted replicas keep their Unix sockets.
+    for replica in replicas(&daemon, "iris").await {
+        let socket = replica["unix"].as_str().expect("a replica socket");
+        assert!(Path::new(socket).exists(), "{socket}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,6 +432,15 @@ async fn quick_start_prints_a_curl_that_works_and_delete_cleans_up() {
         replica_pids(&daemon.dir).is_empty()
     })
     .await;
+    let sockets: Vec<_> = std::fs::read_dir(daemon.dir.join("run"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "sock"))
+        .collect();
+    assert!(
+        sockets.is_empty(),
+        "stopped replicas left sockets: {sockets:?}"
+    );
     let response = reqwest::Client::new()
         .post(format!("http://{}/v2/models/iris/infer", daemon.router))
         .json(&iris_request())

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,10 @@ pub struct Backend {
     pub id: String,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// A Unix socket serving the same REST as `http`, when the replica shares the router's
+    /// machine (local mode); the router prefers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<PathBuf>,
 }
 
 /// One revision's share of a service's traffic.
@@ -65,6 +70,9 @@ pub struct Endpoint {
     pub replica: ReplicaView,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// See [`Backend::unix`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<PathBuf>,
 }
 
 /// Everything the table needs to know about one service.
@@ -92,6 +100,7 @@ pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
                     id: endpoint.replica.id.clone(),
                     http: endpoint.http,
                     grpc: endpoint.grpc,
+                    unix: endpoint.unix.clone(),
                 });
         }
         let revisions = revisions
@@ -125,6 +134,7 @@ pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
 mod tests {
     use super::*;
     use crate::ReplicaHealth;
+    use std::path::Path;
 
     fn endpoint(
         id: &str,
@@ -142,6 +152,7 @@ mod tests {
             },
             http: SocketAddr::from(([127, 0, 0, 1], port)),
             grpc: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+            unix: (port == 9004).then(|| PathBuf::from("/run/c.sock")),
         }
     }
 
@@ -168,6 +179,12 @@ mod tests {
             .map(|r| r.backends.iter().map(|b| b.id.as_str()).collect())
             .collect();
         assert_eq!(ids, vec![vec!["a"], vec!["c", "d"]]);
+        let sockets: Vec<Option<&Path>> = route.revisions[1]
+            .backends
+            .iter()
+            .map(|b| b.unix.as_deref())
+            .collect();
+        assert_eq!(sockets, vec![Some(Path::new("/run/c.sock")), None]);
         let pct = route.traffic_percent();
         assert_eq!((pct["iris-1"], pct["iris-2"]), (33, 66));
         assert!(table.lookup("other", "iris").is_none());

@@ -240,6 +240,7 @@ async fn replicas(
                 "pid": o.and_then(|o| o.pid),
                 "http": o.and_then(|o| o.http).map(|a| a.to_string()),
                 "grpc": o.and_then(|o| o.grpc).map(|a| a.to_string()),
+                "unix": o.and_then(|o| o.unix.as_ref()).map(|p| p.display().to_string()),
                 "health": o.map(|o| serde_json::to_value(&o.health).unwrap_or_default()),
                 "ready": ready,
                 "restarts": o.map_or(0, |o| o.restarts),

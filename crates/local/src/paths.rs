@@ -61,6 +61,31 @@ impl StateDir {
     pub fn addr_file_of(&self, replica: &str) -> PathBuf {
         self.run().join(format!("{replica}.addr"))
     }
+    /// The Unix socket a replica serves REST on. A socket address holds 108 bytes with its
+    /// terminator: a state directory too deep for that gets a short directory under the
+    /// system's temporary directory, named by a hash of the state directory; `None` when even
+    /// that is too long (the router then calls the replica over TCP).
+    pub fn socket_of(&self, replica: &str) -> Option<PathBuf> {
+        let file = format!("{replica}.sock");
+        let fits = |path: &Path| path.as_os_str().len() < 108;
+        let in_run = self.run().join(&file);
+        if fits(&in_run) {
+            return Some(in_run);
+        }
+        // FNV-1a: stable across builds, so a restarted daemon finds its replicas' sockets.
+        let hash = self
+            .root
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        let short = std::env::temp_dir()
+            .join(format!("ferry-{hash:016x}"))
+            .join(file);
+        fits(&short).then_some(short)
+    }
 
     /// The control API token, created (mode 0600) on first use.
     pub fn ensure_token(&self) -> Result<String> {
@@ -96,4 +121,31 @@ pub fn write_private(path: &Path, text: &str) -> Result<()> {
     file.write_all(text.as_bytes())
         .and_then(|()| std::fs::rename(&partial, path))
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_sockets_fit_in_a_socket_address() {
+        let near = StateDir::new(Path::new("/tmp/ferry-state"));
+        assert_eq!(
+            near.socket_of("iris-abc123-x1y2z"),
+            Some(PathBuf::from("/tmp/ferry-state/run/iris-abc123-x1y2z.sock"))
+        );
+        let deep_root = format!("/tmp/{}", "d/".repeat(60));
+        let deep = StateDir::new(Path::new(&deep_root));
+        let socket = deep.socket_of("iris-abc123-x1y2z").unwrap();
+        assert!(socket.as_os_str().len() < 108, "{}", socket.display());
+        assert!(socket.starts_with(std::env::temp_dir()));
+        assert!(socket.ends_with("iris-abc123-x1y2z.sock"));
+        // The same state directory finds the same socket after a restart; another does not.
+        assert_eq!(
+            StateDir::new(Path::new(&deep_root)).socket_of("iris-abc123-x1y2z"),
+            Some(socket.clone())
+        );
+        let other = StateDir::new(Path::new(&format!("{deep_root}x")));
+        assert_ne!(other.socket_of("iris-abc123-x1y2z"), Some(socket));
+    }
 }

@@ -227,6 +227,7 @@ impl Reconciler {
                             },
                             http: o.http?,
                             grpc: o.grpc?,
+                            unix: o.unix.clone(),
                         })
                     })
                     .collect(),

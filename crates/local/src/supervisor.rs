@@ -60,6 +60,8 @@ pub struct Observed {
     pub health: ReplicaHealth,
     pub http: Option<SocketAddr>,
     pub grpc: Option<SocketAddr>,
+    /// The replica's REST Unix socket (the router's preferred way in).
+    pub unix: Option<PathBuf>,
     pub pid: Option<i32>,
     pub restarts: u32,
     pub last_exit: Option<String>,
@@ -126,6 +128,7 @@ impl Supervisor {
             health: ReplicaHealth::Starting { for_seconds: 0 },
             http: None,
             grpc: None,
+            unix: None,
             pid: None,
             restarts: 0,
             last_exit: None,
@@ -236,7 +239,7 @@ async fn replica_task(
     let mut adopted = adoptable(&ctx, &row);
     let mut restarts: u32 = 0;
     loop {
-        let (mut proc, http, grpc) = match adopted.take() {
+        let (mut proc, Listening { http, grpc, unix }) = match adopted.take() {
             Some(found) => {
                 tracing::info!(replica = %id, pid = found.0.pid(), "adopted a running replica");
                 found
@@ -262,6 +265,7 @@ async fn replica_task(
             o.health = ReplicaHealth::Starting { for_seconds: 0 };
             o.http = Some(http);
             o.grpc = Some(grpc);
+            o.unix = unix;
             o.pid = Some(proc.pid());
         });
         let mut failed_liveness = 0;
@@ -357,6 +361,7 @@ async fn crash_wait(
         o.last_exit = Some(reason);
         o.http = None;
         o.grpc = None;
+        o.unix = None;
         o.pid = None;
     });
     let factor = 2u32.saturating_pow(restarts.saturating_sub(1).min(16));
@@ -375,7 +380,7 @@ async fn crash_wait(
 /// process (pid + start time) and its addresses are known (from the store, or from the address
 /// file it wrote after the daemon died); a live process that cannot be adopted is killed, so a
 /// relaunch never leaves an orphan.
-fn adoptable(ctx: &Ctx, row: &ReplicaRow) -> Option<(Proc, SocketAddr, SocketAddr)> {
+fn adoptable(ctx: &Ctx, row: &ReplicaRow) -> Option<(Proc, Listening)> {
     let (pid, start_time) = (row.pid?, row.start_time?);
     if !process::alive(pid, start_time) {
         return None;
@@ -394,7 +399,12 @@ fn adoptable(ctx: &Ctx, row: &ReplicaRow) -> Option<(Proc, SocketAddr, SocketAdd
                 Some(start_time),
                 Some((&http.to_string(), &grpc.to_string())),
             );
-            Some((Proc::Adopted { pid, start_time }, http, grpc))
+            // It was started with a Unix socket when the file is there.
+            let unix = ctx.dirs.socket_of(&row.id).filter(|p| p.exists());
+            Some((
+                Proc::Adopted { pid, start_time },
+                Listening { http, grpc, unix },
+            ))
         }
         None => {
             tracing::warn!(replica = %row.id, pid, "a replica of the previous run never reported its addresses: killing it");
@@ -418,13 +428,20 @@ fn read_addr_file(path: &Path) -> Option<(SocketAddr, SocketAddr)> {
 }
 
 /// Start the replica's process; returns once it listens.
-async fn launch(
-    ctx: &Ctx,
-    id: &str,
-    spec: &ReplicaSpec,
-) -> Result<(Proc, SocketAddr, SocketAddr), String> {
+async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Listening), String> {
     let addr_file = ctx.dirs.addr_file_of(id);
     let _ = std::fs::remove_file(&addr_file);
+    let socket = ctx.dirs.socket_of(id).filter(|path| {
+        // The directory exists for sockets in the state directory; a short one is made here.
+        let Some(dir) = path.parent() else {
+            return false;
+        };
+        std::fs::create_dir_all(dir).is_ok() && {
+            use std::os::unix::fs::PermissionsExt;
+            dir.starts_with(&ctx.dirs.root)
+                || std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).is_ok()
+        }
+    });
     let mut args =
         ferry_core::render::server_args(&spec.model_name, &spec.model_uri, spec.compute_threads);
     args.extend([
@@ -437,6 +454,9 @@ async fn launch(
         "--shutdown-grace-seconds".to_string(),
         ctx.config.termination_grace.as_secs().max(1).to_string(),
     ]);
+    if let Some(socket) = &socket {
+        args.extend(["--http-unix".to_string(), socket.display().to_string()]);
+    }
     let env = [
         (ENV_STATE_DIR, ctx.dirs.root.display().to_string()),
         (ENV_REPLICA_ID, id.to_string()),
@@ -475,7 +495,11 @@ async fn launch(
                     Some((&http.to_string(), &grpc.to_string())),
                 )
                 .map_err(|e| e.to_string())?;
-            return Ok((Proc::Child(child, spawned.pid), http, grpc));
+            let unix = addrs["unix"].as_str().map(PathBuf::from);
+            return Ok((
+                Proc::Child(child, spawned.pid),
+                Listening { http, grpc, unix },
+            ));
         }
         if let Ok(Some(status)) = child.try_wait() {
             let last = process::last_lines(&log, 1).pop().unwrap_or_default();
@@ -488,6 +512,13 @@ async fn launch(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Where a running replica listens.
+struct Listening {
+    http: SocketAddr,
+    grpc: SocketAddr,
+    unix: Option<PathBuf>,
 }
 
 enum Probe {
@@ -544,6 +575,9 @@ async fn finish(ctx: &Ctx, id: &str, proc: Option<&mut Proc>) {
         }
     }
     let _ = std::fs::remove_file(ctx.dirs.addr_file_of(id));
+    if let Some(socket) = ctx.dirs.socket_of(id) {
+        let _ = std::fs::remove_file(socket);
+    }
     if let Err(e) = ctx.store.delete_replica(id) {
         tracing::error!(replica = %id, error = %e, "cannot forget a stopped replica");
     }

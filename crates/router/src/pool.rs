@@ -1,8 +1,10 @@
 //! Connections to one replica: a stack of idle HTTP/1.1 connections (REST) and one shared
 //! HTTP/2 connection (gRPC), each made with hyper's connection-level client. Requests are sent
-//! in origin form; no URI is parsed and no pool key hashed per request.
+//! in origin form; no URI is parsed and no pool key hashed per request. REST goes over the
+//! replica's Unix socket when it has one (local mode): the same bytes, without the TCP stack.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -34,15 +36,46 @@ pub struct SendError(pub String);
 /// Connections to one backend.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: Mutex<Vec<http1::SendRequest<Full<Bytes>>>>,
+    idle: Mutex<Vec<Http1>>,
     shared_h2: Mutex<Option<http2::SendRequest<Full<Bytes>>>>,
 }
 
 /// An HTTP/1.1 connection checked out of the pool; give it back with [`Pool::release`].
-pub struct Lease(http1::SendRequest<Full<Bytes>>);
+pub struct Lease(Http1);
 
 /// Idle connections kept per backend.
 const MAX_IDLE: usize = 256;
+
+/// An HTTP/1.1 connection over `io`, its connection task spawned.
+async fn handshake<T>(io: T, to: String) -> Result<Http1, SendError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(io)
+        .await
+        .map_err(|e| SendError(format!("handshake with {to}: {e}")))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+type Http1 = http1::SendRequest<Full<Bytes>>;
+
+async fn connect_http1(
+    addr: SocketAddr,
+    unix: Option<&Path>,
+    timeout: Duration,
+) -> Result<Http1, SendError> {
+    let Some(path) = unix else {
+        return handshake(connect(addr, timeout).await?, addr.to_string()).await;
+    };
+    let stream = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
+        .await
+        .map_err(|_| SendError(format!("connect to {} timed out", path.display())))?
+        .map_err(|e| SendError(format!("connect to {}: {e}", path.display())))?;
+    handshake(TokioIo::new(stream), path.display().to_string()).await
+}
 
 async fn connect(
     addr: SocketAddr,
@@ -57,12 +90,14 @@ async fn connect(
 }
 
 impl Pool {
-    /// Send an HTTP/1.1 request: on an idle connection when one is alive, else on a new one. A
-    /// reused connection that turns out closed (the replica dropped it while idle) is replaced
-    /// by a new connection once, as it never carried the request.
+    /// Send an HTTP/1.1 request: on an idle connection when one is alive, else on a new one
+    /// (to `unix` when given, else to `addr`). A reused connection that turns out closed (the
+    /// replica dropped it while idle) is replaced by a new connection once, as it never
+    /// carried the request.
     pub async fn send_http1(
         &self,
         addr: SocketAddr,
+        unix: Option<&Path>,
         timeout: Duration,
         request: impl Fn() -> Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
@@ -76,13 +111,7 @@ impl Pool {
                 Err(e) => return Err(SendError(error_chain(&e))),
             }
         }
-        let io = connect(addr, timeout).await?;
-        let (mut sender, connection) = http1::handshake(io)
-            .await
-            .map_err(|e| SendError(format!("handshake with {addr}: {e}")))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let mut sender = connect_http1(addr, unix, timeout).await?;
         let response = sender
             .send_request(request())
             .await
@@ -90,7 +119,7 @@ impl Pool {
         Ok((response, Lease(sender)))
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<Full<Bytes>>> {
+    fn take_idle(&self) -> Option<Http1> {
         self.idle.lock().expect("pool poisoned").pop()
     }
 

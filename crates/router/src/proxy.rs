@@ -248,7 +248,12 @@ impl Router {
             (response, None)
         } else {
             let (response, lease) = pool
-                .send_http1(backend.backend.http, timeout, || build(Version::HTTP_11))
+                .send_http1(
+                    backend.backend.http,
+                    backend.backend.unix.as_deref(),
+                    timeout,
+                    || build(Version::HTTP_11),
+                )
                 .await
                 .map_err(|e| upstream_error(e.0))?;
             (response, Some(lease))

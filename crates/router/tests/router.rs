@@ -58,6 +58,7 @@ fn endpoint(id: &str, revision: &str, http: SocketAddr, grpc: SocketAddr) -> End
         },
         http,
         grpc,
+        unix: None,
     }
 }
 
@@ -219,6 +220,65 @@ async fn routes_by_model_and_namespace_and_names_the_revision() {
     );
     assert_eq!(router.in_flight().outstanding("v1-a"), 0);
     running.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_goes_over_the_replica_unix_socket_when_it_has_one() {
+    let dir = std::env::temp_dir().join(format!("ferry-router-uds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("replica.sock");
+    // A stale file where the socket goes (a crashed run) is replaced.
+    std::fs::write(&socket, b"stale").unwrap();
+    let server = ferry_server::start(ServerConfig {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_unix: Some(socket.clone()),
+        models: vec![ModelConfig::new("iris", model_path("iris-v1.onnx"))],
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    // The TCP address given to the router is dead: only the socket can answer.
+    let mut only_unix = endpoint("uds", "iris-aaaaaa", dead_addr(), server.grpc_addr);
+    only_unix.unix = Some(socket.clone());
+    let (_tx, rx) = watch::channel(table("default", vec![only_unix]));
+    let running = serve(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Router::new(rx, RouterConfig::default()),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = client
+            .post(format!("http://{}/v2/models/iris/infer", running.addr))
+            .json(&iris_request())
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["model_name"], "iris");
+            break;
+        }
+        // 503 while the model loads; anything else is wrong.
+        assert_eq!(response.status(), 503, "{:?}", response.text().await);
+        assert!(Instant::now() < deadline, "never answered over the socket");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..20 {
+        let response = client
+            .post(format!("http://{}/v2/models/iris/infer", running.addr))
+            .json(&iris_request())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    server.shutdown();
+    server.wait().await.unwrap();
+    assert!(!socket.exists(), "the socket file is removed on shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -175,6 +175,9 @@ pub fn valid_name(name: &str) -> bool {
 pub struct ServerConfig {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// Also serve REST on this Unix socket (a co-located router skips the TCP stack); a stale
+    /// socket file at the path is replaced, and the file is removed on shutdown.
+    pub http_unix: Option<std::path::PathBuf>,
     pub models: Vec<ModelConfig>,
     /// Largest request body (REST) or message (gRPC); larger ones get 413 / RESOURCE_EXHAUSTED.
     pub max_body_bytes: usize,
@@ -187,6 +190,7 @@ impl Default for ServerConfig {
         Self {
             http_addr: ([127, 0, 0, 1], 8000).into(),
             grpc_addr: ([127, 0, 0, 1], 8001).into(),
+            http_unix: None,
             models: Vec::new(),
             max_body_bytes: 64 << 20,
             compute_threads: std::thread::available_parallelism()

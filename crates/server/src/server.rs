@@ -5,6 +5,7 @@
 //! requests in flight are answered before [`RunningServer::wait`] returns.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::serve::ListenerExt;
@@ -26,9 +27,12 @@ use crate::rest::{AppState, app};
 pub struct RunningServer {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// The Unix socket REST is also served on, when asked for.
+    pub http_unix: Option<PathBuf>,
     pub repo: Arc<Repository>,
     stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
+    unix: Option<JoinHandle<std::io::Result<()>>>,
     grpc: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
 }
 
@@ -62,6 +66,31 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let http_listener = http_listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let unix = match &config.http_unix {
+        Some(path) => {
+            // A socket file left by a crashed run refuses the bind.
+            let _ = std::fs::remove_file(path);
+            let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
+                Error::Internal(format!(
+                    "cannot listen for HTTP on the Unix socket {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let router = router.clone();
+            let mut unix_stop = stopped.clone();
+            let path = path.clone();
+            Some(tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = unix_stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+                let _ = std::fs::remove_file(&path);
+                served
+            }))
+        }
+        None => None,
+    };
     let mut http_stop = stopped.clone();
     let http = tokio::spawn(async move {
         axum::serve(http_listener, router)
@@ -86,7 +115,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             })
             .await
     });
-    info!(http = %http_addr, grpc = %grpc_addr, models = config.models.len(), "ferry server listening");
+    info!(http = %http_addr, grpc = %grpc_addr, unix = ?config.http_unix, models = config.models.len(), "ferry server listening");
 
     for model in config.models {
         let repo = repo.clone();
@@ -98,9 +127,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     Ok(RunningServer {
         http_addr,
         grpc_addr,
+        http_unix: config.http_unix,
         repo,
         stop,
         http,
+        unix,
         grpc,
     })
 }
@@ -113,11 +144,19 @@ impl RunningServer {
 
     /// Waits until both listeners have stopped and in-flight requests are answered.
     pub async fn wait(self) -> Result<()> {
-        let (http, grpc) = tokio::join!(self.http, self.grpc);
-        match http {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "HTTP server stopped with an error"),
-            Err(e) => warn!(error = %e, "HTTP server task failed"),
+        let unix = async {
+            match self.unix {
+                Some(unix) => Some(unix.await),
+                None => None,
+            }
+        };
+        let (http, unix, grpc) = tokio::join!(self.http, unix, self.grpc);
+        for http in std::iter::once(http).chain(unix) {
+            match http {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "HTTP server stopped with an error"),
+                Err(e) => warn!(error = %e, "HTTP server task failed"),
+            }
         }
         match grpc {
             Ok(Ok(())) => {}
