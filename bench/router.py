@@ -2,11 +2,13 @@
 """Router benchmark (called by bench/router.sh): what the router adds to a request.
 
 One `ferry up` runs one iris replica. wrk drives, in the same run and with the same script:
-  direct  - the replica itself (the floor),
-  ferry   - Ferry's router (inside the `ferry up` daemon) in front of that replica,
-  nginx   - nginx (Debian) as a keep-alive reverse proxy in front of the same replica.
+  direct      - the replica itself over TCP (the floor),
+  ferry       - Ferry's router (inside the `ferry up` daemon) in front of that replica; it calls
+                the replica on its Unix socket,
+  nginx       - nginx (Debian) as a keep-alive reverse proxy to the replica's TCP port,
+  nginx-unix  - the same nginx to the replica's Unix socket (like for like with Ferry).
 For each proxy: added p50 latency against direct at the same concurrency, and proxy CPU per
-request (utime+stime of the proxy's processes from /proc, divided by requests served).
+request (utime and stime of the proxy's processes from /proc, divided by requests served).
 Writes bench/ROUTER.md (between the RESULTS markers) and raw lines to bench/results/router.jsonl.
 """
 import argparse
@@ -28,14 +30,16 @@ CONCURRENCY = [1, 8, 64]
 
 
 def cpu_seconds(pids):
-    total = 0
+    """(user, system) CPU seconds of `pids`, all their threads."""
+    user = system = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])
+            system += int(fields[12])
         except (FileNotFoundError, ProcessLookupError):
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def children(pid):
@@ -65,6 +69,7 @@ def main():
     )
     router_addr = "127.0.0.1:18180"
     nginx_addr = "127.0.0.1:18181"
+    nginx_unix_addr = "127.0.0.1:18182"
     daemon = subprocess.Popen(
         [str(REL / "ferry"), "up", "--state-dir", str(state), "--router-addr", router_addr, "-f", str(manifest)],
         stdout=open(RESULTS / "router-daemon.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -73,20 +78,21 @@ def main():
     nginx = None
     try:
         deadline = time.time() + 60
-        replica = None
+        replica = socket = None
         while time.time() < deadline and replica is None:
             time.sleep(0.2)
             try:
                 items = api(state, "/v1/namespaces/default/inferenceservices/iris/replicas")["items"]
                 if items and items[0]["ready"]:
-                    replica = items[0]["http"]
+                    replica, socket = items[0]["http"], items[0]["unix"]
             except Exception:
                 pass
-        if replica is None:
-            raise RuntimeError("ferry up did not get a ready replica")
+        if replica is None or socket is None:
+            raise RuntimeError("ferry up did not get a ready replica with a Unix socket")
         conf = tmp / "nginx.conf"
         conf.write_text(f"""
 worker_processes auto;
+{"user root;" if os.geteuid() == 0 else ""}
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log;
 events {{ worker_connections 4096; }}
@@ -95,9 +101,14 @@ http {{
   client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
   fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
   upstream replica {{ server {replica}; keepalive 128; }}
+  upstream replica_unix {{ server unix:{socket}; keepalive 128; }}
   server {{
     listen {nginx_addr};
     location / {{ proxy_pass http://replica; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+  server {{
+    listen {nginx_unix_addr};
+    location / {{ proxy_pass http://replica_unix; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
 }}
 """)
@@ -110,6 +121,8 @@ http {{
             "direct": (f"http://{replica}/v2/models/iris/infer", lambda: []),
             "ferry": (f"http://{router_addr}/v2/models/iris/infer", lambda: [daemon.pid]),
             "nginx": (f"http://{nginx_addr}/v2/models/iris/infer", lambda: [nginx.pid] + children(nginx.pid)),
+            "nginx-unix": (f"http://{nginx_unix_addr}/v2/models/iris/infer",
+                           lambda: [nginx.pid] + children(nginx.pid)),
         }
         rows = []
         for c in CONCURRENCY:
@@ -117,9 +130,12 @@ http {{
                 wrk(url, body, c, 1)  # warm connections and caches
                 before = cpu_seconds(pids())
                 r = wrk(url, body, c, a.duration)
-                cpu = cpu_seconds(pids()) - before
+                after = cpu_seconds(pids())
                 requests = r["rps"] * a.duration
-                r.update(server=name, c=c, cpu_us_per_request=(cpu * 1e6 / requests) if pids() else None)
+                user, system = ((after[i] - before[i]) * 1e6 / requests for i in (0, 1))
+                if pids():
+                    r.update(cpu_us_per_request=user + system, user_us_per_request=user, sys_us_per_request=system)
+                r.update(server=name, c=c)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
         with open(RESULTS / "router.jsonl", "w") as f:
@@ -143,19 +159,28 @@ def write_report(rows, duration):
     def find(server, c):
         return next(r for r in rows if r["server"] == server and r["c"] == c)
 
+    proxies = [("ferry", "Ferry router"), ("nginx", "nginx → TCP"), ("nginx-unix", "nginx → unix")]
     lines = [
         f"wrk -t1, {duration} s per point, OIP v2 JSON iris request, one replica; same run, same machine.",
         "",
-        "| concurrency | direct req/s | Ferry router req/s | nginx req/s | Ferry / nginx throughput | p50 added: Ferry | p50 added: nginx | CPU per request: Ferry router | CPU per request: nginx | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| c | direct req/s | " + " | ".join(f"{label} req/s" for _, label in proxies)
+        + " | Ferry ÷ nginx → TCP | Ferry ÷ nginx → unix | "
+        + " | ".join(f"p50 added: {label}" for _, label in proxies) + " | "
+        + " | ".join(f"CPU/request (user+sys): {label}" for _, label in proxies) + " | errors |",
+        "|---" * (5 + 3 * len(proxies)) + "|",
     ]
     for c in CONCURRENCY:
-        d, f, n = find("direct", c), find("ferry", c), find("nginx", c)
-        errors = d["errors"] + f["errors"] + n["errors"]
+        d = find("direct", c)
+        rows_c = [find(name, c) for name, _ in proxies]
+        f, n, u = rows_c
+        errors = d["errors"] + sum(r["errors"] for r in rows_c)
         lines.append(
-            f"| {c} | {d['rps']:.0f} | {f['rps']:.0f} | {n['rps']:.0f} | {f['rps'] / n['rps']:.2f}x "
-            f"| {(f['p50'] - d['p50']) * 1000:.0f} µs | {(n['p50'] - d['p50']) * 1000:.0f} µs "
-            f"| {f['cpu_us_per_request']:.1f} µs | {n['cpu_us_per_request']:.1f} µs | {errors} |"
+            f"| {c} | {d['rps']:.0f} | " + " | ".join(f"{r['rps']:.0f}" for r in rows_c)
+            + f" | {f['rps'] / n['rps']:.2f}× | {f['rps'] / u['rps']:.2f}× | "
+            + " | ".join(f"{(r['p50'] - d['p50']) * 1000:.0f} µs" for r in rows_c) + " | "
+            + " | ".join(f"{r['cpu_us_per_request']:.1f} µs ({r['user_us_per_request']:.1f}+{r['sys_us_per_request']:.1f})"
+                         for r in rows_c)
+            + f" | {errors} |"
         )
     text = "\n".join(lines)
     report = ROOT / "bench" / "ROUTER.md"

@@ -270,9 +270,8 @@ impl Router {
         let data = collected.to_bytes();
         strip_hop_by_hop(&mut head.headers);
         head.version = Version::HTTP_11;
-        if let Ok(value) = HeaderValue::from_str(&revision.revision) {
-            head.headers
-                .insert(HeaderName::from_static(ferry_api::HEADER_REVISION), value);
+        if let Some(value) = &revision.header {
+            head.headers.insert(REVISION_HEADER, value.clone());
         }
         revision.latency.observe(started.elapsed().as_secs_f64());
         if head.status.is_success() {
@@ -300,20 +299,24 @@ fn labels(service: &ServiceState, revision: &RevisionState) -> RevisionLabels {
     }
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const REVISION_HEADER: HeaderName = HeaderName::from_static(ferry_api::HEADER_REVISION);
+
+/// Typed names, not strings: a `&str` key is parsed into a header name on every lookup.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, grpc: bool) {
+    to.reserve(from.len() + 1);
     for (name, value) in from {
-        if name == header::HOST || HOP_BY_HOP.contains(&name.as_str()) {
+        if name == header::HOST || HOP_BY_HOP.contains(name) {
             continue;
         }
         to.append(name.clone(), value.clone());
@@ -324,7 +327,7 @@ fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap, grpc: bool) {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }

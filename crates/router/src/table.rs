@@ -52,6 +52,8 @@ impl Drop for InFlightGuard {
 /// One revision with its backends and cached metric handles.
 pub struct RevisionState {
     pub revision: Arc<str>,
+    /// `revision` as the `ferry-revision` response header value, made once per table.
+    pub header: Option<http::HeaderValue>,
     pub weight: u32,
     pub backends: Vec<Arc<BackendState>>,
     pub ok: Counter,
@@ -193,6 +195,7 @@ impl InFlight {
                         };
                         RevisionState {
                             revision: Arc::from(r.revision.as_str()),
+                            header: http::HeaderValue::from_str(&r.revision).ok(),
                             weight: if r.backends.is_empty() { 0 } else { r.weight },
                             backends,
                             ok: metrics.ok_counter(&labels),

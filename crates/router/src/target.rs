@@ -78,10 +78,12 @@ pub fn namespace(headers: &HeaderMap) -> String {
             host
         }
     });
-    if host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('[') {
-        let labels: Vec<&str> = host.split('.').collect();
-        if labels.len() >= 3 && !labels[1].is_empty() {
-            return labels[1].to_string();
+    if !host.starts_with('[') && host.parse::<std::net::IpAddr>().is_err() {
+        let mut labels = host.split('.').skip(1);
+        if let (Some(second), Some(_)) = (labels.next(), labels.next())
+            && !second.is_empty()
+        {
+            return second.to_string();
         }
     }
     "default".to_string()
