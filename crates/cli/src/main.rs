@@ -143,12 +143,6 @@ struct UpArgs {
     files: Vec<PathBuf>,
 }
 
-/// mimalloc instead of glibc's allocator: the router's request path allocates and frees small
-/// buffers for every request, and glibc's malloc/free/consolidate were about a tenth of its
-/// user-space CPU under load (perf).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
