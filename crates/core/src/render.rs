@@ -22,6 +22,11 @@ use serde_json::{Value, json};
 /// Ports of Ferry's model server in a pod.
 pub const HTTP_PORT: u16 = 8080;
 pub const GRPC_PORT: u16 = 9000;
+/// The shared router's Service (`deploy/router.yaml`): each InferenceService's stable Service
+/// is a DNS alias of it.
+pub const ROUTER_SERVICE_HOST: &str = "ferry-router.ferry-system.svc.cluster.local";
+/// The router Service's port; REST and gRPC (h2c) share it.
+pub const ROUTER_PORT: u16 = 80;
 
 /// Choices the spec does not make.
 #[derive(Debug, Clone)]
@@ -258,12 +263,14 @@ pub fn render_service(isvc: &InferenceService, latest: &str) -> ServiceObjects {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata,
+        // The stable name (the status URL, Ingress and HTTPRoute backends) is an alias of the
+        // shared router, as KServe's top-level Service is of its gateway: traffic to it is split
+        // by revision, drained and labelled by the router, never sent to pods around it. No
+        // selector, so no Endpoints to maintain, and no cluster IP to allocate.
         "spec": {
-            "selector": {LABEL_SERVICE: name},
-            "ports": [
-                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
-            ]
+            "type": "ExternalName",
+            "externalName": ROUTER_SERVICE_HOST,
+            "ports": [{"name": "http", "port": ROUTER_PORT, "protocol": "TCP"}]
         }
     }))
     .expect("the rendered Service matches its type");
@@ -323,7 +330,7 @@ pub fn render_service(isvc: &InferenceService, latest: &str) -> ServiceObjects {
                     "spec": {
                         "parentRefs": [parent],
                         "hostnames": [spec.host],
-                        "rules": [{"backendRefs": [{"name": name, "port": HTTP_PORT}]}]
+                        "rules": [{"backendRefs": [{"name": name, "port": ROUTER_PORT}]}]
                     }
                 }));
             }
@@ -461,6 +468,17 @@ mod tests {
     }
 
     #[test]
+    fn the_router_alias_names_the_router_that_deploy_installs() {
+        let deploy = include_str!("../../../deploy/router.yaml");
+        let service = &deploy[deploy.find("\nkind: Service\n").expect("a router Service")..];
+        let (name, rest) = ROUTER_SERVICE_HOST.split_once('.').unwrap();
+        let namespace = rest.split('.').next().unwrap();
+        assert!(service.contains(&format!("  name: {name}\n")), "{service}");
+        assert!(service.contains(&format!("  namespace: {namespace}\n")));
+        assert!(service.contains(&format!("port: {ROUTER_PORT},")));
+    }
+
+    #[test]
     fn service_wide_objects_follow_the_spec() {
         let plain = render_service(&isvc(""), "iris-abc123");
         assert!(
@@ -468,10 +486,10 @@ mod tests {
         );
         let s = serde_json::to_value(&plain.service).unwrap();
         assert_eq!(s["metadata"]["name"], "iris");
-        assert_eq!(
-            s["spec"]["selector"],
-            json!({"ferry.dev/inferenceservice": "iris"})
-        );
+        assert_eq!(s["spec"]["type"], "ExternalName");
+        assert_eq!(s["spec"]["externalName"], ROUTER_SERVICE_HOST);
+        assert!(s["spec"].get("selector").is_none(), "{s}");
+        assert_eq!(s["spec"]["ports"][0]["port"], ROUTER_PORT);
         assert!(s["metadata"]["labels"].get("ferry.dev/revision").is_none());
 
         let scaled = render_service(

@@ -823,9 +823,15 @@ async fn apply_service_objects(
         EXTRAS.to_string(),
         extras.into_iter().collect::<Vec<_>>().join(","),
     );
-    Api::<Service>::namespaced(client.clone(), &namespace)
-        .patch(&name, params, &Patch::Apply(&objects.service))
-        .await?;
+    // A stable Service from before it was an alias of the router has a cluster IP, which an
+    // update cannot drop: recreated.
+    apply_recreating(
+        &Api::<Service>::namespaced(client.clone(), &namespace),
+        &name,
+        &objects.service,
+        params,
+    )
+    .await?;
     shared.remember(key, hash);
     Ok(condition)
 }

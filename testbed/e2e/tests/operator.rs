@@ -126,10 +126,14 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
         .get("iris")
         .await
         .expect("the stable Service of the status URL");
+    // An alias of the shared router: traffic to the status URL goes through it.
+    let stable = stable.spec.unwrap();
+    assert_eq!(stable.type_.as_deref(), Some("ExternalName"));
     assert_eq!(
-        stable.spec.unwrap().selector.unwrap(),
-        [("ferry.dev/inferenceservice".to_string(), "iris".to_string())].into()
+        stable.external_name.as_deref(),
+        Some("ferry-router.ferry-system.svc.cluster.local")
     );
+    assert!(stable.selector.is_none());
     // Events name the decisions (published right after the status write).
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
     eventually(
