@@ -23,9 +23,15 @@ fn model_path(file: &str) -> PathBuf {
 }
 
 async fn replica(file: &str) -> RunningServer {
+    replica_with_socket(file, None).await
+}
+
+/// A replica serving `file`, ready; REST also on the Unix socket `unix` when given.
+async fn replica_with_socket(file: &str, unix: Option<PathBuf>) -> RunningServer {
     let server = ferry_server::start(ServerConfig {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_unix: unix,
         models: vec![ModelConfig::new("iris", model_path(file))],
         ..ServerConfig::default()
     })
@@ -73,6 +79,31 @@ fn table(namespace: &str, endpoints: Vec<Endpoint>) -> Arc<RouteTable> {
 
 fn iris_request() -> Value {
     json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]})
+}
+
+/// The router on a loopback port over the table `endpoints` make; keep the sender alive.
+fn router_over(
+    endpoints: Vec<Endpoint>,
+) -> (watch::Sender<Arc<RouteTable>>, ferry_router::RunningRouter) {
+    let (tx, rx) = watch::channel(table("default", endpoints));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let running = serve(
+        tokio::net::TcpListener::from_std(listener).unwrap(),
+        Router::new(rx, RouterConfig::default()),
+    )
+    .unwrap();
+    (tx, running)
+}
+
+/// POST the iris request to `/v2/models/iris/infer` at `addr`.
+async fn infer(client: &reqwest::Client, addr: SocketAddr) -> reqwest::Response {
+    client
+        .post(format!("http://{addr}/v2/models/iris/infer"))
+        .json(&iris_request())
+        .send()
+        .await
+        .unwrap()
 }
 
 /// A loopback port with nothing listening (bound, then released).
@@ -229,51 +260,17 @@ async fn rest_goes_over_the_replica_unix_socket_when_it_has_one() {
     let socket = dir.join("replica.sock");
     // A stale file where the socket goes (a crashed run) is replaced.
     std::fs::write(&socket, b"stale").unwrap();
-    let server = ferry_server::start(ServerConfig {
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        http_unix: Some(socket.clone()),
-        models: vec![ModelConfig::new("iris", model_path("iris-v1.onnx"))],
-        ..ServerConfig::default()
-    })
-    .await
-    .unwrap();
+    let server = replica_with_socket("iris-v1.onnx", Some(socket.clone())).await;
     // The TCP address given to the router is dead: only the socket can answer.
     let mut only_unix = endpoint("uds", "iris-aaaaaa", dead_addr(), server.grpc_addr);
     only_unix.unix = Some(socket.clone());
-    let (_tx, rx) = watch::channel(table("default", vec![only_unix]));
-    let running = serve(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        Router::new(rx, RouterConfig::default()),
-    )
-    .unwrap();
+    let (_tx, running) = router_over(vec![only_unix]);
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let response = client
-            .post(format!("http://{}/v2/models/iris/infer", running.addr))
-            .json(&iris_request())
-            .send()
-            .await
-            .unwrap();
-        if response.status() == 200 {
-            let body: Value = response.json().await.unwrap();
-            assert_eq!(body["model_name"], "iris");
-            break;
-        }
-        // 503 while the model loads; anything else is wrong.
-        assert_eq!(response.status(), 503, "{:?}", response.text().await);
-        assert!(Instant::now() < deadline, "never answered over the socket");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     for _ in 0..20 {
-        let response = client
-            .post(format!("http://{}/v2/models/iris/infer", running.addr))
-            .json(&iris_request())
-            .send()
-            .await
-            .unwrap();
+        let response = infer(&client, running.addr).await;
         assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["model_name"], "iris");
     }
     server.shutdown();
     server.wait().await.unwrap();
@@ -285,27 +282,13 @@ async fn rest_goes_over_the_replica_unix_socket_when_it_has_one() {
 async fn a_dead_replica_is_retried_on_another() {
     let live = replica("iris-v1.onnx").await;
     let dead = dead_addr();
-    let (_tx, rx) = watch::channel(table(
-        "default",
-        vec![
-            endpoint("dead", "iris-aaaaaa", dead, dead),
-            endpoint("live", "iris-aaaaaa", live.http_addr, live.grpc_addr),
-        ],
-    ));
-    let running = serve(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        Router::new(rx, RouterConfig::default()),
-    )
-    .unwrap();
+    let (_tx, running) = router_over(vec![
+        endpoint("dead", "iris-aaaaaa", dead, dead),
+        endpoint("live", "iris-aaaaaa", live.http_addr, live.grpc_addr),
+    ]);
     let client = reqwest::Client::new();
     for _ in 0..50 {
-        let response = client
-            .post(format!("http://{}/v2/models/iris/infer", running.addr))
-            .json(&iris_request())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        assert_eq!(infer(&client, running.addr).await.status(), 200);
     }
     let metrics = client
         .get(format!("http://{}/metrics", running.addr))
