@@ -468,6 +468,17 @@ pub fn serve_threads(
         socket.bind(at)?;
         Ok(socket)
     };
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let these sockets share a port another router of the same user
+        // already listens on (two daemons splitting traffic, silently): a plain bind fails then.
+        let probe = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        probe.set_reuseaddr(true)?;
+        probe.bind(addr)?;
+    }
     let first = socket(addr)?;
     let bound = first.local_addr()?;
     let mut sockets = vec![first];
@@ -476,24 +487,29 @@ pub fn serve_threads(
     }
     let (stop, stop_rx) = watch::channel(false);
     let mut done = Vec::new();
-    for (index, socket) in sockets.into_iter().enumerate() {
+    // Listening before any thread starts: a failure leaves nothing running, and the port is
+    // taken (for the check above) once this returns.
+    let mut listening = Vec::with_capacity(sockets.len());
+    for socket in sockets {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _context = runtime.enter();
+            socket.listen(4096)?
+        };
+        listening.push((runtime, listener));
+    }
+    for (index, (runtime, listener)) in listening.into_iter().enumerate() {
         let router = router.clone();
         let stop_rx = stop_rx.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         done.push(done_rx);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         std::thread::Builder::new()
             .name(format!("ferry-router-{index}"))
             .spawn(move || {
                 crate::pool::set_worker(index);
-                runtime.block_on(async move {
-                    match socket.listen(4096) {
-                        Ok(listener) => accept_loop(listener, router, stop_rx).await,
-                        Err(e) => tracing::error!(error = %e, "router listener failed"),
-                    }
-                });
+                runtime.block_on(accept_loop(listener, router, stop_rx));
                 let _ = done_tx.send(());
             })?;
     }

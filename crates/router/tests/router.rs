@@ -106,6 +106,25 @@ async fn infer(client: &reqwest::Client, addr: SocketAddr) -> reqwest::Response 
         .unwrap()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_is_refused_even_by_thread_per_core_serving() {
+    let (_tx, rx) = watch::channel(table("default", vec![]));
+    let router = Router::new(rx, RouterConfig::default());
+    let first =
+        ferry_router::serve_threads("127.0.0.1:0".parse().unwrap(), router.clone(), 2).unwrap();
+    // Its SO_REUSEPORT sockets must not let a second router share the port.
+    let second = ferry_router::serve_threads(first.addr, router.clone(), 2);
+    assert_eq!(
+        second.err().map(|e| e.kind()),
+        Some(std::io::ErrorKind::AddrInUse)
+    );
+    // Nor may anything else listening there.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = other.local_addr().unwrap();
+    assert!(ferry_router::serve_threads(taken, router, 2).is_err());
+    first.shutdown(Duration::from_secs(1)).await;
+}
+
 /// A loopback port with nothing listening (bound, then released).
 fn dead_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
