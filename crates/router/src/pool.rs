@@ -67,14 +67,22 @@ async fn connect_http1(
     unix: Option<&Path>,
     timeout: Duration,
 ) -> Result<Http1, SendError> {
-    let Some(path) = unix else {
-        return handshake(connect(addr, timeout).await?, addr.to_string()).await;
-    };
-    let stream = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
-        .await
-        .map_err(|_| SendError(format!("connect to {} timed out", path.display())))?
-        .map_err(|e| SendError(format!("connect to {}: {e}", path.display())))?;
-    handshake(TokioIo::new(stream), path.display().to_string()).await
+    if let Some(path) = unix {
+        match tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path)).await {
+            Ok(Ok(stream)) => {
+                return handshake(TokioIo::new(stream), path.display().to_string()).await;
+            }
+            // The replica serves the same on TCP: a socket file gone (removed by hand, a
+            // cleaned temporary directory) costs speed, not requests.
+            Ok(Err(e)) => {
+                tracing::debug!(socket = %path.display(), error = %e, "Unix socket refused: TCP instead")
+            }
+            Err(_) => {
+                tracing::debug!(socket = %path.display(), "Unix socket timed out: TCP instead")
+            }
+        }
+    }
+    handshake(connect(addr, timeout).await?, addr.to_string()).await
 }
 
 async fn connect(

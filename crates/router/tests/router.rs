@@ -291,6 +291,13 @@ async fn rest_goes_over_the_replica_unix_socket_when_it_has_one() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["model_name"], "iris");
     }
+    // A socket file that is gone: the replica's TCP address answers instead, no error.
+    let mut gone = endpoint("gone", "iris-aaaaaa", server.http_addr, server.grpc_addr);
+    gone.unix = Some(dir.join("gone.sock"));
+    let (_tx2, fallback) = router_over(vec![gone]);
+    for _ in 0..5 {
+        assert_eq!(infer(&client, fallback.addr).await.status(), 200);
+    }
     server.shutdown();
     server.wait().await.unwrap();
     assert!(!socket.exists(), "the socket file is removed on shutdown");
