@@ -113,6 +113,34 @@ async fn placement_autoscaling_ingress_and_crashes_follow_the_spec() {
         },
     )
     .await;
+    // The same for the stable Service: one from before it was an alias of the router (a
+    // selector over the predictor pods and a cluster IP) becomes the alias.
+    let stable = |s: &Service| {
+        let spec = s.spec.as_ref()?;
+        (spec.type_.as_deref() == Some("ExternalName")
+            && spec.external_name.as_deref() == Some("ferry-router.ferry-system.svc.cluster.local")
+            && spec.selector.is_none())
+        .then_some(())
+    };
+    assert!(stable(&services.get("h100").await.unwrap()).is_some());
+    services.delete("h100", &Default::default()).await.unwrap();
+    let old_stable: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "h100", "labels": {"app.kubernetes.io/managed-by": "ferry", "ferry.dev/inferenceservice": "h100"}},
+        "spec": {
+            "selector": {"ferry.dev/inferenceservice": "h100"},
+            "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]
+        }
+    }))
+    .unwrap();
+    eventually(
+        "the old-style stable Service is created",
+        Duration::from_secs(30),
+        || {
+            let (services, old) = (services.clone(), old_stable.clone());
+            async move { services.create(&Default::default(), &old).await.ok() }
+        },
+    )
+    .await;
 
     // An autoscaler and an Ingress when the spec asks.
     apply_in(
@@ -307,7 +335,8 @@ async fn placement_autoscaling_ingress_and_crashes_follow_the_spec() {
             let (services, revision) = (services.clone(), h100_revision.clone());
             async move {
                 let service = services.get(&revision).await.ok()?;
-                (headless(&service).as_deref() == Some("None")).then_some(())
+                (headless(&service).as_deref() == Some("None")).then_some(())?;
+                stable(&services.get("h100").await.ok()?)
             }
         },
     )
