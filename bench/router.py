@@ -84,7 +84,7 @@ def main():
             try:
                 items = api(state, "/v1/namespaces/default/inferenceservices/iris/replicas")["items"]
                 if items and items[0]["ready"]:
-                    replica, socket = items[0]["http"], items[0]["unix"]
+                    replica, socket = items[0]["http"], items[0]["httpUnix"]
             except Exception:
                 pass
         if replica is None or socket is None:

@@ -22,6 +22,9 @@ pub struct ServerArgs {
     /// skips the TCP stack); the file is replaced when stale and removed on exit.
     #[arg(long, value_name = "PATH")]
     http_unix: Option<std::path::PathBuf>,
+    /// Also serve gRPC on this Unix socket, as --http-unix does REST.
+    #[arg(long, value_name = "PATH")]
+    grpc_unix: Option<std::path::PathBuf>,
     /// Largest accepted request body (REST) or message (gRPC), in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     max_body_bytes: usize,
@@ -31,9 +34,9 @@ pub struct ServerArgs {
     /// Seconds to let in-flight requests finish after SIGTERM before exiting anyway.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_seconds: u64,
-    /// Once the listeners are bound, write `{"http": ADDR, "grpc": ADDR}` (and `"unix": PATH`
-    /// with --http-unix) to this file (atomically), so a supervisor that asked for port 0
-    /// learns the ports.
+    /// Once the listeners are bound, write `{"http": ADDR, "grpc": ADDR}` (and `"http_unix"`,
+    /// `"grpc_unix"`: PATH with --http-unix, --grpc-unix) to this file (atomically), so a
+    /// supervisor that asked for port 0 learns the ports.
     #[arg(long, value_name = "FILE")]
     addr_file: Option<std::path::PathBuf>,
     /// Exit with status 3 when a --model fails to load, quoting why on stderr (a container's
@@ -47,6 +50,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         http_addr: args.http_addr,
         grpc_addr: args.grpc_addr,
         http_unix: args.http_unix.clone(),
+        grpc_unix: args.grpc_unix.clone(),
         max_body_bytes: args.max_body_bytes,
         ..ServerConfig::default()
     };
@@ -69,7 +73,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
             "grpc": server.grpc_addr.to_string(),
         });
         if let Some(unix) = &server.http_unix {
-            addrs["unix"] = unix.display().to_string().into();
+            addrs["http_unix"] = unix.display().to_string().into();
+        }
+        if let Some(unix) = &server.grpc_unix {
+            addrs["grpc_unix"] = unix.display().to_string().into();
         }
         let text = addrs.to_string();
         let partial = path.with_extension("partial");

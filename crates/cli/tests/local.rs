@@ -179,8 +179,10 @@ async fn a_killed_replica_costs_no_request_and_is_replaced() {
     let before = replicas(&daemon, "iris").await;
     // The router reaches each replica's REST over its Unix socket.
     for replica in &before {
-        let socket = replica["unix"].as_str().expect("a replica socket");
-        assert!(Path::new(socket).exists(), "{socket}");
+        for key in ["httpUnix", "grpcUnix"] {
+            let socket = replica[key].as_str().expect("a replica socket");
+            assert!(Path::new(socket).exists(), "{socket}");
+        }
     }
     let victim = before[0]["pid"].as_i64().unwrap() as i32;
     let victim_id = before[0]["id"].as_str().unwrap().to_string();
@@ -209,7 +211,8 @@ async fn a_killed_replica_costs_no_request_and_is_replaced() {
                 r["id"] == victim_id.as_str()
                     && r["restarts"] == 1
                     && r["ready"] == true
-                    && r["unix"].as_str().is_some()
+                    && r["httpUnix"].as_str().is_some()
+                    && r["grpcUnix"].as_str().is_some()
             }) && now.iter().filter(|r| r["ready"] == true).count() == 2
         },
     )
@@ -289,8 +292,10 @@ async fn a_daemon_killed_mid_rollout_finishes_it_after_restart() {
     assert_eq!(pids_now.len(), 3);
     // Adopted replicas keep their Unix sockets.
     for replica in replicas(&daemon, "iris").await {
-        let socket = replica["unix"].as_str().expect("a replica socket");
-        assert!(Path::new(socket).exists(), "{socket}");
+        for key in ["httpUnix", "grpcUnix"] {
+            let socket = replica[key].as_str().expect("a replica socket");
+            assert!(Path::new(socket).exists(), "{socket}");
+        }
     }
 }
 
@@ -425,6 +430,32 @@ async fn quick_start_prints_a_curl_that_works_and_delete_cleans_up() {
     assert!(table.contains("True") && table.contains("2/2"), "{table}");
     let logs = stdout(&daemon.ferry(&["logs", "iris"]));
     assert!(logs.contains("iris-"), "{logs}");
+
+    // OIP gRPC through the router too (to the replicas' gRPC Unix sockets).
+    use ferry_server::grpc::GrpcInferenceServiceClient;
+    use ferry_server::grpc::pb::{ModelInferRequest, model_infer_request::InferInputTensor};
+    let mut grpc = GrpcInferenceServiceClient::connect(format!("http://{}", daemon.router))
+        .await
+        .unwrap();
+    let answer = grpc
+        .model_infer(ModelInferRequest {
+            model_name: "iris".into(),
+            inputs: vec![InferInputTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, 4],
+                contents: Some(ferry_server::grpc::pb::InferTensorContents {
+                    fp32_contents: vec![5.1, 3.5, 1.4, 0.2],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(answer.metadata().get("ferry-revision").is_some());
+    assert_eq!(answer.into_inner().model_name, "iris");
 
     let deleted = daemon.ferry(&["delete", "isvc", "iris"]);
     assert!(deleted.status.success(), "{}", stderr(&deleted));

@@ -18,7 +18,10 @@ pub struct Backend {
     /// A Unix socket serving the same REST as `http`, when the replica shares the router's
     /// machine (local mode); the router prefers it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unix: Option<PathBuf>,
+    pub http_unix: Option<PathBuf>,
+    /// The same for gRPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_unix: Option<PathBuf>,
 }
 
 /// One revision's share of a service's traffic.
@@ -70,9 +73,12 @@ pub struct Endpoint {
     pub replica: ReplicaView,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
-    /// See [`Backend::unix`].
+    /// See [`Backend::http_unix`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unix: Option<PathBuf>,
+    pub http_unix: Option<PathBuf>,
+    /// See [`Backend::grpc_unix`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_unix: Option<PathBuf>,
 }
 
 /// Everything the table needs to know about one service.
@@ -100,7 +106,8 @@ pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
                     id: endpoint.replica.id.clone(),
                     http: endpoint.http,
                     grpc: endpoint.grpc,
-                    unix: endpoint.unix.clone(),
+                    http_unix: endpoint.http_unix.clone(),
+                    grpc_unix: endpoint.grpc_unix.clone(),
                 });
         }
         let revisions = revisions
@@ -152,7 +159,8 @@ mod tests {
             },
             http: SocketAddr::from(([127, 0, 0, 1], port)),
             grpc: SocketAddr::from(([127, 0, 0, 1], port + 1)),
-            unix: (port == 9004).then(|| PathBuf::from("/run/c.sock")),
+            http_unix: (port == 9004).then(|| PathBuf::from("/run/c.http.sock")),
+            grpc_unix: (port == 9004).then(|| PathBuf::from("/run/c.grpc.sock")),
         }
     }
 
@@ -182,9 +190,13 @@ mod tests {
         let sockets: Vec<Option<&Path>> = route.revisions[1]
             .backends
             .iter()
-            .map(|b| b.unix.as_deref())
+            .map(|b| b.grpc_unix.as_deref())
             .collect();
-        assert_eq!(sockets, vec![Some(Path::new("/run/c.sock")), None]);
+        assert_eq!(sockets, vec![Some(Path::new("/run/c.grpc.sock")), None]);
+        assert_eq!(
+            route.revisions[1].backends[0].http_unix.as_deref(),
+            Some(Path::new("/run/c.http.sock"))
+        );
         let pct = route.traffic_percent();
         assert_eq!((pct["iris-1"], pct["iris-2"]), (33, 66));
         assert!(table.lookup("other", "iris").is_none());

@@ -416,7 +416,8 @@ mod tests {
                     replica: r.clone(),
                     http: ([127, 0, 0, 1], 9000 + i as u16).into(),
                     grpc: ([127, 0, 0, 1], 9100 + i as u16).into(),
-                    unix: None,
+                    http_unix: None,
+                    grpc_unix: None,
                 })
                 .collect(),
         };

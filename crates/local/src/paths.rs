@@ -24,6 +24,13 @@ pub struct StateDir {
     pub root: PathBuf,
 }
 
+/// Which of a replica's listeners a Unix socket serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Grpc,
+}
+
 impl StateDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         StateDir { root: root.into() }
@@ -61,12 +68,15 @@ impl StateDir {
     pub fn addr_file_of(&self, replica: &str) -> PathBuf {
         self.run().join(format!("{replica}.addr"))
     }
-    /// The Unix socket a replica serves REST on. A socket address holds 108 bytes with its
-    /// terminator: a state directory too deep for that gets a short directory under the
-    /// system's temporary directory, named by a hash of the state directory; `None` when even
-    /// that is too long (the router then calls the replica over TCP).
-    pub fn socket_of(&self, replica: &str) -> Option<PathBuf> {
-        let file = format!("{replica}.sock");
+    /// The Unix socket a replica serves REST or gRPC on. A socket address holds 108 bytes
+    /// with its terminator: a state directory too deep for that gets a short directory under
+    /// the system's temporary directory, named by a hash of the state directory; `None` when
+    /// even that is too long (the router then calls the replica over TCP).
+    pub fn socket_of(&self, replica: &str, protocol: Protocol) -> Option<PathBuf> {
+        let file = match protocol {
+            Protocol::Http => format!("{replica}.http.sock"),
+            Protocol::Grpc => format!("{replica}.grpc.sock"),
+        };
         let fits = |path: &Path| path.as_os_str().len() < 108;
         let in_run = self.run().join(&file);
         if fits(&in_run) {
@@ -131,21 +141,26 @@ mod tests {
     fn replica_sockets_fit_in_a_socket_address() {
         let near = StateDir::new(Path::new("/tmp/ferry-state"));
         assert_eq!(
-            near.socket_of("iris-abc123-x1y2z"),
-            Some(PathBuf::from("/tmp/ferry-state/run/iris-abc123-x1y2z.sock"))
+            near.socket_of("iris-abc123-x1y2z", Protocol::Http),
+            Some(PathBuf::from(
+                "/tmp/ferry-state/run/iris-abc123-x1y2z.http.sock"
+            ))
         );
         let deep_root = format!("/tmp/{}", "d/".repeat(60));
         let deep = StateDir::new(Path::new(&deep_root));
-        let socket = deep.socket_of("iris-abc123-x1y2z").unwrap();
+        let socket = deep.socket_of("iris-abc123-x1y2z", Protocol::Grpc).unwrap();
         assert!(socket.as_os_str().len() < 108, "{}", socket.display());
         assert!(socket.starts_with(std::env::temp_dir()));
-        assert!(socket.ends_with("iris-abc123-x1y2z.sock"));
+        assert!(socket.ends_with("iris-abc123-x1y2z.grpc.sock"));
         // The same state directory finds the same socket after a restart; another does not.
         assert_eq!(
-            StateDir::new(Path::new(&deep_root)).socket_of("iris-abc123-x1y2z"),
+            StateDir::new(Path::new(&deep_root)).socket_of("iris-abc123-x1y2z", Protocol::Grpc),
             Some(socket.clone())
         );
         let other = StateDir::new(Path::new(&format!("{deep_root}x")));
-        assert_ne!(other.socket_of("iris-abc123-x1y2z"), Some(socket));
+        assert_ne!(
+            other.socket_of("iris-abc123-x1y2z", Protocol::Grpc),
+            Some(socket)
+        );
     }
 }

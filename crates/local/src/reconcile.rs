@@ -227,7 +227,8 @@ impl Reconciler {
                             },
                             http: o.http?,
                             grpc: o.grpc?,
-                            unix: o.unix.clone(),
+                            http_unix: o.http_unix.clone(),
+                            grpc_unix: o.grpc_unix.clone(),
                         })
                     })
                     .collect(),

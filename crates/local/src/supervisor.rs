@@ -13,7 +13,7 @@ use ferry_router::InFlight;
 use nix::sys::signal::Signal;
 use tokio::sync::{Notify, watch};
 
-use crate::paths::StateDir;
+use crate::paths::{Protocol, StateDir};
 use crate::process::{self, ENV_REPLICA_ID, ENV_STATE_DIR};
 use crate::store::{ReplicaRow, Store};
 
@@ -60,8 +60,9 @@ pub struct Observed {
     pub health: ReplicaHealth,
     pub http: Option<SocketAddr>,
     pub grpc: Option<SocketAddr>,
-    /// The replica's REST Unix socket (the router's preferred way in).
-    pub unix: Option<PathBuf>,
+    /// The replica's REST and gRPC Unix sockets (the router's preferred ways in).
+    pub http_unix: Option<PathBuf>,
+    pub grpc_unix: Option<PathBuf>,
     pub pid: Option<i32>,
     pub restarts: u32,
     pub last_exit: Option<String>,
@@ -128,7 +129,8 @@ impl Supervisor {
             health: ReplicaHealth::Starting { for_seconds: 0 },
             http: None,
             grpc: None,
-            unix: None,
+            http_unix: None,
+            grpc_unix: None,
             pid: None,
             restarts: 0,
             last_exit: None,
@@ -239,7 +241,7 @@ async fn replica_task(
     let mut adopted = adoptable(&ctx, &row);
     let mut restarts: u32 = 0;
     loop {
-        let (mut proc, Listening { http, grpc, unix }) = match adopted.take() {
+        let (mut proc, listening) = match adopted.take() {
             Some(found) => {
                 tracing::info!(replica = %id, pid = found.0.pid(), "adopted a running replica");
                 found
@@ -263,9 +265,10 @@ async fn replica_task(
         let started = Instant::now();
         set(&observed, &ctx.changed, |o| {
             o.health = ReplicaHealth::Starting { for_seconds: 0 };
-            o.http = Some(http);
-            o.grpc = Some(grpc);
-            o.unix = unix;
+            o.http = Some(listening.http);
+            o.grpc = Some(listening.grpc);
+            o.http_unix = listening.http_unix.clone();
+            o.grpc_unix = listening.grpc_unix.clone();
             o.pid = Some(proc.pid());
         });
         let mut failed_liveness = 0;
@@ -286,7 +289,7 @@ async fn replica_task(
                 return;
             }
             let seconds = started.elapsed().as_secs();
-            match probe(&ctx.http, http, &spec.model_name).await {
+            match probe(&ctx.http, listening.http, &spec.model_name).await {
                 Probe::Ready => {
                     failed_liveness = 0;
                     if ready_since.is_none() {
@@ -361,7 +364,8 @@ async fn crash_wait(
         o.last_exit = Some(reason);
         o.http = None;
         o.grpc = None;
-        o.unix = None;
+        o.http_unix = None;
+        o.grpc_unix = None;
         o.pid = None;
     });
     let factor = 2u32.saturating_pow(restarts.saturating_sub(1).min(16));
@@ -399,11 +403,16 @@ fn adoptable(ctx: &Ctx, row: &ReplicaRow) -> Option<(Proc, Listening)> {
                 Some(start_time),
                 Some((&http.to_string(), &grpc.to_string())),
             );
-            // It was started with a Unix socket when the file is there.
-            let unix = ctx.dirs.socket_of(&row.id).filter(|p| p.exists());
+            // It was started with Unix sockets when their files are there.
+            let socket = |protocol| ctx.dirs.socket_of(&row.id, protocol).filter(|p| p.exists());
             Some((
                 Proc::Adopted { pid, start_time },
-                Listening { http, grpc, unix },
+                Listening {
+                    http,
+                    grpc,
+                    http_unix: socket(Protocol::Http),
+                    grpc_unix: socket(Protocol::Grpc),
+                },
             ))
         }
         None => {
@@ -431,17 +440,19 @@ fn read_addr_file(path: &Path) -> Option<(SocketAddr, SocketAddr)> {
 async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Listening), String> {
     let addr_file = ctx.dirs.addr_file_of(id);
     let _ = std::fs::remove_file(&addr_file);
-    let socket = ctx.dirs.socket_of(id).filter(|path| {
-        // The directory exists for sockets in the state directory; a short one is made here.
-        let Some(dir) = path.parent() else {
-            return false;
-        };
-        std::fs::create_dir_all(dir).is_ok() && {
-            use std::os::unix::fs::PermissionsExt;
-            dir.starts_with(&ctx.dirs.root)
-                || std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).is_ok()
-        }
-    });
+    let socket = |protocol| {
+        ctx.dirs.socket_of(id, protocol).filter(|path| {
+            // The directory exists for sockets in the state directory; a short one is made here.
+            let Some(dir) = path.parent() else {
+                return false;
+            };
+            std::fs::create_dir_all(dir).is_ok() && {
+                use std::os::unix::fs::PermissionsExt;
+                dir.starts_with(&ctx.dirs.root)
+                    || std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).is_ok()
+            }
+        })
+    };
     let mut args =
         ferry_core::render::server_args(&spec.model_name, &spec.model_uri, spec.compute_threads);
     args.extend([
@@ -454,8 +465,13 @@ async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Listen
         "--shutdown-grace-seconds".to_string(),
         ctx.config.termination_grace.as_secs().max(1).to_string(),
     ]);
-    if let Some(socket) = &socket {
-        args.extend(["--http-unix".to_string(), socket.display().to_string()]);
+    for (flag, protocol) in [
+        ("--http-unix", Protocol::Http),
+        ("--grpc-unix", Protocol::Grpc),
+    ] {
+        if let Some(socket) = socket(protocol) {
+            args.extend([flag.to_string(), socket.display().to_string()]);
+        }
     }
     let env = [
         (ENV_STATE_DIR, ctx.dirs.root.display().to_string()),
@@ -495,10 +511,15 @@ async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Listen
                     Some((&http.to_string(), &grpc.to_string())),
                 )
                 .map_err(|e| e.to_string())?;
-            let unix = addrs["unix"].as_str().map(PathBuf::from);
+            let socket = |key: &str| addrs[key].as_str().map(PathBuf::from);
             return Ok((
                 Proc::Child(child, spawned.pid),
-                Listening { http, grpc, unix },
+                Listening {
+                    http,
+                    grpc,
+                    http_unix: socket("http_unix"),
+                    grpc_unix: socket("grpc_unix"),
+                },
             ));
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -518,7 +539,8 @@ async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Listen
 struct Listening {
     http: SocketAddr,
     grpc: SocketAddr,
-    unix: Option<PathBuf>,
+    http_unix: Option<PathBuf>,
+    grpc_unix: Option<PathBuf>,
 }
 
 enum Probe {
@@ -575,8 +597,10 @@ async fn finish(ctx: &Ctx, id: &str, proc: Option<&mut Proc>) {
         }
     }
     let _ = std::fs::remove_file(ctx.dirs.addr_file_of(id));
-    if let Some(socket) = ctx.dirs.socket_of(id) {
-        let _ = std::fs::remove_file(socket);
+    for protocol in [Protocol::Http, Protocol::Grpc] {
+        if let Some(socket) = ctx.dirs.socket_of(id, protocol) {
+            let _ = std::fs::remove_file(socket);
+        }
     }
     if let Err(e) = ctx.store.delete_replica(id) {
         tracing::error!(replica = %id, error = %e, "cannot forget a stopped replica");

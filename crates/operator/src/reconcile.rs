@@ -303,7 +303,8 @@ pub(crate) fn endpoint(replica: ReplicaView, pod_ip: &str) -> Option<Endpoint> {
         replica,
         http: (ip, ferry_core::render::HTTP_PORT).into(),
         grpc: (ip, ferry_core::render::GRPC_PORT).into(),
-        unix: None,
+        http_unix: None,
+        grpc_unix: None,
     })
 }
 

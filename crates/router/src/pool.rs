@@ -1,7 +1,7 @@
 //! Connections to one replica: a stack of idle HTTP/1.1 connections (REST) and one shared
 //! HTTP/2 connection (gRPC), each made with hyper's connection-level client. Requests are sent
-//! in origin form; no URI is parsed and no pool key hashed per request. REST goes over the
-//! replica's Unix socket when it has one (local mode): the same bytes, without the TCP stack.
+//! in origin form; no URI is parsed and no pool key hashed per request. Both go over the
+//! replica's Unix sockets when it has them (local mode): the same bytes, without the TCP stack.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,6 +14,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_util::either::Either;
 
 thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -46,34 +47,27 @@ pub struct Lease(Http1);
 /// Idle connections kept per backend.
 const MAX_IDLE: usize = 256;
 
-/// An HTTP/1.1 connection over `io`, its connection task spawned.
-async fn handshake<T>(io: T, to: String) -> Result<Http1, SendError>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, connection) = http1::handshake(io)
-        .await
-        .map_err(|e| SendError(format!("handshake with {to}: {e}")))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
-}
-
 type Http1 = http1::SendRequest<Full<Bytes>>;
 
-async fn connect_http1(
+/// A connection to a replica: its Unix socket, or TCP.
+type Stream = TokioIo<Either<tokio::net::UnixStream, tokio::net::TcpStream>>;
+
+/// Connect to the replica: on its Unix socket `unix` when given, else (or when the socket
+/// refuses: its file removed, a temporary directory cleaned; the replica serves the same on
+/// TCP, so that costs speed, not requests) to `addr`. Returns the stream and what it reaches.
+async fn connect(
     addr: SocketAddr,
     unix: Option<&Path>,
     timeout: Duration,
-) -> Result<Http1, SendError> {
+) -> Result<(Stream, String), SendError> {
     if let Some(path) = unix {
         match tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path)).await {
             Ok(Ok(stream)) => {
-                return handshake(TokioIo::new(stream), path.display().to_string()).await;
+                return Ok((
+                    TokioIo::new(Either::Left(stream)),
+                    path.display().to_string(),
+                ));
             }
-            // The replica serves the same on TCP: a socket file gone (removed by hand, a
-            // cleaned temporary directory) costs speed, not requests.
             Ok(Err(e)) => {
                 tracing::debug!(socket = %path.display(), error = %e, "Unix socket refused: TCP instead")
             }
@@ -82,19 +76,28 @@ async fn connect_http1(
             }
         }
     }
-    handshake(connect(addr, timeout).await?, addr.to_string()).await
-}
-
-async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<TokioIo<tokio::net::TcpStream>, SendError> {
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| SendError(format!("connect to {addr} timed out")))?
         .map_err(|e| SendError(format!("connect to {addr}: {e}")))?;
     let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
+    Ok((TokioIo::new(Either::Right(stream)), addr.to_string()))
+}
+
+/// A new HTTP/1.1 connection, its connection task spawned.
+async fn connect_http1(
+    addr: SocketAddr,
+    unix: Option<&Path>,
+    timeout: Duration,
+) -> Result<Http1, SendError> {
+    let (io, to) = connect(addr, unix, timeout).await?;
+    let (sender, connection) = http1::handshake(io)
+        .await
+        .map_err(|e| SendError(format!("handshake with {to}: {e}")))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
 }
 
 impl Pool {
@@ -142,10 +145,11 @@ impl Pool {
         }
     }
 
-    /// Send an HTTP/2 request (gRPC) on the backend's shared connection.
+    /// Send an HTTP/2 request (gRPC) on the backend's shared connection (made as for HTTP/1.1).
     pub async fn send_http2(
         &self,
         addr: SocketAddr,
+        unix: Option<&Path>,
         timeout: Duration,
         request: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, SendError> {
@@ -159,10 +163,10 @@ impl Pool {
         let mut sender = match existing {
             Some(sender) => sender,
             None => {
-                let io = connect(addr, timeout).await?;
+                let (io, to) = connect(addr, unix, timeout).await?;
                 let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
                     .await
-                    .map_err(|e| SendError(format!("HTTP/2 handshake with {addr}: {e}")))?;
+                    .map_err(|e| SendError(format!("HTTP/2 handshake with {to}: {e}")))?;
                 tokio::spawn(async move {
                     let _ = connection.await;
                 });

@@ -242,7 +242,12 @@ impl Router {
         let pool = backend.pool();
         let (response, lease) = if grpc {
             let response = pool
-                .send_http2(backend.backend.grpc, timeout, build(Version::HTTP_2))
+                .send_http2(
+                    backend.backend.grpc,
+                    backend.backend.grpc_unix.as_deref(),
+                    timeout,
+                    build(Version::HTTP_2),
+                )
                 .await
                 .map_err(|e| upstream_error(e.0))?;
             (response, None)
@@ -250,7 +255,7 @@ impl Router {
             let (response, lease) = pool
                 .send_http1(
                     backend.backend.http,
-                    backend.backend.unix.as_deref(),
+                    backend.backend.http_unix.as_deref(),
                     timeout,
                     || build(Version::HTTP_11),
                 )

@@ -23,15 +23,20 @@ fn model_path(file: &str) -> PathBuf {
 }
 
 async fn replica(file: &str) -> RunningServer {
-    replica_with_socket(file, None).await
+    replica_with_sockets(file, None, None).await
 }
 
-/// A replica serving `file`, ready; REST also on the Unix socket `unix` when given.
-async fn replica_with_socket(file: &str, unix: Option<PathBuf>) -> RunningServer {
+/// A replica serving `file`, ready; REST and gRPC also on the Unix sockets given.
+async fn replica_with_sockets(
+    file: &str,
+    http_unix: Option<PathBuf>,
+    grpc_unix: Option<PathBuf>,
+) -> RunningServer {
     let server = ferry_server::start(ServerConfig {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        http_unix: unix,
+        http_unix,
+        grpc_unix,
         models: vec![ModelConfig::new("iris", model_path(file))],
         ..ServerConfig::default()
     })
@@ -64,7 +69,30 @@ fn endpoint(id: &str, revision: &str, http: SocketAddr, grpc: SocketAddr) -> End
         },
         http,
         grpc,
-        unix: None,
+        http_unix: None,
+        grpc_unix: None,
+    }
+}
+
+/// The iris row as an OIP gRPC request (raw contents, as tritonclient sends).
+fn iris_grpc_request() -> ModelInferRequest {
+    let values = [5.1f32, 3.5, 1.4, 0.2];
+    ModelInferRequest {
+        model_name: "iris".into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 4],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![
+            values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        ],
+        ..Default::default()
     }
 }
 
@@ -273,16 +301,23 @@ async fn routes_by_model_and_namespace_and_names_the_revision() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rest_goes_over_the_replica_unix_socket_when_it_has_one() {
+async fn rest_and_grpc_go_over_the_replica_unix_sockets_when_it_has_them() {
     let dir = std::env::temp_dir().join(format!("ferry-router-uds-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("replica.sock");
+    let socket = dir.join("replica.http.sock");
+    let grpc_socket = dir.join("replica.grpc.sock");
     // A stale file where the socket goes (a crashed run) is replaced.
     std::fs::write(&socket, b"stale").unwrap();
-    let server = replica_with_socket("iris-v1.onnx", Some(socket.clone())).await;
-    // The TCP address given to the router is dead: only the socket can answer.
-    let mut only_unix = endpoint("uds", "iris-aaaaaa", dead_addr(), server.grpc_addr);
-    only_unix.unix = Some(socket.clone());
+    let server = replica_with_sockets(
+        "iris-v1.onnx",
+        Some(socket.clone()),
+        Some(grpc_socket.clone()),
+    )
+    .await;
+    // The TCP addresses given to the router are dead: only the sockets can answer.
+    let mut only_unix = endpoint("uds", "iris-aaaaaa", dead_addr(), dead_addr());
+    only_unix.http_unix = Some(socket.clone());
+    only_unix.grpc_unix = Some(grpc_socket.clone());
     let (_tx, running) = router_over(vec![only_unix]);
     let client = reqwest::Client::new();
     for _ in 0..20 {
@@ -291,9 +326,16 @@ async fn rest_goes_over_the_replica_unix_socket_when_it_has_one() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["model_name"], "iris");
     }
+    let mut grpc = GrpcInferenceServiceClient::connect(format!("http://{}", running.addr))
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let answer = grpc.model_infer(iris_grpc_request()).await.unwrap();
+        assert_eq!(answer.into_inner().model_name, "iris");
+    }
     // A socket file that is gone: the replica's TCP address answers instead, no error.
     let mut gone = endpoint("gone", "iris-aaaaaa", server.http_addr, server.grpc_addr);
-    gone.unix = Some(dir.join("gone.sock"));
+    gone.http_unix = Some(dir.join("gone.sock"));
     let (_tx2, fallback) = router_over(vec![gone]);
     for _ in 0..5 {
         assert_eq!(infer(&client, fallback.addr).await.status(), 200);
@@ -301,6 +343,10 @@ async fn rest_goes_over_the_replica_unix_socket_when_it_has_one() {
     server.shutdown();
     server.wait().await.unwrap();
     assert!(!socket.exists(), "the socket file is removed on shutdown");
+    assert!(
+        !grpc_socket.exists(),
+        "the gRPC socket file is removed on shutdown"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -351,24 +397,7 @@ async fn grpc_goes_through_the_router() {
     let mut client = GrpcInferenceServiceClient::connect(format!("http://{}", running.addr))
         .await
         .unwrap();
-    let values = [5.1f32, 3.5, 1.4, 0.2];
-    let request = ModelInferRequest {
-        model_name: "iris".into(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 4],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![
-            values
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        ],
-        ..Default::default()
-    };
+    let request = iris_grpc_request();
     let response = client.model_infer(request.clone()).await.unwrap();
     assert_eq!(
         response.metadata().get("ferry-revision").unwrap(),

@@ -178,6 +178,8 @@ pub struct ServerConfig {
     /// Also serve REST on this Unix socket (a co-located router skips the TCP stack); a stale
     /// socket file at the path is replaced, and the file is removed on shutdown.
     pub http_unix: Option<std::path::PathBuf>,
+    /// Also serve gRPC on this Unix socket; as `http_unix`.
+    pub grpc_unix: Option<std::path::PathBuf>,
     pub models: Vec<ModelConfig>,
     /// Largest request body (REST) or message (gRPC); larger ones get 413 / RESOURCE_EXHAUSTED.
     pub max_body_bytes: usize,
@@ -191,6 +193,7 @@ impl Default for ServerConfig {
             http_addr: ([127, 0, 0, 1], 8000).into(),
             grpc_addr: ([127, 0, 0, 1], 8001).into(),
             http_unix: None,
+            grpc_unix: None,
             models: Vec::new(),
             max_body_bytes: 64 << 20,
             compute_threads: std::thread::available_parallelism()

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tracing::{info, warn};
 
 use crate::config::ServerConfig;
@@ -29,11 +29,25 @@ pub struct RunningServer {
     pub grpc_addr: SocketAddr,
     /// The Unix socket REST is also served on, when asked for.
     pub http_unix: Option<PathBuf>,
+    /// The Unix socket gRPC is also served on, when asked for.
+    pub grpc_unix: Option<PathBuf>,
     pub repo: Arc<Repository>,
     stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
-    unix: Option<JoinHandle<std::io::Result<()>>>,
+    /// The Unix socket listeners; each says what failed.
+    unix: Vec<JoinHandle<std::result::Result<(), String>>>,
     grpc: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+}
+
+/// A Unix socket listener at `path`; a file left there by a crashed run is replaced.
+fn bind_unix(path: &std::path::Path, what: &str) -> Result<tokio::net::UnixListener> {
+    let _ = std::fs::remove_file(path);
+    tokio::net::UnixListener::bind(path).map_err(|e| {
+        Error::Internal(format!(
+            "cannot listen for {what} on the Unix socket {}: {e}",
+            path.display()
+        ))
+    })
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
@@ -66,31 +80,42 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let http_listener = http_listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let unix = match &config.http_unix {
-        Some(path) => {
-            // A socket file left by a crashed run refuses the bind.
-            let _ = std::fs::remove_file(path);
-            let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
-                Error::Internal(format!(
-                    "cannot listen for HTTP on the Unix socket {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let router = router.clone();
-            let mut unix_stop = stopped.clone();
-            let path = path.clone();
-            Some(tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = unix_stop.wait_for(|s| *s).await;
-                    })
-                    .await;
-                let _ = std::fs::remove_file(&path);
-                served
-            }))
-        }
+    let service = InferenceService::new(repo.clone()).into_server(config.max_body_bytes);
+    // Both sockets are bound before anything serves: a failure leaves nothing running.
+    let http_unix = match &config.http_unix {
+        Some(path) => Some((bind_unix(path, "HTTP")?, path.clone())),
         None => None,
     };
+    let grpc_unix = match &config.grpc_unix {
+        Some(path) => Some((bind_unix(path, "gRPC")?, path.clone())),
+        None => None,
+    };
+    let mut unix = Vec::new();
+    if let Some((listener, path)) = http_unix {
+        let (router, mut stop) = (router.clone(), stopped.clone());
+        unix.push(tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            let _ = std::fs::remove_file(&path);
+            served.map_err(|e| format!("HTTP on {}: {e}", path.display()))
+        }));
+    }
+    if let Some((listener, path)) = grpc_unix {
+        let (service, mut stop) = (service.clone(), stopped.clone());
+        unix.push(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            let _ = std::fs::remove_file(&path);
+            served.map_err(|e| format!("gRPC on {}: {e}", path.display()))
+        }));
+    }
     let mut http_stop = stopped.clone();
     let http = tokio::spawn(async move {
         axum::serve(http_listener, router)
@@ -100,7 +125,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             .await
     });
 
-    let service = InferenceService::new(repo.clone()).into_server(config.max_body_bytes);
     let incoming = TcpListenerStream::new(grpc_listener).map(|conn| {
         conn.inspect(|tcp| {
             let _ = tcp.set_nodelay(true);
@@ -115,7 +139,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             })
             .await
     });
-    info!(http = %http_addr, grpc = %grpc_addr, unix = ?config.http_unix, models = config.models.len(), "ferry server listening");
+    info!(http = %http_addr, grpc = %grpc_addr, http_unix = ?config.http_unix, grpc_unix = ?config.grpc_unix, models = config.models.len(), "ferry server listening");
 
     for model in config.models {
         let repo = repo.clone();
@@ -128,6 +152,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         http_addr,
         grpc_addr,
         http_unix: config.http_unix,
+        grpc_unix: config.grpc_unix,
         repo,
         stop,
         http,
@@ -144,18 +169,18 @@ impl RunningServer {
 
     /// Waits until both listeners have stopped and in-flight requests are answered.
     pub async fn wait(self) -> Result<()> {
-        let unix = async {
-            match self.unix {
-                Some(unix) => Some(unix.await),
-                None => None,
-            }
-        };
+        let unix = join_in_order(self.unix);
         let (http, unix, grpc) = tokio::join!(self.http, unix, self.grpc);
-        for http in std::iter::once(http).chain(unix) {
-            match http {
+        match http {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "HTTP server stopped with an error"),
+            Err(e) => warn!(error = %e, "HTTP server task failed"),
+        }
+        for served in unix {
+            match served {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(error = %e, "HTTP server stopped with an error"),
-                Err(e) => warn!(error = %e, "HTTP server task failed"),
+                Ok(Err(e)) => warn!(error = %e, "a Unix socket server stopped with an error"),
+                Err(e) => warn!(error = %e, "a Unix socket server task failed"),
             }
         }
         match grpc {
@@ -166,4 +191,15 @@ impl RunningServer {
         info!("ferry server stopped");
         Ok(())
     }
+}
+
+/// Await every handle, in order.
+async fn join_in_order<T>(
+    handles: Vec<JoinHandle<T>>,
+) -> Vec<std::result::Result<T, tokio::task::JoinError>> {
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await);
+    }
+    out
 }
