@@ -201,8 +201,7 @@ async fn cluster_router(args: RouterArgs) -> Result<()> {
         .context("no Kubernetes credentials (in-cluster or kubeconfig)")?;
     let (routes, table) = tokio::sync::watch::channel(std::sync::Arc::new(Default::default()));
     let router = ferry_router::Router::new(table, ferry_router::RouterConfig::default());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let running = ferry_router::serve_threads(args.addr, router, threads)
+    let running = ferry_router::serve_threads(args.addr, router)
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     tracing::info!(addr = %running.addr, "ferry router: serving");
     tokio::select! {

@@ -57,17 +57,16 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let router = Router::new(routes_rx, RouterConfig::default());
     // Thread per core, each with its own SO_REUSEPORT listener and upstream connections (the
     // request path never crosses threads), like `ferry router` in a cluster.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let running_router = ferry_router::serve_threads(config.router_addr, router.clone(), threads)
-        .map_err(|e| {
-        Error::io(
-            format!(
-                "cannot listen for the router on {} (--router-addr)",
-                config.router_addr
-            ),
-            e,
-        )
-    })?;
+    let running_router =
+        ferry_router::serve_threads(config.router_addr, router.clone()).map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot listen for the router on {} (--router-addr)",
+                    config.router_addr
+                ),
+                e,
+            )
+        })?;
     let router_addr = running_router.addr;
 
     let changed = Arc::new(Notify::new());

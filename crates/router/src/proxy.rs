@@ -33,7 +33,7 @@ pub struct RouterConfig {
     pub max_body_bytes: usize,
     /// Connect timeout towards a replica.
     pub connect_timeout: Duration,
-    /// Router threads [`serve_threads`] may run (upstream connections are pooled per thread).
+    /// Router threads [`serve_threads`] runs (upstream connections are pooled per thread).
     pub worker_threads: usize,
 }
 
@@ -452,23 +452,21 @@ pub fn serve(listener: TcpListener, router: Router) -> std::io::Result<RunningRo
     })
 }
 
-/// Serve `router` on `addr` with `threads` OS threads, each a single-threaded runtime with its
-/// own `SO_REUSEPORT` listener (the kernel spreads connections): a connection, its upstream
-/// connections and its requests stay on one thread, as in nginx's worker model.
-pub fn serve_threads(
-    addr: SocketAddr,
-    router: Router,
-    threads: usize,
-) -> std::io::Result<RunningRouter> {
-    let threads = threads.clamp(1, router.inner.config.worker_threads.max(1));
-    let socket = |at: SocketAddr| -> std::io::Result<tokio::net::TcpSocket> {
+/// Serve `router` on `addr` with its `worker_threads` OS threads (the count its connection pools
+/// are made for), each a single-threaded runtime with its own `SO_REUSEPORT` listener (the
+/// kernel spreads connections): a connection, its upstream connections and its requests stay
+/// on one thread, as in nginx's worker model.
+pub fn serve_threads(addr: SocketAddr, router: Router) -> std::io::Result<RunningRouter> {
+    let threads = router.inner.config.worker_threads.max(1);
+    // A socket bound to `at`; with SO_REUSEPORT for the threads' listeners.
+    let socket = |at: SocketAddr, reuse_port: bool| -> std::io::Result<tokio::net::TcpSocket> {
         let socket = if at.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
         } else {
             tokio::net::TcpSocket::new_v6()?
         };
         socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
+        socket.set_reuseport(reuse_port)?;
         socket.set_nodelay(true)?;
         socket.bind(at)?;
         Ok(socket)
@@ -476,19 +474,13 @@ pub fn serve_threads(
     if addr.port() != 0 {
         // SO_REUSEPORT would let these sockets share a port another router of the same user
         // already listens on (two daemons splitting traffic, silently): a plain bind fails then.
-        let probe = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        probe.set_reuseaddr(true)?;
-        probe.bind(addr)?;
+        drop(socket(addr, false)?);
     }
-    let first = socket(addr)?;
+    let first = socket(addr, true)?;
     let bound = first.local_addr()?;
     let mut sockets = vec![first];
     for _ in 1..threads {
-        sockets.push(socket(bound)?);
+        sockets.push(socket(bound, true)?);
     }
     let (stop, stop_rx) = watch::channel(false);
     let mut done = Vec::new();

@@ -137,11 +137,17 @@ async fn infer(client: &reqwest::Client, addr: SocketAddr) -> reqwest::Response 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_in_use_is_refused_even_by_thread_per_core_serving() {
     let (_tx, rx) = watch::channel(table("default", vec![]));
-    let router = Router::new(rx, RouterConfig::default());
+    let router = Router::new(
+        rx,
+        RouterConfig {
+            worker_threads: 2,
+            ..RouterConfig::default()
+        },
+    );
     let first =
-        ferry_router::serve_threads("127.0.0.1:0".parse().unwrap(), router.clone(), 2).unwrap();
+        ferry_router::serve_threads("127.0.0.1:0".parse().unwrap(), router.clone()).unwrap();
     // Its SO_REUSEPORT sockets must not let a second router share the port.
-    let second = ferry_router::serve_threads(first.addr, router.clone(), 2);
+    let second = ferry_router::serve_threads(first.addr, router.clone());
     assert_eq!(
         second.err().map(|e| e.kind()),
         Some(std::io::ErrorKind::AddrInUse)
@@ -149,7 +155,7 @@ async fn a_port_in_use_is_refused_even_by_thread_per_core_serving() {
     // Nor may anything else listening there.
     let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = other.local_addr().unwrap();
-    assert!(ferry_router::serve_threads(taken, router, 2).is_err());
+    assert!(ferry_router::serve_threads(taken, router).is_err());
     first.shutdown(Duration::from_secs(1)).await;
 }
 
