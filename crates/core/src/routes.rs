@@ -9,19 +9,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::ReplicaView;
 
+/// Where a replica listens: REST and gRPC on TCP, and on Unix sockets when it shares the
+/// router's machine (local mode; the router prefers them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Addresses {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_unix: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_unix: Option<PathBuf>,
+}
+
+impl Addresses {
+    /// TCP only (a pod, or a replica without sockets).
+    pub fn tcp(http: SocketAddr, grpc: SocketAddr) -> Self {
+        Addresses {
+            http,
+            grpc,
+            http_unix: None,
+            grpc_unix: None,
+        }
+    }
+}
+
 /// One replica the router may call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backend {
     pub id: String,
-    pub http: SocketAddr,
-    pub grpc: SocketAddr,
-    /// A Unix socket serving the same REST as `http`, when the replica shares the router's
-    /// machine (local mode); the router prefers it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_unix: Option<PathBuf>,
-    /// The same for gRPC.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grpc_unix: Option<PathBuf>,
+    #[serde(flatten)]
+    pub addrs: Addresses,
 }
 
 /// One revision's share of a service's traffic.
@@ -71,14 +88,8 @@ impl RouteTable {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub replica: ReplicaView,
-    pub http: SocketAddr,
-    pub grpc: SocketAddr,
-    /// See [`Backend::http_unix`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_unix: Option<PathBuf>,
-    /// See [`Backend::grpc_unix`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grpc_unix: Option<PathBuf>,
+    #[serde(flatten)]
+    pub addrs: Addresses,
 }
 
 /// Everything the table needs to know about one service.
@@ -104,10 +115,7 @@ pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
                 .or_default()
                 .push(Backend {
                     id: endpoint.replica.id.clone(),
-                    http: endpoint.http,
-                    grpc: endpoint.grpc,
-                    http_unix: endpoint.http_unix.clone(),
-                    grpc_unix: endpoint.grpc_unix.clone(),
+                    addrs: endpoint.addrs.clone(),
                 });
         }
         let revisions = revisions
@@ -157,10 +165,12 @@ mod tests {
                 health,
                 terminating,
             },
-            http: SocketAddr::from(([127, 0, 0, 1], port)),
-            grpc: SocketAddr::from(([127, 0, 0, 1], port + 1)),
-            http_unix: (port == 9004).then(|| PathBuf::from("/run/c.http.sock")),
-            grpc_unix: (port == 9004).then(|| PathBuf::from("/run/c.grpc.sock")),
+            addrs: Addresses {
+                http: SocketAddr::from(([127, 0, 0, 1], port)),
+                grpc: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+                http_unix: (port == 9004).then(|| PathBuf::from("/run/c.http.sock")),
+                grpc_unix: (port == 9004).then(|| PathBuf::from("/run/c.grpc.sock")),
+            },
         }
     }
 
@@ -190,11 +200,11 @@ mod tests {
         let sockets: Vec<Option<&Path>> = route.revisions[1]
             .backends
             .iter()
-            .map(|b| b.grpc_unix.as_deref())
+            .map(|b| b.addrs.grpc_unix.as_deref())
             .collect();
         assert_eq!(sockets, vec![Some(Path::new("/run/c.grpc.sock")), None]);
         assert_eq!(
-            route.revisions[1].backends[0].http_unix.as_deref(),
+            route.revisions[1].backends[0].addrs.http_unix.as_deref(),
             Some(Path::new("/run/c.http.sock"))
         );
         let pct = route.traffic_percent();

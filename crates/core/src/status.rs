@@ -414,10 +414,10 @@ mod tests {
                 .enumerate()
                 .map(|(i, r)| Endpoint {
                     replica: r.clone(),
-                    http: ([127, 0, 0, 1], 9000 + i as u16).into(),
-                    grpc: ([127, 0, 0, 1], 9100 + i as u16).into(),
-                    http_unix: None,
-                    grpc_unix: None,
+                    addrs: crate::routes::Addresses::tcp(
+                        ([127, 0, 0, 1], 9000 + i as u16).into(),
+                        ([127, 0, 0, 1], 9100 + i as u16).into(),
+                    ),
                 })
                 .collect(),
         };

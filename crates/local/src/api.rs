@@ -233,15 +233,16 @@ async fn replicas(
         .filter(|r| r.namespace == namespace && r.service == name)
         .map(|r| {
             let o = observed.get(&r.id);
+            let addrs = o.and_then(|o| o.addrs.as_ref());
             let ready = o.is_some_and(|o| o.health == ferry_core::ReplicaHealth::Ready);
             let mut item = json!({
                 "id": r.id,
                 "revision": r.revision,
                 "pid": o.and_then(|o| o.pid),
-                "http": o.and_then(|o| o.http).map(|a| a.to_string()),
-                "grpc": o.and_then(|o| o.grpc).map(|a| a.to_string()),
-                "httpUnix": o.and_then(|o| o.http_unix.as_ref()).map(|p| p.display().to_string()),
-                "grpcUnix": o.and_then(|o| o.grpc_unix.as_ref()).map(|p| p.display().to_string()),
+                "http": addrs.map(|a| a.http.to_string()),
+                "grpc": addrs.map(|a| a.grpc.to_string()),
+                "httpUnix": addrs.and_then(|a| a.http_unix.as_ref()).map(|p| p.display().to_string()),
+                "grpcUnix": addrs.and_then(|a| a.grpc_unix.as_ref()).map(|p| p.display().to_string()),
                 "health": o.map(|o| serde_json::to_value(&o.health).unwrap_or_default()),
                 "ready": ready,
                 "restarts": o.map_or(0, |o| o.restarts),

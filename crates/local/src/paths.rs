@@ -97,6 +97,20 @@ impl StateDir {
         fits(&short).then_some(short)
     }
 
+    /// [`StateDir::socket_of`], its directory made (a short one under the temporary directory
+    /// private to this user); `None` when there is no usable place for it.
+    pub fn prepare_socket(&self, replica: &str, protocol: Protocol) -> Option<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.socket_of(replica, protocol)?;
+        let dir = path.parent()?;
+        std::fs::create_dir_all(dir).ok()?;
+        if !dir.starts_with(&self.root) {
+            // Fails when another user made the directory: then no socket, TCP only.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).ok()?;
+        }
+        Some(path)
+    }
+
     /// The control API token, created (mode 0600) on first use.
     pub fn ensure_token(&self) -> Result<String> {
         if let Ok(token) = std::fs::read_to_string(self.token()) {

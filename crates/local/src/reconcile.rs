@@ -225,10 +225,7 @@ impl Reconciler {
                                 health: o.health.clone(),
                                 terminating: r.terminating,
                             },
-                            http: o.http?,
-                            grpc: o.grpc?,
-                            http_unix: o.http_unix.clone(),
-                            grpc_unix: o.grpc_unix.clone(),
+                            addrs: o.addrs.clone()?,
                         })
                     })
                     .collect(),

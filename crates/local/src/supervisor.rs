@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_core::ReplicaHealth;
+use ferry_core::routes::Addresses;
 use ferry_router::InFlight;
 use nix::sys::signal::Signal;
 use tokio::sync::{Notify, watch};
@@ -58,11 +59,8 @@ pub struct ReplicaSpec {
 #[derive(Debug, Clone)]
 pub struct Observed {
     pub health: ReplicaHealth,
-    pub http: Option<SocketAddr>,
-    pub grpc: Option<SocketAddr>,
-    /// The replica's REST and gRPC Unix sockets (the router's preferred ways in).
-    pub http_unix: Option<PathBuf>,
-    pub grpc_unix: Option<PathBuf>,
+    /// Where it listens, while it runs.
+    pub addrs: Option<Addresses>,
     pub pid: Option<i32>,
     pub restarts: u32,
     pub last_exit: Option<String>,
@@ -127,10 +125,7 @@ impl Supervisor {
         }
         let observed = Arc::new(Mutex::new(Observed {
             health: ReplicaHealth::Starting { for_seconds: 0 },
-            http: None,
-            grpc: None,
-            http_unix: None,
-            grpc_unix: None,
+            addrs: None,
             pid: None,
             restarts: 0,
             last_exit: None,
@@ -241,7 +236,7 @@ async fn replica_task(
     let mut adopted = adoptable(&ctx, &row);
     let mut restarts: u32 = 0;
     loop {
-        let (mut proc, listening) = match adopted.take() {
+        let (mut proc, addrs) = match adopted.take() {
             Some(found) => {
                 tracing::info!(replica = %id, pid = found.0.pid(), "adopted a running replica");
                 found
@@ -265,10 +260,7 @@ async fn replica_task(
         let started = Instant::now();
         set(&observed, &ctx.changed, |o| {
             o.health = ReplicaHealth::Starting { for_seconds: 0 };
-            o.http = Some(listening.http);
-            o.grpc = Some(listening.grpc);
-            o.http_unix = listening.http_unix.clone();
-            o.grpc_unix = listening.grpc_unix.clone();
+            o.addrs = Some(addrs.clone());
             o.pid = Some(proc.pid());
         });
         let mut failed_liveness = 0;
@@ -289,7 +281,7 @@ async fn replica_task(
                 return;
             }
             let seconds = started.elapsed().as_secs();
-            match probe(&ctx.http, listening.http, &spec.model_name).await {
+            match probe(&ctx.http, addrs.http, &spec.model_name).await {
                 Probe::Ready => {
                     failed_liveness = 0;
                     if ready_since.is_none() {
@@ -362,10 +354,7 @@ async fn crash_wait(
         };
         o.restarts = total;
         o.last_exit = Some(reason);
-        o.http = None;
-        o.grpc = None;
-        o.http_unix = None;
-        o.grpc_unix = None;
+        o.addrs = None;
         o.pid = None;
     });
     let factor = 2u32.saturating_pow(restarts.saturating_sub(1).min(16));
@@ -384,7 +373,7 @@ async fn crash_wait(
 /// process (pid + start time) and its addresses are known (from the store, or from the address
 /// file it wrote after the daemon died); a live process that cannot be adopted is killed, so a
 /// relaunch never leaves an orphan.
-fn adoptable(ctx: &Ctx, row: &ReplicaRow) -> Option<(Proc, Listening)> {
+fn adoptable(ctx: &Ctx, row: &ReplicaRow) -> Option<(Proc, Addresses)> {
     let (pid, start_time) = (row.pid?, row.start_time?);
     if !process::alive(pid, start_time) {
         return None;
@@ -407,7 +396,7 @@ fn adoptable(ctx: &Ctx, row: &ReplicaRow) -> Option<(Proc, Listening)> {
             let socket = |protocol| ctx.dirs.socket_of(&row.id, protocol).filter(|p| p.exists());
             Some((
                 Proc::Adopted { pid, start_time },
-                Listening {
+                Addresses {
                     http,
                     grpc,
                     http_unix: socket(Protocol::Http),
@@ -437,22 +426,11 @@ fn read_addr_file(path: &Path) -> Option<(SocketAddr, SocketAddr)> {
 }
 
 /// Start the replica's process; returns once it listens.
-async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Listening), String> {
+async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Addresses), String> {
     let addr_file = ctx.dirs.addr_file_of(id);
     let _ = std::fs::remove_file(&addr_file);
-    let socket = |protocol| {
-        ctx.dirs.socket_of(id, protocol).filter(|path| {
-            // The directory exists for sockets in the state directory; a short one is made here.
-            let Some(dir) = path.parent() else {
-                return false;
-            };
-            std::fs::create_dir_all(dir).is_ok() && {
-                use std::os::unix::fs::PermissionsExt;
-                dir.starts_with(&ctx.dirs.root)
-                    || std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).is_ok()
-            }
-        })
-    };
+    let http_unix = ctx.dirs.prepare_socket(id, Protocol::Http);
+    let grpc_unix = ctx.dirs.prepare_socket(id, Protocol::Grpc);
     let mut args =
         ferry_core::render::server_args(&spec.model_name, &spec.model_uri, spec.compute_threads);
     args.extend([
@@ -465,11 +443,8 @@ async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Listen
         "--shutdown-grace-seconds".to_string(),
         ctx.config.termination_grace.as_secs().max(1).to_string(),
     ]);
-    for (flag, protocol) in [
-        ("--http-unix", Protocol::Http),
-        ("--grpc-unix", Protocol::Grpc),
-    ] {
-        if let Some(socket) = socket(protocol) {
+    for (flag, socket) in [("--http-unix", &http_unix), ("--grpc-unix", &grpc_unix)] {
+        if let Some(socket) = socket {
             args.extend([flag.to_string(), socket.display().to_string()]);
         }
     }
@@ -492,17 +467,8 @@ async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Listen
     let mut child = spawned.child;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(text) = std::fs::read_to_string(&addr_file)
-            && let Ok(addrs) = serde_json::from_str::<serde_json::Value>(&text)
-            && let (Some(http), Some(grpc)) = (
-                addrs["http"]
-                    .as_str()
-                    .and_then(|a| a.parse::<SocketAddr>().ok()),
-                addrs["grpc"]
-                    .as_str()
-                    .and_then(|a| a.parse::<SocketAddr>().ok()),
-            )
-        {
+        // The server writes the file once every listener, sockets included, is bound.
+        if let Some((http, grpc)) = read_addr_file(&addr_file) {
             ctx.store
                 .set_replica_process(
                     id,
@@ -511,14 +477,13 @@ async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Listen
                     Some((&http.to_string(), &grpc.to_string())),
                 )
                 .map_err(|e| e.to_string())?;
-            let socket = |key: &str| addrs[key].as_str().map(PathBuf::from);
             return Ok((
                 Proc::Child(child, spawned.pid),
-                Listening {
+                Addresses {
                     http,
                     grpc,
-                    http_unix: socket("http_unix"),
-                    grpc_unix: socket("grpc_unix"),
+                    http_unix,
+                    grpc_unix,
                 },
             ));
         }
@@ -533,14 +498,6 @@ async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Listen
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Where a running replica listens.
-struct Listening {
-    http: SocketAddr,
-    grpc: SocketAddr,
-    http_unix: Option<PathBuf>,
-    grpc_unix: Option<PathBuf>,
 }
 
 enum Probe {

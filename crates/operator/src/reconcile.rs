@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ferry_api::{InferenceService, LABEL_REVISION, LABEL_SERVICE, revision_name};
 use ferry_core::render::{RenderOptions, render, render_service};
 use ferry_core::rollout::{Target, desired_replicas, plan};
-use ferry_core::routes::{Endpoint, ServiceEndpoints, build};
+use ferry_core::routes::{Addresses, Endpoint, ServiceEndpoints, build};
 use ferry_core::{ReplicaHealth, ReplicaView, status};
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -301,10 +301,10 @@ pub(crate) fn endpoint(replica: ReplicaView, pod_ip: &str) -> Option<Endpoint> {
     let ip: std::net::IpAddr = pod_ip.parse().ok()?;
     Some(Endpoint {
         replica,
-        http: (ip, ferry_core::render::HTTP_PORT).into(),
-        grpc: (ip, ferry_core::render::GRPC_PORT).into(),
-        http_unix: None,
-        grpc_unix: None,
+        addrs: Addresses::tcp(
+            (ip, ferry_core::render::HTTP_PORT).into(),
+            (ip, ferry_core::render::GRPC_PORT).into(),
+        ),
     })
 }
 

@@ -229,7 +229,7 @@ impl Router {
             *request.method_mut() = parts.method.clone();
             // HTTP/1.1 in origin form; HTTP/2 needs scheme and authority for its pseudo-headers.
             let uri = if version == Version::HTTP_2 {
-                http::Uri::try_from(format!("http://{}{path}", backend.backend.grpc))
+                http::Uri::try_from(format!("http://{}{path}", backend.backend.addrs.grpc))
             } else {
                 http::Uri::try_from(path)
             };
@@ -243,8 +243,8 @@ impl Router {
         let (response, lease) = if grpc {
             let response = pool
                 .send_http2(
-                    backend.backend.grpc,
-                    backend.backend.grpc_unix.as_deref(),
+                    backend.backend.addrs.grpc,
+                    backend.backend.addrs.grpc_unix.as_deref(),
                     timeout,
                     build(Version::HTTP_2),
                 )
@@ -254,8 +254,8 @@ impl Router {
         } else {
             let (response, lease) = pool
                 .send_http1(
-                    backend.backend.http,
-                    backend.backend.http_unix.as_deref(),
+                    backend.backend.addrs.http,
+                    backend.backend.addrs.http_unix.as_deref(),
                     timeout,
                     || build(Version::HTTP_11),
                 )

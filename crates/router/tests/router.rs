@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_core::routes::{Endpoint, RouteTable, ServiceEndpoints, build};
+use ferry_core::routes::{Addresses, Endpoint, RouteTable, ServiceEndpoints, build};
 use ferry_core::{ReplicaHealth, ReplicaView};
 use ferry_router::{Router, RouterConfig, serve};
 use ferry_server::grpc::GrpcInferenceServiceClient;
@@ -67,10 +67,7 @@ fn endpoint(id: &str, revision: &str, http: SocketAddr, grpc: SocketAddr) -> End
             health: ReplicaHealth::Ready,
             terminating: false,
         },
-        http,
-        grpc,
-        http_unix: None,
-        grpc_unix: None,
+        addrs: Addresses::tcp(http, grpc),
     }
 }
 
@@ -322,8 +319,8 @@ async fn rest_and_grpc_go_over_the_replica_unix_sockets_when_it_has_them() {
     .await;
     // The TCP addresses given to the router are dead: only the sockets can answer.
     let mut only_unix = endpoint("uds", "iris-aaaaaa", dead_addr(), dead_addr());
-    only_unix.http_unix = Some(socket.clone());
-    only_unix.grpc_unix = Some(grpc_socket.clone());
+    only_unix.addrs.http_unix = Some(socket.clone());
+    only_unix.addrs.grpc_unix = Some(grpc_socket.clone());
     let (_tx, running) = router_over(vec![only_unix]);
     let client = reqwest::Client::new();
     for _ in 0..20 {
@@ -341,7 +338,7 @@ async fn rest_and_grpc_go_over_the_replica_unix_sockets_when_it_has_them() {
     }
     // A socket file that is gone: the replica's TCP address answers instead, no error.
     let mut gone = endpoint("gone", "iris-aaaaaa", server.http_addr, server.grpc_addr);
-    gone.http_unix = Some(dir.join("gone.sock"));
+    gone.addrs.http_unix = Some(dir.join("gone.sock"));
     let (_tx2, fallback) = router_over(vec![gone]);
     for _ in 0..5 {
         assert_eq!(infer(&client, fallback.addr).await.status(), 200);
