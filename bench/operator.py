@@ -22,7 +22,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import wait_ready  # noqa: E402
+from run import process_stat, wait_ready  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -142,12 +142,9 @@ CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller", "kube-scheduler", 
 
 
 def process_cpu(pid):
-    """(command name, user + system CPU seconds so far) of a process, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
-    fields = text.rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    return text[text.index("(") + 1:text.rindex(")")], ticks / os.sysconf("SC_CLK_TCK")
+    """(command name, user + system CPU seconds so far) of a process."""
+    comm, user, system = process_stat(pid)
+    return comm, user + system
 
 
 def control_plane_cpu():

@@ -23,23 +23,22 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import RESULTS, ROOT, REL, oip_body, wrk  # noqa: E402
+from run import RESULTS, ROOT, REL, oip_body, process_stat, wrk  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONCURRENCY = [1, 8, 64]
 
 
 def cpu_seconds(pids):
     """(user, system) CPU seconds of `pids`, all their threads."""
-    user = system = 0
+    user = system = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            user += int(fields[11])
-            system += int(fields[12])
+            _, u, s = process_stat(pid)
         except (FileNotFoundError, ProcessLookupError):
-            pass
-    return user / CLK_TCK, system / CLK_TCK
+            continue
+        user += u
+        system += s
+    return user, system
 
 
 def children(pid):

@@ -29,6 +29,15 @@ CONCURRENCY = [1, 8, 64]
 TEXT_CONCURRENCY = [1, 8, 32]
 
 
+def process_stat(pid):
+    """(command name, user CPU seconds, system CPU seconds) of a process so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    fields = text.rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return text[text.index("(") + 1:text.rindex(")")], int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def wait_ready(url, proc, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
