@@ -91,10 +91,6 @@ async fn placement_autoscaling_ingress_and_crashes_follow_the_spec() {
     let headless = |s: &Service| s.spec.as_ref().and_then(|s| s.cluster_ip.clone());
     let first = services.get(&h100_revision).await.unwrap();
     assert_eq!(headless(&first).as_deref(), Some("None"));
-    services
-        .delete(&h100_revision, &Default::default())
-        .await
-        .unwrap();
     let mut old = first.clone();
     old.metadata = kube::api::ObjectMeta {
         name: first.metadata.name.clone(),
@@ -104,15 +100,7 @@ async fn placement_autoscaling_ingress_and_crashes_follow_the_spec() {
     let spec = old.spec.as_mut().unwrap();
     spec.cluster_ip = None;
     spec.cluster_ips = None;
-    eventually(
-        "the old-style Service is created",
-        Duration::from_secs(30),
-        || {
-            let (services, old) = (services.clone(), old.clone());
-            async move { services.create(&Default::default(), &old).await.ok() }
-        },
-    )
-    .await;
+    replace_service(&services, old).await;
     // The same for the stable Service: one from before it was an alias of the router (a
     // selector over the predictor pods and a cluster IP) becomes the alias.
     let stable = |s: &Service| {
@@ -123,7 +111,6 @@ async fn placement_autoscaling_ingress_and_crashes_follow_the_spec() {
         .then_some(())
     };
     assert!(stable(&services.get("h100").await.unwrap()).is_some());
-    services.delete("h100", &Default::default()).await.unwrap();
     let old_stable: Service = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "h100", "labels": {"app.kubernetes.io/managed-by": "ferry", "ferry.dev/inferenceservice": "h100"}},
         "spec": {
@@ -132,15 +119,7 @@ async fn placement_autoscaling_ingress_and_crashes_follow_the_spec() {
         }
     }))
     .unwrap();
-    eventually(
-        "the old-style stable Service is created",
-        Duration::from_secs(30),
-        || {
-            let (services, old) = (services.clone(), old_stable.clone());
-            async move { services.create(&Default::default(), &old).await.ok() }
-        },
-    )
-    .await;
+    replace_service(&services, old_stable).await;
 
     // An autoscaler and an Ingress when the spec asks.
     apply_in(
@@ -342,4 +321,20 @@ async fn placement_autoscaling_ingress_and_crashes_follow_the_spec() {
     )
     .await;
     ns.delete().await;
+}
+
+/// Delete the Service named like `old` and create `old` in its place (once the deletion is
+/// through), as a Service an older operator left behind.
+async fn replace_service(services: &Api<Service>, old: Service) {
+    let name = old.metadata.name.clone().unwrap();
+    services.delete(&name, &Default::default()).await.unwrap();
+    eventually(
+        &format!("the old-style Service {name} is created"),
+        Duration::from_secs(30),
+        || {
+            let (services, old) = (services.clone(), old.clone());
+            async move { services.create(&Default::default(), &old).await.ok() }
+        },
+    )
+    .await;
 }
