@@ -167,17 +167,17 @@ impl RunningServer {
         let _ = self.stop.send(true);
     }
 
-    /// Waits until both listeners have stopped and in-flight requests are answered.
+    /// Waits until every listener has stopped and in-flight requests are answered.
     pub async fn wait(self) -> Result<()> {
-        let unix = join_in_order(self.unix);
-        let (http, unix, grpc) = tokio::join!(self.http, unix, self.grpc);
+        // Spawned tasks: they run on their own, so awaiting one after another waits for all.
+        let (http, grpc) = tokio::join!(self.http, self.grpc);
         match http {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "HTTP server stopped with an error"),
             Err(e) => warn!(error = %e, "HTTP server task failed"),
         }
-        for served in unix {
-            match served {
+        for served in self.unix {
+            match served.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!(error = %e, "a Unix socket server stopped with an error"),
                 Err(e) => warn!(error = %e, "a Unix socket server task failed"),
@@ -191,15 +191,4 @@ impl RunningServer {
         info!("ferry server stopped");
         Ok(())
     }
-}
-
-/// Await every handle, in order.
-async fn join_in_order<T>(
-    handles: Vec<JoinHandle<T>>,
-) -> Vec<std::result::Result<T, tokio::task::JoinError>> {
-    let mut out = Vec::with_capacity(handles.len());
-    for handle in handles {
-        out.push(handle.await);
-    }
-    out
 }
