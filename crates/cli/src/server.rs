@@ -34,9 +34,9 @@ pub struct ServerArgs {
     /// Seconds to let in-flight requests finish after SIGTERM before exiting anyway.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_seconds: u64,
-    /// Once the listeners are bound, write `{"http": ADDR, "grpc": ADDR}` (and `"http_unix"`,
-    /// `"grpc_unix"`: PATH with --http-unix, --grpc-unix) to this file (atomically), so a
-    /// supervisor that asked for port 0 learns the ports.
+    /// Once every listener (the Unix sockets included) is bound, write
+    /// `{"http": ADDR, "grpc": ADDR}` to this file (atomically), so a supervisor that asked for
+    /// port 0 learns the ports.
     #[arg(long, value_name = "FILE")]
     addr_file: Option<std::path::PathBuf>,
     /// Exit with status 3 when a --model fails to load, quoting why on stderr (a container's
@@ -49,8 +49,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let mut config = ServerConfig {
         http_addr: args.http_addr,
         grpc_addr: args.grpc_addr,
-        http_unix: args.http_unix.clone(),
-        grpc_unix: args.grpc_unix.clone(),
+        http_unix: args.http_unix,
+        grpc_unix: args.grpc_unix,
         max_body_bytes: args.max_body_bytes,
         ..ServerConfig::default()
     };
@@ -68,17 +68,11 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let names: Vec<String> = config.models.iter().map(|m| m.name.clone()).collect();
     let server = ferry_server::start(config).await?;
     if let Some(path) = &args.addr_file {
-        let mut addrs = serde_json::json!({
+        let text = serde_json::json!({
             "http": server.http_addr.to_string(),
             "grpc": server.grpc_addr.to_string(),
-        });
-        if let Some(unix) = &server.http_unix {
-            addrs["http_unix"] = unix.display().to_string().into();
-        }
-        if let Some(unix) = &server.grpc_unix {
-            addrs["grpc_unix"] = unix.display().to_string().into();
-        }
-        let text = addrs.to_string();
+        })
+        .to_string();
         let partial = path.with_extension("partial");
         std::fs::write(&partial, text)
             .and_then(|()| std::fs::rename(&partial, path))

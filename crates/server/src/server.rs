@@ -5,7 +5,6 @@
 //! requests in flight are answered before [`RunningServer::wait`] returns.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::serve::ListenerExt;
@@ -27,10 +26,6 @@ use crate::rest::{AppState, app};
 pub struct RunningServer {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
-    /// The Unix socket REST is also served on, when asked for.
-    pub http_unix: Option<PathBuf>,
-    /// The Unix socket gRPC is also served on, when asked for.
-    pub grpc_unix: Option<PathBuf>,
     pub repo: Arc<Repository>,
     stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
@@ -151,8 +146,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     Ok(RunningServer {
         http_addr,
         grpc_addr,
-        http_unix: config.http_unix,
-        grpc_unix: config.grpc_unix,
         repo,
         stop,
         http,
