@@ -388,15 +388,12 @@ async fn a_dead_replica_is_retried_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_goes_through_the_router() {
     let v1 = replica("iris-v1.onnx").await;
-    let (_tx, rx) = watch::channel(table(
-        "default",
-        vec![endpoint("v1-a", "iris-aaaaaa", v1.http_addr, v1.grpc_addr)],
-    ));
-    let running = serve(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        Router::new(rx, RouterConfig::default()),
-    )
-    .unwrap();
+    let (_tx, running) = router_over(vec![endpoint(
+        "v1-a",
+        "iris-aaaaaa",
+        v1.http_addr,
+        v1.grpc_addr,
+    )]);
     let mut client = GrpcInferenceServiceClient::connect(format!("http://{}", running.addr))
         .await
         .unwrap();
