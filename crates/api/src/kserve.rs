@@ -1,7 +1,7 @@
 //! `serving.kserve.io/v1beta1` InferenceService manifests, converted to `ferry.dev/v1alpha1`.
 //!
-//! The predictor's model (`modelFormat`, `storageUri`, `protocolVersion`, `runtimeVersion`,
-//! `resources`, also the
+//! The predictor's model (`modelFormat`, `storageUri`, `protocolVersion`, `runtime` — the name of
+//! a ferry.dev ServingRuntime in cluster mode —, `runtimeVersion`, `resources`, also the
 //! older `predictor.onnx` form), `minReplicas` / `maxReplicas`, `scaleMetric` / `scaleTarget`,
 //! `nodeSelector`, `tolerations` and metadata convert; every other
 //! field is refused by name, never silently dropped.
@@ -75,6 +75,7 @@ pub fn convert(doc: &Value) -> Result<Value, Vec<FieldError>> {
             "protocolVersion",
             "resources",
             "name",
+            "runtime",
             "runtimeVersion",
         ],
         &mut errors,
@@ -142,6 +143,11 @@ pub fn convert(doc: &Value) -> Result<Value, Vec<FieldError>> {
     if let Some(version) = model.get("runtimeVersion") {
         ferry_predictor["model"]["runtimeVersion"] = version.clone();
     }
+    // KServe names a serving.kserve.io ServingRuntime; Ferry looks for a ferry.dev one of the
+    // same name in the namespace.
+    if let Some(runtime) = model.get("runtime") {
+        ferry_predictor["runtime"] = runtime.clone();
+    }
     for field in SAME_PREDICTOR_FIELDS {
         if let Some(value) = predictor.get(*field) {
             ferry_predictor[*field] = value.clone();
@@ -174,6 +180,9 @@ pub fn source_path(ferry_path: &str, used_onnx_form: bool) -> String {
             "format" => format!("{model}.modelFormat.name"),
             other => format!("{model}.{other}"),
         };
+    }
+    if ferry_path == "spec.predictor.runtime" {
+        return format!("{model}.runtime");
     }
     if let Some(rest) = ferry_path.strip_prefix("spec.predictor.resources") {
         return format!("{model}.resources{rest}");

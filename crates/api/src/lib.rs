@@ -19,8 +19,10 @@ mod types;
 pub mod validate;
 
 pub use k8s_openapi;
-pub use manifest::{Manifest, ParseError, parse_manifests};
-pub use revision::{Revision, revision_name};
+pub use manifest::{
+    ClusterManifests, Manifest, ParseError, parse_cluster_manifests, parse_manifests,
+};
+pub use revision::{Revision, revision_name, revision_name_with_runtime};
 pub use servingruntime::*;
 pub use types::*;
 pub use validate::{FieldError, ValidationErrors};

@@ -1,5 +1,6 @@
 //! Manifests in: multi-document YAML (or JSON), each document an InferenceService in Ferry's or
-//! KServe's form. Out: validated `InferenceService`s, or every problem of every document.
+//! KServe's form (and, for cluster mode, ServingRuntimes). Out: validated `InferenceService`s, or
+//! every problem of every document.
 
 use std::sync::LazyLock;
 
@@ -7,8 +8,8 @@ use kube::CustomResourceExt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::validate::{FieldError, validate};
-use crate::{InferenceService, kserve, schema_check};
+use crate::validate::{FieldError, builtin_runtime_errors, validate};
+use crate::{InferenceService, ServingRuntime, kserve, schema_check};
 
 /// Which form a manifest was written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +67,36 @@ const METADATA_READ_ONLY: &[&str] = &[
     "managedFields",
 ];
 
-/// Parse and validate every document of `text`; `default_namespace` fills unset namespaces.
+/// Parse and validate every document of `text` for Ferry's own server (local mode: no
+/// ServingRuntimes); `default_namespace` fills unset namespaces.
 pub fn parse_manifests(text: &str, default_namespace: &str) -> Result<Vec<Manifest>, ParseError> {
+    let parsed = parse_all(text, default_namespace, false)?;
+    Ok(parsed.services)
+}
+
+/// What a cluster takes from manifests: InferenceServices, and the ServingRuntimes they may name.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterManifests {
+    pub services: Vec<Manifest>,
+    pub runtimes: Vec<ServingRuntime>,
+}
+
+/// Parse and validate every document of `text` as cluster mode takes them: ServingRuntime
+/// documents too, and InferenceServices that name a ServingRuntime or a format only one serves.
+pub fn parse_cluster_manifests(
+    text: &str,
+    default_namespace: &str,
+) -> Result<ClusterManifests, ParseError> {
+    parse_all(text, default_namespace, true)
+}
+
+fn parse_all(
+    text: &str,
+    default_namespace: &str,
+    cluster: bool,
+) -> Result<ClusterManifests, ParseError> {
     let mut manifests = Vec::new();
+    let mut runtimes = Vec::new();
     let mut problems = Vec::new();
     for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let number = index + 1;
@@ -85,24 +113,68 @@ pub fn parse_manifests(text: &str, default_namespace: &str) -> Result<Vec<Manife
                 break;
             }
         };
-        match parse_document(&value, default_namespace) {
-            Ok(manifest) => manifests.push(manifest),
-            Err(errors) => problems.push(DocumentErrors {
+        let result = if cluster
+            && value.get("kind").and_then(Value::as_str) == Some("ServingRuntime")
+            && value.get("apiVersion").and_then(Value::as_str) == Some(crate::API_VERSION)
+        {
+            parse_runtime(&value, default_namespace).map(|r| runtimes.push(r))
+        } else {
+            parse_isvc(&value, default_namespace, !cluster).map(|m| manifests.push(m))
+        };
+        if let Err(errors) = result {
+            problems.push(DocumentErrors {
                 document: number,
                 object: describe(&value),
                 errors,
-            }),
+            });
         }
     }
     if problems.is_empty() {
-        Ok(manifests)
+        Ok(ClusterManifests {
+            services: manifests,
+            runtimes,
+        })
     } else {
         Err(ParseError(problems))
     }
 }
 
-/// Validate one document (already parsed to JSON).
+/// One ServingRuntime document: its fields typed, its name and containers checked.
+fn parse_runtime(
+    value: &Value,
+    default_namespace: &str,
+) -> Result<ServingRuntime, Vec<FieldError>> {
+    let mut clean = value.clone();
+    if let Some(metadata) = clean.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.retain(|key, _| METADATA_FIELDS.contains(&key.as_str()));
+    }
+    if let Some(object) = clean.as_object_mut() {
+        object.remove("status");
+    }
+    let mut runtime: ServingRuntime = serde_json::from_value(clean)
+        .map_err(|e| vec![FieldError::new("<document>", e.to_string())])?;
+    if runtime.metadata.namespace.is_none() {
+        runtime.metadata.namespace = Some(default_namespace.to_string());
+    }
+    let errors = crate::validate::validate_runtime(&runtime);
+    if errors.is_empty() {
+        Ok(runtime)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Validate one InferenceService document (already parsed to JSON) as cluster mode takes it.
 pub fn parse_document(value: &Value, default_namespace: &str) -> Result<Manifest, Vec<FieldError>> {
+    parse_isvc(value, default_namespace, false)
+}
+
+/// One InferenceService document; `builtin_only`: refuse what needs a ServingRuntime.
+fn parse_isvc(
+    value: &Value,
+    default_namespace: &str,
+    builtin_only: bool,
+) -> Result<Manifest, Vec<FieldError>> {
     let Some(object) = value.as_object() else {
         return Err(vec![FieldError::new(
             "<document>",
@@ -118,6 +190,12 @@ pub fn parse_document(value: &Value, default_namespace: &str) -> Result<Manifest
         (crate::API_VERSION, "InferenceService") => (value.clone(), Source::Ferry),
         (kserve::KSERVE_API_VERSION, "InferenceService") => {
             (kserve::convert(value)?, Source::KServe)
+        }
+        (crate::API_VERSION, "ServingRuntime") => {
+            return Err(vec![FieldError::new(
+                "kind",
+                "Unsupported value: ServingRuntime: runtimes run in cluster mode (ferry operator); local mode runs Ferry's own server",
+            )]);
         }
         ("", _) => return Err(vec![FieldError::new("apiVersion", "Required value")]),
         (_, "") => return Err(vec![FieldError::new("kind", "Required value")]),
@@ -158,7 +236,10 @@ pub fn parse_document(value: &Value, default_namespace: &str) -> Result<Manifest
     if isvc.metadata.namespace.is_none() {
         isvc.metadata.namespace = Some(default_namespace.to_string());
     }
-    let errors = validate(&isvc);
+    let mut errors = validate(&isvc);
+    if builtin_only {
+        errors.extend(builtin_runtime_errors(&isvc));
+    }
     if errors.is_empty() {
         Ok(Manifest { isvc, source })
     } else {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::PredictorSpec;
+use crate::{PredictorSpec, ServingRuntimeSpec};
 
 /// One immutable revision of an InferenceService's predictor.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -21,6 +21,18 @@ pub struct Revision {
 /// Scaling fields (`minReplicas`, `maxReplicas`, `scaleMetric`, `scaleTarget`) are left out, as a Deployment's `replicas` is left
 /// out of its pod-template hash: scaling never restarts replicas.
 pub fn revision_name(service: &str, predictor: &PredictorSpec) -> String {
+    revision_name_with_runtime(service, predictor, None)
+}
+
+/// The revision name for `predictor` served by the ServingRuntime `runtime` (cluster mode): the
+/// runtime's spec is part of what a replica runs, so editing the runtime (its image, say) rolls
+/// every InferenceService on it out as a new revision. Without a runtime (Ferry's own server)
+/// the name is [`revision_name`]'s.
+pub fn revision_name_with_runtime(
+    service: &str,
+    predictor: &PredictorSpec,
+    runtime: Option<&ServingRuntimeSpec>,
+) -> String {
     let template = PredictorSpec {
         min_replicas: None,
         max_replicas: None,
@@ -29,7 +41,11 @@ pub fn revision_name(service: &str, predictor: &PredictorSpec) -> String {
         ..predictor.clone()
     };
     // Struct fields serialize in declaration order and maps are BTreeMaps: the JSON is canonical.
-    let canonical = serde_json::to_vec(&template).expect("a predictor always serializes");
+    let mut canonical = serde_json::to_vec(&template).expect("a predictor always serializes");
+    if let Some(runtime) = runtime {
+        canonical.push(b'\n');
+        canonical.extend(serde_json::to_vec(runtime).expect("a runtime always serializes"));
+    }
     let digest = Sha256::digest(&canonical);
     let hex: String = digest[..3].iter().map(|b| format!("{b:02x}")).collect();
     format!("{service}-{hex}")
@@ -76,5 +92,36 @@ mod tests {
             "scaling is no new revision"
         );
         assert_ne!(a, revision_name("iris2", &predictor("/m/v1.onnx", 2)));
+    }
+
+    #[test]
+    fn a_runtime_is_part_of_the_revision() {
+        let p = predictor("/m/v1.onnx", 2);
+        let runtime = |image: &str| ServingRuntimeSpec {
+            supported_model_formats: vec![],
+            protocol_versions: vec![],
+            containers: vec![k8s_openapi::api::core::v1::Container {
+                name: "server".into(),
+                image: Some(image.into()),
+                ..Default::default()
+            }],
+            http_port: None,
+            grpc_port: None,
+        };
+        assert_eq!(
+            revision_name("iris", &p),
+            revision_name_with_runtime("iris", &p, None)
+        );
+        let triton = revision_name_with_runtime("iris", &p, Some(&runtime("triton:24.01")));
+        assert_ne!(triton, revision_name("iris", &p));
+        assert_eq!(
+            triton,
+            revision_name_with_runtime("iris", &p, Some(&runtime("triton:24.01")))
+        );
+        assert_ne!(
+            triton,
+            revision_name_with_runtime("iris", &p, Some(&runtime("triton:24.02"))),
+            "a new runtime image is a new revision"
+        );
     }
 }

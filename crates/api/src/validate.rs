@@ -33,8 +33,8 @@ pub struct ValidationErrors(pub Vec<FieldError>);
 
 /// Model formats Ferry's own server runs.
 pub const SUPPORTED_FORMATS: &[&str] = &["onnx"];
-/// Runtimes known today (ServingRuntimes arrive with cluster mode).
-pub const KNOWN_RUNTIMES: &[&str] = &["ferry"];
+/// The runtime name of Ferry's own model server; any other name is a ServingRuntime's.
+pub const BUILTIN_RUNTIME: &str = "ferry";
 /// Resources a predictor may ask for.
 pub const KNOWN_RESOURCES: &[&str] = &["cpu", "memory", GPU];
 /// The GPU resource name.
@@ -54,7 +54,114 @@ pub fn is_dns_label(name: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-/// Every semantic problem of `isvc`; empty when it is valid.
+/// A model format name such as `onnx`, `pytorch` or `tensorrt`.
+fn is_format_name(format: &str) -> bool {
+    !format.is_empty()
+        && format.len() <= 63
+        && format
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+}
+
+fn unsupported_format(format: &str) -> FieldError {
+    FieldError::new(
+        "spec.predictor.model.format",
+        format!(
+            "Unsupported value: {format:?}: Ferry's own server runs {}; other formats need a ServingRuntime that supports them (cluster mode)",
+            SUPPORTED_FORMATS.join(", ")
+        ),
+    )
+}
+
+/// Problems of `isvc` where only Ferry's own server runs (local mode): a ServingRuntime named in
+/// `spec.predictor.runtime`, or a format Ferry's server does not serve. Cluster mode resolves both
+/// against the namespace's ServingRuntimes instead.
+pub fn builtin_runtime_errors(isvc: &InferenceService) -> Vec<FieldError> {
+    let predictor = &isvc.spec.predictor;
+    let mut errors = Vec::new();
+    if let Some(runtime) = predictor.runtime.as_deref()
+        && runtime != BUILTIN_RUNTIME
+        && is_dns_label(runtime, 63)
+    {
+        errors.push(FieldError::new(
+            "spec.predictor.runtime",
+            format!(
+                "Unsupported value: {runtime:?}: local mode runs Ferry's own server (\"{BUILTIN_RUNTIME}\"); ServingRuntimes run in cluster mode (ferry operator)"
+            ),
+        ));
+    }
+    if predictor.runtime.as_deref() != Some(BUILTIN_RUNTIME)
+        && is_format_name(&predictor.model.format)
+        && !SUPPORTED_FORMATS.contains(&predictor.model.format.as_str())
+    {
+        errors.push(unsupported_format(&predictor.model.format));
+    }
+    errors
+}
+
+/// Every problem of a ServingRuntime; empty when it is valid.
+pub fn validate_runtime(runtime: &crate::ServingRuntime) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    match runtime.metadata.name.as_deref() {
+        None | Some("") => errors.push(FieldError::new("metadata.name", "Required value")),
+        Some(BUILTIN_RUNTIME) => errors.push(FieldError::new(
+            "metadata.name",
+            format!("Invalid value: {BUILTIN_RUNTIME:?}: names Ferry's own server"),
+        )),
+        Some(name) if !is_dns_label(name, 63) => errors.push(FieldError::new(
+            "metadata.name",
+            format!("Invalid value: {name:?}: must be a DNS label"),
+        )),
+        Some(_) => {}
+    }
+    let spec = &runtime.spec;
+    if spec.containers.is_empty() {
+        errors.push(FieldError::new(
+            "spec.containers",
+            "Required value: the first container serves",
+        ));
+    }
+    for (i, container) in spec.containers.iter().enumerate() {
+        if container.image.as_deref().is_none_or(str::is_empty) {
+            errors.push(FieldError::new(
+                &format!("spec.containers[{i}].image"),
+                "Required value",
+            ));
+        }
+    }
+    for (i, format) in spec.supported_model_formats.iter().enumerate() {
+        if !is_format_name(&format.name) {
+            errors.push(FieldError::new(
+                &format!("spec.supportedModelFormats[{i}].name"),
+                format!(
+                    "Invalid value: {:?}: lower-case letters, digits, '-', '_' and '.' only",
+                    format.name
+                ),
+            ));
+        }
+    }
+    for (i, protocol) in spec.protocol_versions.iter().enumerate() {
+        if !matches!(protocol.as_str(), "v1" | "v2") {
+            errors.push(FieldError::new(
+                &format!("spec.protocolVersions[{i}]"),
+                format!("Unsupported value: {protocol:?}: supported values: \"v1\", \"v2\""),
+            ));
+        }
+    }
+    for (field, port) in [("httpPort", spec.http_port), ("grpcPort", spec.grpc_port)] {
+        if port == Some(0) {
+            errors.push(FieldError::new(
+                &format!("spec.{field}"),
+                "Invalid value: 0: must be a port number (1-65535)",
+            ));
+        }
+    }
+    errors
+}
+
+/// Every semantic problem of `isvc`; empty when it is valid. A runtime other than Ferry's own
+/// and formats other than ONNX are left to the cluster's ServingRuntimes
+/// ([`builtin_runtime_errors`] refuses them where there are none).
 pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
     let mut errors = Vec::new();
     match isvc.metadata.name.as_deref() {
@@ -78,27 +185,26 @@ pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
 
     let predictor = &isvc.spec.predictor;
     let model = &predictor.model;
-    let runtime = predictor.runtime.as_deref();
-    if let Some(runtime) = runtime
-        && !KNOWN_RUNTIMES.contains(&runtime)
+    if let Some(runtime) = predictor.runtime.as_deref()
+        && !is_dns_label(runtime, 63)
     {
         errors.push(FieldError::new(
             "spec.predictor.runtime",
-            format!(
-                "Not found: {runtime:?}: known runtimes: {}",
-                KNOWN_RUNTIMES.join(", ")
-            ),
+            format!("Invalid value: {runtime:?}: must be \"{BUILTIN_RUNTIME}\" or the name of a ServingRuntime (a DNS label)"),
         ));
     }
-    if !SUPPORTED_FORMATS.contains(&model.format.as_str()) {
+    if !is_format_name(&model.format) {
         errors.push(FieldError::new(
             "spec.predictor.model.format",
             format!(
-                "Unsupported value: {:?}: supported values: {}",
-                model.format,
-                SUPPORTED_FORMATS.join(", ")
+                "Invalid value: {:?}: lower-case letters, digits, '-', '_' and '.' only",
+                model.format
             ),
         ));
+    } else if predictor.runtime.as_deref() == Some(BUILTIN_RUNTIME)
+        && !SUPPORTED_FORMATS.contains(&model.format.as_str())
+    {
+        errors.push(unsupported_format(&model.format));
     }
     if let Err(message) = check_uri(&model.uri) {
         errors.push(FieldError::new("spec.predictor.model.uri", message));

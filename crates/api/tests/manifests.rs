@@ -309,3 +309,81 @@ spec:
     let rps = text.replace("scaleMetric: cpu", "scaleMetric: rps");
     assert_eq!(paths(&rps), vec!["spec.predictor.scaleMetric"]);
 }
+
+#[test]
+fn cluster_manifests_take_serving_runtimes_and_the_formats_they_serve() {
+    let text = r#"
+apiVersion: ferry.dev/v1alpha1
+kind: ServingRuntime
+metadata: {name: triton, namespace: ml}
+spec:
+  supportedModelFormats: [{name: tensorrt}, {name: onnx}]
+  protocolVersions: [v2]
+  grpcPort: 8001
+  containers: [{name: triton, image: nvcr.io/nvidia/tritonserver:24.01-py3}]
+---
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: resnet, namespace: ml}
+spec:
+  predictor:
+    model:
+      modelFormat: {name: tensorrt}
+      runtime: triton
+      storageUri: https://models.example/resnet.plan
+"#;
+    let parsed = ferry_api::parse_cluster_manifests(text, "default").unwrap();
+    assert_eq!(parsed.runtimes.len(), 1);
+    assert_eq!(parsed.runtimes[0].spec.grpc_port, Some(8001));
+    let predictor = &parsed.services[0].isvc.spec.predictor;
+    assert_eq!(predictor.runtime.as_deref(), Some("triton"));
+    assert_eq!(predictor.model.format, "tensorrt");
+
+    // Local mode has no ServingRuntimes: the same InferenceService is refused by its fields (the
+    // KServe ones), the runtime document by its kind.
+    let err = parse_manifests(text, "default").unwrap_err();
+    let all: Vec<String> = err
+        .0
+        .iter()
+        .flat_map(|d| d.errors.iter().map(|e| e.to_string()))
+        .collect();
+    assert!(all.iter().any(|e| e.starts_with("kind: ")), "{all:?}");
+    assert!(
+        all.iter()
+            .any(|e| e.starts_with("spec.predictor.model.runtime: ") && e.contains("cluster mode")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|e| e.starts_with("spec.predictor.model.modelFormat.name: ")),
+        "{all:?}"
+    );
+
+    // A runtime's own mistakes, each by its field.
+    let bad = r#"
+apiVersion: ferry.dev/v1alpha1
+kind: ServingRuntime
+metadata: {name: ferry}
+spec:
+  supportedModelFormats: [{name: Bad Format}]
+  protocolVersions: [v3]
+  httpPort: 0
+  containers: [{name: server}]
+"#;
+    let err = ferry_api::parse_cluster_manifests(bad, "default").unwrap_err();
+    let mut found: Vec<String> = err.0[0].errors.iter().map(|e| e.path.clone()).collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "metadata.name",
+            "spec.containers[0].image",
+            "spec.httpPort",
+            "spec.protocolVersions[0]",
+            "spec.supportedModelFormats[0].name"
+        ]
+    );
+    let none = "apiVersion: ferry.dev/v1alpha1\nkind: ServingRuntime\nmetadata: {name: x}\nspec: {supportedModelFormats: [], containers: []}\n";
+    let err = ferry_api::parse_cluster_manifests(none, "default").unwrap_err();
+    assert_eq!(err.0[0].errors[0].path, "spec.containers");
+}

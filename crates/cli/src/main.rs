@@ -60,6 +60,8 @@ enum Command {
     Operator(OperatorArgs),
     /// Cluster mode: the router, fed by watching InferenceServices and their Pods.
     Router(RouterArgs),
+    /// Download a model from an http(s) URL to a file (the init step of a ServingRuntime's pod).
+    Fetch(FetchArgs),
     /// Check what this process may do on the Kubernetes API (in-cluster or kubeconfig).
     #[command(subcommand)]
     Doctor(DoctorCommand),
@@ -70,6 +72,14 @@ struct CrdArgs {
     /// Write one file per CRD into this directory (as `deploy/crds/` holds them) instead.
     #[arg(long, value_name = "DIR")]
     write: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct FetchArgs {
+    /// The model's `http://` or `https://` URL.
+    url: String,
+    /// Where to put it (the directory must exist); the file appears only once complete.
+    file: PathBuf,
 }
 
 #[derive(Args)]
@@ -177,6 +187,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Predict(args) => runtime.block_on(ctl::predict(args)),
         Command::Rollout(command) => runtime.block_on(ctl::rollout(command)),
         Command::Doctor(DoctorCommand::Kube(args)) => runtime.block_on(doctor::run(args)),
+        Command::Fetch(args) => runtime.block_on(fetch(args)),
         Command::Crd(args) => crd(args),
         Command::Render(args) => render(args),
         Command::Operator(args) => runtime.block_on(operator(args)),
@@ -271,21 +282,50 @@ async fn operator(args: OperatorArgs) -> Result<()> {
     }
 }
 
+async fn fetch(args: FetchArgs) -> Result<()> {
+    if !ferry_server::fetch::is_url(std::path::Path::new(&args.url)) {
+        anyhow::bail!("{:?}: not an http:// or https:// URL", args.url);
+    }
+    ferry_server::fetch::download_to(&args.url, &args.file)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!("fetched {} to {}", args.url, args.file.display());
+    Ok(())
+}
+
 fn render(args: RenderArgs) -> Result<()> {
     let text = ctl::read_manifest_files(&args.files)?;
-    let manifests = ferry_api::parse_manifests(&text, &args.namespace)?;
+    let parsed = ferry_api::parse_cluster_manifests(&text, &args.namespace)?;
     let node_selector = node_selector(&args.node_selector)?;
     let options = ferry_core::render::RenderOptions {
         image: args.image,
         node_selector,
     };
     let mut documents = Vec::new();
-    for manifest in manifests {
+    for manifest in parsed.services {
         let isvc = manifest.isvc;
         let name = isvc.metadata.name.clone().unwrap_or_default();
-        let revision = ferry_api::revision_name(&name, &isvc.spec.predictor);
-        let objects =
-            ferry_core::render::render(&isvc, &revision, isvc.spec.predictor.replicas(), &options);
+        // ServingRuntimes come from the same files, as the operator finds them in the namespace.
+        let runtime = ferry_core::runtime::resolve(&isvc, &parsed.runtimes).map_err(|p| {
+            anyhow::anyhow!(
+                "InferenceService {}/{name}: {}: {}",
+                isvc.namespace_or_default(),
+                p.reason,
+                p.message
+            )
+        })?;
+        let revision = ferry_api::revision_name_with_runtime(
+            &name,
+            &isvc.spec.predictor,
+            runtime.map(|r| &r.spec),
+        );
+        let objects = ferry_core::render::render(
+            &isvc,
+            &revision,
+            isvc.spec.predictor.replicas(),
+            &options,
+            runtime,
+        );
         let service = ferry_core::render::render_service(&isvc, &revision);
         for value in ferry_core::render::to_values(&objects)
             .into_iter()

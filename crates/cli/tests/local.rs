@@ -318,6 +318,7 @@ spec:
     model:
       format: tensorflow
       uri: ftp://models/x
+    runtime: triton
     minReplicas: 3
     maxReplicas: 1
     startupTimeoutSeconds: 0
@@ -342,6 +343,7 @@ spec:
         "metadata.name",
         "spec.predictor.model.format",
         "spec.predictor.model.uri",
+        "spec.predictor.runtime",
         "spec.predictor.maxReplicas",
         "spec.predictor.startupTimeoutSeconds",
         "spec.predictor.resources.requests.cpu",
@@ -356,6 +358,10 @@ spec:
             "{path} missing from: {message}"
         );
     }
+    assert!(
+        message.contains("ServingRuntimes run in cluster mode"),
+        "{message}"
+    );
     assert!(message.contains("nothing was applied"), "{message}");
 
     // Model name claimed by another service in the namespace: refused too.

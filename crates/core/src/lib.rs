@@ -7,12 +7,14 @@
 //! - [`routes::build`]: the route table the router reads (services → weighted revisions →
 //!   ready backends);
 //! - [`status::derive`]: the InferenceService status with conditions that name the reason;
-//! - [`render::render`]: the Kubernetes objects of a revision (operator and `ferry render`).
+//! - [`render::render`]: the Kubernetes objects of a revision (operator and `ferry render`);
+//! - [`runtime::resolve`]: which server runs a model (Ferry's own or a ServingRuntime).
 
 pub mod observe;
 pub mod render;
 pub mod rollout;
 pub mod routes;
+pub mod runtime;
 pub mod status;
 
 pub use observe::{ReplicaHealth, ReplicaView};

@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use ferry_api::{InferenceService, IngressKind, LABEL_REVISION, LABEL_SERVICE, ScaleMetric};
+use ferry_api::{
+    InferenceService, IngressKind, LABEL_REVISION, LABEL_SERVICE, ScaleMetric, ServingRuntime,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
@@ -61,17 +63,40 @@ pub fn labels(service: &str, revision: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// Render revision `revision` of `isvc` with `replicas` replicas.
+/// Annotations on a predictor pod that serves on other ports than Ferry's server (a
+/// ServingRuntime's): the router reads them with [`pod_ports`].
+pub const ANNOTATION_HTTP_PORT: &str = "ferry.dev/http-port";
+pub const ANNOTATION_GRPC_PORT: &str = "ferry.dev/grpc-port";
+
+/// Where the init step puts a model fetched from a URL for a ServingRuntime (KServe's place).
+pub const MODEL_DIR: &str = "/mnt/models";
+
+/// The REST and gRPC ports of a predictor pod, from its annotations (default: Ferry's server's).
+pub fn pod_ports(annotations: &BTreeMap<String, String>) -> (u16, u16) {
+    let port = |key: &str, default: u16| {
+        annotations
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        port(ANNOTATION_HTTP_PORT, HTTP_PORT),
+        port(ANNOTATION_GRPC_PORT, GRPC_PORT),
+    )
+}
+
+/// Render revision `revision` of `isvc` with `replicas` replicas, served by Ferry's own server
+/// or, when given, by a ServingRuntime ([`crate::runtime::resolve`] chooses).
 pub fn render(
     isvc: &InferenceService,
     revision: &str,
     replicas: u32,
     options: &RenderOptions,
+    runtime: Option<&ServingRuntime>,
 ) -> RevisionObjects {
     let name = isvc.metadata.name.clone().unwrap_or_default();
     let namespace = isvc.namespace_or_default();
     let predictor = &isvc.spec.predictor;
-    let model = isvc.model_name();
     let labels = labels(&name, revision);
     let selector = BTreeMap::from([
         (LABEL_SERVICE.to_string(), name.clone()),
@@ -90,6 +115,99 @@ pub fn render(
     if !resources.limits.is_empty() {
         container_resources["limits"] = json!(resources.limits);
     }
+    let period = 2;
+    let startup_failures = (predictor.startup_timeout_seconds() / period).max(1);
+    let (mut pod_spec, runtime_ports) = match runtime {
+        Some(runtime) => runtime_pod(
+            isvc,
+            runtime,
+            options,
+            container_resources,
+            startup_failures,
+        ),
+        None => (
+            ferry_pod(isvc, options, container_resources, startup_failures),
+            None,
+        ),
+    };
+    let mut node_selector = options.node_selector.clone();
+    node_selector.extend(predictor.node_selector.clone());
+    if !node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(node_selector);
+    }
+    if !predictor.tolerations.is_empty() {
+        pod_spec["tolerations"] = json!(predictor.tolerations);
+    }
+    if !predictor.gpu_products.is_empty() {
+        pod_spec["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{
+                "key": GPU_PRODUCT_LABEL, "operator": "In", "values": predictor.gpu_products
+            }]}]
+        }}});
+    }
+    let mut template_metadata = json!({"labels": labels});
+    // The revision Service's ports: the server's named ones, or a runtime's numbers.
+    let service_ports = match runtime_ports {
+        None => json!([
+            {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+            {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
+        ]),
+        Some((http, grpc)) => {
+            template_metadata["annotations"] = json!({
+                ANNOTATION_HTTP_PORT: http.to_string(),
+                // A runtime without gRPC: gRPC calls reach its REST port and fail there.
+                ANNOTATION_GRPC_PORT: grpc.unwrap_or(http).to_string(),
+            });
+            let mut ports =
+                vec![json!({"name": "http", "port": http, "targetPort": http, "protocol": "TCP"})];
+            if let Some(grpc) = grpc {
+                ports.push(json!({"name": "grpc", "port": grpc, "targetPort": grpc, "protocol": "TCP", "appProtocol": "grpc"}));
+            }
+            json!(ports)
+        }
+    };
+    let deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": template_metadata, "spec": pod_spec}
+        }
+    }))
+    .expect("the rendered Deployment matches its type");
+    let service: Service = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            // Headless: the router addresses pods directly and DNS names the revision's pods, so
+            // a revision needs no virtual IP (allocating one made creating a Service take the
+            // apiserver seconds under load).
+            "clusterIP": "None",
+            "selector": selector,
+            "ports": service_ports
+        }
+    }))
+    .expect("the rendered Service matches its type");
+    RevisionObjects {
+        deployment,
+        service,
+    }
+}
+
+/// The pod of Ferry's own server.
+fn ferry_pod(
+    isvc: &InferenceService,
+    options: &RenderOptions,
+    container_resources: Value,
+    startup_failures: u32,
+) -> Value {
+    let predictor = &isvc.spec.predictor;
+    let model = isvc.model_name();
+    let period = 2;
     let mut args = server_args(&model, &predictor.model.uri, predictor.compute_threads());
     args.extend([
         // A model that cannot load is a crash the kubelet restarts with back-off, its log tail
@@ -100,9 +218,7 @@ pub fn render(
         "--grpc-addr".to_string(),
         format!("$(POD_IP):{GRPC_PORT}"),
     ]);
-    let period = 2;
-    let startup_failures = (predictor.startup_timeout_seconds() / period).max(1);
-    let mut pod_spec = json!({
+    json!({
         "terminationGracePeriodSeconds": 30,
         "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532},
         "containers": [{
@@ -137,55 +253,164 @@ pub fn render(
             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]
         }],
         "volumes": [{"name": "tmp", "emptyDir": {}}]
-    });
-    let mut node_selector = options.node_selector.clone();
-    node_selector.extend(predictor.node_selector.clone());
-    if !node_selector.is_empty() {
-        pod_spec["nodeSelector"] = json!(node_selector);
+    })
+}
+
+/// The pod of a ServingRuntime: its containers, the first one serving the model. What Ferry adds
+/// to that container, each only where the runtime left it out (probes, ports, security context)
+/// or always (the model's environment, the predictor's resources when it asks for any):
+/// - `FERRY_MODEL_NAME`, `FERRY_MODEL_URI`, `FERRY_MODEL_PATH` (the file, local path or where
+///   the init step put a downloaded one), `FERRY_MODEL_DIR` and `POD_IP`, first in `env`, so the
+///   runtime's own `env`, `command` and `args` may use them as `$(FERRY_MODEL_PATH)`;
+/// - ports named `http` and `grpc`, and the pod annotations the router reads them from;
+/// - probes by protocol: OIP v2 model-ready / live, or for v1-only runtimes
+///   `/v1/models/<name>` and a TCP check;
+/// - for `http(s)://` models, an init container running `ferry fetch` into an emptyDir at
+///   [`MODEL_DIR`] (non-root, read-only root filesystem), mounted read-only for the runtime.
+fn runtime_pod(
+    isvc: &InferenceService,
+    runtime: &ServingRuntime,
+    options: &RenderOptions,
+    container_resources: Value,
+    startup_failures: u32,
+) -> (Value, Option<(u16, Option<u16>)>) {
+    let predictor = &isvc.spec.predictor;
+    let model = isvc.model_name();
+    let spec = &runtime.spec;
+    let uri = predictor.model.uri.as_str();
+    let fetched = uri.starts_with("http://") || uri.starts_with("https://");
+    let model_path = if fetched {
+        let file = uri
+            .split(['?', '#'])
+            .next()
+            .and_then(|u| u.rsplit('/').next())
+            .filter(|f| !f.is_empty() && !f.contains(':'))
+            .unwrap_or("model");
+        format!("{MODEL_DIR}/{file}")
+    } else {
+        ferry_api::local_model_path(uri).unwrap_or(uri).to_string()
+    };
+    let model_dir = match model_path.rfind('/') {
+        Some(0) => "/".to_string(),
+        Some(i) => model_path[..i].to_string(),
+        None => ".".to_string(),
+    };
+    let mut containers = serde_json::to_value(&spec.containers).expect("containers serialize");
+    let first = &mut containers[0];
+    if let (Some(version), Some(current)) = (
+        predictor.model.runtime_version.as_deref(),
+        first["image"].as_str(),
+    ) {
+        first["image"] = json!(image(current, Some(version)));
     }
-    if !predictor.tolerations.is_empty() {
-        pod_spec["tolerations"] = json!(predictor.tolerations);
-    }
-    if !predictor.gpu_products.is_empty() {
-        pod_spec["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{"matchExpressions": [{
-                "key": GPU_PRODUCT_LABEL, "operator": "In", "values": predictor.gpu_products
-            }]}]
-        }}});
-    }
-    let deployment: Deployment = serde_json::from_value(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata,
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": selector},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec}
+    let ours = [
+        ("FERRY_MODEL_NAME", model.clone()),
+        ("FERRY_MODEL_URI", uri.to_string()),
+        ("FERRY_MODEL_PATH", model_path.clone()),
+        ("FERRY_MODEL_DIR", model_dir),
+    ];
+    let mut env =
+        vec![json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})];
+    env.extend(ours.iter().map(|(k, v)| json!({"name": k, "value": v})));
+    for var in first["env"].as_array().cloned().unwrap_or_default() {
+        let name = var["name"].as_str().unwrap_or_default();
+        if name != "POD_IP" && !ours.iter().any(|(k, _)| *k == name) {
+            env.push(var);
         }
-    }))
-    .expect("the rendered Deployment matches its type");
-    let service: Service = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata,
-        "spec": {
-            // Headless: the router addresses pods directly and DNS names the revision's pods, so
-            // a revision needs no virtual IP (allocating one made creating a Service take the
-            // apiserver seconds under load).
-            "clusterIP": "None",
-            "selector": selector,
-            "ports": [
-                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
-            ]
-        }
-    }))
-    .expect("the rendered Service matches its type");
-    RevisionObjects {
-        deployment,
-        service,
     }
+    first["env"] = json!(env);
+    if container_resources
+        .as_object()
+        .is_some_and(|r| !r.is_empty())
+    {
+        first["resources"] = container_resources;
+    }
+    let named_port = |first: &Value, name: &str| {
+        first["ports"].as_array().and_then(|ports| {
+            ports
+                .iter()
+                .find(|p| p["name"] == name)
+                .and_then(|p| p["containerPort"].as_u64())
+                .map(|p| p as u16)
+        })
+    };
+    let http_port = spec
+        .http_port
+        .or_else(|| named_port(first, "http"))
+        .unwrap_or(HTTP_PORT);
+    let grpc_port = spec.grpc_port.or_else(|| named_port(first, "grpc"));
+    let mut ports = first["ports"].as_array().cloned().unwrap_or_default();
+    for (name, port) in [("http", Some(http_port)), ("grpc", grpc_port)] {
+        let Some(port) = port else { continue };
+        if !ports.iter().any(|p| p["containerPort"] == port) {
+            ports.push(json!({"name": name, "containerPort": port, "protocol": "TCP"}));
+        }
+    }
+    first["ports"] = json!(ports);
+    let v2 = spec.protocol_versions.is_empty() || spec.protocol_versions.iter().any(|p| p == "v2");
+    let (ready, live) = if v2 {
+        (
+            json!({"httpGet": {"path": format!("/v2/models/{model}/ready"), "port": http_port}}),
+            json!({"httpGet": {"path": "/v2/health/live", "port": http_port}}),
+        )
+    } else {
+        (
+            json!({"httpGet": {"path": format!("/v1/models/{model}"), "port": http_port}}),
+            json!({"tcpSocket": {"port": http_port}}),
+        )
+    };
+    let with = |mut probe: Value, period: u32, failures: u32| {
+        probe["periodSeconds"] = json!(period);
+        probe["failureThreshold"] = json!(failures);
+        probe
+    };
+    for (field, probe) in [
+        ("startupProbe", with(ready.clone(), 2, startup_failures)),
+        ("readinessProbe", with(ready, 1, 2)),
+        ("livenessProbe", with(live, 5, 3)),
+    ] {
+        if first.get(field).is_none_or(Value::is_null) {
+            first[field] = probe;
+        }
+    }
+    if first
+        .get("terminationMessagePolicy")
+        .is_none_or(Value::is_null)
+    {
+        first["terminationMessagePolicy"] = json!("FallbackToLogsOnError");
+    }
+    if first.get("securityContext").is_none_or(Value::is_null) {
+        first["securityContext"] = json!({
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]}
+        });
+    }
+    let mut pod = json!({"terminationGracePeriodSeconds": 30});
+    if fetched {
+        let mut mounts = first["volumeMounts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        mounts.push(json!({"name": "ferry-model", "mountPath": MODEL_DIR, "readOnly": true}));
+        first["volumeMounts"] = json!(mounts);
+        pod["initContainers"] = json!([{
+            "name": "fetch-model",
+            "image": options.image,
+            "args": ["fetch", uri, model_path],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": {
+                "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]}
+            },
+            "volumeMounts": [{"name": "ferry-model", "mountPath": MODEL_DIR}]
+        }]);
+        pod["volumes"] = json!([{"name": "ferry-model", "emptyDir": {}}]);
+        pod["securityContext"] = json!({"fsGroup": 65532});
+    }
+    pod["containers"] = containers;
+    (pod, Some((http_port, grpc_port)))
 }
 
 /// Every object as one YAML-ready JSON list (Deployment, then Service).
@@ -378,8 +603,9 @@ mod tests {
         let text = format!(
             "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: iris, namespace: ml}}\nspec:\n  predictor:\n    model: {{format: onnx, uri: file:///models/iris.onnx}}\n    minReplicas: 2\n{extra}"
         );
-        ferry_api::parse_manifests(&text, "default")
+        ferry_api::parse_cluster_manifests(&text, "default")
             .unwrap()
+            .services
             .remove(0)
             .isvc
     }
@@ -393,7 +619,7 @@ mod tests {
 
     #[test]
     fn a_revision_renders_a_deployment_and_a_service_with_ferrys_labels() {
-        let objects = render(&isvc(""), "iris-abc123", 2, &options());
+        let objects = render(&isvc(""), "iris-abc123", 2, &options(), None);
         let d = serde_json::to_value(&objects.deployment).unwrap();
         assert_eq!(d["metadata"]["name"], "iris-abc123");
         assert_eq!(d["metadata"]["namespace"], "ml");
@@ -437,6 +663,7 @@ mod tests {
                 node_selector: BTreeMap::from([("zone".to_string(), "a".to_string())]),
                 ..options()
             },
+            None,
         );
         let d = serde_json::to_value(&objects.deployment).unwrap();
         let pod = &d["spec"]["template"]["spec"];
@@ -538,6 +765,7 @@ mod tests {
             "iris-abc123",
             1,
             &options(),
+            None,
         );
         let d = serde_json::to_value(&objects.deployment).unwrap();
         let c = &d["spec"]["template"]["spec"]["containers"][0];
@@ -552,5 +780,178 @@ mod tests {
             args.windows(2).any(|w| w == ["--compute-threads", "3"]),
             "{args:?}"
         );
+    }
+
+    fn runtime(extra: &str) -> ServingRuntime {
+        let text = format!(
+            "apiVersion: ferry.dev/v1alpha1\nkind: ServingRuntime\nmetadata: {{name: triton, namespace: ml}}\nspec:\n  supportedModelFormats: [{{name: onnx}}]\n{extra}"
+        );
+        ferry_api::parse_cluster_manifests(&text, "default")
+            .unwrap()
+            .runtimes
+            .remove(0)
+    }
+
+    #[test]
+    fn a_runtime_renders_its_containers_with_the_model_in_their_environment() {
+        let triton = runtime(concat!(
+            "  grpcPort: 8001\n",
+            "  containers:\n",
+            "  - name: triton\n",
+            "    image: nvcr.io/nvidia/tritonserver:24.01-py3\n",
+            "    args: [tritonserver, \"--model-repository=$(FERRY_MODEL_DIR)\"]\n",
+            "    env: [{name: FERRY_MODEL_PATH, value: overridden}, {name: LOG, value: \"1\"}]\n",
+            "    ports: [{name: rest, containerPort: 8000}]\n",
+            "    resources: {limits: {cpu: \"1\"}}\n",
+            "  - {name: sidecar, image: example/sidecar:1}\n",
+        ));
+        let isvc = isvc(concat!(
+            "    runtime: triton\n",
+            "    resources: {limits: {nvidia.com/gpu: \"1\"}}\n",
+        ));
+        let objects = render(&isvc, "iris-abc123", 2, &options(), Some(&triton));
+        let d = serde_json::to_value(&objects.deployment).unwrap();
+        let template = &d["spec"]["template"];
+        let c = &template["spec"]["containers"][0];
+        assert_eq!(c["name"], "triton");
+        assert_eq!(c["image"], "nvcr.io/nvidia/tritonserver:24.01-py3");
+        assert_eq!(c["args"][1], "--model-repository=$(FERRY_MODEL_DIR)");
+        let env: BTreeMap<&str, &Value> = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), &e["value"]))
+            .collect();
+        assert_eq!(env["FERRY_MODEL_NAME"], "iris");
+        assert_eq!(env["FERRY_MODEL_PATH"], "/models/iris.onnx", "ours win");
+        assert_eq!(env["FERRY_MODEL_DIR"], "/models");
+        assert_eq!(env["FERRY_MODEL_URI"], "file:///models/iris.onnx");
+        assert_eq!(env["LOG"], "1");
+        assert_eq!(c["env"][0]["name"], "POD_IP", "ours come first, for $(VAR)");
+        assert_eq!(
+            c["resources"],
+            json!({"limits": {"nvidia.com/gpu": "1"}}),
+            "the predictor's resources replace the runtime's"
+        );
+        // No httpPort: the container's port named http, else 8080; grpcPort given.
+        let ports: Vec<(String, u64)> = c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p["containerPort"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("rest".into(), 8000),
+                ("http".into(), 8080),
+                ("grpc".into(), 8001)
+            ]
+        );
+        assert_eq!(
+            template["metadata"]["annotations"]["ferry.dev/http-port"],
+            "8080"
+        );
+        assert_eq!(
+            template["metadata"]["annotations"]["ferry.dev/grpc-port"],
+            "8001"
+        );
+        assert_eq!(
+            c["readinessProbe"]["httpGet"],
+            json!({"path": "/v2/models/iris/ready", "port": 8080})
+        );
+        assert_eq!(c["startupProbe"]["failureThreshold"], 150);
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/v2/health/live");
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(template["spec"]["containers"][1]["name"], "sidecar");
+        assert!(
+            template["spec"].get("initContainers").is_none(),
+            "a file needs no fetch"
+        );
+        let s = serde_json::to_value(&objects.service).unwrap();
+        assert_eq!(s["spec"]["ports"][0]["targetPort"], 8080);
+        assert_eq!(s["spec"]["ports"][1]["targetPort"], 8001);
+        // Pods of Ferry's own server carry no port annotations: their ports are the defaults.
+        let ferry = render(&isvc, "iris-abc123", 2, &options(), None);
+        let d = serde_json::to_value(&ferry.deployment).unwrap();
+        assert!(
+            d["spec"]["template"]["metadata"]
+                .get("annotations")
+                .is_none()
+        );
+        let (http, grpc) = pod_ports(&BTreeMap::new());
+        assert_eq!((http, grpc), (HTTP_PORT, GRPC_PORT));
+        let annotations: BTreeMap<String, String> =
+            serde_json::from_value(template["metadata"]["annotations"].clone()).unwrap();
+        assert_eq!(pod_ports(&annotations), (8080, 8001));
+    }
+
+    #[test]
+    fn a_runtime_model_from_a_url_is_fetched_by_an_init_step() {
+        let mlserver = runtime(concat!(
+            "  protocolVersions: [v1]\n",
+            "  httpPort: 8500\n",
+            "  containers:\n",
+            "  - name: server\n",
+            "    image: example/mlserver:1.0\n",
+            "    readinessProbe: {tcpSocket: {port: 8500}}\n",
+            "    securityContext: {runAsUser: 1000}\n",
+        ));
+        let isvc = isvc(concat!("    runtime: triton\n",)).clone();
+        let mut isvc = isvc;
+        isvc.spec.predictor.model.uri = "https://models.example/iris/model.onnx?v=2".into();
+        isvc.spec.predictor.model.runtime_version = Some("1.1".into());
+        let objects = render(&isvc, "iris-abc123", 1, &options(), Some(&mlserver));
+        let d = serde_json::to_value(&objects.deployment).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(
+            c["image"], "example/mlserver:1.1",
+            "runtimeVersion sets the tag"
+        );
+        let init = &pod["initContainers"][0];
+        assert_eq!(init["image"], "ghcr.io/ferry-dev/ferry:0.1.0");
+        assert_eq!(
+            init["args"],
+            json!([
+                "fetch",
+                "https://models.example/iris/model.onnx?v=2",
+                "/mnt/models/model.onnx"
+            ])
+        );
+        assert_eq!(init["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(init["volumeMounts"][0]["mountPath"], MODEL_DIR);
+        assert_eq!(
+            c["volumeMounts"][0],
+            json!({"name": "ferry-model", "mountPath": MODEL_DIR, "readOnly": true})
+        );
+        assert_eq!(pod["volumes"][0]["emptyDir"], json!({}));
+        assert_eq!(
+            c["readinessProbe"],
+            json!({"tcpSocket": {"port": 8500}}),
+            "the runtime's own probe stays"
+        );
+        assert_eq!(
+            c["startupProbe"]["httpGet"],
+            json!({"path": "/v1/models/iris", "port": 8500}),
+            "v1 only: KServe's v1 model endpoint"
+        );
+        assert_eq!(c["livenessProbe"]["tcpSocket"]["port"], 8500);
+        assert_eq!(c["securityContext"], json!({"runAsUser": 1000}));
+        let env = c["env"].as_array().unwrap();
+        assert!(
+            env.contains(&json!({"name": "FERRY_MODEL_PATH", "value": "/mnt/models/model.onnx"}))
+        );
+        assert_eq!(
+            d["spec"]["template"]["metadata"]["annotations"]["ferry.dev/grpc-port"], "8500",
+            "no gRPC: the REST port"
+        );
+        let s = serde_json::to_value(&objects.service).unwrap();
+        assert_eq!(s["spec"]["ports"].as_array().unwrap().len(), 1);
     }
 }

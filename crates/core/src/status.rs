@@ -20,6 +20,9 @@ pub const FAILURE_REASONS: &[&str] = &[
     "NoReadyReplicas",
     // IngressReady: the spec asks for an HTTPRoute where the cluster serves no Gateway API.
     "GatewayAPIMissing",
+    crate::runtime::RUNTIME_NOT_FOUND,
+    crate::runtime::UNSUPPORTED_MODEL_FORMAT,
+    crate::runtime::NO_RUNTIME_FOR_FORMAT,
 ];
 
 /// Whether a condition reason is one of [`FAILURE_REASONS`] or of the kubelet's container
@@ -110,6 +113,9 @@ pub struct Observed<'a> {
     /// The external entry point, when the spec asks for one: `(ok, reason, message)`, e.g.
     /// `(false, "GatewayAPIMissing", ...)` where the cluster does not serve HTTPRoutes.
     pub ingress: Option<(bool, String, String)>,
+    /// Why no server can run the latest revision's model (cluster mode's ServingRuntimes): its
+    /// replicas are not even rendered.
+    pub runtime_problem: Option<crate::runtime::RuntimeProblem>,
 }
 
 /// Why the latest revision is not ready (or that it is): `(status, reason, message)`.
@@ -121,6 +127,9 @@ pub fn latest_revision_condition(observed: &Observed<'_>) -> (bool, &'static str
         .filter(|r| r.revision == target.revision && !r.terminating)
         .collect();
     let ready = latest.iter().filter(|r| r.ready()).count() as u32;
+    if let Some(problem) = &observed.runtime_problem {
+        return (false, problem.reason, problem.message.clone());
+    }
     if ready >= target.replicas {
         return (
             true,
@@ -399,6 +408,13 @@ mod tests {
     }
 
     fn status_of(replicas: &[ReplicaView]) -> InferenceServiceStatus {
+        status_with(replicas, None)
+    }
+
+    fn status_with(
+        replicas: &[ReplicaView],
+        runtime_problem: Option<crate::runtime::RuntimeProblem>,
+    ) -> InferenceServiceStatus {
         let target = Target {
             revision: "iris-2".into(),
             replicas: 2,
@@ -433,8 +449,39 @@ mod tests {
             revision_order: &order,
             creation_failure: None,
             ingress: None,
+            runtime_problem,
         };
         derive(&observed, None, "2026-11-28T00:00:00Z")
+    }
+
+    #[test]
+    fn a_missing_runtime_is_named_while_the_old_revision_serves() {
+        let problem = crate::runtime::RuntimeProblem {
+            reason: crate::runtime::RUNTIME_NOT_FOUND,
+            message: "ServingRuntime \"triton\" not found in namespace default".into(),
+        };
+        let old = [
+            view("a", "iris-1", ReplicaHealth::Ready),
+            view("b", "iris-1", ReplicaHealth::Ready),
+        ];
+        let s = status_with(&old, Some(problem.clone()));
+        let latest = find(&s, LATEST_REVISION_READY);
+        assert_eq!(
+            (latest.status.as_str(), latest.reason.as_str()),
+            ("False", "RuntimeNotFound")
+        );
+        assert!(latest.message.contains("triton"), "{}", latest.message);
+        let ready = find(&s, READY);
+        assert_eq!(ready.status, "True", "the old revision still serves");
+        assert!(
+            ready.message.contains("RuntimeNotFound"),
+            "{}",
+            ready.message
+        );
+        assert!(is_failure(&latest.reason), "apply --wait stops on it");
+        // Nothing serving: Ready names the runtime problem too.
+        let s = status_with(&[], Some(problem));
+        assert_eq!(find(&s, READY).reason, "RuntimeNotFound");
     }
 
     fn find<'a>(status: &'a InferenceServiceStatus, type_: &str) -> &'a Condition {

@@ -273,6 +273,7 @@ impl Reconciler {
             revision_order: &order,
             creation_failure: None,
             ingress: None,
+            runtime_problem: None,
         };
         let next = status::derive(&observed, service.status.as_ref(), &now());
         if service.status.as_ref() != Some(&next) {

@@ -11,7 +11,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_api::{InferenceService, LABEL_REVISION, LABEL_SERVICE, revision_name};
+use ferry_api::{
+    InferenceService, LABEL_REVISION, LABEL_SERVICE, ServingRuntime, revision_name_with_runtime,
+};
 use ferry_core::render::{RenderOptions, render, render_service};
 use ferry_core::rollout::{Target, desired_replicas, plan};
 use ferry_core::routes::{Addresses, Endpoint, ServiceEndpoints, build};
@@ -70,6 +72,8 @@ struct Shared {
     deployments: Store<Deployment>,
     services: Store<Service>,
     pods: Store<Pod>,
+    /// Every namespace's ServingRuntimes.
+    runtimes: Store<ServingRuntime>,
     /// The names of each InferenceService's cached Deployments and Pods.
     owned_deployments: Arc<Owned>,
     owned_pods: Arc<Owned>,
@@ -154,6 +158,15 @@ pub async fn run(context: Context) {
         })
         .touched_objects();
     tokio::spawn(service_events.for_each(|_| async {}));
+    let (runtimes, runtimes_writer) = reflector::store::<ServingRuntime>();
+    let runtime_events = watcher(
+        Api::<ServingRuntime>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|r| r.managed_fields_mut().clear())
+    .reflect(runtimes_writer)
+    .touched_objects();
     let recorder = Recorder::new(client.clone(), context.reporter.clone());
     let shared = Arc::new(Shared {
         context,
@@ -161,6 +174,7 @@ pub async fn run(context: Context) {
         deployments,
         services,
         pods,
+        runtimes,
         owned_deployments,
         owned_pods,
         gateway_api: Mutex::new(None),
@@ -179,9 +193,13 @@ pub async fn run(context: Context) {
     .modify(|i| i.managed_fields_mut().clear())
     .reflect(isvcs_writer)
     .touched_objects();
+    let users = isvcs.clone();
     Controller::for_stream(isvc_events, isvcs)
         .watches_stream(deployment_events, owner)
         .watches_stream(pod_events, owner)
+        .watches_stream(runtime_events, move |runtime| {
+            runtime_users(&users, &runtime)
+        })
         .shutdown_on_signal()
         .run(reconcile, error_policy, shared)
         .for_each(|result| async move {
@@ -192,12 +210,38 @@ pub async fn run(context: Context) {
         .await;
 }
 
+/// The InferenceServices a change of `runtime` may concern: those of its namespace that name
+/// it, or that name no runtime and have a format Ferry's own server does not run.
+fn runtime_users(
+    isvcs: &Store<InferenceService>,
+    runtime: &ServingRuntime,
+) -> Vec<ObjectRef<InferenceService>> {
+    let namespace = runtime.namespace();
+    let name = runtime.name_any();
+    isvcs
+        .state()
+        .iter()
+        .filter(|isvc| isvc.namespace() == namespace)
+        .filter(|isvc| match isvc.spec.predictor.runtime.as_deref() {
+            Some(named) => named == name,
+            None => !ferry_api::validate::SUPPORTED_FORMATS
+                .contains(&isvc.spec.predictor.model.format.as_str()),
+        })
+        .map(|isvc| ObjectRef::from_obj(isvc.as_ref()))
+        .collect()
+}
+
 /// Drop what no reconcile reads from a cached object's metadata.
 fn slim_metadata(metadata: &mut kube::api::ObjectMeta) {
     metadata.managed_fields = None;
     metadata.owner_references = None;
     if let Some(annotations) = metadata.annotations.as_mut() {
-        annotations.retain(|key, _| key == APPLIED_HASH || key == EXTRAS);
+        annotations.retain(|key, _| {
+            key == APPLIED_HASH
+                || key == EXTRAS
+                || key == ferry_core::render::ANNOTATION_HTTP_PORT
+                || key == ferry_core::render::ANNOTATION_GRPC_PORT
+        });
     }
 }
 
@@ -223,7 +267,7 @@ fn namespace_terminating(error: &Error) -> bool {
         if e.code == 403 && e.message.contains("because it is being terminated"))
 }
 
-pub(crate) fn pod_view(pod: &Pod) -> Option<(ReplicaView, Option<String>)> {
+pub(crate) fn pod_view(pod: &Pod) -> Option<(ReplicaView, Option<Addresses>)> {
     let revision = pod.labels().get(LABEL_REVISION)?.clone();
     let status = pod.status.as_ref();
     let ready = status
@@ -284,6 +328,15 @@ pub(crate) fn pod_view(pod: &Pod) -> Option<(ReplicaView, Option<String>)> {
         (false, None, None, Some(message)) => ReplicaHealth::Unschedulable { message },
         (false, None, None, None) => ReplicaHealth::Starting { for_seconds: 0 },
     };
+    // Where its model server answers: the pod IP (none yet, or one that does not parse: none),
+    // on Ferry's server's ports or those a ServingRuntime's pod is annotated with.
+    let addrs = status
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .map(|ip| {
+            let (http, grpc) = ferry_core::render::pod_ports(pod.annotations());
+            Addresses::tcp((ip, http).into(), (ip, grpc).into())
+        });
     Some((
         ReplicaView {
             id: pod.name_any(),
@@ -291,21 +344,8 @@ pub(crate) fn pod_view(pod: &Pod) -> Option<(ReplicaView, Option<String>)> {
             health,
             terminating: pod.metadata.deletion_timestamp.is_some(),
         },
-        status.and_then(|s| s.pod_ip.clone()),
+        addrs,
     ))
-}
-
-/// Where a pod's model server answers (the ports every rendered pod uses); `None` for an
-/// address that does not parse.
-pub(crate) fn endpoint(replica: ReplicaView, pod_ip: &str) -> Option<Endpoint> {
-    let ip: std::net::IpAddr = pod_ip.parse().ok()?;
-    Some(Endpoint {
-        replica,
-        addrs: Addresses::tcp(
-            (ip, ferry_core::render::HTTP_PORT).into(),
-            (ip, ferry_core::render::GRPC_PORT).into(),
-        ),
-    })
 }
 
 async fn reconcile(isvc: Arc<InferenceService>, shared: Arc<Shared>) -> Result<Action, Error> {
@@ -428,6 +468,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         let _ = shared.deployments.wait_until_ready().await;
         let _ = shared.services.wait_until_ready().await;
         let _ = shared.pods.wait_until_ready().await;
+        let _ = shared.runtimes.wait_until_ready().await;
     })
     .await;
     if filled.is_err() {
@@ -447,7 +488,16 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
                 .join("; "),
         ));
     }
-    let revision = revision_name(&name, &isvc.spec.predictor);
+    // Which server runs the model; without one, nothing of the new revision is rendered and
+    // what serves keeps serving, while the status names the problem.
+    let runtimes = shared.runtimes.state();
+    let (runtime, runtime_problem) =
+        match ferry_core::runtime::resolve(isvc, runtimes.iter().map(AsRef::as_ref)) {
+            Ok(runtime) => (runtime, None),
+            Err(problem) => (None, Some(problem)),
+        };
+    let revision =
+        revision_name_with_runtime(&name, &isvc.spec.predictor, runtime.map(|r| &r.spec));
     let key = ObjectRef::from_obj(isvc);
     let force = shared
         .applied_in_full
@@ -469,7 +519,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         .iter()
         .filter_map(|n| shared.cached(&shared.pods, &namespace, n))
         .collect();
-    let seen: Vec<(ReplicaView, Option<String>)> =
+    let seen: Vec<(ReplicaView, Option<Addresses>)> =
         pod_list.iter().filter_map(|p| pod_view(p)).collect();
     let views: Vec<ReplicaView> = seen.iter().map(|(v, _)| v.clone()).collect();
 
@@ -491,131 +541,141 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     );
     let target = Target::with_replicas(&revision, &isvc.spec, wanted);
     let step = plan(&target, &views);
-    let current_new = replicas.get(&revision).copied().unwrap_or(0);
-    let live_new = views
-        .iter()
-        .filter(|v| v.revision == revision && !v.terminating)
-        .count() as i32;
-    let new_count = if current_new >= target.replicas as i32 {
-        target.replicas as i32
-    } else {
-        current_new
-            .max(live_new + step.start as i32)
-            .min(target.replicas as i32)
-    };
-    replicas.insert(revision.clone(), new_count);
-    for stopped in &step.stop {
-        if let Some(view) = views.iter().find(|v| &v.id == stopped)
-            && view.revision != revision
-            && let Some(count) = replicas.get_mut(&view.revision)
-        {
-            *count = (*count - 1).max(0);
-        }
-    }
-
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut revision_service = None;
-    for (rev, count) in &replicas {
-        let cached = existing
+    let ingress = if runtime_problem.is_some() {
+        None
+    } else {
+        let current_new = replicas.get(&revision).copied().unwrap_or(0);
+        let live_new = views
             .iter()
-            .find(|d| d.metadata.name.as_deref() == Some(rev.as_str()));
-        if rev != &revision
-            && *count == 0
-            && !views.iter().any(|v| &v.revision == rev && !v.terminating)
-        {
-            // A drained revision: its objects go.
-            let _ = deployments.delete(rev, &DeleteParams::default()).await;
-            let _ = services.delete(rev, &DeleteParams::default()).await;
-            shared
-                .event(
-                    isvc,
-                    EventType::Normal,
-                    "RevisionRetired",
-                    format!("deleted revision {rev}: no replica left"),
-                )
-                .await;
-            continue;
+            .filter(|v| v.revision == revision && !v.terminating)
+            .count() as i32;
+        let new_count = if current_new >= target.replicas as i32 {
+            target.replicas as i32
+        } else {
+            current_new
+                .max(live_new + step.start as i32)
+                .min(target.replicas as i32)
+        };
+        replicas.insert(revision.clone(), new_count);
+        for stopped in &step.stop {
+            if let Some(view) = views.iter().find(|v| &v.id == stopped)
+                && view.revision != revision
+                && let Some(count) = replicas.get_mut(&view.revision)
+            {
+                *count = (*count - 1).max(0);
+            }
         }
-        if rev != &revision {
-            // Older revisions keep their template: only their replica count changes (a merge
-            // patch: an apply of just `replicas` would drop the template this manager owns).
-            if before.get(rev) != Some(count) {
-                let patch = json!({"spec": {"replicas": count}});
-                deployments
-                    .patch(rev, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
+
+        let mut revision_service = None;
+        for (rev, count) in &replicas {
+            let cached = existing
+                .iter()
+                .find(|d| d.metadata.name.as_deref() == Some(rev.as_str()));
+            if rev != &revision
+                && *count == 0
+                && !views.iter().any(|v| &v.revision == rev && !v.terminating)
+            {
+                // A drained revision: its objects go.
+                let _ = deployments.delete(rev, &DeleteParams::default()).await;
+                let _ = services.delete(rev, &DeleteParams::default()).await;
                 shared
                     .event(
                         isvc,
                         EventType::Normal,
-                        "ScaledDown",
-                        format!("revision {rev}: {} → {count} replicas", before[rev]),
+                        "RevisionRetired",
+                        format!("deleted revision {rev}: no replica left"),
                     )
                     .await;
+                continue;
             }
-            continue;
+            if rev != &revision {
+                // Older revisions keep their template: only their replica count changes (a merge
+                // patch: an apply of just `replicas` would drop the template this manager owns).
+                if before.get(rev) != Some(count) {
+                    let patch = json!({"spec": {"replicas": count}});
+                    deployments
+                        .patch(rev, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await?;
+                    shared
+                        .event(
+                            isvc,
+                            EventType::Normal,
+                            "ScaledDown",
+                            format!("revision {rev}: {} → {count} replicas", before[rev]),
+                        )
+                        .await;
+                }
+                continue;
+            }
+            let mut objects = render(isvc, rev, *count as u32, &ctx.render, runtime);
+            let key = format!("deployment/{namespace}/{rev}");
+            let hash = stamp(&mut objects.deployment);
+            // A periodic re-apply of an unchanged object is no decision: no event.
+            let decided = !shared.known(&key, cached_hash(cached.map(|d| d.as_ref())), &hash);
+            if decided || force {
+                deployments
+                    .patch(rev, &params, &Patch::Apply(&objects.deployment))
+                    .await?;
+                shared.remember(key, hash);
+            }
+            if decided {
+                let (reason, note) = match before.get(rev) {
+                    None => (
+                        "RevisionCreated",
+                        format!("created revision {rev} with {count} replicas"),
+                    ),
+                    Some(old) if old < count => (
+                        "ScaledUp",
+                        format!("revision {rev}: {old} → {count} replicas"),
+                    ),
+                    Some(old) if old > count => (
+                        "ScaledDown",
+                        format!("revision {rev}: {old} → {count} replicas"),
+                    ),
+                    Some(_) => ("Updated", format!("revision {rev}: applied")),
+                };
+                shared.event(isvc, EventType::Normal, reason, note).await;
+            }
+            let cached_service = shared.cached(&shared.services, &namespace, rev);
+            let key = format!("service/{namespace}/{rev}");
+            let hash = stamp(&mut objects.service);
+            if force || !shared.known(&key, cached_hash(cached_service.as_deref()), &hash) {
+                revision_service = Some((key, hash, objects.service));
+            }
         }
-        let mut objects = render(isvc, rev, *count as u32, &ctx.render);
-        let key = format!("deployment/{namespace}/{rev}");
-        let hash = stamp(&mut objects.deployment);
-        // A periodic re-apply of an unchanged object is no decision: no event.
-        let decided = !shared.known(&key, cached_hash(cached.map(|d| d.as_ref())), &hash);
-        if decided || force {
-            deployments
-                .patch(rev, &params, &Patch::Apply(&objects.deployment))
-                .await?;
-            shared.remember(key, hash);
-        }
-        if decided {
-            let (reason, note) = match before.get(rev) {
-                None => (
-                    "RevisionCreated",
-                    format!("created revision {rev} with {count} replicas"),
-                ),
-                Some(old) if old < count => (
-                    "ScaledUp",
-                    format!("revision {rev}: {old} → {count} replicas"),
-                ),
-                Some(old) if old > count => (
-                    "ScaledDown",
-                    format!("revision {rev}: {old} → {count} replicas"),
-                ),
-                Some(_) => ("Updated", format!("revision {rev}: applied")),
-            };
-            shared.event(isvc, EventType::Normal, reason, note).await;
-        }
-        let cached_service = shared.cached(&shared.services, &namespace, rev);
-        let key = format!("service/{namespace}/{rev}");
-        let hash = stamp(&mut objects.service);
-        if force || !shared.known(&key, cached_hash(cached_service.as_deref()), &hash) {
-            revision_service = Some((key, hash, objects.service));
-        }
-    }
 
-    // The revision's Service and the service-wide objects do not depend on each other.
-    let apply_revision_service = async {
-        if let Some((key, hash, service)) = &revision_service {
-            apply_recreating(&services, &revision, service, &params).await?;
-            shared.remember(key.clone(), hash.clone());
+        // The revision's Service and the service-wide objects do not depend on each other.
+        let apply_revision_service = async {
+            if let Some((key, hash, service)) = &revision_service {
+                apply_recreating(&services, &revision, service, &params).await?;
+                shared.remember(key.clone(), hash.clone());
+            }
+            Ok::<_, Error>(())
+        };
+        let ((), ingress) = tokio::try_join!(
+            apply_revision_service,
+            apply_service_objects(isvc, &revision, shared, &params, force)
+        )?;
+        if force {
+            shared
+                .applied_in_full
+                .lock()
+                .expect("poisoned")
+                .insert(key, Instant::now());
         }
-        Ok::<_, Error>(())
+        ingress
     };
-    let ((), ingress) = tokio::try_join!(
-        apply_revision_service,
-        apply_service_objects(isvc, &revision, shared, &params, force)
-    )?;
-    if force {
-        shared
-            .applied_in_full
-            .lock()
-            .expect("poisoned")
-            .insert(key, Instant::now());
-    }
 
     // Status from the same pods, through the core.
     let endpoints: Vec<Endpoint> = seen
         .iter()
-        .filter_map(|(view, ip)| endpoint(view.clone(), ip.as_deref()?))
+        .filter_map(|(view, addrs)| {
+            Some(Endpoint {
+                replica: view.clone(),
+                addrs: addrs.clone()?,
+            })
+        })
         .collect();
     let table = build(&[ServiceEndpoints {
         namespace: namespace.clone(),
@@ -650,6 +710,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
                     })
             }),
         ingress,
+        runtime_problem,
     };
     let now = k8s_openapi::jiff::Timestamp::now()
         .round(k8s_openapi::jiff::Unit::Second)
@@ -942,10 +1003,29 @@ mod tests {
         );
         let ready =
             pod(json!({"podIP": "127.2.0.5", "conditions": [{"type": "Ready", "status": "True"}]}));
-        let (view, ip) = pod_view(&ready).unwrap();
+        let (view, addrs) = pod_view(&ready).unwrap();
+        let addrs = addrs.unwrap();
+        assert_eq!(view.health, ReplicaHealth::Ready);
         assert_eq!(
-            (view.health, ip.as_deref()),
-            (ReplicaHealth::Ready, Some("127.2.0.5"))
+            (addrs.http.to_string(), addrs.grpc.to_string()),
+            ("127.2.0.5:8080".into(), "127.2.0.5:9000".into())
         );
+        // A ServingRuntime's pod says where it serves.
+        let mut runtime_pod = ready.clone();
+        runtime_pod.metadata.annotations = Some(
+            [
+                ("ferry.dev/http-port".to_string(), "8500".to_string()),
+                ("ferry.dev/grpc-port".to_string(), "9500".to_string()),
+            ]
+            .into(),
+        );
+        let addrs = pod_view(&runtime_pod).unwrap().1.unwrap();
+        assert_eq!(
+            (addrs.http.to_string(), addrs.grpc.to_string()),
+            ("127.2.0.5:8500".into(), "127.2.0.5:9500".into())
+        );
+        let mut no_ip = ready.clone();
+        no_ip.status.as_mut().unwrap().pod_ip = Some("not-an-ip".into());
+        assert!(pod_view(&no_ip).unwrap().1.is_none());
     }
 }

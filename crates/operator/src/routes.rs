@@ -16,7 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
-use crate::reconcile::{endpoint, pod_view};
+use crate::reconcile::pod_view;
 
 fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
     // One pass over the pods, grouped by (namespace, InferenceService): linear in the objects,
@@ -27,13 +27,13 @@ fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
         else {
             continue;
         };
-        let Some((view, Some(ip))) = pod_view(&pod) else {
+        let Some((replica, Some(addrs))) = pod_view(&pod) else {
             continue;
         };
         by_service
             .entry((namespace, name.clone()))
             .or_default()
-            .extend(endpoint(view, &ip));
+            .push(Endpoint { replica, addrs });
     }
     let services: Vec<ServiceEndpoints> = isvcs
         .state()

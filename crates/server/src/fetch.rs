@@ -20,6 +20,17 @@ pub fn is_url(path: &Path) -> bool {
 
 /// Download `url` into `dir`; returns the file. The file appears only once complete.
 pub async fn download(url: &str, dir: &Path, model: &str) -> Result<PathBuf, String> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let file = dir.join(format!("{model}-{}.onnx", std::process::id()));
+    download_to(url, &file).await?;
+    Ok(file)
+}
+
+/// Download `url` to the file `file` (its directory must exist); the file appears only once
+/// complete (`ferry fetch`, the init step of a ServingRuntime's pod, and [`download`]).
+pub async fn download_to(url: &str, file: &Path) -> Result<(), String> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()
         .map_err(|e| format!("no TLS root certificates: {e}"))?
@@ -56,10 +67,6 @@ pub async fn download(url: &str, dir: &Path, model: &str) -> Result<PathBuf, Str
             response.status()
         ));
     }
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let file = dir.join(format!("{model}-{}.onnx", std::process::id()));
     let partial = file.with_extension("partial");
     let mut out = tokio::fs::File::create(&partial)
         .await
@@ -76,11 +83,11 @@ pub async fn download(url: &str, dir: &Path, model: &str) -> Result<PathBuf, Str
         }
     }
     out.flush().await.map_err(|e| e.to_string())?;
-    tokio::fs::rename(&partial, &file)
+    tokio::fs::rename(&partial, file)
         .await
         .map_err(|e| format!("cannot move {} into place: {e}", partial.display()))?;
-    tracing::info!(model, url = %current, bytes, file = %file.display(), "model fetched");
-    Ok(file)
+    tracing::info!(url = %current, bytes, file = %file.display(), "model fetched");
+    Ok(())
 }
 
 /// `location` relative to `base` (absolute URLs and absolute paths).

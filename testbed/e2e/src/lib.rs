@@ -185,6 +185,40 @@ pub async fn install_operator(client: &Client) -> k8s_openapi::api::core::v1::Po
     operator_leader(client).await
 }
 
+/// Install deploy/router.yaml (and the CRDs) and wait for a Ready router pod; returns its IP (a
+/// process-node loopback address, 127.2.x.y), where it serves REST and gRPC on port 8080.
+pub async fn install_router(client: &Client) -> String {
+    use k8s_openapi::api::core::v1::Pod;
+    install_crds(client).await.expect("CRDs install");
+    apply_deploy("router.yaml");
+    let system: Api<Pod> = Api::namespaced(client.clone(), "ferry-system");
+    let ip = eventually("the router pod is Ready", Duration::from_secs(60), || {
+        let pods = system.clone();
+        async move {
+            let list = pods
+                .list(
+                    &kube::api::ListParams::default().labels("app.kubernetes.io/name=ferry-router"),
+                )
+                .await
+                .ok()?;
+            list.items.iter().find_map(|p| {
+                let status = p.status.as_ref()?;
+                let ready = status
+                    .conditions
+                    .as_ref()?
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                (ready && p.metadata.deletion_timestamp.is_none())
+                    .then(|| status.pod_ip.clone())
+                    .flatten()
+            })
+        }
+    })
+    .await;
+    assert!(ip.starts_with("127.2."), "{ip}");
+    ip
+}
+
 /// The operator pod that holds the Lease `ferry-system/ferry-operator` and is Running.
 pub async fn operator_leader(client: &Client) -> k8s_openapi::api::core::v1::Pod {
     use k8s_openapi::api::coordination::v1::Lease;

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_testbed_e2e::{
-    TempNamespace, admin_client, apply_deploy, eventually, install_crds, iris_manifest as manifest,
-    kubectl,
+    TempNamespace, admin_client, apply_deploy, eventually, install_crds, install_router,
+    iris_manifest as manifest, kubectl,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -38,32 +38,8 @@ async fn a_model_update_through_the_cluster_router_fails_no_request() {
         return;
     };
     install_crds(&client).await.unwrap();
-    for file in ["operator.yaml", "router.yaml"] {
-        apply_deploy(file);
-    }
-    let system: Api<Pod> = Api::namespaced(client.clone(), "ferry-system");
-    let router_ip = eventually("the router pod is Ready", Duration::from_secs(60), || {
-        let pods = system.clone();
-        async move {
-            let list = pods
-                .list(&ListParams::default().labels("app.kubernetes.io/name=ferry-router"))
-                .await
-                .ok()?;
-            list.items.iter().find_map(|p| {
-                let status = p.status.as_ref()?;
-                let ready = status
-                    .conditions
-                    .as_ref()?
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                (ready && p.metadata.deletion_timestamp.is_none())
-                    .then(|| status.pod_ip.clone())
-                    .flatten()
-            })
-        }
-    })
-    .await;
-    assert!(router_ip.starts_with("127.2."), "{router_ip}");
+    apply_deploy("operator.yaml");
+    let router_ip = install_router(&client).await;
 
     let ns = TempNamespace::create(&client, "cluster-router")
         .await

@@ -1,0 +1,212 @@
+//! Bring-your-own runtimes: an InferenceService that names a ServingRuntime runs that runtime's
+//! container, on the ports it declares, with the model in its environment, on the real control
+//! plane with the operator and the router of deploy/. The runtime here is the `ferry` image with
+//! its own command line (the process node runs no other image): what matters is that the pod
+//! runs the runtime's container as written, and that the router finds it on the runtime's ports.
+//!
+//! Before the runtime exists the status says so and nothing is created; once it is applied the
+//! service becomes Ready and answers through the router, over REST and gRPC; editing the runtime
+//! rolls the service out as a new revision; a format the runtime does not list, and a format
+//! no runtime lists, are named in the status.
+
+use std::time::Duration;
+
+use ferry_server::grpc::GrpcInferenceServiceClient;
+use ferry_testbed_e2e::{
+    TempNamespace, admin_client, apply_in, condition, eventually, install_operator, install_router,
+    isvc_json,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::{Value, json};
+
+fn model() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/iris-v1.onnx")
+        .canonicalize()
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+/// The runtime `alt`: Ferry's server started by the runtime's own arguments, on 8500 / 9500.
+fn runtime(extra_arg: &str) -> String {
+    format!(
+        r#"apiVersion: ferry.dev/v1alpha1
+kind: ServingRuntime
+metadata: {{name: alt}}
+spec:
+  supportedModelFormats: [{{name: onnx}}]
+  protocolVersions: [v2]
+  httpPort: 8500
+  grpcPort: 9500
+  containers:
+  - name: alt
+    image: ghcr.io/ferry-dev/ferry:latest
+    args: [server, --model, "$(FERRY_MODEL_NAME)=$(FERRY_MODEL_PATH)", --http-addr, "$(POD_IP):8500", --grpc-addr, "$(POD_IP):9500"{extra_arg}]
+"#
+    )
+}
+
+fn service(name: &str, format: &str, runtime: Option<&str>) -> String {
+    let runtime = runtime.map_or(String::new(), |r| format!("    runtime: {r}\n"));
+    format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: {name}}}\nspec:\n  predictor:\n    model: {{format: {format}, uri: {}}}\n{runtime}",
+        model()
+    )
+}
+
+/// `(status, reason, message)` of LatestRevisionReady once its reason is `reason`.
+async fn latest_reason(ns: &str, name: &str, reason: &str) -> String {
+    eventually(
+        &format!("{name}: LatestRevisionReady {reason}"),
+        Duration::from_secs(60),
+        || {
+            let (ns, name) = (ns.to_string(), name.to_string());
+            async move {
+                let (status, r, message) = condition(&isvc_json(&ns, &name), "LatestRevisionReady");
+                (status == "False" && r == reason).then_some(message)
+            }
+        },
+    )
+    .await
+}
+
+/// The latest revision once the service is Ready on it.
+async fn ready_revision(ns: &str, name: &str, not: &str) -> String {
+    eventually(
+        &format!("{name} Ready on a revision other than {not:?}"),
+        Duration::from_secs(90),
+        || {
+            let (ns, name) = (ns.to_string(), name.to_string());
+            async move {
+                let object = isvc_json(&ns, &name);
+                let latest = object["status"]["latestRevision"].as_str()?.to_string();
+                (condition(&object, "Ready").0 == "True"
+                    && condition(&object, "LatestRevisionReady").0 == "True"
+                    && latest != not)
+                    .then_some(latest)
+            }
+        },
+    )
+    .await
+}
+
+fn body() -> Value {
+    json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [6.3, 3.3, 6.0, 2.5]}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_runtime_serves_through_the_router_and_rolls_out_when_edited() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_operator(&client).await;
+    let router_ip = install_router(&client).await;
+    let ns = TempNamespace::create(&client, "servingruntime")
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+
+    // Named before it exists: the status says which runtime is missing, nothing is created.
+    apply_in(&ns.name, &service("byo", "onnx", Some("alt")));
+    let message = latest_reason(&ns.name, "byo", "RuntimeNotFound").await;
+    assert!(message.contains("\"alt\""), "{message}");
+    assert!(message.contains(&ns.name), "{message}");
+    assert_eq!(condition(&isvc_json(&ns.name, "byo"), "Ready").0, "False");
+    let owned = ListParams::default().labels("ferry.dev/inferenceservice=byo");
+    assert!(deployments.list(&owned).await.unwrap().items.is_empty());
+
+    // The runtime arrives: the operator is told (it watches ServingRuntimes), renders the
+    // runtime's container and the service becomes Ready.
+    apply_in(&ns.name, &runtime(""));
+    let first = ready_revision(&ns.name, "byo", "").await;
+    let deployment = deployments.get(&first).await.unwrap();
+    let template = deployment.spec.unwrap().template;
+    let container = &template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(container.name, "alt");
+    assert_eq!(
+        container.args.as_ref().unwrap()[2],
+        "$(FERRY_MODEL_NAME)=$(FERRY_MODEL_PATH)"
+    );
+    let annotations = template.metadata.unwrap().annotations.unwrap();
+    assert_eq!(annotations["ferry.dev/http-port"], "8500");
+    assert_eq!(annotations["ferry.dev/grpc-port"], "9500");
+
+    // REST through the router pod reaches the runtime's port 8500.
+    let http = reqwest::Client::new();
+    let url = format!("http://{router_ip}:8080/v2/models/byo/infer");
+    let send = |expected: String| {
+        let (http, url, ns) = (http.clone(), url.clone(), ns.name.clone());
+        async move {
+            let response = http
+                .post(&url)
+                .header("ferry-namespace", &ns)
+                .json(&body())
+                .send()
+                .await
+                .ok()?;
+            let revision = response.headers().get("ferry-revision")?.to_str().ok()?;
+            (response.status() == 200 && revision == expected).then_some(())?;
+            let answer: Value = response.json().await.ok()?;
+            answer["outputs"].is_array().then_some(())
+        }
+    };
+    eventually(
+        "the router answers from the runtime",
+        Duration::from_secs(30),
+        || send(first.clone()),
+    )
+    .await;
+
+    // gRPC through the router reaches the runtime's port 9500.
+    let mut grpc = GrpcInferenceServiceClient::connect(format!("http://{router_ip}:8080"))
+        .await
+        .expect("the router speaks gRPC");
+    let mut request = tonic::Request::new(ferry_server::grpc::pb::ModelReadyRequest {
+        name: "byo".into(),
+        version: String::new(),
+    });
+    request
+        .metadata_mut()
+        .insert("ferry-namespace", ns.name.parse().unwrap());
+    let ready = grpc
+        .model_ready(request)
+        .await
+        .expect("ModelReady over gRPC");
+    assert!(ready.into_inner().ready);
+
+    // Editing the runtime rolls every service on it out as a new revision; the old one goes.
+    apply_in(&ns.name, &runtime(", --compute-threads, \"1\""));
+    let second = ready_revision(&ns.name, "byo", &first).await;
+    eventually("the new revision answers", Duration::from_secs(30), || {
+        send(second.clone())
+    })
+    .await;
+    eventually(
+        "the old revision is removed",
+        Duration::from_secs(60),
+        || {
+            let (deployments, first) = (deployments.clone(), first.clone());
+            async move {
+                deployments
+                    .get_opt(&first)
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // A format the runtime does not list; a format no runtime lists.
+    apply_in(&ns.name, &service("torch", "pytorch", Some("alt")));
+    let message = latest_reason(&ns.name, "torch", "UnsupportedModelFormat").await;
+    assert!(message.contains("\"pytorch\""), "{message}");
+    apply_in(&ns.name, &service("sk", "sklearn", None));
+    let message = latest_reason(&ns.name, "sk", "NoRuntimeForFormat").await;
+    assert!(message.contains("\"sklearn\""), "{message}");
+    ns.delete().await;
+}
