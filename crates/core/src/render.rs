@@ -902,8 +902,7 @@ mod tests {
             "    readinessProbe: {tcpSocket: {port: 8500}}\n",
             "    securityContext: {runAsUser: 1000}\n",
         ));
-        let isvc = isvc(concat!("    runtime: triton\n",)).clone();
-        let mut isvc = isvc;
+        let mut isvc = isvc("    runtime: triton\n");
         isvc.spec.predictor.model.uri = "https://models.example/iris/model.onnx?v=2".into();
         isvc.spec.predictor.model.runtime_version = Some("1.1".into());
         let objects = render(&isvc, "iris-abc123", 1, &options(), Some(&mlserver));
