@@ -219,6 +219,37 @@ pub async fn install_router(client: &Client) -> String {
     ip
 }
 
+/// An OIP request body for the iris models: one flower.
+pub fn iris_body() -> serde_json::Value {
+    serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]})
+}
+
+/// POST [`iris_body`] to `model` in namespace `ns` through the router at `router_ip`: the HTTP
+/// status, the `ferry-revision` header and the JSON answer (`Null` when not JSON), or `None`
+/// when no answer came.
+pub async fn infer_via_router(
+    http: &reqwest::Client,
+    router_ip: &str,
+    ns: &str,
+    model: &str,
+) -> Option<(u16, String, serde_json::Value)> {
+    let response = http
+        .post(format!("http://{router_ip}:8080/v2/models/{model}/infer"))
+        .header("ferry-namespace", ns)
+        .json(&iris_body())
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    let revision = response
+        .headers()
+        .get("ferry-revision")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Some((status, revision, response.json().await.unwrap_or_default()))
+}
+
 /// The operator pod that holds the Lease `ferry-system/ferry-operator` and is Running.
 pub async fn operator_leader(client: &Client) -> k8s_openapi::api::core::v1::Pod {
     use k8s_openapi::api::coordination::v1::Lease;

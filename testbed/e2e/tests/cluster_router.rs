@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_testbed_e2e::{
-    TempNamespace, admin_client, apply_deploy, eventually, install_crds, install_router,
-    iris_manifest as manifest, kubectl,
+    TempNamespace, admin_client, apply_deploy, eventually, infer_via_router, install_crds,
+    install_router, iris_body, iris_manifest as manifest, kubectl,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 fn latest_ready(ns: &str) -> Option<String> {
     let out = kubectl(&["get", "isvc", "iris", "-n", ns, "-o", "json"], None);
@@ -57,16 +57,10 @@ async fn a_model_update_through_the_cluster_router_fails_no_request() {
     let url = format!("http://{router_ip}:8080/v2/models/iris/infer");
     let http = reqwest::Client::new();
     eventually("the router routes to v1", Duration::from_secs(30), || {
-        let (http, url, ns) = (http.clone(), url.clone(), ns.name.clone());
+        let (http, router_ip, ns) = (http.clone(), router_ip.clone(), ns.name.clone());
         async move {
-            let response = http
-                .post(&url)
-                .header("ferry-namespace", &ns)
-                .json(&body())
-                .send()
-                .await
-                .ok()?;
-            (response.status() == 200).then_some(())
+            let (status, ..) = infer_via_router(&http, &router_ip, &ns, "iris").await?;
+            (status == 200).then_some(())
         }
     })
     .await;
@@ -90,7 +84,7 @@ async fn a_model_update_through_the_cluster_router_fails_no_request() {
                     let sample = match http
                         .post(&url)
                         .header("ferry-namespace", &ns)
-                        .json(&body())
+                        .json(&iris_body())
                         .send()
                         .await
                     {
@@ -173,8 +167,4 @@ async fn a_model_update_through_the_cluster_router_fails_no_request() {
         "after the rollout only {second} answers"
     );
     ns.delete().await;
-}
-
-fn body() -> Value {
-    json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]})
 }

@@ -13,13 +13,12 @@ use std::time::Duration;
 
 use ferry_server::grpc::GrpcInferenceServiceClient;
 use ferry_testbed_e2e::{
-    TempNamespace, admin_client, apply_in, condition, eventually, install_operator, install_router,
-    isvc_json,
+    TempNamespace, admin_client, apply_in, condition, eventually, infer_via_router,
+    install_operator, install_router, isvc_json,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::ListParams;
-use serde_json::{Value, json};
 
 fn model() -> String {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -93,10 +92,6 @@ async fn ready_revision(ns: &str, name: &str, not: &str) -> String {
     .await
 }
 
-fn body() -> Value {
-    json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [6.3, 3.3, 6.0, 2.5]}]})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serving_runtime_serves_through_the_router_and_rolls_out_when_edited() {
     let Some(client) = admin_client().await else {
@@ -136,21 +131,12 @@ async fn a_serving_runtime_serves_through_the_router_and_rolls_out_when_edited()
 
     // REST through the router pod reaches the runtime's port 8500.
     let http = reqwest::Client::new();
-    let url = format!("http://{router_ip}:8080/v2/models/byo/infer");
     let send = |expected: String| {
-        let (http, url, ns) = (http.clone(), url.clone(), ns.name.clone());
+        let (http, router_ip, ns) = (http.clone(), router_ip.clone(), ns.name.clone());
         async move {
-            let response = http
-                .post(&url)
-                .header("ferry-namespace", &ns)
-                .json(&body())
-                .send()
-                .await
-                .ok()?;
-            let revision = response.headers().get("ferry-revision")?.to_str().ok()?;
-            (response.status() == 200 && revision == expected).then_some(())?;
-            let answer: Value = response.json().await.ok()?;
-            answer["outputs"].is_array().then_some(())
+            let (status, revision, answer) =
+                infer_via_router(&http, &router_ip, &ns, "byo").await?;
+            (status == 200 && revision == expected && answer["outputs"].is_array()).then_some(())
         }
     };
     eventually(
