@@ -224,8 +224,7 @@ fn runtime_users(
         .filter(|isvc| isvc.namespace() == namespace)
         .filter(|isvc| match isvc.spec.predictor.runtime.as_deref() {
             Some(named) => named == name,
-            None => !ferry_api::validate::SUPPORTED_FORMATS
-                .contains(&isvc.spec.predictor.model.format.as_str()),
+            None => ferry_core::runtime::needs_runtime(isvc),
         })
         .map(|isvc| ObjectRef::from_obj(isvc.as_ref()))
         .collect()
@@ -468,7 +467,11 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         let _ = shared.deployments.wait_until_ready().await;
         let _ = shared.services.wait_until_ready().await;
         let _ = shared.pods.wait_until_ready().await;
-        let _ = shared.runtimes.wait_until_ready().await;
+        // Only a service on a ServingRuntime waits for that cache: one where the runtime CRD
+        // is missing (its watch never lists) still serves everything on Ferry's own server.
+        if ferry_core::runtime::needs_runtime(isvc) {
+            let _ = shared.runtimes.wait_until_ready().await;
+        }
     })
     .await;
     if filled.is_err() {
