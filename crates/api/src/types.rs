@@ -301,6 +301,16 @@ impl InferenceService {
             .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
     }
 
+    /// The external hosts clients reach the service by (its Ingress or HTTPRoute host).
+    pub fn external_hosts(&self) -> Vec<String> {
+        self.spec
+            .ingress
+            .iter()
+            .map(|i| i.host.clone())
+            .filter(|h| !h.is_empty())
+            .collect()
+    }
+
     /// Namespace, `default` when unset.
     pub fn namespace_or_default(&self) -> String {
         self.metadata

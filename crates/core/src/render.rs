@@ -555,7 +555,14 @@ pub fn render_service(isvc: &InferenceService, latest: &str) -> ServiceObjects {
                     "spec": {
                         "parentRefs": [parent],
                         "hostnames": [spec.host],
-                        "rules": [{"backendRefs": [{"name": name, "port": ROUTER_PORT}]}]
+                        // The namespace travels as a header too: the router finds it also
+                        // behind a gateway that rewrites the Host.
+                        "rules": [{
+                            "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                                "set": [{"name": ferry_api::HEADER_NAMESPACE, "value": namespace}]
+                            }}],
+                            "backendRefs": [{"name": name, "port": ROUTER_PORT}]
+                        }]
                     }
                 }));
             }
@@ -755,6 +762,10 @@ mod tests {
             json!({"namespace": "infra", "name": "public"})
         );
         assert_eq!(r["spec"]["rules"][0]["backendRefs"][0]["name"], "iris");
+        assert_eq!(
+            r["spec"]["rules"][0]["filters"][0]["requestHeaderModifier"]["set"][0],
+            json!({"name": "ferry-namespace", "value": "ml"})
+        );
         assert!(routed.ingress.is_none());
     }
 

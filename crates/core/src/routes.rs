@@ -76,6 +76,11 @@ impl ServiceRoute {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RouteTable {
     pub namespaces: BTreeMap<String, BTreeMap<String, ServiceRoute>>,
+    /// External hosts (`spec.ingress.host`) → the namespace of the service that claims them:
+    /// traffic an Ingress or HTTPRoute hands the router keeps its own Host, which names no
+    /// namespace. A host claimed in several namespaces goes to the first by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, String>,
 }
 
 impl RouteTable {
@@ -100,6 +105,9 @@ pub struct ServiceEndpoints {
     /// The model's name in the inference protocol: the key requests are routed by.
     pub model: String,
     pub endpoints: Vec<Endpoint>,
+    /// The external hosts its Ingress or HTTPRoute serves (`spec.ingress.host`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 /// Build the table. Rolling updates spread traffic evenly over every ready replica of every
@@ -108,6 +116,15 @@ pub struct ServiceEndpoints {
 pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
     let mut table = RouteTable::default();
     for service in services {
+        for host in &service.hosts {
+            let claimed = table
+                .hosts
+                .entry(host.to_ascii_lowercase())
+                .or_insert_with(|| service.namespace.clone());
+            if service.namespace < *claimed {
+                claimed.clone_from(&service.namespace);
+            }
+        }
         let mut revisions: BTreeMap<&str, Vec<Backend>> = BTreeMap::new();
         for endpoint in service.endpoints.iter().filter(|e| e.replica.ready()) {
             revisions
@@ -188,6 +205,7 @@ mod tests {
                 endpoint("d", "iris-2", ReplicaHealth::Ready, false, 9006),
                 endpoint("e", "iris-2", starting, false, 9008),
             ],
+            hosts: vec![],
         };
         let table = build(&[service]);
         let route = table.lookup("default", "iris").unwrap();
@@ -210,5 +228,24 @@ mod tests {
         let pct = route.traffic_percent();
         assert_eq!((pct["iris-1"], pct["iris-2"]), (33, 66));
         assert!(table.lookup("other", "iris").is_none());
+    }
+
+    #[test]
+    fn external_hosts_name_the_namespace_that_claims_them() {
+        let service = |namespace: &str, hosts: &[&str]| ServiceEndpoints {
+            namespace: namespace.into(),
+            service: "iris".into(),
+            model: "iris".into(),
+            endpoints: vec![],
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        };
+        let table = build(&[
+            service("team-b", &["shared.example.com", "b.example.com"]),
+            service("team-a", &["Shared.Example.com"]),
+            service("team-c", &[]),
+        ]);
+        assert_eq!(table.hosts["shared.example.com"], "team-a", "first by name");
+        assert_eq!(table.hosts["b.example.com"], "team-b");
+        assert_eq!(table.hosts.len(), 2);
     }
 }

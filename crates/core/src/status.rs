@@ -436,6 +436,7 @@ mod tests {
                     ),
                 })
                 .collect(),
+            hosts: vec![],
         };
         let table = build(&[service]);
         let order = vec!["iris-2".to_string(), "iris-1".to_string()];

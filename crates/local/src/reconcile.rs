@@ -229,6 +229,7 @@ impl Reconciler {
                         })
                     })
                     .collect(),
+                hosts: s.isvc.external_hosts(),
             })
             .collect();
         ferry_core::routes::build(&inputs)

@@ -685,6 +685,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         service: name.clone(),
         model: isvc.model_name(),
         endpoints,
+        hosts: Vec::new(),
     }]);
     let mut order: Vec<String> = vec![revision.clone()];
     order.extend(replicas.keys().filter(|r| **r != revision).cloned());

@@ -49,6 +49,7 @@ fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
                 service: name,
                 model: isvc.model_name(),
                 endpoints,
+                hosts: isvc.external_hosts(),
             })
         })
         .collect();

@@ -140,7 +140,6 @@ impl Router {
             Target::Grpc { .. } => None,
         };
         let grpc = model.is_none();
-        let namespace = namespace(request.headers());
         let (parts, body) = request.into_parts();
         let limit = self.inner.config.max_body_bytes;
         if parts
@@ -168,6 +167,7 @@ impl Router {
             None => grpc_model_name(&body),
         };
         let compiled = self.inner.compiled.borrow().clone();
+        let namespace = namespace(&parts.headers, &compiled);
         let service: &Arc<ServiceState> =
             match &model {
                 Some(model) => compiled.lookup(&namespace, model).ok_or_else(|| {

@@ -122,9 +122,28 @@ fn two_choices(backends: &[Arc<BackendState>], avoid: Option<&str>) -> Option<Ar
 #[derive(Default)]
 pub struct Compiled {
     services: HashMap<String, HashMap<String, Arc<ServiceState>>>,
+    /// External host → namespace ([`ferry_core::routes::RouteTable::hosts`]).
+    hosts: HashMap<String, String>,
 }
 
 impl Compiled {
+    /// A table with external hosts only (unit tests of namespace resolution).
+    #[cfg(test)]
+    pub(crate) fn with_hosts(hosts: &[(&str, &str)]) -> Self {
+        Compiled {
+            hosts: hosts
+                .iter()
+                .map(|(h, ns)| (h.to_string(), ns.to_string()))
+                .collect(),
+            ..Compiled::default()
+        }
+    }
+
+    /// The namespace whose service claims the external `host` (lower-case, without port).
+    pub fn host_namespace(&self, host: &str) -> Option<&str> {
+        self.hosts.get(host).map(String::as_str)
+    }
+
     pub fn lookup(&self, namespace: &str, model: &str) -> Option<&Arc<ServiceState>> {
         self.services.get(namespace)?.get(model)
     }
@@ -163,7 +182,14 @@ impl InFlight {
     ) -> Compiled {
         let mut registry = self.registry.lock().expect("in-flight registry poisoned");
         let mut seen = HashMap::new();
-        let mut compiled = Compiled::default();
+        let mut compiled = Compiled {
+            hosts: table
+                .hosts
+                .iter()
+                .map(|(h, ns)| (h.clone(), ns.clone()))
+                .collect(),
+            ..Compiled::default()
+        };
         for (namespace, models) in &table.namespaces {
             for (model, route) in models {
                 let revisions: Vec<RevisionState> = route

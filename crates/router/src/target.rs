@@ -57,9 +57,10 @@ fn named(model: &str) -> Target {
     }
 }
 
-/// The namespace a request addresses: the `ferry-namespace` header, else the second label of a
-/// `NAME.NAMESPACE.domain` host, else `default`.
-pub fn namespace(headers: &HeaderMap) -> String {
+/// The namespace a request addresses: the `ferry-namespace` header, else the namespace whose
+/// service claims the Host as its external host (an Ingress or HTTPRoute hands the router the
+/// client's Host), else the second label of a `NAME.NAMESPACE.domain` host, else `default`.
+pub fn namespace(headers: &HeaderMap, table: &crate::table::Compiled) -> String {
     if let Some(ns) = headers
         .get(ferry_api::HEADER_NAMESPACE)
         .and_then(|v| v.to_str().ok())
@@ -79,6 +80,9 @@ pub fn namespace(headers: &HeaderMap) -> String {
         }
     });
     if !host.starts_with('[') && host.parse::<std::net::IpAddr>().is_err() {
+        if let Some(ns) = table.host_namespace(&host.to_ascii_lowercase()) {
+            return ns.to_string();
+        }
         let mut labels = host.split('.').skip(1);
         if let (Some(second), Some(_)) = (labels.next(), labels.next())
             && !second.is_empty()
@@ -164,20 +168,27 @@ mod tests {
     }
 
     #[test]
-    fn namespace_from_header_then_host() {
+    fn namespace_from_header_then_external_host_then_host_labels() {
+        let table = crate::table::Compiled::with_hosts(&[("iris.example.com", "team-c")]);
         let mut h = HeaderMap::new();
         h.insert(
             http::header::HOST,
             "iris.team-a.example.com:8080".parse().unwrap(),
         );
-        assert_eq!(namespace(&h), "team-a");
+        assert_eq!(namespace(&h, &table), "team-a");
         h.insert(ferry_api::HEADER_NAMESPACE, "team-b".parse().unwrap());
-        assert_eq!(namespace(&h), "team-b");
+        assert_eq!(namespace(&h, &table), "team-b");
         let mut h = HeaderMap::new();
         h.insert(http::header::HOST, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(namespace(&h), "default");
+        assert_eq!(namespace(&h, &table), "default");
         h.insert(http::header::HOST, "localhost:8080".parse().unwrap());
-        assert_eq!(namespace(&h), "default");
+        assert_eq!(namespace(&h, &table), "default");
+        // An Ingress's host names no namespace by its labels ("example" is none): the table
+        // knows which service claims it.
+        h.insert(http::header::HOST, "IRIS.example.com:443".parse().unwrap());
+        assert_eq!(namespace(&h, &table), "team-c");
+        h.insert(http::header::HOST, "other.example.com".parse().unwrap());
+        assert_eq!(namespace(&h, &table), "example");
     }
 
     #[test]

@@ -99,6 +99,7 @@ fn table(namespace: &str, endpoints: Vec<Endpoint>) -> Arc<RouteTable> {
         service: "iris".into(),
         model: "iris".into(),
         endpoints,
+        hosts: vec!["iris.example.com".into()],
     }]))
 }
 
@@ -246,6 +247,16 @@ async fn routes_by_model_and_namespace_and_names_the_revision() {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
+    // The service's external host (what an Ingress or HTTPRoute passes on) names its namespace,
+    // though its labels name another ("example").
+    let response = client
+        .post(format!("{base}/v2/models/iris/infer"))
+        .header("host", "iris.example.com")
+        .json(&iris_request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
 
     // Too large: 413 before the replica sees it.
     let response = client
