@@ -48,10 +48,11 @@ spec:
     )
 }
 
+/// An InferenceService `name` reachable from outside at `<name>.example.com` (an Ingress).
 fn service(name: &str, format: &str, runtime: Option<&str>) -> String {
     let runtime = runtime.map_or(String::new(), |r| format!("    runtime: {r}\n"));
     format!(
-        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: {name}}}\nspec:\n  predictor:\n    model: {{format: {format}, uri: {}}}\n{runtime}",
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: {name}}}\nspec:\n  predictor:\n    model: {{format: {format}, uri: {}}}\n{runtime}  ingress: {{host: {name}.example.com}}\n",
         model()
     )
 }
@@ -145,6 +146,17 @@ async fn a_serving_runtime_serves_through_the_router_and_rolls_out_when_edited()
         || send(first.clone()),
     )
     .await;
+
+    // What an Ingress controller passes on: the client's Host, no namespace header. The router
+    // knows which namespace claims that host.
+    let external = http
+        .post(format!("http://{router_ip}:8080/v2/models/byo/infer"))
+        .header("host", "byo.example.com")
+        .json(&ferry_testbed_e2e::iris_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(external.status(), 200);
 
     // gRPC through the router reaches the runtime's port 9500.
     let mut grpc = GrpcInferenceServiceClient::connect(format!("http://{router_ip}:8080"))
