@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ferry_testbed_e2e::{
     TempNamespace, admin_client, apply_deploy, eventually, infer_via_router, install_crds,
-    install_router, iris_body, iris_manifest as manifest, kubectl,
+    install_router, iris_manifest as manifest, kubectl,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -54,7 +54,6 @@ async fn a_model_update_through_the_cluster_router_fails_no_request() {
         async move { latest_ready(&ns) }
     })
     .await;
-    let url = format!("http://{router_ip}:8080/v2/models/iris/infer");
     let http = reqwest::Client::new();
     eventually("the router routes to v1", Duration::from_secs(30), || {
         let (http, router_ip, ns) = (http.clone(), router_ip.clone(), ns.name.clone());
@@ -70,9 +69,9 @@ async fn a_model_update_through_the_cluster_router_fails_no_request() {
     let sent = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..4)
         .map(|_| {
-            let (http, url, ns, stop, count) = (
+            let (http, router_ip, ns, stop, count) = (
                 http.clone(),
-                url.clone(),
+                router_ip.clone(),
                 ns.name.clone(),
                 stop.clone(),
                 sent.clone(),
@@ -81,23 +80,9 @@ async fn a_model_update_through_the_cluster_router_fails_no_request() {
                 let mut samples = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let sent = Instant::now();
-                    let sample = match http
-                        .post(&url)
-                        .header("ferry-namespace", &ns)
-                        .json(&iris_body())
-                        .send()
-                        .await
-                    {
-                        Ok(r) => {
-                            let revision = r
-                                .headers()
-                                .get("ferry-revision")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string();
-                            (sent, r.status().as_u16(), revision)
-                        }
-                        Err(_) => (sent, 0, String::new()),
+                    let sample = match infer_via_router(&http, &router_ip, &ns, "iris").await {
+                        Some((status, revision, _)) => (sent, status, revision),
+                        None => (sent, 0, String::new()),
                     };
                     samples.push(sample);
                     count.fetch_add(1, Ordering::Relaxed);
