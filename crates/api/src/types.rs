@@ -262,6 +262,16 @@ pub fn local_model_path(uri: &str) -> Option<&str> {
 }
 
 impl PredictorSpec {
+    /// Whether a ServingRuntime serves this predictor rather than Ferry's own server: it names
+    /// one, or names none and its format is one Ferry's server does not run. The one rule for
+    /// local mode's refusal, the operator's runtime resolution and its runtime watch.
+    pub fn needs_serving_runtime(&self) -> bool {
+        match self.runtime.as_deref() {
+            Some(name) => name != crate::validate::BUILTIN_RUNTIME,
+            None => !crate::validate::SUPPORTED_FORMATS.contains(&self.model.format.as_str()),
+        }
+    }
+
     /// Inference threads of one replica: the CPU limit (else request) rounded up, at least 1;
     /// `None` when the spec sets no CPU (the server then uses every core). Local mode and the
     /// rendered Deployments both pass it as `--compute-threads`.

@@ -79,8 +79,10 @@ fn unsupported_format(format: &str) -> FieldError {
 pub fn builtin_runtime_errors(isvc: &InferenceService) -> Vec<FieldError> {
     let predictor = &isvc.spec.predictor;
     let mut errors = Vec::new();
+    if !predictor.needs_serving_runtime() {
+        return errors;
+    }
     if let Some(runtime) = predictor.runtime.as_deref()
-        && runtime != BUILTIN_RUNTIME
         && is_dns_label(runtime, 63)
     {
         errors.push(FieldError::new(
@@ -90,8 +92,7 @@ pub fn builtin_runtime_errors(isvc: &InferenceService) -> Vec<FieldError> {
             ),
         ));
     }
-    if predictor.runtime.as_deref() != Some(BUILTIN_RUNTIME)
-        && is_format_name(&predictor.model.format)
+    if is_format_name(&predictor.model.format)
         && !SUPPORTED_FORMATS.contains(&predictor.model.format.as_str())
     {
         errors.push(unsupported_format(&predictor.model.format));

@@ -27,15 +27,6 @@ pub fn serves(runtime: &ServingRuntime, format: &str) -> bool {
     formats.is_empty() || formats.iter().any(|f| f.name == format)
 }
 
-/// Whether `isvc` runs on a ServingRuntime rather than Ferry's own server: it names one, or its
-/// format is one Ferry's server does not run.
-pub fn needs_runtime(isvc: &InferenceService) -> bool {
-    match isvc.spec.predictor.runtime.as_deref() {
-        Some(name) => name != BUILTIN_RUNTIME,
-        None => !SUPPORTED_FORMATS.contains(&isvc.spec.predictor.model.format.as_str()),
-    }
-}
-
 /// The ServingRuntime that serves `isvc` (`None`: Ferry's own server), from `runtimes` (any
 /// namespaces; only those of the InferenceService's count).
 pub fn resolve<'a>(
@@ -77,7 +68,7 @@ pub fn resolve<'a>(
                 })
             }
         }
-        None if SUPPORTED_FORMATS.contains(&format) => Ok(None),
+        None if !isvc.spec.predictor.needs_serving_runtime() => Ok(None),
         None => local
             .into_iter()
             .find(|r| {
@@ -182,9 +173,10 @@ mod tests {
             Ok("any".into()),
             "a runtime listing no format serves whatever names it"
         );
-        assert!(!needs_runtime(&isvc("ml", "onnx", None)));
-        assert!(!needs_runtime(&isvc("ml", "onnx", Some("ferry"))));
-        assert!(needs_runtime(&isvc("ml", "onnx", Some("triton"))));
-        assert!(needs_runtime(&isvc("ml", "pytorch", None)));
+        let needs = |i: InferenceService| i.spec.predictor.needs_serving_runtime();
+        assert!(!needs(isvc("ml", "onnx", None)));
+        assert!(!needs(isvc("ml", "onnx", Some("ferry"))));
+        assert!(needs(isvc("ml", "onnx", Some("triton"))));
+        assert!(needs(isvc("ml", "pytorch", None)));
     }
 }

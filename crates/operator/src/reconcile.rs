@@ -222,9 +222,13 @@ fn runtime_users(
         .state()
         .iter()
         .filter(|isvc| isvc.namespace() == namespace)
-        .filter(|isvc| match isvc.spec.predictor.runtime.as_deref() {
-            Some(named) => named == name,
-            None => ferry_core::runtime::needs_runtime(isvc),
+        .filter(|isvc| {
+            let predictor = &isvc.spec.predictor;
+            predictor.needs_serving_runtime()
+                && predictor
+                    .runtime
+                    .as_deref()
+                    .is_none_or(|named| named == name)
         })
         .map(|isvc| ObjectRef::from_obj(isvc.as_ref()))
         .collect()
@@ -469,7 +473,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         let _ = shared.pods.wait_until_ready().await;
         // Only a service on a ServingRuntime waits for that cache: one where the runtime CRD
         // is missing (its watch never lists) still serves everything on Ferry's own server.
-        if ferry_core::runtime::needs_runtime(isvc) {
+        if isvc.spec.predictor.needs_serving_runtime() {
             let _ = shared.runtimes.wait_until_ready().await;
         }
     })
