@@ -110,6 +110,20 @@ pub struct ServiceEndpoints {
     pub hosts: Vec<String>,
 }
 
+impl ServiceEndpoints {
+    /// The entry of `isvc` with `endpoints`: namespace, name, model name and external hosts all
+    /// read from the InferenceService, the same way in both modes.
+    pub fn of(isvc: &ferry_api::InferenceService, endpoints: Vec<Endpoint>) -> Self {
+        ServiceEndpoints {
+            namespace: isvc.namespace_or_default(),
+            service: isvc.metadata.name.clone().unwrap_or_default(),
+            model: isvc.model_name(),
+            endpoints,
+            hosts: isvc.external_hosts(),
+        }
+    }
+}
+
 /// Build the table. Rolling updates spread traffic evenly over every ready replica of every
 /// revision (as a Kubernetes Service does over a Deployment's pods), so a revision's weight is
 /// its number of ready replicas; terminating and unready replicas get nothing.

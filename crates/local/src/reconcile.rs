@@ -209,11 +209,8 @@ impl Reconciler {
         let inputs: Vec<ServiceEndpoints> = services
             .iter()
             .filter(|s| !s.deleted)
-            .map(|s| ServiceEndpoints {
-                namespace: s.namespace(),
-                service: s.name(),
-                model: s.isvc.model_name(),
-                endpoints: rows
+            .map(|s| {
+                let endpoints = rows
                     .iter()
                     .filter(|r| r.namespace == s.namespace() && r.service == s.name())
                     .filter_map(|r| {
@@ -228,8 +225,8 @@ impl Reconciler {
                             addrs: o.addrs.clone()?,
                         })
                     })
-                    .collect(),
-                hosts: s.isvc.external_hosts(),
+                    .collect();
+                ServiceEndpoints::of(&s.isvc, endpoints)
             })
             .collect();
         ferry_core::routes::build(&inputs)

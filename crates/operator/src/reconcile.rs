@@ -684,13 +684,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
             })
         })
         .collect();
-    let table = build(&[ServiceEndpoints {
-        namespace: namespace.clone(),
-        service: name.clone(),
-        model: isvc.model_name(),
-        endpoints,
-        hosts: Vec::new(),
-    }]);
+    let table = build(&[ServiceEndpoints::of(isvc, endpoints)]);
     let mut order: Vec<String> = vec![revision.clone()];
     order.extend(replicas.keys().filter(|r| **r != revision).cloned());
     let observed = status::Observed {

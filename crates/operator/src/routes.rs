@@ -44,13 +44,7 @@ fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
             let endpoints = by_service
                 .remove(&(namespace.clone(), name.clone()))
                 .unwrap_or_default();
-            Some(ServiceEndpoints {
-                namespace,
-                service: name,
-                model: isvc.model_name(),
-                endpoints,
-                hosts: isvc.external_hosts(),
-            })
+            Some(ServiceEndpoints::of(isvc, endpoints))
         })
         .collect();
     build(&services)
