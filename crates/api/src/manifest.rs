@@ -113,13 +113,17 @@ fn parse_all(
                 break;
             }
         };
-        let result = if cluster
-            && value.get("kind").and_then(Value::as_str) == Some("ServingRuntime")
-            && value.get("apiVersion").and_then(Value::as_str) == Some(crate::API_VERSION)
-        {
-            parse_runtime(&value, default_namespace).map(|r| runtimes.push(r))
-        } else {
-            parse_isvc(&value, default_namespace, !cluster).map(|m| manifests.push(m))
+        let runtime_document = value.get("kind").and_then(Value::as_str) == Some("ServingRuntime")
+            && value.get("apiVersion").and_then(Value::as_str) == Some(crate::API_VERSION);
+        let result = match (runtime_document, cluster) {
+            (true, true) => parse_runtime(&value, default_namespace).map(|r| runtimes.push(r)),
+            (true, false) => Err(vec![FieldError::new(
+                "kind",
+                "Unsupported value: ServingRuntime: runtimes run in cluster mode (ferry operator); local mode runs Ferry's own server",
+            )]),
+            (false, _) => {
+                parse_isvc(&value, default_namespace, !cluster).map(|m| manifests.push(m))
+            }
         };
         if let Err(errors) = result {
             problems.push(DocumentErrors {
@@ -139,23 +143,32 @@ fn parse_all(
     }
 }
 
+/// A document as the typed resource `K`: the read-only metadata `get -o yaml` prints and the
+/// status dropped, the namespace defaulted.
+fn typed<K>(mut document: Value, default_namespace: &str) -> Result<K, FieldError>
+where
+    K: kube::Resource + serde::de::DeserializeOwned,
+{
+    if let Some(metadata) = document.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.retain(|key, _| METADATA_FIELDS.contains(&key.as_str()));
+    }
+    if let Some(object) = document.as_object_mut() {
+        object.remove("status");
+    }
+    let mut object: K = serde_json::from_value(document)
+        .map_err(|e| FieldError::new("<document>", e.to_string()))?;
+    if object.meta().namespace.is_none() {
+        object.meta_mut().namespace = Some(default_namespace.to_string());
+    }
+    Ok(object)
+}
+
 /// One ServingRuntime document: its fields typed, its name and containers checked.
 fn parse_runtime(
     value: &Value,
     default_namespace: &str,
 ) -> Result<ServingRuntime, Vec<FieldError>> {
-    let mut clean = value.clone();
-    if let Some(metadata) = clean.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.retain(|key, _| METADATA_FIELDS.contains(&key.as_str()));
-    }
-    if let Some(object) = clean.as_object_mut() {
-        object.remove("status");
-    }
-    let mut runtime: ServingRuntime = serde_json::from_value(clean)
-        .map_err(|e| vec![FieldError::new("<document>", e.to_string())])?;
-    if runtime.metadata.namespace.is_none() {
-        runtime.metadata.namespace = Some(default_namespace.to_string());
-    }
+    let runtime: ServingRuntime = typed(value.clone(), default_namespace).map_err(|e| vec![e])?;
     let errors = crate::validate::validate_runtime(&runtime);
     if errors.is_empty() {
         Ok(runtime)
@@ -191,12 +204,6 @@ fn parse_isvc(
         (kserve::KSERVE_API_VERSION, "InferenceService") => {
             (kserve::convert(value)?, Source::KServe)
         }
-        (crate::API_VERSION, "ServingRuntime") => {
-            return Err(vec![FieldError::new(
-                "kind",
-                "Unsupported value: ServingRuntime: runtimes run in cluster mode (ferry operator); local mode runs Ferry's own server",
-            )]);
-        }
         ("", _) => return Err(vec![FieldError::new("apiVersion", "Required value")]),
         (_, "") => return Err(vec![FieldError::new("kind", "Required value")]),
         _ => {
@@ -222,20 +229,8 @@ fn parse_isvc(
     if !errors.is_empty() {
         return Err(errors.into_iter().map(rename).collect());
     }
-    let mut clean = ferry_doc;
-    if let Some(metadata) = clean.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.retain(|key, _| METADATA_FIELDS.contains(&key.as_str()));
-    }
-    if let Some(object) = clean.as_object_mut() {
-        object.remove("status");
-    }
-    let mut isvc: InferenceService = match serde_json::from_value(clean) {
-        Ok(isvc) => isvc,
-        Err(e) => return Err(vec![rename(FieldError::new("<document>", e.to_string()))]),
-    };
-    if isvc.metadata.namespace.is_none() {
-        isvc.metadata.namespace = Some(default_namespace.to_string());
-    }
+    let isvc: InferenceService =
+        typed(ferry_doc, default_namespace).map_err(|e| vec![rename(e)])?;
     let mut errors = validate(&isvc);
     if builtin_only {
         errors.extend(builtin_runtime_errors(&isvc));
