@@ -314,11 +314,7 @@ fn render(args: RenderArgs) -> Result<()> {
                 p.message
             )
         })?;
-        let revision = ferry_api::revision_name_with_runtime(
-            &name,
-            &isvc.spec.predictor,
-            runtime.map(|r| &r.spec),
-        );
+        let revision = ferry_core::runtime::revision(&isvc, runtime);
         let objects = ferry_core::render::render(
             &isvc,
             &revision,

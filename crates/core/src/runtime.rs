@@ -27,6 +27,16 @@ pub fn serves(runtime: &ServingRuntime, format: &str) -> bool {
     formats.is_empty() || formats.iter().any(|f| f.name == format)
 }
 
+/// The name of the revision `isvc` runs as on `runtime` (what [`resolve`] chose; `None`: Ferry's
+/// own server): the one naming rule for the operator and `ferry render`.
+pub fn revision(isvc: &InferenceService, runtime: Option<&ServingRuntime>) -> String {
+    ferry_api::revision_name_with_runtime(
+        isvc.metadata.name.as_deref().unwrap_or_default(),
+        &isvc.spec.predictor,
+        runtime.map(|r| &r.spec),
+    )
+}
+
 /// The ServingRuntime that serves `isvc` (`None`: Ferry's own server), from `runtimes` (any
 /// namespaces; only those of the InferenceService's count).
 pub fn resolve<'a>(

@@ -11,9 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_api::{
-    InferenceService, LABEL_REVISION, LABEL_SERVICE, ServingRuntime, revision_name_with_runtime,
-};
+use ferry_api::{InferenceService, LABEL_REVISION, LABEL_SERVICE, ServingRuntime};
 use ferry_core::render::{RenderOptions, render, render_service};
 use ferry_core::rollout::{Target, desired_replicas, plan};
 use ferry_core::routes::{Addresses, Endpoint, ServiceEndpoints, build};
@@ -503,8 +501,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
             Ok(runtime) => (runtime, None),
             Err(problem) => (None, Some(problem)),
         };
-    let revision =
-        revision_name_with_runtime(&name, &isvc.spec.predictor, runtime.map(|r| &r.spec));
+    let revision = ferry_core::runtime::revision(isvc, runtime);
     let key = ObjectRef::from_obj(isvc);
     let force = shared
         .applied_in_full
