@@ -610,11 +610,7 @@ mod tests {
         let text = format!(
             "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: iris, namespace: ml}}\nspec:\n  predictor:\n    model: {{format: onnx, uri: file:///models/iris.onnx}}\n    minReplicas: 2\n{extra}"
         );
-        ferry_api::parse_cluster_manifests(&text, "default")
-            .unwrap()
-            .services
-            .remove(0)
-            .isvc
+        crate::testing::isvc(&text)
     }
 
     fn options() -> RenderOptions {
@@ -797,10 +793,7 @@ mod tests {
         let text = format!(
             "apiVersion: ferry.dev/v1alpha1\nkind: ServingRuntime\nmetadata: {{name: triton, namespace: ml}}\nspec:\n  supportedModelFormats: [{{name: onnx}}]\n{extra}"
         );
-        ferry_api::parse_cluster_manifests(&text, "default")
-            .unwrap()
-            .runtimes
-            .remove(0)
+        crate::testing::runtime(&text)
     }
 
     #[test]

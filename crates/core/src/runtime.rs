@@ -107,11 +107,7 @@ mod tests {
         let text = format!(
             "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: m, namespace: {namespace}}}\nspec:\n  predictor:\n    model: {{format: {format}, uri: /models/m}}\n{runtime}"
         );
-        ferry_api::parse_cluster_manifests(&text, "default")
-            .unwrap()
-            .services
-            .remove(0)
-            .isvc
+        crate::testing::isvc(&text)
     }
 
     fn runtime(namespace: &str, name: &str, formats: &[&str]) -> ServingRuntime {
@@ -120,10 +116,7 @@ mod tests {
             "apiVersion: ferry.dev/v1alpha1\nkind: ServingRuntime\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  supportedModelFormats: [{}]\n  containers: [{{name: server, image: example/{name}:1}}]\n",
             formats.join(", ")
         );
-        ferry_api::parse_cluster_manifests(&text, "default")
-            .unwrap()
-            .runtimes
-            .remove(0)
+        crate::testing::runtime(&text)
     }
 
     fn name(resolved: Result<Option<&ServingRuntime>, RuntimeProblem>) -> Result<String, String> {
