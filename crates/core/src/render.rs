@@ -115,20 +115,9 @@ pub fn render(
     if !resources.limits.is_empty() {
         container_resources["limits"] = json!(resources.limits);
     }
-    let period = 2;
-    let startup_failures = (predictor.startup_timeout_seconds() / period).max(1);
     let (mut pod_spec, runtime_ports) = match runtime {
-        Some(runtime) => runtime_pod(
-            isvc,
-            runtime,
-            options,
-            container_resources,
-            startup_failures,
-        ),
-        None => (
-            ferry_pod(isvc, options, container_resources, startup_failures),
-            None,
-        ),
+        Some(runtime) => runtime_pod(isvc, runtime, options, container_resources),
+        None => (ferry_pod(isvc, options, container_resources), None),
     };
     let mut node_selector = options.node_selector.clone();
     node_selector.extend(predictor.node_selector.clone());
@@ -198,16 +187,35 @@ pub fn render(
     }
 }
 
+/// The startup, readiness and liveness probes of a serving container: `ready` and `live` are
+/// the checks (an `httpGet` or `tcpSocket`), the startup probe's budget is the predictor's
+/// `startupTimeoutSeconds`. One set of timings for Ferry's server and ServingRuntimes.
+fn probes(isvc: &InferenceService, ready: Value, live: Value) -> [(&'static str, Value); 3] {
+    let period = 2;
+    let startup_failures = (isvc.spec.predictor.startup_timeout_seconds() / period).max(1);
+    let with = |mut probe: Value, period: u32, failures: u32| {
+        probe["periodSeconds"] = json!(period);
+        probe["failureThreshold"] = json!(failures);
+        probe
+    };
+    [
+        (
+            "startupProbe",
+            with(ready.clone(), period, startup_failures),
+        ),
+        ("readinessProbe", with(ready, 1, 2)),
+        ("livenessProbe", with(live, 5, 3)),
+    ]
+}
+
 /// The pod of Ferry's own server.
 fn ferry_pod(
     isvc: &InferenceService,
     options: &RenderOptions,
     container_resources: Value,
-    startup_failures: u32,
 ) -> Value {
     let predictor = &isvc.spec.predictor;
     let model = isvc.model_name();
-    let period = 2;
     let mut args = server_args(&model, &predictor.model.uri, predictor.compute_threads());
     args.extend([
         // A model that cannot load is a crash the kubelet restarts with back-off, its log tail
@@ -218,7 +226,7 @@ fn ferry_pod(
         "--grpc-addr".to_string(),
         format!("$(POD_IP):{GRPC_PORT}"),
     ]);
-    json!({
+    let mut pod = json!({
         "terminationGracePeriodSeconds": 30,
         "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532},
         "containers": [{
@@ -232,18 +240,6 @@ fn ferry_pod(
             ],
             "resources": container_resources,
             "terminationMessagePolicy": "FallbackToLogsOnError",
-            "startupProbe": {
-                "httpGet": {"path": format!("/v2/models/{model}/ready"), "port": "http"},
-                "periodSeconds": period, "failureThreshold": startup_failures
-            },
-            "readinessProbe": {
-                "httpGet": {"path": format!("/v2/models/{model}/ready"), "port": "http"},
-                "periodSeconds": 1, "failureThreshold": 2
-            },
-            "livenessProbe": {
-                "httpGet": {"path": "/v2/health/live", "port": "http"},
-                "periodSeconds": 5, "failureThreshold": 3
-            },
             "securityContext": {
                 "allowPrivilegeEscalation": false,
                 "readOnlyRootFilesystem": true,
@@ -253,7 +249,16 @@ fn ferry_pod(
             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]
         }],
         "volumes": [{"name": "tmp", "emptyDir": {}}]
-    })
+    });
+    let container = &mut pod["containers"][0];
+    for (field, probe) in probes(
+        isvc,
+        json!({"httpGet": {"path": format!("/v2/models/{model}/ready"), "port": "http"}}),
+        json!({"httpGet": {"path": "/v2/health/live", "port": "http"}}),
+    ) {
+        container[field] = probe;
+    }
+    pod
 }
 
 /// The pod of a ServingRuntime: its containers, the first one serving the model. What Ferry adds
@@ -272,7 +277,6 @@ fn runtime_pod(
     runtime: &ServingRuntime,
     options: &RenderOptions,
     container_resources: Value,
-    startup_failures: u32,
 ) -> (Value, Option<(u16, Option<u16>)>) {
     let predictor = &isvc.spec.predictor;
     let model = isvc.model_name();
@@ -290,11 +294,11 @@ fn runtime_pod(
     } else {
         ferry_api::local_model_path(uri).unwrap_or(uri).to_string()
     };
-    let model_dir = match model_path.rfind('/') {
-        Some(0) => "/".to_string(),
-        Some(i) => model_path[..i].to_string(),
-        None => ".".to_string(),
-    };
+    let model_dir = std::path::Path::new(&model_path)
+        .parent()
+        .map(|dir| dir.display().to_string())
+        .filter(|dir| !dir.is_empty())
+        .unwrap_or_else(|| ".".to_string());
     let mut containers = serde_json::to_value(&spec.containers).expect("containers serialize");
     let first = &mut containers[0];
     if let (Some(version), Some(current)) = (
@@ -359,16 +363,7 @@ fn runtime_pod(
             json!({"tcpSocket": {"port": http_port}}),
         )
     };
-    let with = |mut probe: Value, period: u32, failures: u32| {
-        probe["periodSeconds"] = json!(period);
-        probe["failureThreshold"] = json!(failures);
-        probe
-    };
-    for (field, probe) in [
-        ("startupProbe", with(ready.clone(), 2, startup_failures)),
-        ("readinessProbe", with(ready, 1, 2)),
-        ("livenessProbe", with(live, 5, 3)),
-    ] {
+    for (field, probe) in probes(isvc, ready, live) {
         if first.get(field).is_none_or(Value::is_null) {
             first[field] = probe;
         }
