@@ -298,6 +298,15 @@ impl PredictorSpec {
     pub fn startup_timeout_seconds(&self) -> u32 {
         self.startup_timeout_seconds.unwrap_or(300)
     }
+
+    /// The model's name in the inference protocol: `model.name`, else the name of the
+    /// InferenceService (`service`) it predicts for.
+    pub fn model_name(&self, service: &str) -> String {
+        self.model
+            .name
+            .clone()
+            .unwrap_or_else(|| service.to_string())
+    }
 }
 
 impl InferenceService {
@@ -305,10 +314,7 @@ impl InferenceService {
     pub fn model_name(&self) -> String {
         self.spec
             .predictor
-            .model
-            .name
-            .clone()
-            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+            .model_name(self.metadata.name.as_deref().unwrap_or_default())
     }
 
     /// The external hosts clients reach the service by (its Ingress or HTTPRoute host).

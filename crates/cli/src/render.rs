@@ -321,7 +321,7 @@ pub fn rollout_progress(object: &Value) -> Progress {
         && c["status"] == "False"
         && let Some(reason) = c["reason"]
             .as_str()
-            .filter(|r| ferry_core::status::is_failure(r))
+            .filter(|r| ferry_core::reason::is_failure(r))
     {
         let message = c["message"].as_str().unwrap_or("");
         return Progress {

@@ -2,19 +2,24 @@
 //!
 //! Local mode (`ferry up`) and cluster mode (`ferry operator`) observe their replicas, hand
 //! what they saw to these functions, and carry out the answer:
+//! - [`service::plan`]: the whole-service decision — replicas per revision, replicas to start
+//!   and stop, revisions to retire, traffic weights, the status and the events, in one
+//!   vocabulary ([`reason::Reason`]); built on
 //! - [`rollout::plan`]: which replicas of which revision to start or stop next, honouring
-//!   `maxSurge` / `maxUnavailable` (the Deployment controller's rules);
+//!   `maxSurge` / `maxUnavailable` (the Deployment controller's rules), and
+//! - [`status::derive`]: the InferenceService status with conditions that name the reason;
 //! - [`routes::build`]: the route table the router reads (services → weighted revisions →
 //!   ready backends);
-//! - [`status::derive`]: the InferenceService status with conditions that name the reason;
 //! - [`render::render`]: the Kubernetes objects of a revision (operator and `ferry render`);
 //! - [`runtime::resolve`]: which server runs a model (Ferry's own or a ServingRuntime).
 
 pub mod observe;
+pub mod reason;
 pub mod render;
 pub mod rollout;
 pub mod routes;
 pub mod runtime;
+pub mod service;
 pub mod status;
 
 pub use observe::{ReplicaHealth, ReplicaView};

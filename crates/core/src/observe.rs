@@ -16,19 +16,14 @@ pub enum ReplicaHealth {
     Unschedulable { message: String },
     /// Exited and waiting to be restarted (back-off); `last_exit` quotes how it ended.
     CrashLoop { restarts: u32, last_exit: String },
-    /// Its container cannot even start: `reason` is one of [`CONTAINER_FAILURES`] (the image
-    /// cannot be pulled, its configuration is invalid), `message` the kubelet's words.
-    ContainerFailed { reason: String, message: String },
+    /// Its container cannot even start: `reason` is one of
+    /// [`crate::reason::CONTAINER_FAILURES`] (the image cannot be pulled, its configuration is
+    /// invalid), `message` the kubelet's words.
+    ContainerFailed {
+        reason: crate::reason::Reason,
+        message: String,
+    },
 }
-
-/// The kubelet's waiting reasons that need a change to the spec or the cluster to clear.
-pub const CONTAINER_FAILURES: &[&str] = &[
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-];
 
 /// One replica, as the decisions need it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -108,25 +108,32 @@ pub struct ServiceEndpoints {
     /// The external hosts its Ingress or HTTPRoute serves (`spec.ingress.host`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// Traffic weight per revision, as the service plan decides it
+    /// ([`crate::service::ServicePlan::weights`]); a revision not named weighs nothing.
+    pub weights: BTreeMap<String, u32>,
 }
 
 impl ServiceEndpoints {
-    /// The entry of `isvc` with `endpoints`: namespace, name, model name and external hosts all
-    /// read from the InferenceService, the same way in both modes.
-    pub fn of(isvc: &ferry_api::InferenceService, endpoints: Vec<Endpoint>) -> Self {
+    /// The entry of `isvc` with `endpoints` and the plan's `weights`: namespace, name, model
+    /// name and external hosts all read from the InferenceService, the same way in both modes.
+    pub fn of(
+        isvc: &ferry_api::InferenceService,
+        endpoints: Vec<Endpoint>,
+        weights: BTreeMap<String, u32>,
+    ) -> Self {
         ServiceEndpoints {
             namespace: isvc.namespace_or_default(),
             service: isvc.metadata.name.clone().unwrap_or_default(),
             model: isvc.model_name(),
             endpoints,
             hosts: isvc.external_hosts(),
+            weights,
         }
     }
 }
 
-/// Build the table. Rolling updates spread traffic evenly over every ready replica of every
-/// revision (as a Kubernetes Service does over a Deployment's pods), so a revision's weight is
-/// its number of ready replicas; terminating and unready replicas get nothing.
+/// Build the table: each revision with ready replicas that stay gets them as backends and
+/// the weight the plan gave it; terminating and unready replicas are no backends.
 pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
     let mut table = RouteTable::default();
     for service in services {
@@ -155,7 +162,7 @@ pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
                 backends.sort_by(|a, b| a.id.cmp(&b.id));
                 RevisionRoute {
                     revision: revision.to_string(),
-                    weight: backends.len() as u32,
+                    weight: service.weights.get(revision).copied().unwrap_or(0),
                     backends,
                 }
             })
@@ -220,6 +227,7 @@ mod tests {
                 endpoint("e", "iris-2", starting, false, 9008),
             ],
             hosts: vec![],
+            weights: [("iris-1".to_string(), 1), ("iris-2".to_string(), 2)].into(),
         };
         let table = build(&[service]);
         let route = table.lookup("default", "iris").unwrap();
@@ -252,6 +260,7 @@ mod tests {
             model: "iris".into(),
             endpoints: vec![],
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            weights: BTreeMap::new(),
         };
         let table = build(&[
             service("team-b", &["shared.example.com", "b.example.com"]),

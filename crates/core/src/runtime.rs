@@ -6,19 +6,17 @@
 use ferry_api::validate::{BUILTIN_RUNTIME, SUPPORTED_FORMATS};
 use ferry_api::{InferenceService, ServingRuntime};
 
+use crate::reason::Reason;
+
 /// Why no server can run an InferenceService's model (a condition reason and its message).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeProblem {
-    pub reason: &'static str,
+    /// `RuntimeNotFound` (the named ServingRuntime does not exist in the namespace),
+    /// `UnsupportedModelFormat` (it does not list the model's format) or `NoRuntimeForFormat`
+    /// (none was named, Ferry's server does not run the format, and no ServingRuntime lists it).
+    pub reason: Reason,
     pub message: String,
 }
-
-/// The named ServingRuntime does not exist in the InferenceService's namespace.
-pub const RUNTIME_NOT_FOUND: &str = "RuntimeNotFound";
-/// The named ServingRuntime does not list the model's format.
-pub const UNSUPPORTED_MODEL_FORMAT: &str = "UnsupportedModelFormat";
-/// No runtime was named, Ferry's server does not run the format, and no ServingRuntime lists it.
-pub const NO_RUNTIME_FOR_FORMAT: &str = "NoRuntimeForFormat";
 
 /// Whether `runtime` lists `format` (a runtime that lists no format takes any: it is only ever
 /// used by name).
@@ -57,7 +55,7 @@ pub fn resolve<'a>(
                 .into_iter()
                 .find(|r| r.metadata.name.as_deref() == Some(name))
                 .ok_or_else(|| RuntimeProblem {
-                    reason: RUNTIME_NOT_FOUND,
+                    reason: Reason::RuntimeNotFound,
                     message: format!("ServingRuntime {name:?} not found in namespace {namespace}"),
                 })?;
             if serves(runtime, format) {
@@ -70,7 +68,7 @@ pub fn resolve<'a>(
                     .map(|f| f.name.as_str())
                     .collect();
                 Err(RuntimeProblem {
-                    reason: UNSUPPORTED_MODEL_FORMAT,
+                    reason: Reason::UnsupportedModelFormat,
                     message: format!(
                         "ServingRuntime {name:?} serves {}, not format {format:?}",
                         listed.join(", ")
@@ -89,7 +87,7 @@ pub fn resolve<'a>(
             })
             .map(Some)
             .ok_or_else(|| RuntimeProblem {
-                reason: NO_RUNTIME_FOR_FORMAT,
+                reason: Reason::NoRuntimeForFormat,
                 message: format!(
                     "Ferry's own server runs {}, and no ServingRuntime in namespace {namespace} lists format {format:?}",
                     SUPPORTED_FORMATS.join(", ")

@@ -5,31 +5,9 @@ use std::collections::BTreeMap;
 
 use ferry_api::{Condition, InferenceServiceStatus, RevisionStatus};
 
+use crate::reason::{ConditionState, PlannedEvent, Reason, is_failure};
 use crate::rollout::{self, Target};
-use crate::routes::ServiceRoute;
 use crate::{ReplicaHealth, ReplicaView};
-
-/// Condition reasons that say a revision cannot become ready without a change (a failure, as
-/// opposed to progress): `ferry apply --wait` stops on them, events carry them as warnings.
-pub const FAILURE_REASONS: &[&str] = &[
-    "CrashLoopBackOff",
-    "ModelNotReady",
-    "ProgressDeadlineExceeded",
-    "Unschedulable",
-    "FailedCreate",
-    "NoReadyReplicas",
-    // IngressReady: the spec asks for an HTTPRoute where the cluster serves no Gateway API.
-    "GatewayAPIMissing",
-    crate::runtime::RUNTIME_NOT_FOUND,
-    crate::runtime::UNSUPPORTED_MODEL_FORMAT,
-    crate::runtime::NO_RUNTIME_FOR_FORMAT,
-];
-
-/// Whether a condition reason is one of [`FAILURE_REASONS`] or of the kubelet's container
-/// failures ([`crate::observe::CONTAINER_FAILURES`]).
-pub fn is_failure(reason: &str) -> bool {
-    FAILURE_REASONS.contains(&reason) || crate::observe::CONTAINER_FAILURES.contains(&reason)
-}
 
 /// The conditions of `next` whose status or reason differ from `previous` (or that are new):
 /// what a status change says beyond progress.
@@ -59,36 +37,30 @@ pub fn progress_only(
     previous.is_some() && changed(previous, next).next().is_none()
 }
 
-/// The event a status change is worth, both modes alike.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusEvent {
-    /// A condition names a failure ([`is_failure`]).
-    pub warning: bool,
-    /// The reason of the first condition in the event.
-    pub reason: String,
-    /// `Type=Status: message` of every condition in the event, `; `-separated.
-    pub note: String,
-}
-
 /// One event for the conditions that turned True or to a failure between `previous` and
-/// `next`; `None` when none did (progress, such as `RolloutInProgress`, is no event).
+/// `next`; `None` when none did (progress, such as `RolloutInProgress`, is no event). Its
+/// reason is the first such condition's, its note `Type=Status: message` of each, `; `-joined;
+/// a warning when any names a failure.
 pub fn transition_event(
     previous: Option<&InferenceServiceStatus>,
     next: &InferenceServiceStatus,
-) -> Option<StatusEvent> {
+) -> Option<PlannedEvent> {
     let worth: Vec<&Condition> = changed(previous, next)
         .filter(|c| c.status == "True" || is_failure(&c.reason))
         .collect();
-    let first = worth.first()?;
-    Some(StatusEvent {
-        warning: worth.iter().any(|c| is_failure(&c.reason)),
-        reason: first.reason.clone(),
-        note: worth
+    let first = Reason::parse(&worth.first()?.reason)?;
+    let mut event = PlannedEvent::new(
+        first,
+        worth
             .iter()
             .map(|c| format!("{}={}: {}", c.type_, c.status, c.message))
             .collect::<Vec<_>>()
             .join("; "),
-    })
+    );
+    if worth.iter().any(|c| is_failure(&c.reason)) {
+        event.type_ = crate::reason::EventType::Warning;
+    }
+    Some(event)
 }
 
 /// Condition types Ferry sets.
@@ -98,11 +70,12 @@ pub const LATEST_REVISION_READY: &str = "LatestRevisionReady";
 pub const INGRESS_READY: &str = "IngressReady";
 
 /// Everything the status is derived from.
-pub struct Observed<'a> {
+pub struct StatusInputs<'a> {
     pub generation: i64,
     pub target: &'a Target,
     pub replicas: &'a [ReplicaView],
-    pub route: Option<&'a ServiceRoute>,
+    /// Share of traffic per revision, in percent, as the plan routes it.
+    pub traffic_percent: &'a BTreeMap<String, u32>,
     pub startup_timeout_seconds: u64,
     pub url: String,
     /// Revision names, newest first, for ordering `status.revisions`.
@@ -110,35 +83,34 @@ pub struct Observed<'a> {
     /// Why replicas of the latest revision could not even be created (a cluster's ReplicaSet
     /// `FailedCreate`, e.g. a ResourceQuota), when that happened.
     pub creation_failure: Option<String>,
-    /// The external entry point, when the spec asks for one: `(ok, reason, message)`, e.g.
-    /// `(false, "GatewayAPIMissing", ...)` where the cluster does not serve HTTPRoutes.
-    pub ingress: Option<(bool, String, String)>,
+    /// The external entry point, when the spec asks for one, e.g. `GatewayAPIMissing` where
+    /// the cluster does not serve HTTPRoutes.
+    pub ingress: Option<ConditionState>,
     /// Why no server can run the latest revision's model (cluster mode's ServingRuntimes): its
     /// replicas are not even rendered.
     pub runtime_problem: Option<crate::runtime::RuntimeProblem>,
 }
 
-/// Why the latest revision is not ready (or that it is): `(status, reason, message)`.
-pub fn latest_revision_condition(observed: &Observed<'_>) -> (bool, &'static str, String) {
-    let target = observed.target;
-    let latest: Vec<&ReplicaView> = observed
+/// Why the latest revision is not ready (or that it is).
+pub fn latest_revision_condition(inputs: &StatusInputs<'_>) -> ConditionState {
+    let target = inputs.target;
+    let latest: Vec<&ReplicaView> = inputs
         .replicas
         .iter()
         .filter(|r| r.revision == target.revision && !r.terminating)
         .collect();
     let ready = latest.iter().filter(|r| r.ready()).count() as u32;
-    if let Some(problem) = &observed.runtime_problem {
-        return (false, problem.reason, problem.message.clone());
+    if let Some(problem) = &inputs.runtime_problem {
+        return ConditionState::new(false, problem.reason, problem.message.clone());
     }
+    let progress = || {
+        format!(
+            "{ready}/{} replicas of {} ready",
+            target.replicas, target.revision
+        )
+    };
     if ready >= target.replicas {
-        return (
-            true,
-            "RevisionReady",
-            format!(
-                "{ready}/{} replicas of {} ready",
-                target.replicas, target.revision
-            ),
-        );
+        return ConditionState::new(true, Reason::RevisionReady, progress());
     }
     for replica in &latest {
         if let ReplicaHealth::CrashLoop {
@@ -146,9 +118,9 @@ pub fn latest_revision_condition(observed: &Observed<'_>) -> (bool, &'static str
             last_exit,
         } = &replica.health
         {
-            return (
+            return ConditionState::new(
                 false,
-                "CrashLoopBackOff",
+                Reason::CrashLoopBackOff,
                 format!(
                     "replica {} restarted {restarts} times; last exit: {last_exit}",
                     replica.id
@@ -158,113 +130,107 @@ pub fn latest_revision_condition(observed: &Observed<'_>) -> (bool, &'static str
     }
     for replica in &latest {
         if let ReplicaHealth::ContainerFailed { reason, message } = &replica.health {
-            let reason = crate::observe::CONTAINER_FAILURES
-                .iter()
-                .find(|r| **r == reason.as_str())
-                .copied()
-                .unwrap_or("CreateContainerError");
-            return (false, reason, format!("replica {}: {message}", replica.id));
+            return ConditionState::new(
+                false,
+                *reason,
+                format!("replica {}: {message}", replica.id),
+            );
         }
     }
-    if let Some(message) = &observed.creation_failure {
-        return (false, "FailedCreate", message.clone());
+    if let Some(message) = &inputs.creation_failure {
+        return ConditionState::new(false, Reason::FailedCreate, message.clone());
     }
     for replica in &latest {
         if let ReplicaHealth::Unschedulable { message } = &replica.health {
-            return (
+            return ConditionState::new(
                 false,
-                "Unschedulable",
+                Reason::Unschedulable,
                 format!("replica {}: {message}", replica.id),
             );
         }
     }
     for replica in &latest {
         if let ReplicaHealth::ModelNotReady { reason, .. } = &replica.health {
-            return (
+            return ConditionState::new(
                 false,
-                "ModelNotReady",
+                Reason::ModelNotReady,
                 format!("replica {}: {reason}", replica.id),
             );
         }
     }
     for replica in &latest {
         if let ReplicaHealth::Starting { for_seconds } = replica.health
-            && for_seconds > observed.startup_timeout_seconds
+            && for_seconds > inputs.startup_timeout_seconds
         {
-            return (
+            return ConditionState::new(
                 false,
-                "ProgressDeadlineExceeded",
+                Reason::ProgressDeadlineExceeded,
                 format!(
                     "replica {} not ready after {for_seconds}s (startupTimeoutSeconds {})",
-                    replica.id, observed.startup_timeout_seconds
+                    replica.id, inputs.startup_timeout_seconds
                 ),
             );
         }
     }
-    (
-        false,
-        "RolloutInProgress",
-        format!(
-            "{ready}/{} replicas of {} ready",
-            target.replicas, target.revision
-        ),
-    )
+    ConditionState::new(false, Reason::RolloutInProgress, progress())
 }
 
-/// Derive the status; `previous` keeps transition times of conditions whose status did not change.
+/// Derive the status; `previous` keeps transition times of conditions whose status did not
+/// change, `now` (RFC 3339) stamps the others.
 pub fn derive(
-    observed: &Observed<'_>,
+    inputs: &StatusInputs<'_>,
     previous: Option<&InferenceServiceStatus>,
     now: &str,
 ) -> InferenceServiceStatus {
-    let (latest_ok, latest_reason, latest_message) = latest_revision_condition(observed);
-    let traffic = observed
-        .route
-        .map(ServiceRoute::traffic_percent)
-        .unwrap_or_default();
-    let serving: Vec<String> = traffic
+    let latest = latest_revision_condition(inputs);
+    let serving: Vec<String> = inputs
+        .traffic_percent
         .iter()
         .filter(|(_, pct)| **pct > 0)
         .map(|(rev, pct)| format!("{rev} ({pct}%)"))
         .collect();
-    let ready_condition = if serving.is_empty() {
-        let (reason, message) = if latest_ok {
-            ("NoReadyReplicas", "no replica is ready".to_string())
+    let ready = if serving.is_empty() {
+        if latest.ok {
+            ConditionState::new(false, Reason::NoReadyReplicas, "no replica is ready")
         } else {
-            (latest_reason, latest_message.clone())
-        };
-        (false, reason, message)
-    } else if latest_ok && rollout::complete(observed.target, observed.replicas) {
-        (true, "Serving", format!("serving {}", serving.join(", ")))
-    } else if latest_ok {
-        (
+            ConditionState::new(false, latest.reason, latest.message.clone())
+        }
+    } else if latest.ok && rollout::complete(inputs.target, inputs.replicas) {
+        ConditionState::new(
             true,
-            "Serving",
+            Reason::Serving,
+            format!("serving {}", serving.join(", ")),
+        )
+    } else if latest.ok {
+        ConditionState::new(
+            true,
+            Reason::Serving,
             format!("serving {}; old replicas draining", serving.join(", ")),
         )
     } else {
-        (
+        ConditionState::new(
             true,
-            "Serving",
+            Reason::Serving,
             format!(
-                "serving {}; latest revision {} not ready: {latest_reason}",
+                "serving {}; latest revision {} not ready: {}",
                 serving.join(", "),
-                observed.target.revision
+                inputs.target.revision,
+                latest.reason
             ),
         )
     };
 
     let mut per_revision: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
-    for replica in observed.replicas.iter().filter(|r| !r.terminating) {
+    for replica in inputs.replicas.iter().filter(|r| !r.terminating) {
         let entry = per_revision.entry(replica.revision.as_str()).or_default();
         entry.0 += 1;
         entry.1 += u32::from(replica.ready());
     }
     per_revision
-        .entry(observed.target.revision.as_str())
+        .entry(inputs.target.revision.as_str())
         .or_default();
     let position = |name: &str| {
-        observed
+        inputs
             .revision_order
             .iter()
             .position(|n| n == name)
@@ -276,43 +242,22 @@ pub fn derive(
             name: name.to_string(),
             replicas,
             ready_replicas: ready,
-            traffic_percent: traffic.get(name).copied().unwrap_or(0),
+            traffic_percent: inputs.traffic_percent.get(name).copied().unwrap_or(0),
         })
         .collect();
     revisions.sort_by_key(|r| position(&r.name));
 
     let mut conditions = vec![
-        condition(
-            READY,
-            ready_condition.0,
-            ready_condition.1,
-            ready_condition.2,
-            previous,
-            now,
-        ),
-        condition(
-            LATEST_REVISION_READY,
-            latest_ok,
-            latest_reason,
-            latest_message,
-            previous,
-            now,
-        ),
+        condition(READY, &ready, previous, now),
+        condition(LATEST_REVISION_READY, &latest, previous, now),
     ];
-    if let Some((ok, reason, message)) = &observed.ingress {
-        conditions.push(condition(
-            INGRESS_READY,
-            *ok,
-            reason,
-            message.clone(),
-            previous,
-            now,
-        ));
+    if let Some(ingress) = &inputs.ingress {
+        conditions.push(condition(INGRESS_READY, ingress, previous, now));
     }
     InferenceServiceStatus {
-        observed_generation: Some(observed.generation),
-        url: Some(observed.url.clone()),
-        latest_revision: Some(observed.target.revision.clone()),
+        observed_generation: Some(inputs.generation),
+        url: Some(inputs.url.clone()),
+        latest_revision: Some(inputs.target.revision.clone()),
         revisions,
         conditions,
     }
@@ -320,13 +265,11 @@ pub fn derive(
 
 fn condition(
     type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
+    state: &ConditionState,
     previous: Option<&InferenceServiceStatus>,
     now: &str,
 ) -> Condition {
-    let status = if ok { "True" } else { "False" };
+    let status = if state.ok { "True" } else { "False" };
     let last_transition_time = previous
         .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
         .filter(|c| c.status == status)
@@ -335,8 +278,8 @@ fn condition(
     Condition {
         type_: type_.to_string(),
         status: status.to_string(),
-        reason: reason.to_string(),
-        message,
+        reason: state.reason.as_str().to_string(),
+        message: state.message.clone(),
         last_transition_time,
     }
 }
@@ -381,8 +324,8 @@ mod tests {
         ]);
         assert!(!progress_only(Some(&rolling), &ready));
         let event = transition_event(Some(&rolling), &ready).unwrap();
-        assert!(!event.warning);
-        assert_eq!(event.reason, "Serving");
+        assert_eq!(event.type_, crate::reason::EventType::Normal);
+        assert_eq!(event.reason, Reason::Serving);
         assert_eq!(
             event.note,
             "Ready=True: Serving said; LatestRevisionReady=True: RevisionReady said"
@@ -393,10 +336,9 @@ mod tests {
             (LATEST_REVISION_READY, "False", "CrashLoopBackOff"),
         ]);
         let event = transition_event(Some(&ready), &crashing).unwrap();
-        assert!(event.warning);
-        assert_eq!(event.reason, "CrashLoopBackOff");
+        assert_eq!(event.type_, crate::reason::EventType::Warning);
+        assert_eq!(event.reason, Reason::CrashLoopBackOff);
     }
-    use crate::routes::{Endpoint, ServiceEndpoints, build};
 
     fn view(id: &str, revision: &str, health: ReplicaHealth) -> ReplicaView {
         ReplicaView {
@@ -421,30 +363,13 @@ mod tests {
             max_surge: 1,
             max_unavailable: 0,
         };
-        let service = ServiceEndpoints {
-            namespace: "default".into(),
-            service: "iris".into(),
-            model: "iris".into(),
-            endpoints: replicas
-                .iter()
-                .enumerate()
-                .map(|(i, r)| Endpoint {
-                    replica: r.clone(),
-                    addrs: crate::routes::Addresses::tcp(
-                        ([127, 0, 0, 1], 9000 + i as u16).into(),
-                        ([127, 0, 0, 1], 9100 + i as u16).into(),
-                    ),
-                })
-                .collect(),
-            hosts: vec![],
-        };
-        let table = build(&[service]);
+        let traffic = crate::service::percent(&crate::service::ready_weights(replicas, &[]));
         let order = vec!["iris-2".to_string(), "iris-1".to_string()];
-        let observed = Observed {
+        let observed = StatusInputs {
             generation: 3,
             target: &target,
             replicas,
-            route: table.lookup("default", "iris"),
+            traffic_percent: &traffic,
             startup_timeout_seconds: 60,
             url: "http://127.0.0.1:8080/v2/models/iris".into(),
             revision_order: &order,
@@ -458,7 +383,7 @@ mod tests {
     #[test]
     fn a_missing_runtime_is_named_while_the_old_revision_serves() {
         let problem = crate::runtime::RuntimeProblem {
-            reason: crate::runtime::RUNTIME_NOT_FOUND,
+            reason: Reason::RuntimeNotFound,
             message: "ServingRuntime \"triton\" not found in namespace default".into(),
         };
         let old = [

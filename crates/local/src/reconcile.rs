@@ -2,15 +2,16 @@
 //! pass reads the whole desired state (SQLite) and the whole observed state (supervisor), asks
 //! the shared core what to do, persists the decision, then carries it out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_api::InferenceServiceStatus;
-use ferry_core::rollout::{self, Target};
+use ferry_api::k8s_openapi::jiff::Timestamp;
+use ferry_core::reason::PlannedEvent;
 use ferry_core::routes::{Endpoint, RouteTable, ServiceEndpoints};
-use ferry_core::{ReplicaHealth, ReplicaView, status};
+use ferry_core::service::{self, EntryPoint, Observation, Signals};
+use ferry_core::{ReplicaHealth, ReplicaView};
 use tokio::sync::{Notify, watch};
 
 use crate::Result;
@@ -84,6 +85,8 @@ impl Reconciler {
         };
 
         let mut to_stop = Vec::new();
+        let mut statuses = Vec::new();
+        let mut weights = HashMap::new();
         for service in &services {
             let (namespace, name) = (service.namespace(), service.name());
             let mine: Vec<&mut ReplicaRow> = rows
@@ -102,29 +105,52 @@ impl Reconciler {
                 }
                 continue;
             }
-            let target = Target::from_spec(&service.revision, &service.isvc.spec);
             let views: Vec<ReplicaView> = mine.iter().map(|r| view(r)).collect();
-            let step = rollout::plan(&target, &views);
-            for row in mine.into_iter().filter(|r| step.stop.contains(&r.id)) {
+            // What each revision is set to: its replicas that are not leaving.
+            let mut scale = BTreeMap::new();
+            for replica in views.iter().filter(|v| !v.terminating) {
+                *scale.entry(replica.revision.clone()).or_insert(0) += 1;
+            }
+            let history: Vec<String> = self
+                .store
+                .revisions(&namespace, &name)?
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+            let observation = Observation {
+                generation: service.generation,
+                previous_status: service.status.as_ref(),
+                latest: &service.revision,
+                replicas: &views,
+                scale: &scale,
+                creation_failure: None,
+                ingress: None,
+                runtime_problem: None,
+                entry: EntryPoint::Local {
+                    router_port: self.router_addr.port(),
+                },
+            };
+            let plan = service::plan(
+                &service.isvc,
+                &history,
+                &observation,
+                &Signals::default(),
+                Timestamp::now(),
+            );
+            // Persisted before it is carried out: the events, replicas leaving, new replicas.
+            for change in &plan.changes {
+                self.record(&namespace, &name, &change.event)?;
+            }
+            for row in mine.into_iter().filter(|r| plan.stop.contains(&r.id)) {
                 self.store.set_terminating(&row.id)?;
                 row.terminating = true;
                 to_stop.push(row.id.clone());
-                self.store.event(
-                    &namespace,
-                    &name,
-                    "Normal",
-                    "Draining",
-                    &format!(
-                        "replica {} of {} leaves the route table and stops",
-                        row.id, row.revision
-                    ),
-                )?;
             }
-            if step.start > 0 {
+            if plan.start > 0 {
                 let spec = self
                     .spec_of(service, &service.revision)
                     .expect("the latest revision is stored with its service");
-                for _ in 0..step.start {
+                for _ in 0..plan.start {
                     let row = ReplicaRow {
                         id: format!(
                             "{}-{}",
@@ -144,21 +170,18 @@ impl Reconciler {
                         created_at: now(),
                     };
                     self.store.insert_replica(&row)?;
-                    self.store.event(
-                        &namespace,
-                        &name,
-                        "Normal",
-                        "Starting",
-                        &format!("replica {} of {}", row.id, row.revision),
-                    )?;
                     self.supervisor.run(row.clone(), spec.clone());
                     rows.push(row);
                 }
             }
+            weights.insert((namespace.clone(), name.clone()), plan.weights);
+            if service.status.as_ref() != Some(&plan.status) {
+                statuses.push((namespace, name, plan.status, plan.status_event));
+            }
         }
 
         // Publish the route table before anything is stopped: a draining replica is out of it.
-        let table = Arc::new(self.route_table(&services, &rows, &observed));
+        let table = Arc::new(self.route_table(&services, &rows, &observed, &mut weights));
         self.routes.send_if_modified(|current| {
             if **current == *table {
                 false
@@ -171,10 +194,23 @@ impl Reconciler {
             self.supervisor.stop(id);
         }
 
-        for service in services.iter().filter(|s| !s.deleted) {
-            self.update_status(service, &rows, &view, &table)?;
+        for (namespace, name, status, event) in statuses {
+            if let Some(event) = &event {
+                self.record(&namespace, &name, event)?;
+            }
+            self.store.set_status(&namespace, &name, &status)?;
         }
         Ok(())
+    }
+
+    fn record(&self, namespace: &str, name: &str, event: &PlannedEvent) -> Result<()> {
+        self.store.event(
+            namespace,
+            name,
+            event.type_.as_str(),
+            event.reason.as_str(),
+            &event.note,
+        )
     }
 
     fn spec_of(&self, service: &ServiceRow, revision: &str) -> Option<ReplicaSpec> {
@@ -190,11 +226,7 @@ impl Reconciler {
         };
         let threads = predictor.compute_threads();
         Some(ReplicaSpec {
-            model_name: predictor
-                .model
-                .name
-                .clone()
-                .unwrap_or_else(|| service.name()),
+            model_name: predictor.model_name(&service.name()),
             model_uri: predictor.model.uri.clone(),
             compute_threads: threads,
         })
@@ -204,7 +236,8 @@ impl Reconciler {
         &self,
         services: &[ServiceRow],
         rows: &[ReplicaRow],
-        observed: &HashMap<String, crate::supervisor::Observed>,
+        observed: &HashMap<String, crate::supervisor::ProcessState>,
+        weights: &mut HashMap<(String, String), BTreeMap<String, u32>>,
     ) -> RouteTable {
         let inputs: Vec<ServiceEndpoints> = services
             .iter()
@@ -226,74 +259,12 @@ impl Reconciler {
                         })
                     })
                     .collect();
-                ServiceEndpoints::of(&s.isvc, endpoints)
+                let weights = weights
+                    .remove(&(s.namespace(), s.name()))
+                    .unwrap_or_default();
+                ServiceEndpoints::of(&s.isvc, endpoints, weights)
             })
             .collect();
         ferry_core::routes::build(&inputs)
-    }
-
-    fn update_status(
-        &self,
-        service: &ServiceRow,
-        rows: &[ReplicaRow],
-        view: &dyn Fn(&ReplicaRow) -> ReplicaView,
-        table: &RouteTable,
-    ) -> Result<()> {
-        let (namespace, name) = (service.namespace(), service.name());
-        let views: Vec<ReplicaView> = rows
-            .iter()
-            .filter(|r| r.namespace == namespace && r.service == name)
-            .map(view)
-            .collect();
-        let target = Target::from_spec(&service.revision, &service.isvc.spec);
-        let order: Vec<String> = self
-            .store
-            .revisions(&namespace, &name)?
-            .into_iter()
-            .map(|r| r.name)
-            .collect();
-        let model = service.isvc.model_name();
-        let port = self.router_addr.port();
-        let url = if namespace == "default" {
-            format!("http://127.0.0.1:{port}/v2/models/{model}")
-        } else {
-            format!("http://{name}.{namespace}.localhost:{port}/v2/models/{model}")
-        };
-        let observed = status::Observed {
-            generation: service.generation,
-            target: &target,
-            replicas: &views,
-            route: table.lookup(&namespace, &model),
-            startup_timeout_seconds: u64::from(
-                service.isvc.spec.predictor.startup_timeout_seconds(),
-            ),
-            url,
-            revision_order: &order,
-            creation_failure: None,
-            ingress: None,
-            runtime_problem: None,
-        };
-        let next = status::derive(&observed, service.status.as_ref(), &now());
-        if service.status.as_ref() != Some(&next) {
-            self.record_transitions(&namespace, &name, service.status.as_ref(), &next)?;
-            self.store.set_status(&namespace, &name, &next)?;
-        }
-        Ok(())
-    }
-
-    /// The event a status change is worth: the same rule as cluster mode's.
-    fn record_transitions(
-        &self,
-        namespace: &str,
-        name: &str,
-        previous: Option<&InferenceServiceStatus>,
-        next: &InferenceServiceStatus,
-    ) -> Result<()> {
-        if let Some(event) = status::transition_event(previous, next) {
-            let type_ = if event.warning { "Warning" } else { "Normal" };
-            self.store
-                .event(namespace, name, type_, &event.reason, &event.note)?;
-        }
-        Ok(())
     }
 }

@@ -58,10 +58,7 @@ CREATE TABLE IF NOT EXISTS events (
 
 /// The current time, RFC 3339.
 pub fn now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .unwrap_or_else(|_| jiff::Timestamp::now())
-        .to_string()
+    ferry_core::service::timestamp(jiff::Timestamp::now())
 }
 
 /// One InferenceService as stored.

@@ -57,7 +57,7 @@ pub struct ReplicaSpec {
 
 /// What the supervisor last saw of one replica.
 #[derive(Debug, Clone)]
-pub struct Observed {
+pub struct ProcessState {
     pub health: ReplicaHealth,
     /// Where it listens, while it runs.
     pub addrs: Option<Addresses>,
@@ -67,7 +67,7 @@ pub struct Observed {
 }
 
 struct Handle {
-    observed: Arc<Mutex<Observed>>,
+    observed: Arc<Mutex<ProcessState>>,
     stop: watch::Sender<bool>,
 }
 
@@ -123,7 +123,7 @@ impl Supervisor {
         if handles.contains_key(&row.id) {
             return;
         }
-        let observed = Arc::new(Mutex::new(Observed {
+        let observed = Arc::new(Mutex::new(ProcessState {
             health: ReplicaHealth::Starting { for_seconds: 0 },
             addrs: None,
             pid: None,
@@ -153,7 +153,7 @@ impl Supervisor {
     }
 
     /// Observations of every replica the supervisor runs.
-    pub fn observed(&self) -> HashMap<String, Observed> {
+    pub fn observed(&self) -> HashMap<String, ProcessState> {
         self.ctx
             .handles
             .lock()
@@ -220,7 +220,7 @@ impl Proc {
     }
 }
 
-fn set(observed: &Mutex<Observed>, changed: &Notify, update: impl FnOnce(&mut Observed)) {
+fn set(observed: &Mutex<ProcessState>, changed: &Notify, update: impl FnOnce(&mut ProcessState)) {
     update(&mut observed.lock().expect("observed poisoned"));
     changed.notify_one();
 }
@@ -229,11 +229,11 @@ async fn replica_task(
     ctx: Arc<Ctx>,
     row: ReplicaRow,
     spec: ReplicaSpec,
-    observed: Arc<Mutex<Observed>>,
+    observed: Arc<Mutex<ProcessState>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let id = row.id.clone();
-    let mut adopted = adoptable(&ctx, &row);
+    let mut adopted = adoptable(&ctx, &row).await;
     let mut restarts: u32 = 0;
     loop {
         let (mut proc, addrs) = match adopted.take() {
@@ -341,7 +341,7 @@ async fn replica_task(
 /// Record a crash and wait out the back-off; `false` when asked to stop meanwhile.
 async fn crash_wait(
     ctx: &Ctx,
-    observed: &Mutex<Observed>,
+    observed: &Mutex<ProcessState>,
     stop: &mut watch::Receiver<bool>,
     restarts: u32,
     reason: String,
@@ -373,7 +373,7 @@ async fn crash_wait(
 /// process (pid + start time) and its addresses are known (from the store, or from the address
 /// file it wrote after the daemon died); a live process that cannot be adopted is killed, so a
 /// relaunch never leaves an orphan.
-fn adoptable(ctx: &Ctx, row: &ReplicaRow) -> Option<(Proc, Addresses)> {
+async fn adoptable(ctx: &Ctx, row: &ReplicaRow) -> Option<(Proc, Addresses)> {
     let (pid, start_time) = (row.pid?, row.start_time?);
     if !process::alive(pid, start_time) {
         return None;
@@ -409,7 +409,7 @@ fn adoptable(ctx: &Ctx, row: &ReplicaRow) -> Option<(Proc, Addresses)> {
             process::signal_group(pid, Signal::SIGKILL);
             let deadline = Instant::now() + Duration::from_secs(5);
             while process::alive(pid, start_time) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             None
         }

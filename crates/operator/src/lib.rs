@@ -1,10 +1,13 @@
 //! Ferry's cluster mode: a kube-rs controller (the controller-rs pattern: `reconcile`,
 //! `error_policy`, a shared `Context`) that turns each InferenceService into one Deployment and
-//! one Service per live revision, with the shared core deciding everything:
-//! - what each revision's Deployment looks like: `ferry_core::render::render`;
-//! - how many replicas each revision has during a rollout: `ferry_core::rollout::plan` over the
-//!   revision's Pods (Ready condition, deletionTimestamp), translated to Deployment replica counts;
-//! - the status: `ferry_core::status::derive`, written to the status subresource.
+//! one Service per live revision, with the shared core deciding everything. Each reconcile:
+//! - observes (`observe.rs`): the caches' Deployments (replica counts per revision) and Pods
+//!   (Ready condition, container states, deletionTimestamp) as `ferry_core` replica views;
+//! - plans: `ferry_core::service::plan`, the decision local mode makes too — replicas per
+//!   revision, retirements, the status and the events;
+//! - applies (`writes.rs` translates the plan into object writes, `apply.rs` sends them):
+//!   each revision's Deployment from `ferry_core::render::render`, replica counts, deletions;
+//! - writes the status (`status.rs`) to the status subresource, with the transition's event.
 //!
 //! Everything is server-side applied under one field manager; owner references make deletion
 //! cascade. Level-triggered: every event and a periodic requeue re-derive the whole state.
@@ -16,11 +19,16 @@
 //! decision (`kube::runtime::events`); leader election with a Lease ([`lease`]), so several
 //! replicas can run and one reconciles.
 
+mod apply;
+mod controller;
 pub mod lease;
+mod observe;
 mod owned;
 pub mod probes;
 mod reconcile;
 pub mod routes;
+mod status;
+mod writes;
 
+pub use controller::{APPLIED_HASH, Context, Error, FIELD_MANAGER, run};
 pub use kube::runtime::events::Reporter;
-pub use reconcile::{APPLIED_HASH, Context, Error, FIELD_MANAGER, run};

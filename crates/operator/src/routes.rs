@@ -16,18 +16,19 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
-use crate::reconcile::pod_view;
+use crate::observe::pod_view;
 
 fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
     // One pass over the pods, grouped by (namespace, InferenceService): linear in the objects,
     // not their product.
     let mut by_service: HashMap<(String, String), Vec<Endpoint>> = HashMap::new();
+    let now = k8s_openapi::jiff::Timestamp::now();
     for pod in pods.state() {
         let (Some(namespace), Some(name)) = (pod.namespace(), pod.labels().get(LABEL_SERVICE))
         else {
             continue;
         };
-        let Some((replica, Some(addrs))) = pod_view(&pod) else {
+        let Some((replica, Some(addrs))) = pod_view(&pod, now) else {
             continue;
         };
         by_service
@@ -44,7 +45,10 @@ fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
             let endpoints = by_service
                 .remove(&(namespace.clone(), name.clone()))
                 .unwrap_or_default();
-            Some(ServiceEndpoints::of(isvc, endpoints))
+            // The same weights the operator's plan gives the revisions.
+            let replicas: Vec<_> = endpoints.iter().map(|e| e.replica.clone()).collect();
+            let weights = ferry_core::service::ready_weights(&replicas, &[]);
+            Some(ServiceEndpoints::of(isvc, endpoints, weights))
         })
         .collect();
     build(&services)

@@ -94,12 +94,14 @@ fn iris_grpc_request() -> ModelInferRequest {
 }
 
 fn table(namespace: &str, endpoints: Vec<Endpoint>) -> Arc<RouteTable> {
+    let replicas: Vec<_> = endpoints.iter().map(|e| e.replica.clone()).collect();
     Arc::new(build(&[ServiceEndpoints {
         namespace: namespace.into(),
         service: "iris".into(),
         model: "iris".into(),
         endpoints,
         hosts: vec!["iris.example.com".into()],
+        weights: ferry_core::service::ready_weights(&replicas, &[]),
     }]))
 }
 

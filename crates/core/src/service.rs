@@ -1,0 +1,319 @@
+//! The whole-service decision: one [`plan`] per service per reconcile, the same in both modes.
+//!
+//! An executor observes (replicas and their health, how many replicas each revision is set
+//! to, what keeps a revision from being created), calls [`plan`], persists what it must and
+//! carries the plan out: local mode starts and stops processes by the plan's `start` and
+//! `stop`; the operator writes each revision's Deployment replica count from `scale` and
+//! deletes what `retire` names. Both publish the plan's `weights` to the router, write its
+//! status and record its events, so both speak one vocabulary ([`crate::reason::Reason`]).
+
+use std::collections::BTreeMap;
+
+use ferry_api::{InferenceService, InferenceServiceStatus};
+use k8s_openapi::jiff::{Timestamp, Unit};
+use serde::{Deserialize, Serialize};
+
+use crate::ReplicaView;
+use crate::reason::{ConditionState, PlannedEvent, Reason};
+use crate::rollout::{self, Target};
+use crate::runtime::RuntimeProblem;
+use crate::status::{self, StatusInputs};
+
+/// Where clients reach a service: its `status.url`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryPoint {
+    /// Local mode's router on loopback: `default` by path, other namespaces by host.
+    Local { router_port: u16 },
+    /// In a cluster: the stable Service's DNS name.
+    Cluster,
+}
+
+impl EntryPoint {
+    /// The URL of `isvc`'s model behind this entry point.
+    pub fn url(self, isvc: &InferenceService) -> String {
+        let namespace = isvc.namespace_or_default();
+        let name = isvc.metadata.name.clone().unwrap_or_default();
+        let model = isvc.model_name();
+        match self {
+            EntryPoint::Local { router_port } if namespace == "default" => {
+                format!("http://127.0.0.1:{router_port}/v2/models/{model}")
+            }
+            EntryPoint::Local { router_port } => {
+                format!("http://{name}.{namespace}.localhost:{router_port}/v2/models/{model}")
+            }
+            EntryPoint::Cluster => format!("http://{name}.{namespace}.svc/v2/models/{model}"),
+        }
+    }
+}
+
+/// What the executor saw of one service.
+#[derive(Debug, Clone)]
+pub struct Observation<'a> {
+    /// The spec's generation the executor acts on (`metadata.generation` in a cluster).
+    pub generation: i64,
+    /// The status as last written.
+    pub previous_status: Option<&'a InferenceServiceStatus>,
+    /// The revision the spec resolves to now.
+    pub latest: &'a str,
+    /// Every replica of the service, leaving ones included.
+    pub replicas: &'a [ReplicaView],
+    /// The replicas each revision is set to now: a cluster's Deployment `spec.replicas`, local
+    /// mode's replicas that are not leaving. A revision absent here has no objects (never
+    /// created, or retired).
+    pub scale: &'a BTreeMap<String, u32>,
+    /// Why replicas of the latest revision cannot even be created (a ReplicaSet's
+    /// `FailedCreate`: a ResourceQuota, an admission webhook).
+    pub creation_failure: Option<String>,
+    /// The IngressReady condition, when the spec asks for an external entry point.
+    pub ingress: Option<ConditionState>,
+    /// Why no server can run the latest revision: nothing changes until that is fixed.
+    pub runtime_problem: Option<RuntimeProblem>,
+    pub entry: EntryPoint,
+}
+
+/// What the router measured, for decisions beyond rolling updates. Empty today: canary
+/// analysis and autoscaling fill it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Signals {}
+
+/// One revision's replica count changing (or its objects going), with the event it is worth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionChange {
+    pub revision: String,
+    /// Its count before; `None`: it had no objects yet.
+    pub before: Option<u32>,
+    /// Its count after (0 when retired).
+    pub after: u32,
+    /// The revision is retired: its objects go (its replicas are all leaving).
+    pub retire: bool,
+    pub event: PlannedEvent,
+}
+
+/// The decision for one service.
+#[derive(Debug, Clone)]
+pub struct ServicePlan {
+    pub target: Target,
+    /// Replicas per revision after this step: every revision that keeps its objects.
+    pub scale: BTreeMap<String, u32>,
+    /// Replicas of the latest revision to start (local mode creates them; in a cluster the
+    /// Deployment's count in `scale` covers them).
+    pub start: u32,
+    /// Replicas to drain (out of the route table first) and stop. Local mode stops exactly
+    /// these; in a cluster a ReplicaSet picks which pods go, `scale` says how many.
+    pub stop: Vec<String>,
+    /// Count changes and retirements, each with its event: record an event when its change
+    /// is carried out.
+    pub changes: Vec<RevisionChange>,
+    /// Whether a server runs the latest revision, so its objects can be rendered; when not,
+    /// nothing of the service changes until that is fixed.
+    pub render_latest: bool,
+    /// Traffic weight per revision: the route table's input.
+    pub weights: BTreeMap<String, u32>,
+    /// The status to write, derived from this observation.
+    pub status: InferenceServiceStatus,
+    /// The event the status transition is worth: record it when the status is written.
+    pub status_event: Option<PlannedEvent>,
+    /// Nothing changes in the status but progress (counts, messages): it may be written lazily.
+    pub progress_only: bool,
+    /// The rollout is complete and no other revision is left: check again only rarely.
+    pub settled: bool,
+}
+
+impl ServicePlan {
+    /// The revisions to retire.
+    pub fn retired(&self) -> impl Iterator<Item = &str> {
+        self.changes
+            .iter()
+            .filter(|c| c.retire)
+            .map(|c| c.revision.as_str())
+    }
+}
+
+/// Plan `isvc`: `history` names its revisions newest first, `observed` is what the executor
+/// saw, `now` stamps transitions.
+pub fn plan(
+    isvc: &InferenceService,
+    history: &[String],
+    observed: &Observation<'_>,
+    _signals: &Signals,
+    now: Timestamp,
+) -> ServicePlan {
+    let latest = observed.latest;
+    let wanted =
+        rollout::desired_replicas(&isvc.spec.predictor, observed.scale.get(latest).copied());
+    let target = Target::with_replicas(latest, &isvc.spec, wanted);
+    let (start, stop, scale, changes) = if observed.runtime_problem.is_some() {
+        // Nothing of the new revision can run: what serves keeps serving, unchanged.
+        (0, Vec::new(), observed.scale.clone(), Vec::new())
+    } else {
+        let step = rollout::plan(&target, observed.replicas);
+        let (scale, changes) = scale_after(&target, observed, step.start, &step.stop);
+        (step.start, step.stop, scale, changes)
+    };
+    let weights = ready_weights(observed.replicas, &stop);
+    let traffic = percent(&weights);
+    let mut order: Vec<String> = history.to_vec();
+    if !order.iter().any(|r| r == latest) {
+        order.insert(0, latest.to_string());
+    }
+    let inputs = StatusInputs {
+        generation: observed.generation,
+        target: &target,
+        replicas: observed.replicas,
+        traffic_percent: &traffic,
+        startup_timeout_seconds: u64::from(isvc.spec.predictor.startup_timeout_seconds()),
+        url: observed.entry.url(isvc),
+        revision_order: &order,
+        creation_failure: observed.creation_failure.clone(),
+        ingress: observed.ingress.clone(),
+        runtime_problem: observed.runtime_problem.clone(),
+    };
+    let previous = observed.previous_status;
+    let status = status::derive(&inputs, previous, &timestamp(now));
+    let status_event = if previous == Some(&status) {
+        None
+    } else {
+        status::transition_event(previous, &status)
+    };
+    let progress_only = status::progress_only(previous, &status);
+    let settled = rollout::complete(&target, observed.replicas)
+        && scale.keys().all(|revision| revision == latest);
+    ServicePlan {
+        target,
+        scale,
+        start,
+        stop,
+        changes,
+        render_latest: observed.runtime_problem.is_none(),
+        weights,
+        status,
+        status_event,
+        progress_only,
+        settled,
+    }
+}
+
+/// The replica counts after a rollout step of `start` new replicas and `stop`ped ones, and
+/// what changed.
+fn scale_after(
+    target: &Target,
+    observed: &Observation<'_>,
+    start: u32,
+    stop: &[String],
+) -> (BTreeMap<String, u32>, Vec<RevisionChange>) {
+    let latest = target.revision.as_str();
+    let replicas = observed.replicas;
+    let staying = |revision: &str| {
+        replicas
+            .iter()
+            .filter(|r| r.revision == revision && !r.terminating && !stop.contains(&r.id))
+            .count()
+    };
+    let mut scale = observed.scale.clone();
+    let mut changes = Vec::new();
+
+    // The latest revision: what it is set to, raised by what starts (never above the target),
+    // or the target when it is set to more (scaling down).
+    let current = observed.scale.get(latest).copied();
+    let live = replicas
+        .iter()
+        .filter(|r| r.revision == latest && !r.terminating)
+        .count() as u32;
+    let set = current.unwrap_or(0);
+    let after = if set >= target.replicas {
+        target.replicas
+    } else {
+        set.max(live + start).min(target.replicas)
+    };
+    scale.insert(latest.to_string(), after);
+    if current != Some(after) && (current.is_some() || after > 0) {
+        changes.push(count_change(latest, current, after));
+    }
+
+    // Older revisions lose what is stopped; one left with nothing is retired.
+    for (revision, before) in observed.scale.iter().filter(|(r, _)| *r != latest) {
+        let stopped = replicas
+            .iter()
+            .filter(|r| &r.revision == revision && stop.contains(&r.id))
+            .count() as u32;
+        let after = before.saturating_sub(stopped);
+        if after == 0 && staying(revision) == 0 {
+            scale.remove(revision);
+            changes.push(RevisionChange {
+                revision: revision.clone(),
+                before: Some(*before),
+                after: 0,
+                retire: true,
+                event: PlannedEvent::new(
+                    Reason::RevisionRetired,
+                    format!("revision {revision}: no traffic and no replica left; its objects go"),
+                ),
+            });
+        } else if after != *before {
+            scale.insert(revision.clone(), after);
+            changes.push(count_change(revision, Some(*before), after));
+        }
+    }
+    (scale, changes)
+}
+
+fn count_change(revision: &str, before: Option<u32>, after: u32) -> RevisionChange {
+    let (reason, note) = match before {
+        None => (
+            Reason::RevisionCreated,
+            format!("created revision {revision} with {after} replicas"),
+        ),
+        Some(before) if before < after => (
+            Reason::ScaledUp,
+            format!("revision {revision}: {before} → {after} replicas"),
+        ),
+        Some(before) => (
+            Reason::ScaledDown,
+            format!("revision {revision}: {before} → {after} replicas"),
+        ),
+    };
+    RevisionChange {
+        revision: revision.to_string(),
+        before,
+        after,
+        retire: false,
+        event: PlannedEvent::new(reason, note),
+    }
+}
+
+/// Traffic weights of a rolling update: each revision weighs its ready replicas that stay
+/// (spreading traffic evenly over every ready replica, as a Service spreads over a
+/// Deployment's pods); leaving, unready and `stop`ped replicas weigh nothing. The router's
+/// cluster feed calls it too.
+pub fn ready_weights(replicas: &[ReplicaView], stop: &[String]) -> BTreeMap<String, u32> {
+    let mut weights = BTreeMap::new();
+    for replica in replicas
+        .iter()
+        .filter(|r| r.ready() && !stop.contains(&r.id))
+    {
+        *weights.entry(replica.revision.clone()).or_insert(0) += 1;
+    }
+    weights
+}
+
+/// Weights as percentages of their sum, rounded down.
+pub fn percent(weights: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
+    let total: u32 = weights.values().sum();
+    weights
+        .iter()
+        .map(|(revision, weight)| {
+            (
+                revision.clone(),
+                (weight * 100).checked_div(total).unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// `now` as status and events write it: RFC 3339, whole seconds.
+pub fn timestamp(now: Timestamp) -> String {
+    now.round(Unit::Second).unwrap_or(now).to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,286 @@
+//! The plan over scenarios both modes test end to end, replayed with a simulated executor.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::*;
+use crate::ReplicaHealth;
+
+const V1: &str = "iris-v1";
+const V2: &str = "iris-v2";
+
+fn isvc(extra: &str) -> InferenceService {
+    crate::testing::isvc(&format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: iris, namespace: default}}\nspec:\n  predictor:\n    minReplicas: 2\n{extra}    model: {{format: onnx, uri: /m/iris.onnx}}\n"
+    ))
+}
+
+fn replica(id: &str, revision: &str, health: ReplicaHealth) -> ReplicaView {
+    ReplicaView {
+        id: id.into(),
+        revision: revision.into(),
+        health,
+        terminating: false,
+    }
+}
+
+fn now() -> Timestamp {
+    "2026-12-01T10:00:00.400Z".parse().unwrap()
+}
+
+fn observation<'a>(
+    latest: &'a str,
+    replicas: &'a [ReplicaView],
+    scale: &'a BTreeMap<String, u32>,
+) -> Observation<'a> {
+    Observation {
+        generation: 1,
+        previous_status: None,
+        latest,
+        replicas,
+        scale,
+        creation_failure: None,
+        ingress: None,
+        runtime_problem: None,
+        entry: EntryPoint::Local { router_port: 8080 },
+    }
+}
+
+/// Local mode's way: replicas the plan starts exist at once (starting), come up ready one
+/// pass later, and stopped ones are gone; `scale` is what is not leaving. Returns the event
+/// reasons of every pass until the plan settles.
+fn replay(
+    isvc: &mut InferenceService,
+    latest: &str,
+    replicas: &mut Vec<ReplicaView>,
+) -> Vec<Reason> {
+    let mut reasons = Vec::new();
+    for pass in 0..20 {
+        for r in replicas.iter_mut() {
+            r.health = ReplicaHealth::Ready;
+        }
+        let mut scale = BTreeMap::new();
+        for r in replicas.iter().filter(|r| !r.terminating) {
+            *scale.entry(r.revision.clone()).or_insert(0) += 1;
+        }
+        let history = vec![V2.to_string(), V1.to_string()];
+        let previous = isvc.status.clone();
+        let mut observed = observation(latest, replicas, &scale);
+        observed.previous_status = previous.as_ref();
+        let plan = super::plan(isvc, &history, &observed, &Signals::default(), now());
+        reasons.extend(plan.changes.iter().map(|c| c.event.reason));
+        reasons.extend(plan.status_event.iter().map(|e| e.reason));
+        isvc.status = Some(plan.status.clone());
+        if plan.settled {
+            return reasons;
+        }
+        replicas.retain(|r| !plan.stop.contains(&r.id));
+        for i in 0..plan.start {
+            replicas.push(replica(
+                &format!("{latest}-{pass}-{i}"),
+                latest,
+                ReplicaHealth::Starting { for_seconds: 0 },
+            ));
+        }
+    }
+    panic!("no settled plan after 20 passes: {reasons:?}");
+}
+
+#[test]
+fn a_first_rollout_creates_the_revision_and_turns_ready() {
+    let mut service = isvc("");
+    let mut replicas = Vec::new();
+    let reasons = replay(&mut service, V1, &mut replicas);
+    assert_eq!(reasons, vec![Reason::RevisionCreated, Reason::Serving]);
+    let status = service.status.unwrap();
+    assert_eq!(
+        status.url.as_deref(),
+        Some("http://127.0.0.1:8080/v2/models/iris")
+    );
+    assert_eq!(
+        status.conditions[0].last_transition_time.as_deref(),
+        Some("2026-12-01T10:00:00Z")
+    );
+    assert_eq!(replicas.len(), 2);
+}
+
+#[test]
+fn a_rolling_update_scales_both_revisions_and_retires_the_old_one() {
+    let mut service = isvc("");
+    let mut replicas = Vec::new();
+    replay(&mut service, V1, &mut replicas);
+    let reasons = replay(&mut service, V2, &mut replicas);
+    // maxSurge 25% of 2 = 1: one new; once it is ready the second new and one old out in the
+    // same step; then the last old out.
+    assert_eq!(
+        reasons,
+        vec![
+            Reason::RevisionCreated,
+            Reason::ScaledUp,
+            Reason::ScaledDown,
+            Reason::RevisionRetired,
+            Reason::RevisionReady,
+        ],
+        "Ready stays True throughout; LatestRevisionReady turns True again at the end"
+    );
+    assert!(replicas.iter().all(|r| r.revision == V2));
+    let status = service.status.unwrap();
+    assert_eq!(status.revisions.len(), 1);
+    assert_eq!(status.revisions[0].traffic_percent, 100);
+}
+
+#[test]
+fn the_cluster_arithmetic_gives_the_same_counts() {
+    // A Deployment set to 2 whose second pod is not created yet: the count is kept, the
+    // rollout step starts nothing more, no event.
+    let service = isvc("");
+    let replicas = [replica("a", V1, ReplicaHealth::Ready)];
+    let scale: BTreeMap<String, u32> = [(V1.to_string(), 2)].into();
+    let plan = super::plan(
+        &service,
+        &[],
+        &observation(V1, &replicas, &scale),
+        &Signals::default(),
+        now(),
+    );
+    assert_eq!(plan.scale, scale);
+    assert!(plan.changes.is_empty());
+    assert_eq!(plan.start, 1, "local mode would start the missing replica");
+    // An autoscaler set it to 5 (scaleMetric, maxReplicas 4): clamped to 4, a ScaledDown.
+    let service =
+        isvc("    scaleMetric: cpu\n    maxReplicas: 4\n    resources: {requests: {cpu: \"1\"}}\n");
+    let scale: BTreeMap<String, u32> = [(V1.to_string(), 5)].into();
+    let plan = super::plan(
+        &service,
+        &[],
+        &observation(V1, &replicas, &scale),
+        &Signals::default(),
+        now(),
+    );
+    assert_eq!(plan.target.replicas, 4);
+    assert_eq!(plan.scale[V1], 4);
+    assert_eq!(plan.changes[0].event.reason, Reason::ScaledDown);
+    // Within bounds, the autoscaler's choice stands in both modes.
+    let scale: BTreeMap<String, u32> = [(V1.to_string(), 3)].into();
+    let plan = super::plan(
+        &service,
+        &[],
+        &observation(V1, &replicas, &scale),
+        &Signals::default(),
+        now(),
+    );
+    assert_eq!((plan.target.replicas, plan.scale[V1]), (3, 3));
+}
+
+#[test]
+fn an_old_revision_is_retired_only_when_nothing_of_it_stays() {
+    let service = isvc("");
+    let replicas = [
+        replica("a", V1, ReplicaHealth::Ready),
+        replica("b", V2, ReplicaHealth::Ready),
+        replica("c", V2, ReplicaHealth::Ready),
+    ];
+    // The Deployment of V1 says 0 already but a pod of it still runs: it is stopped by this
+    // step (everything of V2 is ready), so the revision goes.
+    let scale: BTreeMap<String, u32> = [(V1.to_string(), 0), (V2.to_string(), 2)].into();
+    let plan = super::plan(
+        &service,
+        &[],
+        &observation(V2, &replicas, &scale),
+        &Signals::default(),
+        now(),
+    );
+    assert_eq!(plan.stop, vec!["a".to_string()]);
+    assert_eq!(plan.retired().collect::<Vec<_>>(), vec![V1]);
+    assert_eq!(
+        plan.weights,
+        [(V2.to_string(), 2)].into(),
+        "a stopped replica takes no traffic"
+    );
+    assert!(!plan.scale.contains_key(V1));
+}
+
+#[test]
+fn a_runtime_problem_changes_nothing_and_is_named() {
+    let service = isvc("");
+    let replicas = [
+        replica("a", V1, ReplicaHealth::Ready),
+        replica("b", V1, ReplicaHealth::Ready),
+    ];
+    let scale: BTreeMap<String, u32> = [(V1.to_string(), 2)].into();
+    let mut observed = observation(V2, &replicas, &scale);
+    observed.runtime_problem = Some(RuntimeProblem {
+        reason: Reason::RuntimeNotFound,
+        message: "ServingRuntime \"triton\" not found".into(),
+    });
+    observed.entry = EntryPoint::Cluster;
+    let plan = super::plan(&service, &[], &observed, &Signals::default(), now());
+    assert_eq!((plan.start, plan.stop.len(), plan.changes.len()), (0, 0, 0));
+    assert_eq!(plan.scale, scale);
+    assert_eq!(plan.status.conditions[1].reason, "RuntimeNotFound");
+    assert_eq!(
+        plan.status_event.unwrap().type_,
+        crate::reason::EventType::Warning
+    );
+    assert_eq!(
+        plan.status.url.as_deref(),
+        Some("http://iris.default.svc/v2/models/iris")
+    );
+}
+
+#[test]
+fn a_replica_loading_past_its_deadline_is_named_once() {
+    let service = isvc("    startupTimeoutSeconds: 10\n");
+    let scale: BTreeMap<String, u32> = [(V1.to_string(), 2)].into();
+    let loading = |for_seconds| {
+        [
+            replica("a", V1, ReplicaHealth::Starting { for_seconds }),
+            replica("b", V1, ReplicaHealth::Starting { for_seconds }),
+        ]
+    };
+    let replicas = loading(5);
+    let first = super::plan(
+        &service,
+        &[],
+        &observation(V1, &replicas, &scale),
+        &Signals::default(),
+        now(),
+    );
+    assert_eq!(first.status.conditions[1].reason, "RolloutInProgress");
+    assert!(first.status_event.is_none(), "progress is no event");
+    let replicas = loading(11);
+    let mut observed = observation(V1, &replicas, &scale);
+    observed.previous_status = Some(&first.status);
+    let late = super::plan(&service, &[], &observed, &Signals::default(), now());
+    assert_eq!(late.status.conditions[1].reason, "ProgressDeadlineExceeded");
+    let event = late.status_event.unwrap();
+    assert_eq!(
+        (event.reason, event.type_),
+        (
+            Reason::ProgressDeadlineExceeded,
+            crate::reason::EventType::Warning
+        )
+    );
+    let replicas = loading(12);
+    let mut observed = observation(V1, &replicas, &scale);
+    observed.previous_status = Some(&late.status);
+    let again = super::plan(&service, &[], &observed, &Signals::default(), now());
+    assert!(again.progress_only && again.status_event.is_none());
+}
+
+#[test]
+fn entry_points_name_the_namespace() {
+    let mut service = isvc("");
+    service.metadata.namespace = Some("team-a".into());
+    assert_eq!(
+        EntryPoint::Local { router_port: 9090 }.url(&service),
+        "http://iris.team-a.localhost:9090/v2/models/iris"
+    );
+    assert_eq!(timestamp(now()), "2026-12-01T10:00:00Z");
+    let weights: BTreeMap<String, u32> = [(V1.to_string(), 1), (V2.to_string(), 2)].into();
+    assert_eq!(
+        percent(&weights),
+        [(V1.to_string(), 33), (V2.to_string(), 66)].into()
+    );
+}
