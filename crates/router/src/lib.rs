@@ -1,21 +1,27 @@
 //! Ferry's router: the gateway in front of the model-server replicas, in both modes.
 //!
-//! A request goes through fixed phases (see `proxy.rs`): classify (REST path or gRPC message →
-//! model name; `ferry-namespace` header or `NAME.NAMESPACE.*` host → namespace) → route (the
-//! current table from a `tokio::sync::watch`) → pick (weighted revision, then power of two
-//! choices on outstanding requests) → forward (retry once on another replica when the replica
-//! failed before answering) → record (metrics, `ferry-revision` header).
+//! A request goes through named phases (see `proxy.rs`): classify → authorize/limit → pick
+//! revision (the plan's weights) → pick replica (power of two choices on outstanding requests)
+//! → forward → on error, retry once on another replica → record (metrics, `ferry-revision`
+//! header). Two hooks ([`Hooks`]) step into it: `on_no_backend` and `on_response`.
 //!
-//! Local mode feeds the table from its supervisor; cluster mode from a Pod watcher. Both build it
-//! with `ferry_core::routes::build`.
+//! The route table arrives on a `tokio::sync::watch`: local mode's reconcile loop publishes
+//! it, in a cluster `ferry router` builds it from its watches of InferenceServices and Pods
+//! (`ferry_operator::routes::feed`). Both build it with `ferry_core::routes::build`.
 
+mod body;
+mod classify;
 mod error;
+mod hooks;
 mod metrics;
 mod pool;
 mod proxy;
+mod serve;
 mod table;
-mod target;
 
+pub use body::Buffered;
 pub use error::RouterError;
-pub use proxy::{Router, RouterConfig, RunningRouter, serve, serve_threads};
+pub use hooks::{HookFuture, Hooks, MAX_HOLDS, NoBackend, NoHooks, Outcome, RequestInfo};
+pub use proxy::{Router, RouterConfig};
+pub use serve::{RunningRouter, serve, serve_threads};
 pub use table::InFlight;

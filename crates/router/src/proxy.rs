@@ -1,30 +1,38 @@
-//! The request path, in the order of its phases: classify → route → pick → forward (retry once)
-//! → record. Replica answers are read whole before they are returned, so a replica that dies
-//! mid-answer is retried like one that refused the connection (inference calls are pure
-//! functions of their input, which makes the retry safe), and the outstanding-request count of
-//! a draining replica is exact.
+//! The request path, as named phases over one request ([`RequestInfo`]):
+//!
+//! 1. **classify** — REST path or gRPC message → model; `ferry-namespace` header or host →
+//!    namespace; the router's own health and metrics endpoints answer here;
+//! 2. **authorize / limit** — a placeholder today (API keys and rate limits go here);
+//! 3. **pick revision** — weighted by the plan's traffic weights;
+//! 4. **pick replica** — power of two choices on outstanding requests; when the service has
+//!    no replica to take the request, the [`Hooks::on_no_backend`] hook decides (today: 503);
+//! 5. **forward** — to the replica, over its Unix socket when the table gives one;
+//! 6. **on error / retry** — once, on another replica, when the replica failed before
+//!    answering;
+//! 7. **record** — per-revision metrics, then the [`Hooks::on_response`] hook.
+//!
+//! Replica answers are read whole before they are returned, so a replica that dies mid-answer
+//! is retried like one that refused the connection (inference calls are pure functions of
+//! their input, which makes the retry safe), and the outstanding-request count of a draining
+//! replica is exact.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_core::routes::RouteTable;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper::body::Incoming;
 use tokio::sync::watch;
 
+use crate::body::{Buffered, error_response, json};
+use crate::classify::{RequestKind, classify, grpc_model_name, namespace};
 use crate::error::RouterError;
+use crate::hooks::{Hooks, MAX_HOLDS, NoBackend, NoHooks, Outcome, RequestInfo};
 use crate::metrics::{ErrorLabels, Metrics, RevisionLabels};
 use crate::pool::error_chain;
 use crate::table::{BackendState, Compiled, InFlight, InFlightGuard, RevisionState, ServiceState};
-use crate::target::{Target, classify, grpc_model_name, namespace};
 
 /// Router settings.
 #[derive(Debug, Clone)]
@@ -33,7 +41,7 @@ pub struct RouterConfig {
     pub max_body_bytes: usize,
     /// Connect timeout towards a replica.
     pub connect_timeout: Duration,
-    /// Router threads [`serve_threads`] runs (upstream connections are pooled per thread).
+    /// Router threads [`crate::serve_threads`] runs (upstream connections are pooled per thread).
     pub worker_threads: usize,
 }
 
@@ -58,11 +66,21 @@ struct Inner {
     inflight: InFlight,
     metrics: Arc<Metrics>,
     config: RouterConfig,
+    hooks: Arc<dyn Hooks>,
 }
 
 impl Router {
     /// A router reading its table from `table`; compiles every new table in a background task.
-    pub fn new(mut table: watch::Receiver<Arc<RouteTable>>, config: RouterConfig) -> Router {
+    pub fn new(table: watch::Receiver<Arc<RouteTable>>, config: RouterConfig) -> Router {
+        Router::with_hooks(table, config, Arc::new(NoHooks))
+    }
+
+    /// As [`Router::new`], with `hooks` called at their phases.
+    pub fn with_hooks(
+        mut table: watch::Receiver<Arc<RouteTable>>,
+        config: RouterConfig,
+        hooks: Arc<dyn Hooks>,
+    ) -> Router {
         let metrics = Arc::new(Metrics::default());
         let inflight = InFlight::default();
         let workers = config.worker_threads.max(1);
@@ -86,6 +104,7 @@ impl Router {
                 inflight,
                 metrics,
                 config,
+                hooks,
             }),
         }
     }
@@ -95,11 +114,16 @@ impl Router {
         self.inner.inflight.clone()
     }
 
+    /// Threads [`crate::serve_threads`] runs (the count its connection pools are made for).
+    pub(crate) fn worker_threads(&self) -> usize {
+        self.inner.config.worker_threads.max(1)
+    }
+
     /// Handle one request; never fails (router errors become responses).
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Buffered> {
-        let target = classify(request.uri(), request.headers());
-        let grpc = matches!(target, Target::Grpc { .. });
-        match self.route(request, target).await {
+        let kind = classify(request.uri(), request.headers());
+        let grpc = matches!(kind, RequestKind::Grpc { .. });
+        match self.route(request, kind).await {
             Ok(response) => response,
             Err(error) => {
                 self.inner
@@ -115,32 +139,108 @@ impl Router {
         }
     }
 
+    /// The phases, in order.
     async fn route(
         &self,
         request: Request<Incoming>,
-        target: Target,
+        kind: RequestKind,
     ) -> Result<Response<Buffered>, RouterError> {
-        let model = match target {
-            Target::Health => {
+        // 1. classify: the router's own endpoints answer here; a gRPC call names its model in
+        //    the message, so the body is read first.
+        let model = match kind {
+            RequestKind::Health => {
                 return Ok(json(StatusCode::OK, r#"{"live":true,"ready":true}"#.into()));
             }
-            Target::Metrics => {
-                let mut response =
-                    Response::new(Buffered::data(self.inner.metrics.encode().into()));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-                return Ok(response);
+            RequestKind::Metrics => return Ok(self.metrics_response()),
+            RequestKind::Unknown => {
+                return Err(RouterError::NoRoute(request.uri().path().to_string()));
             }
-            Target::Unknown => return Err(RouterError::NoRoute(request.uri().path().to_string())),
-            Target::Rest { model } => Some(model),
-            Target::Grpc { .. } => None,
+            RequestKind::Rest { model } => Some(model),
+            RequestKind::Grpc { .. } => None,
         };
         let grpc = model.is_none();
         let (parts, body) = request.into_parts();
+        let body = self.read_body(&parts, body).await?;
+        let model = match model {
+            Some(model) => Some(model),
+            None => grpc_model_name(&body),
+        };
+        let mut compiled = self.inner.compiled.borrow().clone();
+        let namespace = namespace(&parts.headers, &compiled);
+        let info = RequestInfo {
+            namespace: &namespace,
+            model: model.as_deref(),
+            grpc,
+            headers: &parts.headers,
+        };
+
+        // 2. authorize / limit: nothing is refused yet (API keys and rate limits come here).
+        authorize(&info)?;
+
+        // 3. pick a revision, 4. pick a replica; with none, the `on_no_backend` hook decides.
+        let mut holds = 0;
+        loop {
+            let service = lookup(&compiled, &info)?;
+            if service.has_backends() {
+                break;
+            }
+            match self
+                .inner
+                .hooks
+                .on_no_backend(info, no_replica(service))
+                .await
+            {
+                NoBackend::Retry if holds < MAX_HOLDS => {
+                    holds += 1;
+                    compiled = self.inner.compiled.borrow().clone();
+                }
+                NoBackend::Retry => return Err(no_replica(service)),
+                NoBackend::Fail(error) => return Err(error),
+            }
+        }
+        let service = lookup(&compiled, &info)?;
+        let revision = service.pick_revision().ok_or_else(|| no_replica(service))?;
+        let backend = revision
+            .pick_replica(None)
+            .ok_or_else(|| no_replica(service))?;
+
+        // 5. forward, 6. on error: retry once on another replica (the replica failed before
+        //    answering, and inference calls are pure functions of their input); 7. record.
+        let first = self
+            .attempt(&parts, &body, service, revision, &backend, grpc, 0)
+            .await;
+        let Err(first) = first else {
+            return first;
+        };
+        let Some((revision, other)) = service.pick_other(&backend.backend.id) else {
+            return Err(first);
+        };
+        tracing::debug!(failed = %backend.backend.id, retry = %other.backend.id, error = %first, "retrying on another replica");
+        self.inner
+            .metrics
+            .retries
+            .get_or_create(&labels(service, revision))
+            .inc();
+        self.attempt(&parts, &body, service, revision, &other, grpc, 1)
+            .await
+    }
+
+    fn metrics_response(&self) -> Response<Buffered> {
+        let mut response = Response::new(Buffered::data(self.inner.metrics.encode().into()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        response
+    }
+
+    /// The whole request body, refused with 413 past the limit (before reading it when its
+    /// length says so).
+    async fn read_body(
+        &self,
+        parts: &http::request::Parts,
+        body: Incoming,
+    ) -> Result<Bytes, RouterError> {
         let limit = self.inner.config.max_body_bytes;
         if parts
             .headers
@@ -151,73 +251,63 @@ impl Router {
         {
             return Err(RouterError::TooLarge { limit });
         }
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(RouterError::TooLarge { limit });
+                Err(RouterError::TooLarge { limit })
             }
-            Err(e) => {
-                return Err(RouterError::BadRequest(format!(
-                    "cannot read the request body: {e}"
-                )));
-            }
-        };
-        let model = match model {
-            Some(model) => Some(model),
-            None => grpc_model_name(&body),
-        };
-        let compiled = self.inner.compiled.borrow().clone();
-        let namespace = namespace(&parts.headers, &compiled);
-        let service: &Arc<ServiceState> =
-            match &model {
-                Some(model) => compiled.lookup(&namespace, model).ok_or_else(|| {
-                    RouterError::ModelNotFound {
-                        namespace: namespace.clone(),
-                        model: model.clone(),
-                    }
-                })?,
-                // Server-level gRPC calls (ServerLive, ...): any replica answers for the server.
-                None => compiled.any().ok_or_else(|| RouterError::NoReadyReplica {
-                    namespace: namespace.clone(),
-                    service: "any service".into(),
-                })?,
-            };
-        let no_replica = || RouterError::NoReadyReplica {
-            namespace: service.namespace.clone(),
-            service: service.service.clone(),
-        };
-        let (revision, backend) = service.pick(None).ok_or_else(no_replica)?;
-        match self
-            .forward(&parts, &body, service, revision, backend.clone(), grpc)
-            .await
-        {
-            Ok(response) => Ok(response),
-            Err(first) => {
-                let Some((revision, other)) = service.pick(Some(&backend.backend.id)) else {
-                    return Err(first);
-                };
-                tracing::debug!(failed = %backend.backend.id, retry = %other.backend.id, error = %first, "retrying on another replica");
+            Err(e) => Err(RouterError::BadRequest(format!(
+                "cannot read the request body: {e}"
+            ))),
+        }
+    }
+
+    /// Forward to `backend` and record the outcome (metrics, then the `on_response` hook).
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        service: &ServiceState,
+        revision: &RevisionState,
+        backend: &Arc<BackendState>,
+        grpc: bool,
+        attempt: u32,
+    ) -> Result<Response<Buffered>, RouterError> {
+        let started = Instant::now();
+        let result = self.forward(parts, body, revision, backend, grpc).await;
+        let elapsed = started.elapsed();
+        let status = result.as_ref().ok().map(Response::status);
+        if let Some(status) = status {
+            revision.latency.observe(elapsed.as_secs_f64());
+            if status.is_success() {
+                revision.ok.inc();
+            } else {
                 self.inner
                     .metrics
-                    .retries
-                    .get_or_create(&labels(service, revision))
-                    .inc();
-                self.forward(&parts, &body, service, revision, other, grpc)
-                    .await
+                    .response(&labels(service, revision), status.as_u16());
             }
         }
+        self.inner.hooks.on_response(&Outcome {
+            namespace: &service.namespace,
+            service: &service.service,
+            revision: &revision.revision,
+            backend: &backend.backend.id,
+            status,
+            elapsed,
+            attempt,
+        });
+        result
     }
 
     async fn forward(
         &self,
         parts: &http::request::Parts,
         body: &Bytes,
-        service: &ServiceState,
         revision: &RevisionState,
-        backend: Arc<BackendState>,
+        backend: &Arc<BackendState>,
         grpc: bool,
     ) -> Result<Response<Buffered>, RouterError> {
-        let started = Instant::now();
         let _outstanding = InFlightGuard::new(backend.clone());
         let upstream_error = |cause: String| RouterError::Upstream {
             backend: backend.backend.id.clone(),
@@ -278,14 +368,6 @@ impl Router {
         if let Some(value) = &revision.header {
             head.headers.insert(REVISION_HEADER, value.clone());
         }
-        revision.latency.observe(started.elapsed().as_secs_f64());
-        if head.status.is_success() {
-            revision.ok.inc();
-        } else {
-            self.inner
-                .metrics
-                .response(&labels(service, revision), head.status.as_u16());
-        }
         Ok(Response::from_parts(
             head,
             Buffered {
@@ -293,6 +375,40 @@ impl Router {
                 trailers,
             },
         ))
+    }
+}
+
+/// Phase 2: whether the request may go on. Everything may, until API keys and rate limits.
+fn authorize(_request: &RequestInfo<'_>) -> Result<(), RouterError> {
+    Ok(())
+}
+
+/// The service a request addresses: its model in its namespace, or (server-level gRPC calls)
+/// any service, whose replicas answer for the server.
+fn lookup<'a>(
+    compiled: &'a Compiled,
+    request: &RequestInfo<'_>,
+) -> Result<&'a Arc<ServiceState>, RouterError> {
+    match request.model {
+        Some(model) => {
+            compiled
+                .lookup(request.namespace, model)
+                .ok_or_else(|| RouterError::ModelNotFound {
+                    namespace: request.namespace.to_string(),
+                    model: model.to_string(),
+                })
+        }
+        None => compiled.any().ok_or_else(|| RouterError::NoReadyReplica {
+            namespace: request.namespace.to_string(),
+            service: "any service".into(),
+        }),
+    }
+}
+
+fn no_replica(service: &ServiceState) -> RouterError {
+    RouterError::NoReadyReplica {
+        namespace: service.namespace.clone(),
+        service: service.service.clone(),
     }
 }
 
@@ -335,210 +451,4 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-}
-
-fn json(status: StatusCode, body: String) -> Response<Buffered> {
-    let mut response = Response::new(Buffered::data(body.into()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// The one place router errors become responses: OIP's `{"error": ...}` for REST, a
-/// trailers-only gRPC status for gRPC.
-fn error_response(error: &RouterError, grpc: bool) -> Response<Buffered> {
-    if grpc {
-        let mut response = Response::new(Buffered::data(Bytes::new()));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", HeaderValue::from(error.grpc_code()));
-        if let Ok(message) = HeaderValue::from_str(
-            &error
-                .to_string()
-                .replace(|c: char| !c.is_ascii() || c.is_ascii_control(), " "),
-        ) {
-            headers.insert("grpc-message", message);
-        }
-        return response;
-    }
-    json(
-        error.http_status(),
-        serde_json::json!({ "error": error.to_string() }).to_string(),
-    )
-}
-
-/// A whole response body, with the replica's trailers (gRPC status) when it sent any.
-pub struct Buffered {
-    data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-}
-
-impl Buffered {
-    fn data(data: Bytes) -> Self {
-        Buffered {
-            data: Some(data),
-            trailers: None,
-        }
-    }
-}
-
-impl hyper::body::Body for Buffered {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(data) = self.data.take().filter(|d| !d.is_empty()) {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.as_ref().is_none_or(Bytes::is_empty) && self.trailers.is_none()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        let len = self.data.as_ref().map_or(0, |d| d.len() as u64);
-        if self.trailers.is_some() {
-            let mut hint = hyper::body::SizeHint::new();
-            hint.set_lower(len);
-            hint
-        } else {
-            hyper::body::SizeHint::with_exact(len)
-        }
-    }
-}
-
-/// A running router; stop with [`RunningRouter::shutdown`].
-pub struct RunningRouter {
-    pub addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    done: Vec<tokio::sync::oneshot::Receiver<()>>,
-}
-
-impl RunningRouter {
-    /// Stop accepting, let open requests finish (up to `grace`), return.
-    pub async fn shutdown(self, grace: Duration) {
-        let _ = self.stop.send(true);
-        let deadline = tokio::time::Instant::now() + grace;
-        for done in self.done {
-            let _ = tokio::time::timeout_at(deadline, done).await;
-        }
-    }
-}
-
-/// Serve `router` on `listener` (HTTP/1.1 and h2c on one port) on the current runtime.
-pub fn serve(listener: TcpListener, router: Router) -> std::io::Result<RunningRouter> {
-    let addr = listener.local_addr()?;
-    let (stop, stop_rx) = watch::channel(false);
-    let (done_tx, done) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        accept_loop(listener, router, stop_rx).await;
-        let _ = done_tx.send(());
-    });
-    Ok(RunningRouter {
-        addr,
-        stop,
-        done: vec![done],
-    })
-}
-
-/// Serve `router` on `addr` with its `worker_threads` OS threads (the count its connection pools
-/// are made for), each a single-threaded runtime with its own `SO_REUSEPORT` listener (the
-/// kernel spreads connections): a connection, its upstream connections and its requests stay
-/// on one thread, as in nginx's worker model.
-pub fn serve_threads(addr: SocketAddr, router: Router) -> std::io::Result<RunningRouter> {
-    let threads = router.inner.config.worker_threads.max(1);
-    // A socket bound to `at`; with SO_REUSEPORT for the threads' listeners.
-    let socket = |at: SocketAddr, reuse_port: bool| -> std::io::Result<tokio::net::TcpSocket> {
-        let socket = if at.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(reuse_port)?;
-        socket.set_nodelay(true)?;
-        socket.bind(at)?;
-        Ok(socket)
-    };
-    if addr.port() != 0 {
-        // SO_REUSEPORT would let these sockets share a port another router of the same user
-        // already listens on (two daemons splitting traffic, silently): a plain bind fails then.
-        drop(socket(addr, false)?);
-    }
-    let first = socket(addr, true)?;
-    let bound = first.local_addr()?;
-    let mut sockets = vec![first];
-    for _ in 1..threads {
-        sockets.push(socket(bound, true)?);
-    }
-    let (stop, stop_rx) = watch::channel(false);
-    let mut done = Vec::new();
-    // Listening before any thread starts: a failure leaves nothing running, and the port is
-    // taken (for the check above) once this returns.
-    let mut listening = Vec::with_capacity(sockets.len());
-    for socket in sockets {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let listener = {
-            let _context = runtime.enter();
-            socket.listen(4096)?
-        };
-        listening.push((runtime, listener));
-    }
-    for (index, (runtime, listener)) in listening.into_iter().enumerate() {
-        let router = router.clone();
-        let stop_rx = stop_rx.clone();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        done.push(done_rx);
-        std::thread::Builder::new()
-            .name(format!("ferry-router-{index}"))
-            .spawn(move || {
-                crate::pool::set_worker(index);
-                runtime.block_on(accept_loop(listener, router, stop_rx));
-                let _ = done_tx.send(());
-            })?;
-    }
-    Ok(RunningRouter {
-        addr: bound,
-        stop,
-        done,
-    })
-}
-
-async fn accept_loop(listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let router = router.clone();
-                let service = hyper::service::service_fn(move |request| {
-                    let router = router.clone();
-                    async move { Ok::<_, Infallible>(router.handle(request).await) }
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-            }
-            _ = stop.changed() => break,
-        }
-    }
-    drop(listener);
-    graceful.shutdown().await;
 }

@@ -69,25 +69,45 @@ pub struct ServiceState {
 }
 
 impl ServiceState {
-    /// Weighted choice of a revision, then the less loaded of two random backends of it
-    /// (power of two choices); `avoid` is skipped when any other backend exists.
-    pub fn pick(&self, avoid: Option<&str>) -> Option<(&RevisionState, Arc<BackendState>)> {
+    /// Whether any revision has a backend to take a request.
+    pub fn has_backends(&self) -> bool {
+        self.revisions.iter().any(|r| !r.backends.is_empty())
+    }
+
+    /// Weighted choice of a revision that has backends; when no weighted revision has one,
+    /// the first revision with backends.
+    pub fn pick_revision(&self) -> Option<&RevisionState> {
         if self.total_weight > 0 {
             let mut ticket = fastrand::u32(0..self.total_weight);
             for revision in &self.revisions {
                 if ticket < revision.weight {
-                    if let Some(backend) = two_choices(&revision.backends, avoid) {
-                        return Some((revision, backend));
-                    }
-                    break;
+                    return Some(revision);
                 }
                 ticket -= revision.weight;
             }
         }
-        // The chosen revision had nothing but `avoid`: any other backend of any revision.
+        self.revisions.iter().find(|r| !r.backends.is_empty())
+    }
+
+    /// For a retry: another backend than `failed`, of the revision a weighted pick gives, or
+    /// else of any revision.
+    pub fn pick_other(&self, failed: &str) -> Option<(&RevisionState, Arc<BackendState>)> {
+        if let Some(revision) = self.pick_revision()
+            && let Some(backend) = revision.pick_replica(Some(failed))
+        {
+            return Some((revision, backend));
+        }
         self.revisions
             .iter()
-            .find_map(|revision| two_choices(&revision.backends, avoid).map(|b| (revision, b)))
+            .find_map(|revision| revision.pick_replica(Some(failed)).map(|b| (revision, b)))
+    }
+}
+
+impl RevisionState {
+    /// The less loaded of two random backends (power of two choices); `avoid` is skipped,
+    /// and `None` when it is the only one.
+    pub fn pick_replica(&self, avoid: Option<&str>) -> Option<Arc<BackendState>> {
+        two_choices(&self.backends, avoid)
     }
 }
 

@@ -434,3 +434,110 @@ async fn grpc_goes_through_the_router() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
 }
+
+/// A table to publish, and where.
+type Publish = (watch::Sender<Arc<RouteTable>>, Arc<RouteTable>);
+
+/// Hooks that hold a request without replica until they publish one, and see every answer.
+struct Holding {
+    table: std::sync::Mutex<Option<Publish>>,
+    outcomes: std::sync::Mutex<Vec<(String, Option<u16>, u32)>>,
+}
+
+impl ferry_router::Hooks for Holding {
+    fn on_no_backend<'a>(
+        &'a self,
+        request: ferry_router::RequestInfo<'a>,
+        error: ferry_router::RouterError,
+    ) -> ferry_router::HookFuture<'a, ferry_router::NoBackend> {
+        assert_eq!(
+            (request.namespace, request.model),
+            ("default", Some("iris"))
+        );
+        let publish = self.table.lock().unwrap().take();
+        Box::pin(async move {
+            let Some((tx, next)) = publish else {
+                return ferry_router::NoBackend::Fail(error);
+            };
+            tx.send(next).unwrap();
+            // The router compiles a new table in its own task.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            ferry_router::NoBackend::Retry
+        })
+    }
+
+    fn on_response(&self, outcome: &ferry_router::Outcome<'_>) {
+        self.outcomes.lock().unwrap().push((
+            outcome.revision.to_string(),
+            outcome.status.map(|s| s.as_u16()),
+            outcome.attempt,
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
+    let server = replica("iris-v1.onnx").await;
+    let empty = Arc::new(build(&[ServiceEndpoints {
+        namespace: "default".into(),
+        service: "iris".into(),
+        model: "iris".into(),
+        endpoints: vec![],
+        hosts: vec![],
+        weights: BTreeMap::new(),
+    }]));
+    let (tx, rx) = watch::channel(empty);
+    // The plan's weights decide, not the replica counts: two ready replicas of iris-1 weigh
+    // nothing, one of iris-2 takes everything; a dead one of iris-2 is retried.
+    let serving = Arc::new(build(&[ServiceEndpoints {
+        namespace: "default".into(),
+        service: "iris".into(),
+        model: "iris".into(),
+        endpoints: vec![
+            endpoint("a", "iris-1", server.http_addr, server.grpc_addr),
+            endpoint("b", "iris-1", server.http_addr, server.grpc_addr),
+            endpoint("c", "iris-2", server.http_addr, server.grpc_addr),
+            endpoint("d", "iris-2", dead_addr(), dead_addr()),
+        ],
+        hosts: vec![],
+        weights: [("iris-1".to_string(), 0), ("iris-2".to_string(), 1)].into(),
+    }]));
+    let hooks = Arc::new(Holding {
+        table: std::sync::Mutex::new(Some((tx.clone(), serving))),
+        outcomes: std::sync::Mutex::new(Vec::new()),
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let running = serve(
+        tokio::net::TcpListener::from_std(listener).unwrap(),
+        Router::with_hooks(rx, RouterConfig::default(), hooks.clone()),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        let response = infer(&client, running.addr).await;
+        assert_eq!(response.status(), 200, "held, then served");
+        assert_eq!(response.headers()["ferry-revision"], "iris-2");
+    }
+    let outcomes = hooks.outcomes.lock().unwrap().clone();
+    assert!(outcomes.iter().all(|(revision, _, _)| revision == "iris-2"));
+    let answered = outcomes.iter().filter(|(_, s, _)| *s == Some(200)).count();
+    assert_eq!(answered, 20, "one answer per request: {outcomes:?}");
+    // Every failure of the dead replica was a first attempt, retried on the live one.
+    for (_, status, attempt) in &outcomes {
+        assert!(status.is_some() || *attempt == 0, "{outcomes:?}");
+    }
+    // Without a replica and with nothing more to publish, the hook fails the request: 503.
+    tx.send(Arc::new(build(&[ServiceEndpoints {
+        namespace: "default".into(),
+        service: "iris".into(),
+        model: "iris".into(),
+        endpoints: vec![],
+        hosts: vec![],
+        weights: BTreeMap::new(),
+    }])))
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(infer(&client, running.addr).await.status(), 503);
+    drop(tx);
+}

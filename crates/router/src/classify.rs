@@ -5,7 +5,7 @@ use http::{HeaderMap, Uri};
 
 /// What a request is for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Target {
+pub enum RequestKind {
     /// OIP REST (`/v2/models/{model}/...`) or KServe v1 (`/v1/models/{model}:predict`).
     Rest {
         model: String,
@@ -21,14 +21,14 @@ pub enum Target {
 }
 
 /// Classify by path (the gRPC model name is read from the message later).
-pub fn classify(uri: &Uri, headers: &HeaderMap) -> Target {
+pub fn classify(uri: &Uri, headers: &HeaderMap) -> RequestKind {
     let path = uri.path();
     let is_grpc = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     if is_grpc || path.starts_with("/inference.GRPCInferenceService/") {
-        return Target::Grpc { model: None };
+        return RequestKind::Grpc { model: None };
     }
     if let Some(rest) = path.strip_prefix("/v2/models/") {
         let model = rest.split('/').next().unwrap_or("");
@@ -40,18 +40,18 @@ pub fn classify(uri: &Uri, headers: &HeaderMap) -> Target {
     }
     match path {
         "/v2" | "/v2/" | "/v2/health/live" | "/v2/health/ready" | "/healthz" | "/readyz" => {
-            Target::Health
+            RequestKind::Health
         }
-        "/metrics" => Target::Metrics,
-        _ => Target::Unknown,
+        "/metrics" => RequestKind::Metrics,
+        _ => RequestKind::Unknown,
     }
 }
 
-fn named(model: &str) -> Target {
+fn named(model: &str) -> RequestKind {
     if model.is_empty() {
-        Target::Unknown
+        RequestKind::Unknown
     } else {
-        Target::Rest {
+        RequestKind::Rest {
             model: model.to_string(),
         }
     }
@@ -147,24 +147,27 @@ mod tests {
         let uri = |s: &str| s.parse::<Uri>().unwrap();
         assert_eq!(
             classify(&uri("/v2/models/iris/infer"), &h),
-            Target::Rest {
+            RequestKind::Rest {
                 model: "iris".into()
             }
         );
         assert_eq!(
             classify(&uri("/v2/models/iris/versions/1/ready"), &h),
-            Target::Rest {
+            RequestKind::Rest {
                 model: "iris".into()
             }
         );
         assert_eq!(
             classify(&uri("/v1/models/iris:predict"), &h),
-            Target::Rest {
+            RequestKind::Rest {
                 model: "iris".into()
             }
         );
-        assert_eq!(classify(&uri("/v2/health/ready"), &h), Target::Health);
-        assert_eq!(classify(&uri("/v2/models//infer"), &h), Target::Unknown);
+        assert_eq!(classify(&uri("/v2/health/ready"), &h), RequestKind::Health);
+        assert_eq!(
+            classify(&uri("/v2/models//infer"), &h),
+            RequestKind::Unknown
+        );
     }
 
     #[test]
