@@ -486,3 +486,46 @@ async fn quick_start_prints_a_curl_that_works_and_delete_cleans_up() {
         .unwrap();
     assert_eq!(response.status(), 404);
 }
+
+/// The reasons a rolling update of two replicas records, in both modes: the plan's decisions
+/// (`ferry_core::service` replays the same scenario in its unit tests) and the status
+/// transitions. testbed/e2e/tests/operator_spec.rs expects the very same set from the operator.
+const ROLLING_UPDATE_REASONS: [&str; 6] = [
+    "RevisionCreated",
+    "RevisionReady",
+    "RevisionRetired",
+    "ScaledDown",
+    "ScaledUp",
+    "Serving",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_update_records_the_plans_event_reasons() {
+    let daemon = Daemon::start("events");
+    for model in ["iris-v1.onnx", "iris-v2.onnx"] {
+        let applied = daemon.apply(&manifest("iris", model, 2), &["--wait"]);
+        assert!(applied.status.success(), "{}", stderr(&applied));
+    }
+    let client = daemon.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reasons = loop {
+        let events = client.detail("default", "iris", "events").await.unwrap();
+        // `Applied` records the user's apply (the control API's audit, not a decision).
+        let reasons: std::collections::BTreeSet<String> = events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["reason"].as_str().unwrap().to_string())
+            .filter(|r| r != "Applied")
+            .collect();
+        if reasons.contains("RevisionRetired") || Instant::now() > deadline {
+            break reasons;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        reasons.iter().map(String::as_str).collect::<Vec<_>>(),
+        ROLLING_UPDATE_REASONS,
+        "the same vocabulary as the operator's"
+    );
+}

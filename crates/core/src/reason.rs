@@ -88,6 +88,11 @@ reasons! {
     Updated = "Updated", failure = false;
     /// The spec was refused by validation.
     InvalidSpec = "InvalidSpec", failure = true;
+    // Local mode's control API records what a user did (a cluster's audit log does that).
+    /// A manifest was applied (created or configured).
+    Applied = "Applied", failure = false;
+    /// `ferry rollout undo` set the predictor to an earlier revision.
+    RolledBack = "RolledBack", failure = false;
 }
 
 /// The kubelet's container waiting reasons that need a change to the spec or the cluster to

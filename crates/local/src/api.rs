@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_api::{InferenceService, parse_manifests};
+use ferry_core::reason::{EventType, Reason};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -322,8 +323,8 @@ async fn rollback(
     state.store.event(
         &namespace,
         &name,
-        "Normal",
-        "RolledBack",
+        EventType::Normal.as_str(),
+        Reason::RolledBack.as_str(),
         &format!("predictor set to revision {}", target.name),
     )?;
     state.changed.notify_one();

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use ferry_api::k8s_openapi::jiff;
 use ferry_api::{InferenceService, InferenceServiceStatus, PredictorSpec, revision_name};
+use ferry_core::reason::{EventType, Reason};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -225,8 +226,15 @@ impl Store {
                     }
                 );
                 tx.execute(
-                    "INSERT INTO events (at, namespace, service, type, reason, message) VALUES (?1, ?2, ?3, 'Normal', 'Applied', ?4)",
-                    params![at, namespace, name, message],
+                    "INSERT INTO events (at, namespace, service, type, reason, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        at,
+                        namespace,
+                        name,
+                        EventType::Normal.as_str(),
+                        Reason::Applied.as_str(),
+                        message
+                    ],
                 )?;
             }
             outcomes.push((outcome, revision));

@@ -338,3 +338,127 @@ async fn replace_service(services: &Api<Service>, old: Service) {
     )
     .await;
 }
+
+/// The reasons a rolling update of two replicas records: the same set local mode records
+/// (crates/cli/tests/local.rs `ROLLING_UPDATE_REASONS`), both from `ferry_core::service::plan`.
+const ROLLING_UPDATE_REASONS: [&str; 6] = [
+    "RevisionCreated",
+    "RevisionReady",
+    "RevisionRetired",
+    "ScaledDown",
+    "ScaledUp",
+    "Serving",
+];
+
+/// The reasons of the events regarding InferenceService `name`.
+async fn event_reasons(
+    events: &Api<k8s_openapi::api::events::v1::Event>,
+    name: &str,
+) -> std::collections::BTreeSet<String> {
+    events
+        .list(&ListParams::default())
+        .await
+        .map(|list| list.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_records_the_same_event_reasons_as_local_mode() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_operator(&client).await;
+    let ns = TempNamespace::create(&client, "operator-events")
+        .await
+        .unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &ns.name);
+    apply_in(&ns.name, &ferry_testbed_e2e::iris_manifest("iris-v1.onnx"));
+    eventually("v1 is Ready", Duration::from_secs(90), || {
+        let ns = ns.name.clone();
+        async move {
+            let object = isvc_json(&ns, "iris");
+            (condition(&object, "LatestRevisionReady").0 == "True").then_some(())
+        }
+    })
+    .await;
+    apply_in(&ns.name, &ferry_testbed_e2e::iris_manifest("iris-v2.onnx"));
+    let reasons = eventually("v1 retired and v2 ready", Duration::from_secs(120), || {
+        let (events, ns) = (events.clone(), ns.name.clone());
+        async move {
+            let reasons = event_reasons(&events, "iris").await;
+            let ready = condition(&isvc_json(&ns, "iris"), "LatestRevisionReady").0 == "True";
+            (ready && reasons.contains("RevisionRetired") && reasons.contains("RevisionReady"))
+                .then_some(reasons)
+        }
+    })
+    .await;
+    assert_eq!(
+        reasons.iter().map(String::as_str).collect::<Vec<_>>(),
+        ROLLING_UPDATE_REASONS,
+        "the same vocabulary as local mode's"
+    );
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_loading_past_its_startup_timeout_exceeds_the_progress_deadline() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_operator(&client).await;
+    let ns = TempNamespace::create(&client, "operator-deadline")
+        .await
+        .unwrap();
+    // The model's URL answers never: a listener whose connections are never accepted (the
+    // kernel completes them), so the server stays loading it.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stalled.local_addr().unwrap().port();
+    apply_in(
+        &ns.name,
+        &format!(
+            "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: stalled}}\nspec:\n  predictor:\n    model: {{format: onnx, uri: \"http://127.0.0.1:{port}/iris-v1.onnx\"}}\n    startupTimeoutSeconds: 6\n"
+        ),
+    );
+    let message = eventually(
+        "LatestRevisionReady says ProgressDeadlineExceeded",
+        Duration::from_secs(90),
+        || {
+            let ns = ns.name.clone();
+            async move {
+                let (status, reason, message) =
+                    condition(&isvc_json(&ns, "stalled"), "LatestRevisionReady");
+                (status == "False" && reason == "ProgressDeadlineExceeded").then_some(message)
+            }
+        },
+    )
+    .await;
+    assert!(message.contains("startupTimeoutSeconds 6"), "{message}");
+    assert_eq!(
+        condition(&isvc_json(&ns.name, "stalled"), "Ready").0,
+        "False"
+    );
+    // A failure: a Warning event carries it.
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &ns.name);
+    eventually("a Warning event names it", Duration::from_secs(30), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    drop(stalled);
+    ns.delete().await;
+}
