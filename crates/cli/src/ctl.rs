@@ -10,7 +10,7 @@ use ferry_local::client::{Client, ClientError};
 use ferry_local::paths::{StateDir, default_state_dir};
 use serde_json::{Value, json};
 
-use crate::render;
+use crate::print;
 
 #[derive(Args, Clone)]
 pub struct Common {
@@ -274,7 +274,7 @@ async fn wait_rollout(
     let mut last = String::new();
     loop {
         let object = client.get(namespace, name).await?;
-        let progress = render::rollout_progress(&object);
+        let progress = print::rollout_progress(&object);
         if progress.message != last {
             println!("{namespace}/{name}: {}", progress.message);
             last = progress.message.clone();
@@ -330,10 +330,7 @@ pub async fn quick_start(dirs: &StateDir, files: &[PathBuf]) -> Result<()> {
         );
         wait_rollout(&client, namespace, name, Duration::from_secs(300)).await?;
         let object = client.get(namespace, name).await?;
-        let model = object
-            .pointer("/spec/predictor/model/name")
-            .and_then(Value::as_str)
-            .unwrap_or(name);
+        let model = model_name(&object, name);
         let base = format!("http://{router}/v2/models/{model}");
         let metadata: Value = http
             .get(&base)
@@ -403,7 +400,7 @@ pub async fn get(args: GetArgs) -> Result<()> {
             } else {
                 print!(
                     "{}",
-                    render::table(&items, args.all_namespaces, wide == Some(Output::Wide))
+                    print::table(&items, args.all_namespaces, wide == Some(Output::Wide))
                 );
             }
         }
@@ -418,7 +415,7 @@ pub async fn describe(args: DescribeArgs) -> Result<()> {
     let object = client.get(ns, &args.name).await?;
     let replicas = client.detail(ns, &args.name, "replicas").await?;
     let events = client.detail(ns, &args.name, "events").await?;
-    print!("{}", render::describe(&object, &replicas, &events));
+    print!("{}", print::describe(&object, &replicas, &events));
     Ok(())
 }
 
@@ -470,11 +467,7 @@ pub async fn predict(args: PredictArgs) -> Result<()> {
         .to_string();
     let client = args.common.client()?;
     let object = client.get(&args.common.namespace, &args.name).await?;
-    let model = object
-        .pointer("/spec/predictor/model/name")
-        .and_then(Value::as_str)
-        .unwrap_or(&args.name)
-        .to_string();
+    let model = model_name(&object, &args.name);
     let http = reqwest::Client::new();
     let base = format!("http://{router}/v2/models/{model}");
     let ns = args.common.namespace.as_str();
@@ -605,7 +598,7 @@ pub async fn rollout(command: RolloutCommand) -> Result<()> {
                 .client()?
                 .detail(&common.namespace, &name, "revisions")
                 .await?;
-            print!("{}", render::history(&revisions));
+            print!("{}", print::history(&revisions));
             Ok(())
         }
         RolloutCommand::Undo {
@@ -624,4 +617,11 @@ pub async fn rollout(command: RolloutCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The model's name in the inference protocol of the InferenceService `object` (named `name`).
+fn model_name(object: &Value, name: &str) -> String {
+    serde_json::from_value::<ferry_api::InferenceService>(object.clone())
+        .map(|isvc| isvc.model_name())
+        .unwrap_or_else(|_| name.to_string())
 }

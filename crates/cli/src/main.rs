@@ -9,7 +9,7 @@
 
 mod ctl;
 mod doctor;
-mod render;
+mod print;
 mod server;
 
 use std::net::SocketAddr;

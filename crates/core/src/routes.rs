@@ -33,9 +33,10 @@ impl Addresses {
     }
 }
 
-/// One replica the router may call.
+/// One replica the router may call (a "backend" in the router's words; not the server's inference
+/// `Backend`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Backend {
+pub struct Upstream {
     pub id: String,
     #[serde(flatten)]
     pub addrs: Addresses,
@@ -47,7 +48,7 @@ pub struct RevisionRoute {
     pub revision: String,
     /// Relative weight among the service's revisions (0 = no traffic).
     pub weight: u32,
-    pub backends: Vec<Backend>,
+    pub backends: Vec<Upstream>,
 }
 
 /// Where one service's traffic goes.
@@ -146,12 +147,12 @@ pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
                 claimed.clone_from(&service.namespace);
             }
         }
-        let mut revisions: BTreeMap<&str, Vec<Backend>> = BTreeMap::new();
+        let mut revisions: BTreeMap<&str, Vec<Upstream>> = BTreeMap::new();
         for endpoint in service.endpoints.iter().filter(|e| e.replica.ready()) {
             revisions
                 .entry(endpoint.replica.revision.as_str())
                 .or_default()
-                .push(Backend {
+                .push(Upstream {
                     id: endpoint.replica.id.clone(),
                     addrs: endpoint.addrs.clone(),
                 });

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ferry_core::routes::{Backend, RouteTable};
+use ferry_core::routes::{RouteTable, Upstream};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
@@ -15,7 +15,7 @@ use crate::metrics::{Metrics, RevisionLabels};
 /// One replica and its outstanding requests.
 #[derive(Debug)]
 pub struct BackendState {
-    pub backend: Backend,
+    pub backend: Upstream,
     inflight: AtomicUsize,
     /// Connections to this backend, one pool per router thread; they live as long as the
     /// backend stays known.

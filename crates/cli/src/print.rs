@@ -282,64 +282,14 @@ pub fn history(revisions: &Value) -> String {
     columns(&rows)
 }
 
-/// Where a rollout stands.
-pub struct Progress {
-    pub done: bool,
-    pub failed: Option<String>,
-    pub message: String,
-}
-
-pub fn rollout_progress(object: &Value) -> Progress {
-    let generation = object
-        .pointer("/metadata/generation")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    let observed = object
-        .pointer("/status/observedGeneration")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    if observed < generation {
-        return Progress {
+/// Where a rollout stands: the core reads it from the status.
+pub fn rollout_progress(object: &Value) -> ferry_core::status::RolloutProgress {
+    match serde_json::from_value::<ferry_api::InferenceService>(object.clone()) {
+        Ok(isvc) => ferry_core::status::rollout_progress(&isvc),
+        Err(e) => ferry_core::status::RolloutProgress {
             done: false,
             failed: None,
-            message: format!("waiting for generation {generation} to be observed"),
-        };
-    }
-    let latest = text(object, "/status/latestRevision");
-    let desired = desired_replicas(object);
-    let ready = latest_ready(object);
-    let old: u64 = object
-        .pointer("/status/revisions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|r| r["name"] != latest)
-        .filter_map(|r| r["replicas"].as_u64())
-        .sum();
-    let latest_condition = condition(object, "LatestRevisionReady");
-    if let Some(c) = latest_condition
-        && c["status"] == "False"
-        && let Some(reason) = c["reason"]
-            .as_str()
-            .filter(|r| ferry_core::reason::is_failure(r))
-    {
-        let message = c["message"].as_str().unwrap_or("");
-        return Progress {
-            done: false,
-            failed: Some(format!("{reason}: {message}")),
-            message: format!("{reason}: {message}"),
-        };
-    }
-    let done =
-        ready >= desired && old == 0 && latest_condition.is_some_and(|c| c["status"] == "True");
-    let message = if done {
-        format!("rolled out {latest}: {ready}/{desired} replicas ready")
-    } else {
-        format!("rolling out {latest}: {ready}/{desired} replicas ready, {old} old replicas left")
-    };
-    Progress {
-        done,
-        failed: None,
-        message,
+            message: format!("the InferenceService does not read back: {e}"),
+        },
     }
 }
