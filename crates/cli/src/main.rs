@@ -227,7 +227,7 @@ async fn operator(args: OperatorArgs) -> Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes credentials (in-cluster or kubeconfig)")?;
-    let render = ferry_core::render::RenderOptions {
+    let render = ferry_render::RenderOptions {
         image: args.image,
         node_selector: node_selector(&args.node_selector)?,
     };
@@ -297,40 +297,11 @@ fn render(args: RenderArgs) -> Result<()> {
     let text = ctl::read_manifest_files(&args.files)?;
     let parsed = ferry_api::parse_cluster_manifests(&text, &args.namespace)?;
     let node_selector = node_selector(&args.node_selector)?;
-    let options = ferry_core::render::RenderOptions {
+    let options = ferry_render::RenderOptions {
         image: args.image,
         node_selector,
     };
-    let mut documents = Vec::new();
-    for manifest in parsed.services {
-        let isvc = manifest.isvc;
-        let name = isvc.metadata.name.clone().unwrap_or_default();
-        // ServingRuntimes come from the same files, as the operator finds them in the namespace.
-        let runtime = ferry_core::runtime::resolve(&isvc, &parsed.runtimes).map_err(|p| {
-            anyhow::anyhow!(
-                "InferenceService {}/{name}: {}: {}",
-                isvc.namespace_or_default(),
-                p.reason,
-                p.message
-            )
-        })?;
-        let revision = ferry_core::runtime::revision(&isvc, runtime);
-        let objects = ferry_core::render::render(
-            &isvc,
-            &revision,
-            isvc.spec.predictor.replicas(),
-            &options,
-            runtime,
-        );
-        let service = ferry_core::render::render_service(&isvc, &revision);
-        for value in ferry_core::render::to_values(&objects)
-            .into_iter()
-            .chain(ferry_core::render::service_values(&service))
-        {
-            documents.push(serde_norway::to_string(&value)?);
-        }
-    }
-    print!("{}", documents.join("---\n"));
+    print!("{}", ferry_render::documents(&parsed, &options)?);
     Ok(())
 }
 

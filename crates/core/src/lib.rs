@@ -10,12 +10,13 @@
 //! - [`status::derive`]: the InferenceService status with conditions that name the reason;
 //! - [`routes::build`]: the route table the router reads (services → weighted revisions →
 //!   ready backends);
-//! - [`render::render`]: the Kubernetes objects of a revision (operator and `ferry render`);
-//! - [`runtime::resolve`]: which server runs a model (Ferry's own or a ServingRuntime).
+//! - [`runtime::resolve`]: which server runs a model (Ferry's own or a ServingRuntime), and
+//!   [`runtime::server_args`]: how Ferry's own server is started for a model, in both modes.
+//!
+//! The Kubernetes objects themselves are rendered by `ferry-render` (cluster mode only).
 
 pub mod observe;
 pub mod reason;
-pub mod render;
 pub mod rollout;
 pub mod routes;
 pub mod runtime;

@@ -96,6 +96,24 @@ pub fn resolve<'a>(
     }
 }
 
+/// The `ferry server` arguments that serve the model at `uri` as `model` with
+/// `compute_threads`: one rule for local replicas and rendered pods (each adds its listeners).
+/// Files are passed as paths; `http(s)://` URIs as they are (the server fetches them at start).
+pub fn server_args(model: &str, uri: &str, compute_threads: Option<u32>) -> Vec<String> {
+    let mut args = vec![
+        "server".to_string(),
+        "--model".to_string(),
+        format!(
+            "{model}={}",
+            ferry_api::local_model_path(uri).unwrap_or(uri)
+        ),
+    ];
+    if let Some(threads) = compute_threads {
+        args.extend(["--compute-threads".to_string(), threads.to_string()]);
+    }
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -432,7 +432,7 @@ async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Addres
     let http_unix = ctx.dirs.prepare_socket(id, Protocol::Http);
     let grpc_unix = ctx.dirs.prepare_socket(id, Protocol::Grpc);
     let mut args =
-        ferry_core::render::server_args(&spec.model_name, &spec.model_uri, spec.compute_threads);
+        ferry_core::runtime::server_args(&spec.model_name, &spec.model_uri, spec.compute_threads);
     args.extend([
         "--http-addr".to_string(),
         "127.0.0.1:0".to_string(),

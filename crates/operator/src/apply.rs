@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 
 use ferry_api::InferenceService;
 use ferry_core::reason::{ConditionState, PlannedEvent, Reason};
-use ferry_core::render::{render, render_service};
+use ferry_render::{render, render_service};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
@@ -163,7 +163,7 @@ struct ServiceObjectsHash<'a> {
     service: &'a Service,
     autoscaler: Option<&'a HorizontalPodAutoscaler>,
     ingress: Option<&'a Ingress>,
-    route: Option<&'a serde_json::Value>,
+    route: Option<&'a ferry_render::HttpRoute>,
 }
 
 /// The stable Service, and the autoscaler, Ingress or HTTPRoute the spec asks for (deleting the
@@ -240,10 +240,17 @@ pub(crate) async fn apply_service_objects(
         None => None,
     } {
         let routes = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &resource);
-        let route: Option<DynamicObject> = route_api
-            .as_ref()
-            .and(objects.http_route.as_ref())
-            .map(|r| serde_json::from_value(r.clone()).expect("a rendered HTTPRoute is an object"));
+        let route = match route_api.as_ref().and(objects.http_route.as_ref()) {
+            Some(route) => {
+                let mut object = DynamicObject::new(&name, &resource).within(&namespace);
+                object.metadata = route.metadata.clone();
+                let mut data = serde_json::Map::new();
+                data.insert("spec".into(), serde_json::to_value(&route.spec)?);
+                object.data = serde_json::Value::Object(data);
+                Some(object)
+            }
+            None => None,
+        };
         apply_or_remove(
             &routes,
             &name,

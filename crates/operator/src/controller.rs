@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ferry_api::{InferenceService, LABEL_SERVICE, ServingRuntime};
 use ferry_core::reason::PlannedEvent;
-use ferry_core::render::RenderOptions;
+use ferry_render::RenderOptions;
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -40,6 +40,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error("cannot serialize an object: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// Shared by every reconcile.
@@ -229,8 +231,8 @@ fn slim_metadata(metadata: &mut kube::api::ObjectMeta) {
         annotations.retain(|key, _| {
             key == APPLIED_HASH
                 || key == EXTRAS
-                || key == ferry_core::render::ANNOTATION_HTTP_PORT
-                || key == ferry_core::render::ANNOTATION_GRPC_PORT
+                || key == ferry_render::ANNOTATION_HTTP_PORT
+                || key == ferry_render::ANNOTATION_GRPC_PORT
         });
     }
 }

@@ -6,7 +6,7 @@
 //! - plans: `ferry_core::service::plan`, the decision local mode makes too — replicas per
 //!   revision, retirements, the status and the events;
 //! - applies (`writes.rs` translates the plan into object writes, `apply.rs` sends them):
-//!   each revision's Deployment from `ferry_core::render::render`, replica counts, deletions;
+//!   each revision's Deployment from `ferry_render::render`, replica counts, deletions;
 //! - writes the status (`status.rs`) to the status subresource, with the transition's event.
 //!
 //! Everything is server-side applied under one field manager; owner references make deletion

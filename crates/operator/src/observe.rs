@@ -164,7 +164,7 @@ pub(crate) fn pod_view(pod: &Pod, now: Timestamp) -> Option<(ReplicaView, Option
         .and_then(|s| s.pod_ip.as_deref())
         .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
         .map(|ip| {
-            let (http, grpc) = ferry_core::render::pod_ports(pod.annotations());
+            let (http, grpc) = ferry_render::pod_ports(pod.annotations());
             Addresses::tcp((ip, http).into(), (ip, grpc).into())
         });
     Some((

@@ -1,0 +1,197 @@
+//! Ferry's Kubernetes objects, built from typed k8s-openapi structs (a field typo is a compile
+//! error, not a panic at run time): what the operator applies and what `ferry render` prints
+//! for GitOps review, from one set of functions.
+//!
+//! - [`revision`]: per revision, a Deployment and a headless Service; the pod runs Ferry's own
+//!   server ([`revision::render`]) or a ServingRuntime's containers ([`runtime_pod`]).
+//! - [`service`]: per InferenceService, the stable Service `<name>` (an alias of the shared
+//!   router), and when the spec asks, a HorizontalPodAutoscaler on the latest revision, an
+//!   Ingress or a Gateway API HTTPRoute.
+//! - [`documents`]: `ferry render`'s YAML for a set of manifests.
+//!
+//! Labels on everything: `app.kubernetes.io/managed-by=ferry`, `ferry.dev/inferenceservice`,
+//! `ferry.dev/revision`, `app.kubernetes.io/component=predictor`.
+
+use std::collections::BTreeMap;
+
+use ferry_api::{InferenceService, LABEL_REVISION, LABEL_SERVICE};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+pub mod revision;
+pub mod runtime_pod;
+pub mod service;
+
+pub use revision::{RevisionObjects, render};
+pub use service::{HttpRoute, ServiceObjects, render_service};
+
+/// Ports of Ferry's model server in a pod.
+pub const HTTP_PORT: u16 = 8080;
+pub const GRPC_PORT: u16 = 9000;
+/// The shared router's Service (`deploy/router.yaml`): each InferenceService's stable Service
+/// is a DNS alias of it.
+pub const ROUTER_SERVICE_HOST: &str = "ferry-router.ferry-system.svc.cluster.local";
+/// The router Service's port; REST and gRPC (h2c) share it.
+pub const ROUTER_PORT: u16 = 80;
+/// Annotations on a predictor pod that serves on other ports than Ferry's server (a
+/// ServingRuntime's): the router reads them with [`pod_ports`].
+pub const ANNOTATION_HTTP_PORT: &str = "ferry.dev/http-port";
+pub const ANNOTATION_GRPC_PORT: &str = "ferry.dev/grpc-port";
+/// Where the init step puts a model fetched from a URL for a ServingRuntime (KServe's place).
+pub const MODEL_DIR: &str = "/mnt/models";
+/// The node label that names a node's GPU model (NVIDIA GPU feature discovery).
+pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
+/// API version of the Gateway API's HTTPRoute (a CRD: present only where it is installed).
+pub const HTTP_ROUTE_API_VERSION: &str = "gateway.networking.k8s.io/v1";
+
+/// Choices the spec does not make.
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    /// The `ferry` image.
+    pub image: String,
+    /// Extra node selector for every pod (the test bed pins pods to its process node).
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// Why manifests cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No server can run an InferenceService's model.
+    #[error("InferenceService {namespace}/{name}: {reason}: {message}")]
+    Runtime {
+        namespace: String,
+        name: String,
+        reason: ferry_core::reason::Reason,
+        message: String,
+    },
+    #[error("cannot write YAML: {0}")]
+    Yaml(#[from] serde_norway::Error),
+    #[error("cannot serialize an object: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Labels shared by every object of a revision.
+pub fn labels(service: &str, revision: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "ferry".to_string(),
+        ),
+        ("app.kubernetes.io/name".to_string(), service.to_string()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "predictor".to_string(),
+        ),
+        (LABEL_SERVICE.to_string(), service.to_string()),
+        (LABEL_REVISION.to_string(), revision.to_string()),
+    ])
+}
+
+/// The REST and gRPC ports of a predictor pod, from its annotations (default: Ferry's server's).
+pub fn pod_ports(annotations: &BTreeMap<String, String>) -> (u16, u16) {
+    let port = |key: &str, default: u16| {
+        annotations
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        port(ANNOTATION_HTTP_PORT, HTTP_PORT),
+        port(ANNOTATION_GRPC_PORT, GRPC_PORT),
+    )
+}
+
+/// `image` with its tag replaced by `version` (`spec.predictor.model.runtimeVersion`).
+pub fn image(image: &str, version: Option<&str>) -> String {
+    let Some(version) = version else {
+        return image.to_string();
+    };
+    let repository = image.split('@').next().unwrap_or(image);
+    let slash = repository.rfind('/').map_or(0, |i| i + 1);
+    let repository = match repository[slash..].rfind(':') {
+        Some(colon) => &repository[..slash + colon],
+        None => repository,
+    };
+    format!("{repository}:{version}")
+}
+
+/// The metadata of an object of `isvc` named `name`: its namespace, `labels`, and when the
+/// InferenceService has a uid (in a cluster), an owner reference to it, so deletion cascades.
+fn metadata(isvc: &InferenceService, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(isvc.namespace_or_default()),
+        labels: Some(labels),
+        owner_references: isvc.metadata.uid.as_ref().map(|uid| {
+            vec![OwnerReference {
+                api_version: ferry_api::API_VERSION.to_string(),
+                kind: "InferenceService".to_string(),
+                name: isvc.metadata.name.clone().unwrap_or_default(),
+                uid: uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]
+        }),
+        ..ObjectMeta::default()
+    }
+}
+
+/// `ferry render`: every object of every InferenceService in `manifests` (ServingRuntimes come
+/// from the same manifests, as the operator finds them in the namespace), as YAML documents
+/// separated by `---`, keys sorted; each revision with its predictor's `minReplicas`.
+pub fn documents(
+    manifests: &ferry_api::ClusterManifests,
+    options: &RenderOptions,
+) -> Result<String> {
+    let mut documents = Vec::new();
+    for manifest in &manifests.services {
+        let isvc = &manifest.isvc;
+        let runtime = ferry_core::runtime::resolve(isvc, &manifests.runtimes).map_err(|p| {
+            Error::Runtime {
+                namespace: isvc.namespace_or_default(),
+                name: isvc.metadata.name.clone().unwrap_or_default(),
+                reason: p.reason,
+                message: p.message,
+            }
+        })?;
+        let revision = ferry_core::runtime::revision(isvc, runtime);
+        let objects = render(
+            isvc,
+            &revision,
+            isvc.spec.predictor.replicas(),
+            options,
+            runtime,
+        );
+        let service = render_service(isvc, &revision);
+        for value in objects.to_values()?.into_iter().chain(service.to_values()?) {
+            documents.push(serde_norway::to_string(&value)?);
+        }
+    }
+    Ok(documents.join("---\n"))
+}
+
+#[cfg(test)]
+mod testing {
+    /// The one InferenceService in `yaml`.
+    pub fn isvc(yaml: &str) -> ferry_api::InferenceService {
+        ferry_api::parse_cluster_manifests(yaml, "default")
+            .unwrap()
+            .services
+            .remove(0)
+            .isvc
+    }
+
+    /// The one ServingRuntime in `yaml`.
+    pub fn runtime(yaml: &str) -> ferry_api::ServingRuntime {
+        ferry_api::parse_cluster_manifests(yaml, "default")
+            .unwrap()
+            .runtimes
+            .remove(0)
+    }
+}
+
+#[cfg(test)]
+mod golden;
+#[cfg(test)]
+mod tests;

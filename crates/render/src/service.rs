@@ -1,0 +1,251 @@
+//! The objects of a service as a whole, across its revisions: the stable Service `<name>`
+//! (the status URL, an alias of the shared router), and when the spec asks, a
+//! HorizontalPodAutoscaler on the latest revision, an Ingress or a Gateway API HTTPRoute.
+
+use ferry_api::{InferenceService, IngressKind, LABEL_REVISION, ScaleMetric};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Deserialize, Serialize};
+
+use crate::{HTTP_ROUTE_API_VERSION, ROUTER_PORT, ROUTER_SERVICE_HOST, Result};
+
+/// The objects of a service as a whole.
+#[derive(Debug, Clone)]
+pub struct ServiceObjects {
+    /// `<name>`: the stable in-cluster address (the status URL), every ready predictor pod of
+    /// any revision behind it.
+    pub service: Service,
+    /// When `scaleMetric` is set: scales the latest revision's Deployment.
+    pub autoscaler: Option<HorizontalPodAutoscaler>,
+    /// When `spec.ingress` asks for an Ingress.
+    pub ingress: Option<Ingress>,
+    /// When `spec.ingress` asks for an HTTPRoute.
+    pub http_route: Option<HttpRoute>,
+}
+
+impl ServiceObjects {
+    /// Every object as JSON (keys sorted), in apply order.
+    pub fn to_values(&self) -> Result<Vec<serde_json::Value>> {
+        let mut values = vec![serde_json::to_value(&self.service)?];
+        if let Some(hpa) = &self.autoscaler {
+            values.push(serde_json::to_value(hpa)?);
+        }
+        if let Some(ingress) = &self.ingress {
+            values.push(serde_json::to_value(ingress)?);
+        }
+        if let Some(route) = &self.http_route {
+            values.push(serde_json::to_value(route)?);
+        }
+        Ok(values)
+    }
+}
+
+/// A Gateway API `HTTPRoute` (`gateway.networking.k8s.io/v1`; a CRD, so k8s-openapi has no
+/// struct for it): the fields Ferry sets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRoute {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: HttpRouteSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    pub parent_refs: Vec<ParentReference>,
+    pub hostnames: Vec<String>,
+    pub rules: Vec<HttpRouteRule>,
+}
+
+/// The Gateway a route attaches to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParentReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteRule {
+    pub filters: Vec<HttpRouteFilter>,
+    pub backend_refs: Vec<BackendReference>,
+}
+
+/// A `RequestHeaderModifier` filter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteFilter {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub request_header_modifier: HeaderModifier,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeaderModifier {
+    pub set: Vec<HttpHeader>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendReference {
+    pub name: String,
+    pub port: u16,
+}
+
+/// Render the service-wide objects of `isvc` whose latest revision is `latest`.
+pub fn render_service(isvc: &InferenceService, latest: &str) -> ServiceObjects {
+    let name = isvc.metadata.name.clone().unwrap_or_default();
+    let namespace = isvc.namespace_or_default();
+    let predictor = &isvc.spec.predictor;
+    let mut labels = crate::labels(&name, latest);
+    labels.remove(LABEL_REVISION);
+    let metadata = crate::metadata(isvc, &name, labels);
+    let service = Service {
+        metadata: metadata.clone(),
+        // The stable name (the status URL, Ingress and HTTPRoute backends) is an alias of the
+        // shared router, as KServe's top-level Service is of its gateway: traffic to it is split
+        // by revision, drained and labelled by the router, never sent to pods around it. No
+        // selector, so no Endpoints to maintain, and no cluster IP to allocate.
+        spec: Some(ServiceSpec {
+            type_: Some("ExternalName".into()),
+            external_name: Some(ROUTER_SERVICE_HOST.into()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: ROUTER_PORT.into(),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    };
+    let autoscaler = predictor.scale_metric.map(|metric| {
+        let resource = match metric {
+            ScaleMetric::Cpu => "cpu",
+            ScaleMetric::Memory => "memory",
+        };
+        let min = predictor.replicas();
+        let count = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        HorizontalPodAutoscaler {
+            metadata: metadata.clone(),
+            spec: Some(HorizontalPodAutoscalerSpec {
+                scale_target_ref: CrossVersionObjectReference {
+                    api_version: Some("apps/v1".into()),
+                    kind: "Deployment".into(),
+                    name: latest.to_string(),
+                },
+                min_replicas: Some(count(min)),
+                max_replicas: count(predictor.max_replicas.unwrap_or(min).max(min)),
+                metrics: Some(vec![MetricSpec {
+                    type_: "Resource".into(),
+                    resource: Some(ResourceMetricSource {
+                        name: resource.into(),
+                        target: MetricTarget {
+                            type_: "Utilization".into(),
+                            average_utilization: Some(count(predictor.scale_target())),
+                            ..MetricTarget::default()
+                        },
+                    }),
+                    ..MetricSpec::default()
+                }]),
+                behavior: None,
+            }),
+            status: None,
+        }
+    });
+    let (mut ingress, mut http_route) = (None, None);
+    if let Some(spec) = &isvc.spec.ingress {
+        match spec.kind.unwrap_or(IngressKind::Ingress) {
+            IngressKind::Ingress => {
+                ingress = Some(Ingress {
+                    metadata: metadata.clone(),
+                    spec: Some(IngressSpec {
+                        ingress_class_name: spec.class_name.clone(),
+                        rules: Some(vec![IngressRule {
+                            host: Some(spec.host.clone()),
+                            http: Some(HTTPIngressRuleValue {
+                                paths: vec![HTTPIngressPath {
+                                    path: Some("/".into()),
+                                    path_type: "Prefix".into(),
+                                    backend: IngressBackend {
+                                        service: Some(IngressServiceBackend {
+                                            name: name.clone(),
+                                            port: Some(ServiceBackendPort {
+                                                name: Some("http".into()),
+                                                ..ServiceBackendPort::default()
+                                            }),
+                                        }),
+                                        ..IngressBackend::default()
+                                    },
+                                }],
+                            }),
+                        }]),
+                        ..IngressSpec::default()
+                    }),
+                    status: None,
+                });
+            }
+            IngressKind::HttpRoute => {
+                let gateway = spec.gateway.clone().unwrap_or_default();
+                let parent = match gateway.split_once('/') {
+                    Some((ns, gw)) => ParentReference {
+                        namespace: Some(ns.into()),
+                        name: gw.into(),
+                    },
+                    None => ParentReference {
+                        namespace: None,
+                        name: gateway,
+                    },
+                };
+                http_route = Some(HttpRoute {
+                    api_version: HTTP_ROUTE_API_VERSION.into(),
+                    kind: "HTTPRoute".into(),
+                    metadata,
+                    spec: HttpRouteSpec {
+                        parent_refs: vec![parent],
+                        hostnames: vec![spec.host.clone()],
+                        // The namespace travels as a header too: the router finds it also
+                        // behind a gateway that rewrites the Host.
+                        rules: vec![HttpRouteRule {
+                            filters: vec![HttpRouteFilter {
+                                type_: "RequestHeaderModifier".into(),
+                                request_header_modifier: HeaderModifier {
+                                    set: vec![HttpHeader {
+                                        name: ferry_api::HEADER_NAMESPACE.into(),
+                                        value: namespace,
+                                    }],
+                                },
+                            }],
+                            backend_refs: vec![BackendReference {
+                                name,
+                                port: ROUTER_PORT,
+                            }],
+                        }],
+                    },
+                });
+            }
+        }
+    }
+    ServiceObjects {
+        service,
+        autoscaler,
+        ingress,
+        http_route,
+    }
+}
