@@ -20,7 +20,8 @@ pub mod validate;
 
 pub use k8s_openapi;
 pub use manifest::{
-    ClusterManifests, Manifest, ParseError, parse_cluster_manifests, parse_manifests,
+    ClusterManifests, DocumentErrors, Manifest, ParseError, parse_cluster_manifests,
+    parse_manifests,
 };
 pub use revision::{Revision, revision_name, revision_name_with_runtime};
 pub use servingruntime::*;

@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
+use ferry_api::InferenceService;
 use ferry_local::client::{Client, ClientError};
 use ferry_local::paths::{StateDir, default_state_dir};
+use ferry_local::wire::{Applied, ApplyResult};
 use serde_json::{Value, json};
 
 use crate::print;
@@ -218,23 +220,32 @@ fn absolutize_model_paths(text: &str) -> Option<String> {
 
 fn refused(error: ClientError) -> anyhow::Error {
     if let ClientError::Refused { body, .. } = &error
-        && let Some(documents) = body["documents"].as_array()
+        && !body.documents.is_empty()
     {
         let mut lines = vec!["the manifests were refused; nothing was applied:".to_string()];
-        for doc in documents {
-            for e in doc["errors"].as_array().into_iter().flatten() {
+        for doc in &body.documents {
+            for e in &doc.errors {
                 lines.push(format!(
                     "  document {} ({}): {}: {}",
-                    doc["document"],
-                    doc["object"].as_str().unwrap_or("?"),
-                    e["path"].as_str().unwrap_or("?"),
-                    e["message"].as_str().unwrap_or("?")
+                    doc.document, doc.object, e.path, e.message
                 ));
             }
         }
         return anyhow!(lines.join("\n"));
     }
     anyhow!(error)
+}
+
+fn print_applied(result: &ApplyResult) {
+    let outcome = match result.result {
+        Applied::Created => "created",
+        Applied::Configured => "configured",
+        Applied::Unchanged => "unchanged",
+    };
+    println!(
+        "inferenceservice.ferry.dev/{} {outcome} (revision {})",
+        result.name, result.revision
+    );
 }
 
 pub async fn apply(args: ApplyArgs) -> Result<()> {
@@ -244,20 +255,13 @@ pub async fn apply(args: ApplyArgs) -> Result<()> {
         .apply(&text, &args.common.namespace)
         .await
         .map_err(refused)?;
-    let results = answer["results"].as_array().cloned().unwrap_or_default();
-    for result in &results {
-        println!(
-            "inferenceservice.ferry.dev/{} {} (revision {})",
-            result["name"].as_str().unwrap_or("?"),
-            result["result"].as_str().unwrap_or("?"),
-            result["revision"].as_str().unwrap_or("?")
-        );
+    for result in &answer.results {
+        print_applied(result);
     }
     if args.wait {
-        for result in &results {
-            let namespace = result["namespace"].as_str().unwrap_or("default");
-            let name = result["name"].as_str().unwrap_or_default();
-            wait_rollout(&client, namespace, name, Duration::from_secs(args.timeout)).await?;
+        for result in &answer.results {
+            let timeout = Duration::from_secs(args.timeout);
+            wait_rollout(&client, &result.namespace, &result.name, timeout).await?;
         }
     }
     Ok(())
@@ -273,8 +277,8 @@ async fn wait_rollout(
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     loop {
-        let object = client.get(namespace, name).await?;
-        let progress = print::rollout_progress(&object);
+        let isvc = client.get(namespace, name).await?;
+        let progress = ferry_core::status::rollout_progress(&isvc);
         if progress.message != last {
             println!("{namespace}/{name}: {}", progress.message);
             last = progress.message.clone();
@@ -320,17 +324,11 @@ pub async fn quick_start(dirs: &StateDir, files: &[PathBuf]) -> Result<()> {
     let text = read_manifests(files)?;
     let answer = client.apply(&text, "default").await.map_err(refused)?;
     let http = reqwest::Client::new();
-    for result in answer["results"].as_array().into_iter().flatten() {
-        let namespace = result["namespace"].as_str().unwrap_or("default");
-        let name = result["name"].as_str().unwrap_or_default();
-        println!(
-            "inferenceservice.ferry.dev/{name} {} (revision {})",
-            result["result"].as_str().unwrap_or("?"),
-            result["revision"].as_str().unwrap_or("?")
-        );
+    for result in &answer.results {
+        let (namespace, name) = (result.namespace.as_str(), result.name.as_str());
+        print_applied(result);
         wait_rollout(&client, namespace, name, Duration::from_secs(300)).await?;
-        let object = client.get(namespace, name).await?;
-        let model = model_name(&object, name);
+        let model = client.get(namespace, name).await?.model_name();
         let base = format!("http://{router}/v2/models/{model}");
         let metadata: Value = http
             .get(&base)
@@ -366,34 +364,25 @@ pub async fn quick_start(dirs: &StateDir, files: &[PathBuf]) -> Result<()> {
 pub async fn get(args: GetArgs) -> Result<()> {
     check_kind(&args.kind)?;
     let client = args.common.client()?;
-    let items: Vec<Value> = match &args.name {
+    let items: Vec<InferenceService> = match &args.name {
         Some(name) => vec![client.get(&args.common.namespace, name).await?],
         None => {
             let namespace = (!args.all_namespaces).then_some(args.common.namespace.as_str());
-            client.list(namespace).await?["items"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
+            client.list(namespace).await?
         }
     };
-    let single = args.name.is_some();
+    // One object as it is; several in a kubectl-style List.
+    let value = match &items[..] {
+        [one] if args.name.is_some() => serde_json::to_value(one)?,
+        _ => serde_json::to_value(List {
+            api_version: "v1",
+            kind: "List",
+            items: &items,
+        })?,
+    };
     match args.output {
-        Some(Output::Json) => {
-            let value = if single {
-                items[0].clone()
-            } else {
-                json!({"apiVersion": "v1", "kind": "List", "items": items})
-            };
-            println!("{}", serde_json::to_string_pretty(&value)?);
-        }
-        Some(Output::Yaml) => {
-            let value = if single {
-                items[0].clone()
-            } else {
-                json!({"apiVersion": "v1", "kind": "List", "items": items})
-            };
-            print!("{}", serde_norway::to_string(&value)?);
-        }
+        Some(Output::Json) => println!("{}", serde_json::to_string_pretty(&value)?),
+        Some(Output::Yaml) => print!("{}", serde_norway::to_string(&value)?),
         wide => {
             if items.is_empty() {
                 eprintln!("No resources found in {} namespace.", args.common.namespace);
@@ -412,10 +401,10 @@ pub async fn describe(args: DescribeArgs) -> Result<()> {
     check_kind(&args.kind)?;
     let client = args.common.client()?;
     let ns = &args.common.namespace;
-    let object = client.get(ns, &args.name).await?;
-    let replicas = client.detail(ns, &args.name, "replicas").await?;
-    let events = client.detail(ns, &args.name, "events").await?;
-    print!("{}", print::describe(&object, &replicas, &events));
+    let isvc = client.get(ns, &args.name).await?;
+    let replicas = client.replicas(ns, &args.name).await?;
+    let events = client.events(ns, &args.name).await?;
+    print!("{}", print::describe(&isvc, &replicas, &events));
     Ok(())
 }
 
@@ -466,8 +455,10 @@ pub async fn predict(args: PredictArgs) -> Result<()> {
         .context("api.json names no router")?
         .to_string();
     let client = args.common.client()?;
-    let object = client.get(&args.common.namespace, &args.name).await?;
-    let model = model_name(&object, &args.name);
+    let model = client
+        .get(&args.common.namespace, &args.name)
+        .await?
+        .model_name();
     let http = reqwest::Client::new();
     let base = format!("http://{router}/v2/models/{model}");
     let ns = args.common.namespace.as_str();
@@ -594,10 +585,7 @@ pub async fn rollout(command: RolloutCommand) -> Result<()> {
             .await
         }
         RolloutCommand::History { common, name } => {
-            let revisions = common
-                .client()?
-                .detail(&common.namespace, &name, "revisions")
-                .await?;
+            let revisions = common.client()?.revisions(&common.namespace, &name).await?;
             print!("{}", print::history(&revisions));
             Ok(())
         }
@@ -612,16 +600,18 @@ pub async fn rollout(command: RolloutCommand) -> Result<()> {
                 .await?;
             println!(
                 "inferenceservice.ferry.dev/{name} rolled back to {}",
-                answer["revision"].as_str().unwrap_or("?")
+                answer.revision
             );
             Ok(())
         }
     }
 }
 
-/// The model's name in the inference protocol of the InferenceService `object` (named `name`).
-fn model_name(object: &Value, name: &str) -> String {
-    serde_json::from_value::<ferry_api::InferenceService>(object.clone())
-        .map(|isvc| isvc.model_name())
-        .unwrap_or_else(|_| name.to_string())
+/// A kubectl-style list of objects.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct List<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    items: &'a [InferenceService],
 }

@@ -1,39 +1,57 @@
-//! What the client commands print: kubectl-like tables, `describe`, rollout progress.
+//! What the client commands print: kubectl-like tables and `describe`, from the control API's
+//! typed answers.
 
 use std::fmt::Write as _;
 
 use ferry_api::k8s_openapi::jiff;
-use serde_json::Value;
+use ferry_api::{Condition, InferenceService};
+use ferry_core::ReplicaHealth;
+use ferry_local::wire::{EventRow, ReplicaInfo, RevisionInfo};
 
-fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
-}
-
-fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
-    object
-        .pointer("/status/conditions")?
-        .as_array()?
+fn condition<'a>(isvc: &'a InferenceService, type_: &str) -> Option<&'a Condition> {
+    isvc.status
+        .as_ref()?
+        .conditions
         .iter()
-        .find(|c| c["type"] == type_)
+        .find(|c| c.type_ == type_)
 }
 
-fn desired_replicas(object: &Value) -> u64 {
-    object
-        .pointer("/spec/predictor/minReplicas")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
+fn status_text(
+    isvc: &InferenceService,
+    field: impl Fn(&ferry_api::InferenceServiceStatus) -> Option<&String>,
+) -> String {
+    isvc.status
+        .as_ref()
+        .and_then(field)
+        .cloned()
+        .unwrap_or_default()
 }
 
-fn latest_ready(object: &Value) -> u64 {
-    let latest = text(object, "/status/latestRevision");
-    object
-        .pointer("/status/revisions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|r| r["name"] == latest)
-        .and_then(|r| r["readyReplicas"].as_u64())
-        .unwrap_or(0)
+fn latest_ready(isvc: &InferenceService) -> u32 {
+    let Some(status) = &isvc.status else {
+        return 0;
+    };
+    status
+        .revisions
+        .iter()
+        .find(|r| Some(&r.name) == status.latest_revision.as_ref())
+        .map_or(0, |r| r.ready_replicas)
+}
+
+/// A replica's state as `describe` shows it (the names of the control API's `health.state`).
+fn state(replica: &ReplicaInfo) -> &'static str {
+    if replica.terminating {
+        return "Terminating";
+    }
+    match &replica.health {
+        None => "Unknown",
+        Some(ReplicaHealth::Starting { .. }) => "starting",
+        Some(ReplicaHealth::Ready) => "ready",
+        Some(ReplicaHealth::ModelNotReady { .. }) => "modelNotReady",
+        Some(ReplicaHealth::Unschedulable { .. }) => "unschedulable",
+        Some(ReplicaHealth::CrashLoop { .. }) => "crashLoop",
+        Some(ReplicaHealth::ContainerFailed { .. }) => "containerFailed",
+    }
 }
 
 /// Human age of an RFC 3339 timestamp ("5s", "3m", "2h", "4d").
@@ -73,7 +91,7 @@ fn columns(rows: &[Vec<String>]) -> String {
 }
 
 /// `ferry get isvc`.
-pub fn table(items: &[Value], with_namespace: bool, wide: bool) -> String {
+pub fn table(items: &[InferenceService], with_namespace: bool, wide: bool) -> String {
     let mut rows = Vec::new();
     let mut header: Vec<String> = Vec::new();
     if with_namespace {
@@ -87,27 +105,32 @@ pub fn table(items: &[Value], with_namespace: bool, wide: bool) -> String {
     for item in items {
         let mut row = Vec::new();
         if with_namespace {
-            row.push(text(item, "/metadata/namespace").to_string());
+            row.push(item.namespace_or_default());
         }
-        let ready = condition(item, "Ready");
-        row.push(text(item, "/metadata/name").to_string());
-        row.push(text(item, "/status/url").to_string());
+        row.push(item.metadata.name.clone().unwrap_or_default());
+        row.push(status_text(item, |s| s.url.as_ref()));
         row.push(
-            ready
-                .and_then(|c| c["status"].as_str())
-                .unwrap_or("Unknown")
+            condition(item, "Ready")
+                .map_or("Unknown", |c| c.status.as_str())
                 .to_string(),
         );
-        row.push(text(item, "/status/latestRevision").to_string());
-        row.push(format!("{}/{}", latest_ready(item), desired_replicas(item)));
-        row.push(age(text(item, "/metadata/creationTimestamp")));
+        row.push(status_text(item, |s| s.latest_revision.as_ref()));
+        row.push(format!(
+            "{}/{}",
+            latest_ready(item),
+            item.spec.predictor.replicas()
+        ));
+        row.push(
+            item.metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or_else(|| "?".to_string(), |t| age(&t.0.to_string())),
+        );
         if wide {
-            let latest = condition(item, "LatestRevisionReady");
             row.push(
-                latest
-                    .and_then(|c| c["reason"].as_str())
-                    .unwrap_or("")
-                    .to_string(),
+                condition(item, "LatestRevisionReady")
+                    .map(|c| c.reason.clone())
+                    .unwrap_or_default(),
             );
         }
         rows.push(row);
@@ -116,50 +139,55 @@ pub fn table(items: &[Value], with_namespace: bool, wide: bool) -> String {
 }
 
 /// `ferry describe isvc NAME`.
-pub fn describe(object: &Value, replicas: &Value, events: &Value) -> String {
+pub fn describe(isvc: &InferenceService, replicas: &[ReplicaInfo], events: &[EventRow]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Name:         {}", text(object, "/metadata/name"));
-    let _ = writeln!(out, "Namespace:    {}", text(object, "/metadata/namespace"));
-    let _ = writeln!(out, "URL:          {}", text(object, "/status/url"));
+    let predictor = &isvc.spec.predictor;
+    let observed = isvc
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .map_or_else(|| "null".to_string(), |g| g.to_string());
+    let generation = isvc
+        .metadata
+        .generation
+        .map_or_else(|| "null".to_string(), |g| g.to_string());
     let _ = writeln!(
         out,
-        "Generation:   {} (observed {})",
-        object
-            .pointer("/metadata/generation")
-            .unwrap_or(&Value::Null),
-        object
-            .pointer("/status/observedGeneration")
-            .unwrap_or(&Value::Null)
+        "Name:         {}",
+        isvc.metadata.name.as_deref().unwrap_or("")
     );
+    let _ = writeln!(out, "Namespace:    {}", isvc.namespace_or_default());
+    let _ = writeln!(
+        out,
+        "URL:          {}",
+        status_text(isvc, |s| s.url.as_ref())
+    );
+    let _ = writeln!(out, "Generation:   {generation} (observed {observed})");
     let _ = writeln!(
         out,
         "Model:        {} ({})",
-        text(object, "/spec/predictor/model/uri"),
-        text(object, "/spec/predictor/model/format")
+        predictor.model.uri, predictor.model.format
     );
-    let _ = writeln!(out, "Replicas:     {} desired", desired_replicas(object));
+    let _ = writeln!(out, "Replicas:     {} desired", predictor.replicas());
     let _ = writeln!(
         out,
         "Revision:     {}",
-        text(object, "/status/latestRevision")
+        status_text(isvc, |s| s.latest_revision.as_ref())
     );
+    let status = isvc.status.clone().unwrap_or_default();
     let _ = writeln!(out, "Conditions:");
     let mut rows = vec![
         ["TYPE", "STATUS", "REASON", "MESSAGE"]
             .map(String::from)
             .to_vec(),
     ];
-    for c in object
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        rows.push(
-            ["type", "status", "reason", "message"]
-                .map(|k| c[k].as_str().unwrap_or("").to_string())
-                .to_vec(),
-        );
+    for c in &status.conditions {
+        rows.push(vec![
+            c.type_.clone(),
+            c.status.clone(),
+            c.reason.clone(),
+            c.message.clone(),
+        ]);
     }
     indent(&mut out, &columns(&rows));
     let _ = writeln!(out, "Revisions:");
@@ -168,17 +196,12 @@ pub fn describe(object: &Value, replicas: &Value, events: &Value) -> String {
             .map(String::from)
             .to_vec(),
     ];
-    for r in object
-        .pointer("/status/revisions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for r in &status.revisions {
         rows.push(vec![
-            r["name"].as_str().unwrap_or("").to_string(),
-            r["replicas"].to_string(),
-            r["readyReplicas"].to_string(),
-            format!("{}%", r["trafficPercent"]),
+            r.name.clone(),
+            r.replicas.to_string(),
+            r.ready_replicas.to_string(),
+            format!("{}%", r.traffic_percent),
         ]);
     }
     indent(&mut out, &columns(&rows));
@@ -196,41 +219,22 @@ pub fn describe(object: &Value, replicas: &Value, events: &Value) -> String {
         .map(String::from)
         .to_vec(),
     ];
-    let items = replicas["items"].as_array().cloned().unwrap_or_default();
-    for r in &items {
-        let state = if r["terminating"] == true {
-            "Terminating".to_string()
-        } else {
-            r.pointer("/health/state")
-                .and_then(Value::as_str)
-                .unwrap_or("Unknown")
-                .to_string()
-        };
+    for r in replicas {
         rows.push(vec![
-            r["id"].as_str().unwrap_or("").to_string(),
-            r["revision"].as_str().unwrap_or("").to_string(),
-            state,
-            r["restarts"].to_string(),
-            r["pid"]
-                .as_i64()
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "-".into()),
-            r["http"].as_str().unwrap_or("-").to_string(),
-            r["lastExit"].as_str().unwrap_or("").to_string(),
+            r.id.clone(),
+            r.revision.clone(),
+            state(r).to_string(),
+            r.restarts.to_string(),
+            r.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+            r.http.clone().unwrap_or_else(|| "-".into()),
+            r.last_exit.clone().unwrap_or_default(),
         ]);
     }
     indent(&mut out, &columns(&rows));
-    for r in &items {
-        let lines = r["lastLogLines"].as_array().cloned().unwrap_or_default();
-        if !lines.is_empty() {
-            let _ = writeln!(
-                out,
-                "  Last log lines of {}:",
-                r["id"].as_str().unwrap_or("")
-            );
-            for line in lines {
-                let _ = writeln!(out, "    {}", line.as_str().unwrap_or(""));
-            }
+    for r in replicas.iter().filter(|r| !r.last_log_lines.is_empty()) {
+        let _ = writeln!(out, "  Last log lines of {}:", r.id);
+        for line in &r.last_log_lines {
+            let _ = writeln!(out, "    {line}");
         }
     }
     let _ = writeln!(out, "Events:");
@@ -239,12 +243,12 @@ pub fn describe(object: &Value, replicas: &Value, events: &Value) -> String {
             .map(String::from)
             .to_vec(),
     ];
-    for e in events["items"].as_array().into_iter().flatten() {
+    for e in events {
         rows.push(vec![
-            age(e["at"].as_str().unwrap_or("")),
-            e["type"].as_str().unwrap_or("").to_string(),
-            e["reason"].as_str().unwrap_or("").to_string(),
-            e["message"].as_str().unwrap_or("").to_string(),
+            age(&e.at),
+            e.type_.clone(),
+            e.reason.clone(),
+            e.message.clone(),
         ]);
     }
     indent(&mut out, &columns(&rows));
@@ -258,38 +262,19 @@ fn indent(out: &mut String, block: &str) {
 }
 
 /// `ferry rollout history NAME`.
-pub fn history(revisions: &Value) -> String {
+pub fn history(revisions: &[RevisionInfo]) -> String {
     let mut rows = vec![
         ["REVISION", "CREATED", "MODEL", "CURRENT"]
             .map(String::from)
             .to_vec(),
     ];
-    for r in revisions["items"].as_array().into_iter().flatten() {
+    for r in revisions {
         rows.push(vec![
-            r["name"].as_str().unwrap_or("").to_string(),
-            r["createdAt"].as_str().unwrap_or("").to_string(),
-            r.pointer("/predictor/model/uri")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            if r["current"] == true {
-                "*".into()
-            } else {
-                String::new()
-            },
+            r.revision.name.clone(),
+            r.revision.created_at.clone(),
+            r.revision.predictor.model.uri.clone(),
+            if r.current { "*".into() } else { String::new() },
         ]);
     }
     columns(&rows)
-}
-
-/// Where a rollout stands: the core reads it from the status.
-pub fn rollout_progress(object: &Value) -> ferry_core::status::RolloutProgress {
-    match serde_json::from_value::<ferry_api::InferenceService>(object.clone()) {
-        Ok(isvc) => ferry_core::status::rollout_progress(&isvc),
-        Err(e) => ferry_core::status::RolloutProgress {
-            done: false,
-            failed: None,
-            message: format!("the InferenceService does not read back: {e}"),
-        },
-    }
 }

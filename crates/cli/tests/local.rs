@@ -509,13 +509,11 @@ async fn a_rolling_update_records_the_plans_event_reasons() {
     let client = daemon.client();
     let deadline = Instant::now() + Duration::from_secs(30);
     let reasons = loop {
-        let events = client.detail("default", "iris", "events").await.unwrap();
+        let events = client.events("default", "iris").await.unwrap();
         // `Applied` records the user's apply (the control API's audit, not a decision).
-        let reasons: std::collections::BTreeSet<String> = events["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["reason"].as_str().unwrap().to_string())
+        let reasons: std::collections::BTreeSet<String> = events
+            .into_iter()
+            .map(|e| e.reason)
             .filter(|r| r != "Applied")
             .collect();
         if reasons.contains("RevisionRetired") || Instant::now() > deadline {

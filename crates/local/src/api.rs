@@ -20,12 +20,15 @@ use axum::{Json, Router};
 use ferry_api::{InferenceService, parse_manifests};
 use ferry_core::reason::{EventType, Reason};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::paths::StateDir;
 use crate::process;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
+use crate::wire::{
+    ApplyRequest, ApplyResponse, ApplyResult, Deleted, ErrorBody, EventRow, Items, ReplicaInfo,
+    RevisionInfo, RollbackRequest, RolledBack,
+};
 use crate::{Error, Result};
 
 #[derive(Clone)]
@@ -39,10 +42,13 @@ pub struct ApiState {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.to_string() });
-        if let Error::Invalid(parse) = &self {
-            body["documents"] = serde_json::to_value(&parse.0).unwrap_or_default();
-        }
+        let body = ErrorBody {
+            error: self.to_string(),
+            documents: match &self {
+                Error::Invalid(parse) => parse.0.clone(),
+                _ => Vec::new(),
+            },
+        };
         (self.http_status(), Json(body)).into_response()
     }
 }
@@ -50,7 +56,10 @@ impl IntoResponse for Error {
 pub fn app(state: ApiState) -> Router {
     let ns = "/v1/namespaces/{namespace}/inferenceservices/{name}";
     Router::new()
-        .route("/v1/health", get(|| async { Json(json!({"ok": true})) }))
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({"ok": true})) }),
+        )
         .route("/v1/apply", post(apply))
         .route("/v1/inferenceservices", get(list))
         .route(ns, get(show).delete(delete))
@@ -78,39 +87,26 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
     next.run(request).await
 }
 
-#[derive(Deserialize)]
-struct ApplyRequest {
-    manifests: String,
-    #[serde(default = "default_namespace")]
-    namespace: String,
-}
-
-fn default_namespace() -> String {
-    "default".into()
-}
-
 async fn apply(
     State(state): State<ApiState>,
     Json(request): Json<ApplyRequest>,
-) -> Result<Json<Value>> {
+) -> Result<Json<ApplyResponse>> {
     let manifests = parse_manifests(&request.manifests, &request.namespace)?;
     let objects: Vec<InferenceService> = manifests.into_iter().map(|m| m.isvc).collect();
     check_model_names(&state.store, &objects)?;
     let outcomes = state.store.apply_all(&objects)?;
     state.changed.notify_one();
-    let results: Vec<Value> = objects
+    let results = objects
         .iter()
         .zip(outcomes)
-        .map(|(isvc, (applied, revision))| {
-            json!({
-                "namespace": isvc.namespace_or_default(),
-                "name": isvc.metadata.name,
-                "result": applied,
-                "revision": revision,
-            })
+        .map(|(isvc, (result, revision))| ApplyResult {
+            namespace: isvc.namespace_or_default(),
+            name: isvc.metadata.name.clone().unwrap_or_default(),
+            result,
+            revision,
         })
         .collect();
-    Ok(Json(json!({ "results": results })))
+    Ok(Json(ApplyResponse { results }))
 }
 
 /// Requests are routed by (namespace, model name): two services may not claim the same one.
@@ -146,7 +142,7 @@ struct ListQuery {
 async fn list(
     State(state): State<ApiState>,
     Query(query): Query<ListQuery>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Items<InferenceService>>> {
     let items: Vec<InferenceService> = state
         .store
         .services()?
@@ -160,7 +156,7 @@ async fn list(
         })
         .map(|s| s.to_object())
         .collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(Items { items }))
 }
 
 fn find(store: &Store, namespace: &str, name: &str) -> Result<crate::store::ServiceRow> {
@@ -176,58 +172,57 @@ fn find(store: &Store, namespace: &str, name: &str) -> Result<crate::store::Serv
 async fn show(
     State(state): State<ApiState>,
     Path((namespace, name)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<InferenceService>> {
     let row = find(&state.store, &namespace, &name)?;
-    Ok(Json(
-        serde_json::to_value(row.to_object()).unwrap_or_default(),
-    ))
+    Ok(Json(row.to_object()))
 }
 
 async fn delete(
     State(state): State<ApiState>,
     Path((namespace, name)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Deleted>> {
     find(&state.store, &namespace, &name)?;
     state.store.delete(&namespace, &name)?;
     state.changed.notify_one();
-    Ok(Json(json!({ "deleted": format!("{namespace}/{name}") })))
+    Ok(Json(Deleted {
+        deleted: format!("{namespace}/{name}"),
+    }))
 }
 
 async fn events(
     State(state): State<ApiState>,
     Path((namespace, name)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Items<EventRow>>> {
     find(&state.store, &namespace, &name)?;
-    Ok(Json(
-        json!({ "items": state.store.events(&namespace, &name, 50)? }),
-    ))
+    Ok(Json(Items {
+        items: state.store.events(&namespace, &name, 50)?,
+    }))
 }
 
 async fn revisions(
     State(state): State<ApiState>,
     Path((namespace, name)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Items<RevisionInfo>>> {
     let row = find(&state.store, &namespace, &name)?;
-    let items: Vec<Value> = state
+    let items = state
         .store
         .revisions(&namespace, &name)?
         .into_iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(&r).unwrap_or_default();
-            v["current"] = json!(r.name == row.revision);
-            v
+        .map(|revision| RevisionInfo {
+            current: revision.name == row.revision,
+            revision,
         })
         .collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(Items { items }))
 }
 
 async fn replicas(
     State(state): State<ApiState>,
     Path((namespace, name)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Json<Items<ReplicaInfo>>> {
     find(&state.store, &namespace, &name)?;
     let observed = state.supervisor.observed();
-    let items: Vec<Value> = state
+    let items = state
         .store
         .replicas()?
         .into_iter()
@@ -236,27 +231,29 @@ async fn replicas(
             let o = observed.get(&r.id);
             let addrs = o.and_then(|o| o.addrs.as_ref());
             let ready = o.is_some_and(|o| o.health == ferry_core::ReplicaHealth::Ready);
-            let mut item = json!({
-                "id": r.id,
-                "revision": r.revision,
-                "pid": o.and_then(|o| o.pid),
-                "http": addrs.map(|a| a.http.to_string()),
-                "grpc": addrs.map(|a| a.grpc.to_string()),
-                "httpUnix": addrs.and_then(|a| a.http_unix.as_ref()).map(|p| p.display().to_string()),
-                "grpcUnix": addrs.and_then(|a| a.grpc_unix.as_ref()).map(|p| p.display().to_string()),
-                "health": o.map(|o| serde_json::to_value(&o.health).unwrap_or_default()),
-                "ready": ready,
-                "restarts": o.map_or(0, |o| o.restarts),
-                "lastExit": o.and_then(|o| o.last_exit.clone()),
-                "terminating": r.terminating,
-            });
-            if !ready {
-                item["lastLogLines"] = json!(process::last_lines(&state.dirs.log_of(&r.id), 5));
+            let path = |p: Option<&std::path::PathBuf>| p.map(|p| p.display().to_string());
+            ReplicaInfo {
+                revision: r.revision,
+                pid: o.and_then(|o| o.pid),
+                http: addrs.map(|a| a.http.to_string()),
+                grpc: addrs.map(|a| a.grpc.to_string()),
+                http_unix: path(addrs.and_then(|a| a.http_unix.as_ref())),
+                grpc_unix: path(addrs.and_then(|a| a.grpc_unix.as_ref())),
+                health: o.map(|o| o.health.clone()),
+                ready,
+                restarts: o.map_or(0, |o| o.restarts),
+                last_exit: o.and_then(|o| o.last_exit.clone()),
+                terminating: r.terminating,
+                last_log_lines: if ready {
+                    Vec::new()
+                } else {
+                    process::last_lines(&state.dirs.log_of(&r.id), 5)
+                },
+                id: r.id,
             }
-            item
         })
         .collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(Items { items }))
 }
 
 #[derive(Deserialize)]
@@ -285,16 +282,11 @@ async fn logs(
     Ok((StatusCode::OK, out).into_response())
 }
 
-#[derive(Deserialize, Default)]
-struct RollbackRequest {
-    revision: Option<String>,
-}
-
 async fn rollback(
     State(state): State<ApiState>,
     Path((namespace, name)): Path<(String, String)>,
     body: Option<Json<RollbackRequest>>,
-) -> Result<Json<Value>> {
+) -> Result<Json<RolledBack>> {
     let row = find(&state.store, &namespace, &name)?;
     let wanted = body.map(|b| b.0).unwrap_or_default().revision;
     let history = state.store.revisions(&namespace, &name)?;
@@ -328,5 +320,7 @@ async fn rollback(
         &format!("predictor set to revision {}", target.name),
     )?;
     state.changed.notify_one();
-    Ok(Json(json!({ "revision": target.name })))
+    Ok(Json(RolledBack {
+        revision: target.name.clone(),
+    }))
 }

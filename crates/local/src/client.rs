@@ -2,9 +2,15 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use ferry_api::InferenceService;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::paths::StateDir;
+use crate::wire::{
+    ApplyRequest, ApplyResponse, Deleted, ErrorBody, EventRow, Items, ReplicaInfo, RevisionInfo,
+    RollbackRequest, RolledBack,
+};
 
 /// Why a control-API call failed, as the CLI shows it.
 #[derive(Debug, thiserror::Error)]
@@ -15,13 +21,12 @@ pub enum ClientError {
     NotRunning { dir: String, file: String },
     #[error("cannot reach the control API at {addr}: {cause} (is `ferry up` still running?)")]
     Unreachable { addr: String, cause: String },
-    /// The API refused the call; `body` holds its JSON answer.
-    #[error("{message}")]
-    Refused {
-        status: u16,
-        message: String,
-        body: Value,
-    },
+    /// The API refused the call; `body` holds its answer.
+    #[error("{}", body.error)]
+    Refused { status: u16, body: ErrorBody },
+    /// The API answered something this client does not read.
+    #[error("unexpected answer from the control API: {0}")]
+    Unexpected(String),
 }
 
 /// Control API client.
@@ -38,7 +43,7 @@ impl Client {
             dir: dirs.root.display().to_string(),
             file: file.display().to_string(),
         };
-        let api: Value = std::fs::read_to_string(dirs.api_file())
+        let api: serde_json::Value = std::fs::read_to_string(dirs.api_file())
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .ok_or_else(|| not_running(&dirs.api_file()))?;
@@ -55,18 +60,18 @@ impl Client {
         })
     }
 
-    async fn call(
+    async fn call<B: Serialize>(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<Value>,
+        body: Option<&B>,
     ) -> Result<reqwest::Response, ClientError> {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token);
         if let Some(body) = body {
-            request = request.json(&body);
+            request = request.json(body);
         }
         let response = request.send().await.map_err(|e| ClientError::Unreachable {
             addr: self.base.clone(),
@@ -76,79 +81,96 @@ impl Client {
             return Ok(response);
         }
         let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or_default();
-        Err(ClientError::Refused {
-            status,
-            message: body["error"]
-                .as_str()
-                .unwrap_or("request refused")
-                .to_string(),
-            body,
-        })
+        let body = response.json().await.unwrap_or_else(|_| ErrorBody {
+            error: format!("request refused ({status})"),
+            documents: Vec::new(),
+        });
+        Err(ClientError::Refused { status, body })
     }
 
-    async fn json(
+    async fn json<B: Serialize, T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, ClientError> {
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
         let response = self.call(method, path, body).await?;
-        Ok(response.json().await.unwrap_or_default())
+        response
+            .json()
+            .await
+            .map_err(|e| ClientError::Unexpected(e.to_string()))
     }
 
-    pub async fn apply(&self, manifests: &str, namespace: &str) -> Result<Value, ClientError> {
-        self.json(
-            reqwest::Method::POST,
-            "/v1/apply",
-            Some(json!({"manifests": manifests, "namespace": namespace})),
-        )
-        .await
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.json(reqwest::Method::GET, path, None::<&()>).await
     }
 
-    pub async fn list(&self, namespace: Option<&str>) -> Result<Value, ClientError> {
+    pub async fn apply(
+        &self,
+        manifests: &str,
+        namespace: &str,
+    ) -> Result<ApplyResponse, ClientError> {
+        let request = ApplyRequest {
+            manifests: manifests.to_string(),
+            namespace: namespace.to_string(),
+        };
+        self.json(reqwest::Method::POST, "/v1/apply", Some(&request))
+            .await
+    }
+
+    pub async fn list(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<Vec<InferenceService>, ClientError> {
         let path = match namespace {
             Some(ns) => format!("/v1/inferenceservices?namespace={ns}"),
             None => "/v1/inferenceservices".to_string(),
         };
-        self.json(reqwest::Method::GET, &path, None).await
+        let list: Items<InferenceService> = self.get_json(&path).await?;
+        Ok(list.items)
     }
 
     fn object_path(namespace: &str, name: &str) -> String {
         format!("/v1/namespaces/{namespace}/inferenceservices/{name}")
     }
 
-    pub async fn get(&self, namespace: &str, name: &str) -> Result<Value, ClientError> {
-        self.json(
-            reqwest::Method::GET,
-            &Self::object_path(namespace, name),
-            None,
-        )
-        .await
+    pub async fn get(&self, namespace: &str, name: &str) -> Result<InferenceService, ClientError> {
+        self.get_json(&Self::object_path(namespace, name)).await
     }
 
-    pub async fn delete(&self, namespace: &str, name: &str) -> Result<Value, ClientError> {
+    pub async fn delete(&self, namespace: &str, name: &str) -> Result<Deleted, ClientError> {
         self.json(
             reqwest::Method::DELETE,
             &Self::object_path(namespace, name),
-            None,
+            None::<&()>,
         )
         .await
     }
 
-    /// `events`, `revisions` or `replicas` of a service.
-    pub async fn detail(
+    /// A service's events, oldest first.
+    pub async fn events(&self, namespace: &str, name: &str) -> Result<Vec<EventRow>, ClientError> {
+        let path = format!("{}/events", Self::object_path(namespace, name));
+        Ok(self.get_json::<Items<EventRow>>(&path).await?.items)
+    }
+
+    /// A service's revisions, newest first.
+    pub async fn revisions(
         &self,
         namespace: &str,
         name: &str,
-        what: &str,
-    ) -> Result<Value, ClientError> {
-        self.json(
-            reqwest::Method::GET,
-            &format!("{}/{what}", Self::object_path(namespace, name)),
-            None,
-        )
-        .await
+    ) -> Result<Vec<RevisionInfo>, ClientError> {
+        let path = format!("{}/revisions", Self::object_path(namespace, name));
+        Ok(self.get_json::<Items<RevisionInfo>>(&path).await?.items)
+    }
+
+    /// A service's replicas.
+    pub async fn replicas(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<ReplicaInfo>, ClientError> {
+        let path = format!("{}/replicas", Self::object_path(namespace, name));
+        Ok(self.get_json::<Items<ReplicaInfo>>(&path).await?.items)
     }
 
     pub async fn logs(
@@ -161,7 +183,7 @@ impl Client {
             .call(
                 reqwest::Method::GET,
                 &format!("{}/logs?tail={tail}", Self::object_path(namespace, name)),
-                None,
+                None::<&()>,
             )
             .await?;
         Ok(response.text().await.unwrap_or_default())
@@ -172,11 +194,14 @@ impl Client {
         namespace: &str,
         name: &str,
         revision: Option<&str>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<RolledBack, ClientError> {
+        let request = RollbackRequest {
+            revision: revision.map(String::from),
+        };
         self.json(
             reqwest::Method::POST,
             &format!("{}/rollback", Self::object_path(namespace, name)),
-            Some(json!({ "revision": revision })),
+            Some(&request),
         )
         .await
     }

@@ -6,9 +6,12 @@
 //!   group, probes readiness (OIP model-ready) and liveness, restarts with exponential back-off,
 //!   drains (out of the route table, in-flight requests finish, SIGTERM, SIGKILL after a grace).
 //!   After a crash of the daemon it adopts live replicas by pid + start time and kills leftovers.
-//! - [`reconcile`]: level-triggered loop: for each service, `ferry_core::rollout::plan` on what the
-//!   supervisor observes, `ferry_core::routes::build` for the router, `ferry_core::status::derive`.
-//! - [`api`]: the control API on loopback (bearer token from the state dir); [`client`] calls it.
+//! - [`reconcile`]: level-triggered loop: for each service, `ferry_core::service::plan` on what
+//!   the supervisor observes (the decision the operator makes too), persisted, then carried out:
+//!   replicas started and stopped, the route table (`ferry_core::routes::build` with the plan's
+//!   weights) published to the router, status and events written.
+//! - [`api`]: the control API on loopback (bearer token from the state dir); [`client`] calls it,
+//!   both with the typed messages of [`wire`].
 //! - [`daemon`]: wires the above with the router (`ferry_router`) into `ferry up`.
 
 pub mod api;
@@ -20,5 +23,6 @@ pub mod process;
 pub mod reconcile;
 pub mod store;
 pub mod supervisor;
+pub mod wire;
 
 pub use error::{Error, Result};

@@ -292,14 +292,11 @@ pub fn stderr(output: &Output) -> String {
 
 /// The replicas the control API reports for a service.
 pub async fn replicas(daemon: &Daemon, name: &str) -> Vec<Value> {
-    daemon
-        .client()
-        .detail("default", name, "replicas")
-        .await
-        .unwrap()["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let replicas = daemon.client().replicas("default", name).await.unwrap();
+    replicas
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect()
 }
 
 pub fn revision_of(output: &Output) -> String {
