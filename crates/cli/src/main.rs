@@ -9,6 +9,7 @@
 
 mod ctl;
 mod doctor;
+mod predict;
 mod print;
 mod server;
 
@@ -47,7 +48,7 @@ enum Command {
     /// Print the logs of an InferenceService's replicas.
     Logs(ctl::LogsArgs),
     /// Send an inference request through the router (JSON rows or CSV).
-    Predict(ctl::PredictArgs),
+    Predict(predict::PredictArgs),
     /// Follow, list or undo rollouts.
     #[command(subcommand)]
     Rollout(ctl::RolloutCommand),
@@ -184,7 +185,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Describe(args) => runtime.block_on(ctl::describe(args)),
         Command::Delete(args) => runtime.block_on(ctl::delete(args)),
         Command::Logs(args) => runtime.block_on(ctl::logs(args)),
-        Command::Predict(args) => runtime.block_on(ctl::predict(args)),
+        Command::Predict(args) => runtime.block_on(predict::predict(args)),
         Command::Rollout(command) => runtime.block_on(ctl::rollout(command)),
         Command::Doctor(DoctorCommand::Kube(args)) => runtime.block_on(doctor::run(args)),
         Command::Fetch(args) => runtime.block_on(fetch(args)),

@@ -19,6 +19,7 @@ pub mod protocol;
 pub mod repository;
 pub mod rest;
 pub mod server;
+pub mod signature;
 pub mod tensor;
 
 pub use config::{ModelConfig, ServerConfig};
