@@ -34,7 +34,7 @@ lint:
 ORT_LIB = $(shell $(PY) -c "import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so*')))[0])" 2>/dev/null)
 
 # One build for every Rust test, the optional ONNX Runtime backend included; the tritonclient
-# suite (tests/interop) runs from crates/cli/tests/interop.rs against this very `ferry` binary.
+# suite (tests/interop) runs from crates/cli/tests/cli/interop.rs against this very `ferry` binary.
 TEST_ENV = FERRY_REQUIRE_OCI=1 FERRY_REQUIRE_MINILM=1 FERRY_REQUIRE_INTEROP=1 FERRY_INTEROP_PYTHON=$(PY) ORT_DYLIB_PATH=$(ORT_LIB)
 
 # The cluster tests (testbed/e2e) need the test bed: it is built or reused, brought up before
@@ -53,7 +53,7 @@ testbed-down:
 	testbed/down.sh
 
 interop: deps
-	$(TEST_ENV) cargo test --workspace --features ferry-server/onnxruntime --test interop
+	$(TEST_ENV) cargo test -p ferry --features ferry-server/onnxruntime --test cli interop::
 
 fuzz-smoke:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2

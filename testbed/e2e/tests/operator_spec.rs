@@ -340,7 +340,7 @@ async fn replace_service(services: &Api<Service>, old: Service) {
 }
 
 /// The reasons a rolling update of two replicas records: the same set local mode records
-/// (crates/cli/tests/local.rs `ROLLING_UPDATE_REASONS`), both from `ferry_core::service::plan`.
+/// (crates/cli/tests/cli/local.rs `ROLLING_UPDATE_REASONS`), both from `ferry_core::service::plan`.
 const ROLLING_UPDATE_REASONS: [&str; 6] = [
     "RevisionCreated",
     "RevisionReady",

@@ -1,7 +1,7 @@
 //! Models named by http URLs: fetched from a real HTTP server (following a redirect), then
 //! served, the download deleted; a missing one is UNAVAILABLE with the HTTP status quoted.
 
-mod common;
+use super::common;
 
 use axum::Router;
 use axum::response::Redirect;

@@ -2,7 +2,7 @@
 //! one output per datatype, `out_T = Concat(in_T, in_T)`), over REST JSON, REST binary, gRPC
 //! typed contents and gRPC raw contents. Extreme values included.
 
-mod common;
+use super::common;
 
 use bytes::Bytes;
 use common::{TestServer, model};

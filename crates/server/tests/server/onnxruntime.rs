@@ -2,7 +2,7 @@
 //! answers as tract. Needs ORT_DYLIB_PATH (set by `make test` from the onnxruntime wheel).
 #![cfg(feature = "onnxruntime")]
 
-mod common;
+use super::common;
 
 use common::{TestServer, model, models_dir};
 use ferry_server::config::BackendKind;

@@ -1,8 +1,8 @@
-//! The named OIP v2 conformance cases in `tests/conformance.json`, each run four ways against one
+//! The named OIP v2 conformance cases in `tests/server/conformance.json`, each run four ways against one
 //! real server: REST JSON, REST with binary tensors both ways, gRPC typed contents, gRPC raw
 //! contents. Every way must give the same status, outputs, id and parameters.
 
-mod common;
+use super::common;
 
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 //! scikit-learn's, every error status, admission control, batching equivalence, readiness,
 //! the repository API, KServe v1, metrics and graceful shutdown. Real sockets, real clients.
 
-mod common;
+use super::common;
 
 use std::time::Duration;
 
@@ -410,7 +410,7 @@ async fn batched_results_equal_unbatched_ones() {
     batched.max_batch_size = 32;
     batched.max_queue_delay = Duration::from_millis(50);
     // A fixed window, so that batches surely form; the adaptive window is exercised by the
-    // MiniLM test (tests/text.rs), whose answers must not depend on how batches formed.
+    // MiniLM test (text.rs), whose answers must not depend on how batches formed.
     batched.batch_window = BatchWindow::Fixed;
     let plain = model("plain", "iris-v2.onnx");
     let server = TestServer::start(vec![batched, plain]).await;

@@ -3,7 +3,7 @@
 //! under dynamic batching with padding. The model is built by `make minilm` (90 MB, not
 //! committed); `make test` builds it and sets FERRY_REQUIRE_MINILM=1 so its absence fails.
 
-mod common;
+use super::common;
 
 use std::time::Duration;
 

@@ -1,0 +1,7 @@
+//! The `ferry` binary's integration tests, one binary (one link): local mode end to end, the
+//! OCI image, `ferry fetch`, and the real tritonclient suite against this very build.
+
+mod fetch;
+mod image;
+mod interop;
+mod local;
