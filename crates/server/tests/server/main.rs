@@ -8,4 +8,5 @@ mod conformance;
 mod datatypes;
 mod fetch;
 mod onnxruntime;
+mod refusals;
 mod text;
