@@ -284,3 +284,81 @@ fn entry_points_name_the_namespace() {
         [(V1.to_string(), 33), (V2.to_string(), 66)].into()
     );
 }
+
+#[test]
+fn a_broken_new_revision_never_replaces_the_serving_one() {
+    let service = isvc("");
+    let crashing = ReplicaHealth::CrashLoop {
+        restarts: 3,
+        last_exit: "exit code 3: model failed to load".into(),
+    };
+    let replicas = [
+        replica("a", V1, ReplicaHealth::Ready),
+        replica("b", V1, ReplicaHealth::Ready),
+        replica("c", V2, crashing),
+    ];
+    // v1 serves, settled.
+    let settled_scale: BTreeMap<String, u32> = [(V1.to_string(), 2)].into();
+    let before = super::plan(
+        &service,
+        &[],
+        &observation(V1, &replicas[..2], &settled_scale),
+        &Signals::default(),
+        now(),
+    );
+    assert!(before.settled);
+    let scale: BTreeMap<String, u32> = [(V1.to_string(), 2), (V2.to_string(), 1)].into();
+    let mut observed = observation(V2, &replicas, &scale);
+    observed.previous_status = Some(&before.status);
+    let plan = super::plan(&service, &[], &observed, &Signals::default(), now());
+    assert!(
+        plan.stop.is_empty(),
+        "no ready old replica goes: {:?}",
+        plan.stop
+    );
+    assert_eq!(
+        (plan.start, plan.changes.len()),
+        (0, 0),
+        "surge used up, nothing changes"
+    );
+    assert_eq!(
+        plan.weights,
+        [(V1.to_string(), 2)].into(),
+        "only v1 takes traffic"
+    );
+    let latest = &plan.status.conditions[1];
+    assert_eq!(
+        (latest.status.as_str(), latest.reason.as_str()),
+        ("False", "CrashLoopBackOff")
+    );
+    assert_eq!(plan.status.conditions[0].status, "True", "v1 still serves");
+    let event = plan.status_event.unwrap();
+    assert_eq!(
+        (event.reason, event.type_),
+        (Reason::CrashLoopBackOff, crate::reason::EventType::Warning)
+    );
+    assert!(!plan.settled);
+}
+
+#[test]
+fn a_replica_that_vanished_is_replaced_and_traffic_avoids_the_leaving() {
+    let service = isvc("");
+    // Local mode after a kill -9 of a replica: its row is gone, one is left.
+    let mut replicas = vec![replica("a", V1, ReplicaHealth::Ready)];
+    let scale: BTreeMap<String, u32> = [(V1.to_string(), 1)].into();
+    let plan = super::plan(
+        &service,
+        &[],
+        &observation(V1, &replicas, &scale),
+        &Signals::default(),
+        now(),
+    );
+    assert_eq!(plan.start, 1);
+    assert_eq!(plan.changes[0].event.reason, Reason::ScaledUp);
+    // A leaving replica is no backend and no weight.
+    replicas.push(ReplicaView {
+        terminating: true,
+        ..replica("b", V1, ReplicaHealth::Ready)
+    });
+    assert_eq!(ready_weights(&replicas, &[]), [(V1.to_string(), 1)].into());
+}
