@@ -15,6 +15,8 @@ pub mod quantity;
 pub mod revision;
 mod schema_check;
 mod servingruntime;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod types;
 pub mod validate;
 

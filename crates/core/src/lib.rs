@@ -25,23 +25,5 @@ pub mod status;
 
 pub use observe::{ReplicaHealth, ReplicaView};
 
-/// Fixtures for the unit tests: manifests parsed as cluster mode takes them.
 #[cfg(test)]
-pub(crate) mod testing {
-    /// The one InferenceService in `yaml`.
-    pub fn isvc(yaml: &str) -> ferry_api::InferenceService {
-        ferry_api::parse_cluster_manifests(yaml, "default")
-            .unwrap()
-            .services
-            .remove(0)
-            .isvc
-    }
-
-    /// The one ServingRuntime in `yaml`.
-    pub fn runtime(yaml: &str) -> ferry_api::ServingRuntime {
-        ferry_api::parse_cluster_manifests(yaml, "default")
-            .unwrap()
-            .runtimes
-            .remove(0)
-    }
-}
+pub(crate) use ferry_api::testing;

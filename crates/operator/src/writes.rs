@@ -81,14 +81,9 @@ mod tests {
     use super::*;
 
     fn isvc() -> ferry_api::InferenceService {
-        ferry_api::parse_cluster_manifests(
+        ferry_api::testing::isvc(
             "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: iris, namespace: default}\nspec:\n  predictor:\n    minReplicas: 2\n    model: {format: onnx, uri: /m/iris.onnx}\n",
-            "default",
         )
-        .unwrap()
-        .services
-        .remove(0)
-        .isvc
     }
 
     fn pod(id: &str, revision: &str, ready: bool) -> ReplicaView {
