@@ -6,6 +6,9 @@ Writes, next to this file:
   iris-v2.onnx   an MLP on iris with the same inputs and outputs (a second revision for rollouts)
   digits.onnx    a random forest on the 8x8 digits (64 FP32 inputs -> label, probabilities FP32[10])
   broken.onnx    loads and type-checks, but every inference fails (a Gather index out of range)
+  faulty.onnx    passes the server's warm-up (all-zero input), then fails every real request
+  iris-slow.onnx iris-v1 with the same inputs and outputs, plus a chain of 256x256 matmuls that
+                 makes each call milliseconds slower (a canary that fails the latency rules)
   datatypes.onnx one input and output per OIP datatype: out_T = in_T twice side by side
   expected.json  inputs and scikit-learn's own outputs, so tests check Ferry's answers against them
 
@@ -63,6 +66,58 @@ def broken(path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     model.producer_name = "ferry-models"
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def faulty(path):
+    # As broken, but the Gather reads column 1000 x |sum of the input|: 0 for the all-zero warm-up
+    # input, out of range for any real row. The model turns READY and fails in service.
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 1])
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [1], [1000.0])
+    nodes = [
+        helper.make_node("Abs", ["input"], ["magnitude"]),
+        helper.make_node("ReduceSum", ["magnitude"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "scale"], ["scaled"]),
+        helper.make_node("Cast", ["scaled"], ["bad_index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["input", "bad_index"], ["output"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "faulty", [inp], [out], [scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.producer_name = "ferry-models"
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def slow(iris_path, path, layers=240, width=256):
+    # iris-v1's graph, its probabilities plus 1e-30 x (a tanh-MLP of `layers` shared 256x256
+    # layers over the input): the answers are iris-v1's, each call costs ~layers x 65k MACs more.
+    model = onnx.load(iris_path)
+    graph = model.graph
+    probabilities = next(o for o in graph.output if o.name == "probabilities")
+    for node in graph.node:
+        node.output[:] = ["probabilities_fast" if o == "probabilities" else o for o in node.output]
+    rng = np.random.default_rng(0)
+    w_in = rng.standard_normal((4, width)).astype(np.float32) / 2.0
+    w = rng.standard_normal((width, width)).astype(np.float32) / np.sqrt(width)
+    graph.initializer.extend([
+        onnx.numpy_helper.from_array(w_in, "slow_w_in"),
+        onnx.numpy_helper.from_array(w, "slow_w"),
+        onnx.numpy_helper.from_array(np.array([1e-30], dtype=np.float32), "slow_tiny"),
+    ])
+    nodes = [helper.make_node("MatMul", ["input", "slow_w_in"], ["slow_0"])]
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"slow_{i}", "slow_w"], [f"slow_mm_{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"slow_mm_{i}"], [f"slow_{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceMean", [f"slow_{layers}"], ["slow_sum"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["slow_sum", "slow_tiny"], ["slow_nothing"]),
+        helper.make_node("Add", ["probabilities_fast", "slow_nothing"], [probabilities.name]),
+    ]
+    graph.node.extend(nodes)
+    model.doc_string = "iris logistic regression, slowed down by a discarded matmul chain"
     onnx.checker.check_model(model)
     onnx.save(model, path)
 
@@ -130,6 +185,8 @@ def main():
             "accuracy": float(est.score(x, y)),
         }
     broken(os.path.join(args.out_dir, "broken.onnx"))
+    faulty(os.path.join(args.out_dir, "faulty.onnx"))
+    slow(os.path.join(args.out_dir, "iris-v1.onnx"), os.path.join(args.out_dir, "iris-slow.onnx"))
     datatypes(os.path.join(args.out_dir, "datatypes.onnx"))
     with open(os.path.join(args.out_dir, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)
@@ -141,7 +198,7 @@ def main():
         os.makedirs(args.joblib_dir, exist_ok=True)
         for name, (est, *_rest) in fits.items():
             joblib.dump(est, os.path.join(args.joblib_dir, f"{name}.joblib"))
-    print("wrote", ", ".join(list(fits) + ["broken"]), "to", args.out_dir)
+    print("wrote", ", ".join(list(fits) + ["broken", "faulty", "iris-slow"]), "to", args.out_dir)
 
 
 if __name__ == "__main__":

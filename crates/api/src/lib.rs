@@ -11,6 +11,7 @@
 pub mod crd;
 pub mod kserve;
 pub mod manifest;
+mod progressive;
 pub mod quantity;
 pub mod revision;
 mod schema_check;
@@ -25,6 +26,7 @@ pub use manifest::{
     ClusterManifests, DocumentErrors, Manifest, ParseError, parse_cluster_manifests,
     parse_manifests,
 };
+pub use progressive::*;
 pub use revision::{Revision, revision_name, revision_name_with_runtime};
 pub use servingruntime::*;
 pub use types::*;

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.latestRevision"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","description":"Ready replicas of the newest revision","jsonPath":".status.revisions[0].readyReplicas"}"#,
+    printcolumn = r#"{"name":"Rollout","type":"string","priority":1,"jsonPath":".status.rollout.phase"}"#,
+    printcolumn = r#"{"name":"Canary","type":"integer","priority":1,"description":"Percent of traffic to the revision being rolled out","jsonPath":".status.rollout.weight"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -143,9 +145,25 @@ pub struct Resources {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
-    /// `rolling` (the default).
+    /// `rolling` (the default), `canary` or `blueGreen`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<RolloutStrategy>,
+    /// Canary: the new revision's share of traffic, step by step; after the last step 100 %.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::CanaryStep>,
+    /// Canary and blue-green: automatic analysis on the router's numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<crate::AnalysisSpec>,
+    /// Roll back when the analysis fails `failureLimit` times in a row (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<bool>,
+    /// A request the new revision fails before answering (or answers 5xx) is retried once on
+    /// the stable revision (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on_stable: Option<bool>,
+    /// Blue-green settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<crate::BlueGreenSpec>,
     /// Replicas above the desired count during an update: a number or a percentage (default 25%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "int_or_string")]
@@ -162,6 +180,23 @@ pub struct RolloutSpec {
 pub enum RolloutStrategy {
     /// Replace replicas a few at a time, new ones ready before old ones go.
     Rolling,
+    /// Move traffic to the new revision step by step (`steps`), judged by `analysis`.
+    Canary,
+    /// Bring the new revision up at full size beside the old one, then switch all traffic.
+    BlueGreen,
+}
+
+impl RolloutSpec {
+    /// The strategy, `rolling` when unset.
+    pub fn strategy(&self) -> RolloutStrategy {
+        self.strategy.unwrap_or(RolloutStrategy::Rolling)
+    }
+    pub fn auto_rollback(&self) -> bool {
+        self.auto_rollback.unwrap_or(true)
+    }
+    pub fn retry_on_stable(&self) -> bool {
+        self.retry_on_stable.unwrap_or(true)
+    }
 }
 
 /// The structural schema Kubernetes wants for a count-or-percentage (as its own IntOrString).
@@ -216,6 +251,9 @@ pub struct InferenceServiceStatus {
     pub revisions: Vec<RevisionStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// A canary or blue-green rollout: its step, weights and last analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::RolloutStatus>,
 }
 
 /// Replicas of one revision.

@@ -273,6 +273,7 @@ pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
     }
 
     if let Some(rollout) = &isvc.spec.rollout {
+        crate::progressive::check(rollout, &mut errors);
         let surge = check_int_or_percent(
             rollout.max_surge.as_ref(),
             "spec.rollout.maxSurge",

@@ -1,6 +1,7 @@
 //! Client commands of local mode: they talk to the control API of a running `ferry up`
 //! (found through the state directory) and to its router.
 
+use ferry_core::progressive::Control;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -110,6 +111,32 @@ pub enum RolloutCommand {
     },
     /// List the revisions of an InferenceService.
     History {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+    },
+    /// Let a canary go past its current step's pause (`--full`: straight to 100 %).
+    Promote {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+        #[arg(long)]
+        full: bool,
+    },
+    /// Roll a canary back: all traffic to the stable revision.
+    Abort {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+    },
+    /// Hold a canary at its current weight (analysis still runs).
+    Pause {
+        #[command(flatten)]
+        common: Common,
+        name: String,
+    },
+    /// Lift a pause.
+    Resume {
         #[command(flatten)]
         common: Common,
         name: String,
@@ -451,6 +478,18 @@ pub async fn rollout(command: RolloutCommand) -> Result<()> {
             print!("{}", print::history(&revisions));
             Ok(())
         }
+        RolloutCommand::Promote { common, name, full } => {
+            control(common, name, Control::Promote { full }, "promoted").await
+        }
+        RolloutCommand::Abort { common, name } => {
+            control(common, name, Control::Abort, "aborted").await
+        }
+        RolloutCommand::Pause { common, name } => {
+            control(common, name, Control::Pause, "paused").await
+        }
+        RolloutCommand::Resume { common, name } => {
+            control(common, name, Control::Resume, "resumed").await
+        }
         RolloutCommand::Undo {
             common,
             name,
@@ -467,6 +506,20 @@ pub async fn rollout(command: RolloutCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn control(common: Common, name: String, control: Control, done: &str) -> Result<()> {
+    let isvc = common
+        .client()?
+        .control_rollout(&common.namespace, &name, control)
+        .await?;
+    let revision = isvc
+        .status
+        .and_then(|s| s.rollout)
+        .map(|r| r.canary_revision)
+        .unwrap_or_default();
+    println!("inferenceservice.ferry.dev/{name} {done} (revision {revision})");
+    Ok(())
 }
 
 /// A kubectl-style list of objects.

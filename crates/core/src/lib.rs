@@ -7,6 +7,8 @@
 //!   vocabulary ([`reason::Reason`]); built on
 //! - [`rollout::plan`]: which replicas of which revision to start or stop next, honouring
 //!   `maxSurge` / `maxUnavailable` (the Deployment controller's rules), and
+//! - [`progressive::decide`]: a canary rollout's next step, weights and analysis verdict
+//!   ([`analysis::judge`] on the router's numbers), rolled back on failure;
 //! - [`status::derive`]: the InferenceService status with conditions that name the reason;
 //! - [`routes::build`]: the route table the router reads (services → weighted revisions →
 //!   ready backends);
@@ -15,7 +17,9 @@
 //!
 //! The Kubernetes objects themselves are rendered by `ferry-render` (cluster mode only).
 
+pub mod analysis;
 pub mod observe;
+pub mod progressive;
 pub mod reason;
 pub mod rollout;
 pub mod routes;

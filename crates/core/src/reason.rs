@@ -86,6 +86,24 @@ reasons! {
     /// The objects of a revision were re-applied with a new template (cluster mode: a new
     /// operator's rendering), its replica count unchanged.
     Updated = "Updated", failure = false;
+    // Events of a progressive rollout's decisions.
+    /// A canary rollout began beside the stable revision.
+    CanaryStarted = "CanaryStarted", failure = false;
+    /// The new revision's share of traffic moved to the next step.
+    TrafficShifted = "TrafficShifted", failure = false;
+    /// An analysis interval failed its rules (the numbers are in the note).
+    AnalysisFailed = "AnalysisFailed", failure = false;
+    /// `ferry rollout pause` holds the rollout.
+    RolloutPaused = "RolloutPaused", failure = false;
+    /// The pause was lifted.
+    RolloutResumed = "RolloutResumed", failure = false;
+    /// The new revision takes all traffic.
+    RolloutPromoted = "RolloutPromoted", failure = false;
+    /// `ferry rollout abort` sent all traffic back to the stable revision.
+    RolloutAborted = "RolloutAborted", failure = true;
+    /// The analysis (or a new revision that cannot become ready) sent all traffic back to the
+    /// stable revision.
+    RolledBackAutomatically = "RolledBackAutomatically", failure = true;
     /// The spec was refused by validation.
     InvalidSpec = "InvalidSpec", failure = true;
     // Local mode's control API records what a user did (a cluster's audit log does that).

@@ -57,6 +57,10 @@ pub struct ServiceRoute {
     pub namespace: String,
     pub service: String,
     pub revisions: Vec<RevisionRoute>,
+    /// The revision a request another revision failed (no answer, or 5xx) is retried on:
+    /// the stable revision of a canary with `retryOnStable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 impl ServiceRoute {
@@ -112,6 +116,9 @@ pub struct ServiceEndpoints {
     /// Traffic weight per revision, as the service plan decides it
     /// ([`crate::service::ServicePlan::weights`]); a revision not named weighs nothing.
     pub weights: BTreeMap<String, u32>,
+    /// [`ServiceRoute::fallback`], as the plan decides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 impl ServiceEndpoints {
@@ -129,7 +136,14 @@ impl ServiceEndpoints {
             endpoints,
             hosts: isvc.external_hosts(),
             weights,
+            fallback: None,
         }
+    }
+
+    /// With the revision failed requests are retried on.
+    pub fn with_fallback(mut self, fallback: Option<String>) -> Self {
+        self.fallback = fallback;
+        self
     }
 }
 
@@ -178,6 +192,7 @@ pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
                     namespace: service.namespace.clone(),
                     service: service.service.clone(),
                     revisions,
+                    fallback: service.fallback.clone(),
                 },
             );
     }
@@ -229,6 +244,7 @@ mod tests {
             ],
             hosts: vec![],
             weights: [("iris-1".to_string(), 1), ("iris-2".to_string(), 2)].into(),
+            fallback: None,
         };
         let table = build(&[service]);
         let route = table.lookup("default", "iris").unwrap();
@@ -262,6 +278,7 @@ mod tests {
             endpoints: vec![],
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             weights: BTreeMap::new(),
+            fallback: None,
         };
         let table = build(&[
             service("team-b", &["shared.example.com", "b.example.com"]),

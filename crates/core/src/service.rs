@@ -71,10 +71,12 @@ pub struct Observation<'a> {
     pub entry: EntryPoint,
 }
 
-/// What the router measured, for decisions beyond rolling updates. Empty today: canary
-/// analysis and autoscaling fill it.
+/// What the router measured, for decisions beyond rolling updates: the numbers per revision
+/// since the executor's last analysis window began (canary analysis reads them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Signals {}
+pub struct Signals {
+    pub window: Option<crate::analysis::Window>,
+}
 
 /// One revision's replica count changing (or its objects going), with the event it is worth.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,9 +97,10 @@ pub struct ServicePlan {
     pub target: Target,
     /// Replicas per revision after this step: every revision that keeps its objects.
     pub scale: BTreeMap<String, u32>,
-    /// Replicas of the latest revision to start (local mode creates them; in a cluster the
-    /// Deployment's count in `scale` covers them).
-    pub start: u32,
+    /// Replicas to start per revision: the latest one's, and the stable one's that a rolled
+    /// back canary gives back (local mode creates them; in a cluster the Deployment's count
+    /// in `scale` covers them).
+    pub start: BTreeMap<String, u32>,
     /// Replicas to drain (out of the route table first) and stop. Local mode stops exactly
     /// these; in a cluster a ReplicaSet picks which pods go, `scale` says how many.
     pub stop: Vec<String>,
@@ -117,6 +120,14 @@ pub struct ServicePlan {
     pub progress_only: bool,
     /// The rollout is complete and no other revision is left: check again only rarely.
     pub settled: bool,
+    /// A canary's decisions (steps, analysis, rollback): record each when the status with
+    /// `status.rollout` is written.
+    pub rollout_events: Vec<PlannedEvent>,
+    /// An analysis was judged: the executor's next metric window starts now.
+    pub analysed: bool,
+    /// The revision the router retries a request on when another revision failed it: the
+    /// stable one while a canary with `retryOnStable` takes traffic.
+    pub fallback: Option<String>,
 }
 
 impl ServicePlan {
@@ -135,22 +146,47 @@ pub fn plan(
     isvc: &InferenceService,
     history: &[String],
     observed: &Observation<'_>,
-    _signals: &Signals,
+    signals: &Signals,
     now: Timestamp,
 ) -> ServicePlan {
     let latest = observed.latest;
     let wanted =
         rollout::desired_replicas(&isvc.spec.predictor, observed.scale.get(latest).copied());
-    let target = Target::with_replicas(latest, &isvc.spec, wanted);
+    let progressive = progressive_decision(isvc, history, observed, signals, wanted, now);
+    let target = Target::with_replicas(
+        latest,
+        &isvc.spec,
+        progressive
+            .as_ref()
+            .map_or(wanted, |d| d.replicas.get(latest).copied().unwrap_or(0)),
+    );
     let (start, stop, scale, changes) = if observed.runtime_problem.is_some() {
         // Nothing of the new revision can run: what serves keeps serving, unchanged.
-        (0, Vec::new(), observed.scale.clone(), Vec::new())
+        (
+            BTreeMap::new(),
+            Vec::new(),
+            observed.scale.clone(),
+            Vec::new(),
+        )
+    } else if let Some(decision) = &progressive {
+        desired::scale_to(latest, &decision.replicas, observed)
     } else {
         let step = rollout::plan(&target, observed.replicas);
         let (scale, changes) = scale_after(&target, observed, step.start, &step.stop);
-        (step.start, step.stop, scale, changes)
+        let start = BTreeMap::from([(latest.to_string(), step.start)]);
+        (start, step.stop, scale, changes)
     };
-    let weights = ready_weights(observed.replicas, &stop);
+    let ready = ready_weights(observed.replicas, &stop);
+    let weights = match &progressive {
+        // The rollout's weights, on revisions that have a ready replica to take them.
+        Some(decision) => decision
+            .weights
+            .iter()
+            .filter(|(revision, _)| ready.get(*revision).is_some_and(|n| *n > 0))
+            .map(|(r, w)| (r.clone(), *w))
+            .collect(),
+        None => ready,
+    };
     let traffic = percent(&weights);
     let mut order: Vec<String> = history.to_vec();
     if !order.iter().any(|r| r == latest) {
@@ -167,6 +203,7 @@ pub fn plan(
         creation_failure: observed.creation_failure.clone(),
         ingress: observed.ingress.clone(),
         runtime_problem: observed.runtime_problem.clone(),
+        rollout: progressive.as_ref().map(|d| &d.status),
     };
     let previous = observed.previous_status;
     let status = status::derive(&inputs, previous, &timestamp(now));
@@ -178,6 +215,21 @@ pub fn plan(
     let progress_only = status::progress_only(previous, &status);
     let settled = rollout::complete(&target, observed.replicas)
         && scale.keys().all(|revision| revision == latest);
+    let fallback = progressive.as_ref().and_then(|d| {
+        let retry = isvc
+            .spec
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.retry_on_stable());
+        let active = !matches!(
+            d.status.phase,
+            ferry_api::RolloutPhase::Succeeded | ferry_api::RolloutPhase::Aborted
+        );
+        (retry && active).then(|| d.status.stable_revision.clone())
+    });
+    let (rollout_events, analysed) = progressive
+        .map(|d| (d.events, d.analysed))
+        .unwrap_or_default();
     ServicePlan {
         target,
         scale,
@@ -190,6 +242,9 @@ pub fn plan(
         status_event,
         progress_only,
         settled,
+        rollout_events,
+        analysed,
+        fallback,
     }
 }
 
@@ -314,6 +369,9 @@ pub fn percent(weights: &BTreeMap<String, u32>) -> BTreeMap<String, u32> {
 pub fn timestamp(now: Timestamp) -> String {
     now.round(Unit::Second).unwrap_or(now).to_string()
 }
+
+mod desired;
+use desired::progressive_decision;
 
 #[cfg(test)]
 mod tests;

@@ -89,6 +89,9 @@ pub struct StatusInputs<'a> {
     /// Why no server can run the latest revision's model (cluster mode's ServingRuntimes): its
     /// replicas are not even rendered.
     pub runtime_problem: Option<crate::runtime::RuntimeProblem>,
+    /// A progressive rollout's state (`status.rollout`): a rolled back one says so in
+    /// LatestRevisionReady.
+    pub rollout: Option<&'a ferry_api::RolloutStatus>,
 }
 
 /// Why the latest revision is not ready (or that it is).
@@ -182,7 +185,17 @@ pub fn derive(
     previous: Option<&InferenceServiceStatus>,
     now: &str,
 ) -> InferenceServiceStatus {
-    let latest = latest_revision_condition(inputs);
+    let mut latest = latest_revision_condition(inputs);
+    if let Some(rollout) = inputs.rollout
+        && rollout.phase == ferry_api::RolloutPhase::Aborted
+    {
+        let reason = rollout
+            .reason
+            .as_deref()
+            .and_then(Reason::parse)
+            .unwrap_or(Reason::RolledBackAutomatically);
+        latest = ConditionState::new(false, reason, rollout.message.clone());
+    }
     let serving: Vec<String> = inputs
         .traffic_percent
         .iter()
@@ -260,6 +273,7 @@ pub fn derive(
         latest_revision: Some(inputs.target.revision.clone()),
         revisions,
         conditions,
+        rollout: inputs.rollout.cloned(),
     }
 }
 
@@ -316,6 +330,16 @@ pub fn rollout_progress(isvc: &ferry_api::InferenceService) -> RolloutProgress {
     let done = ready >= desired && old == 0 && latest_condition.is_some_and(|c| c.status == "True");
     let message = if done {
         format!("rolled out {latest}: {ready}/{desired} replicas ready")
+    } else if let Some(rollout) = status.rollout.as_ref().filter(|r| r.canary_revision == latest) {
+        format!(
+            "{:?} {latest}: {}% of traffic, step {} of {} ({:?}): {}",
+            rollout.strategy,
+            rollout.weight,
+            rollout.step,
+            isvc.spec.rollout.as_ref().map_or(0, |r| r.steps.len()),
+            rollout.phase,
+            rollout.message
+        )
     } else {
         format!("rolling out {latest}: {ready}/{desired} replicas ready, {old} old replicas left")
     };
@@ -429,6 +453,7 @@ mod tests {
         let traffic = crate::service::percent(&crate::service::ready_weights(replicas, &[]));
         let order = vec!["iris-2".to_string(), "iris-1".to_string()];
         let observed = StatusInputs {
+            rollout: None,
             generation: 3,
             target: &target,
             replicas,

@@ -8,6 +8,7 @@
 //! | GET / DELETE | `/v1/namespaces/{ns}/inferenceservices/{name}` | one / delete |
 //! | GET | `.../{name}/events`, `/revisions`, `/replicas`, `/logs?tail=N` | details |
 //! | POST | `.../{name}/rollback` | `{"revision": NAME?}`: the predictor of an earlier revision |
+//! | POST | `.../{name}/rollout` | `{"promote": {"full": B}}`, `"abort"`, `"pause"`, `"resume"`: control a canary |
 
 use std::sync::Arc;
 
@@ -68,6 +69,7 @@ pub fn app(state: ApiState) -> Router {
         .route(&format!("{ns}/replicas"), get(replicas))
         .route(&format!("{ns}/logs"), get(logs))
         .route(&format!("{ns}/rollback"), post(rollback))
+        .route(&format!("{ns}/rollout"), post(control_rollout))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -323,4 +325,29 @@ async fn rollback(
     Ok(Json(RolledBack {
         revision: target.name.clone(),
     }))
+}
+
+/// `ferry rollout promote|abort|pause|resume`: the rollout-control annotations the core
+/// derives, stored on the object (as `kubectl annotate` does in a cluster).
+async fn control_rollout(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+    Json(control): Json<ferry_core::progressive::Control>,
+) -> Result<Json<InferenceService>> {
+    let row = find(&state.store, &namespace, &name)?;
+    let object = row.to_object();
+    let changes =
+        ferry_core::progressive::control_annotations(control, &object).map_err(Error::Conflict)?;
+    let mut annotations = row.isvc.metadata.annotations.clone().unwrap_or_default();
+    for (key, value) in changes {
+        match value {
+            Some(value) => annotations.insert(key.to_string(), value),
+            None => annotations.remove(key),
+        };
+    }
+    state
+        .store
+        .set_annotations(&namespace, &name, &annotations)?;
+    state.changed.notify_one();
+    Ok(Json(find(&state.store, &namespace, &name)?.to_object()))
 }

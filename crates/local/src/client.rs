@@ -205,4 +205,19 @@ impl Client {
         )
         .await
     }
+
+    /// Promote, abort, pause or resume the rollout in progress.
+    pub async fn control_rollout(
+        &self,
+        namespace: &str,
+        name: &str,
+        control: ferry_core::progressive::Control,
+    ) -> Result<InferenceService, ClientError> {
+        self.json(
+            reqwest::Method::POST,
+            &format!("{}/rollout", Self::object_path(namespace, name)),
+            Some(&control),
+        )
+        .await
+    }
 }

@@ -139,6 +139,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         routes: routes_tx,
         changed,
         router_addr,
+        accounting: router.accounting(),
+        windows: Default::default(),
     };
     let reconcile_stop = stop_rx.clone();
     let reconcile_task = tokio::spawn(async move { reconciler.run(reconcile_stop).await });

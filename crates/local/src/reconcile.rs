@@ -4,10 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_api::k8s_openapi::jiff::Timestamp;
+use ferry_core::analysis::{ServiceMetrics, Window};
 use ferry_core::reason::PlannedEvent;
 use ferry_core::routes::{Endpoint, RouteTable, ServiceEndpoints};
 use ferry_core::service::{self, EntryPoint, Observation, Signals};
@@ -18,6 +19,10 @@ use crate::Result;
 use crate::store::{ReplicaRow, ServiceRow, Store, now};
 use crate::supervisor::{ReplicaSpec, Supervisor};
 
+/// A service's traffic as its plan decides it: weights per revision, and the revision failed
+/// requests are retried on.
+type Traffic = (BTreeMap<String, u32>, Option<String>);
+
 /// Drives every service towards its spec.
 pub struct Reconciler {
     pub store: Arc<Store>,
@@ -26,6 +31,10 @@ pub struct Reconciler {
     pub changed: Arc<Notify>,
     /// The router's address, for `status.url`.
     pub router_addr: SocketAddr,
+    /// The router's per-revision numbers, read in-process for canary analysis.
+    pub accounting: ferry_router::Accounting,
+    /// Per service: when its analysis window began, and the numbers then.
+    pub windows: Mutex<HashMap<(String, String), (Timestamp, ServiceMetrics)>>,
 }
 
 impl Reconciler {
@@ -87,6 +96,8 @@ impl Reconciler {
         let mut to_stop = Vec::new();
         let mut statuses = Vec::new();
         let mut weights = HashMap::new();
+        let numbers = self.accounting.snapshot();
+        let at = Timestamp::now();
         for service in &services {
             let (namespace, name) = (service.namespace(), service.name());
             let mine: Vec<&mut ReplicaRow> = rows
@@ -130,14 +141,28 @@ impl Reconciler {
                     router_port: self.router_addr.port(),
                 },
             };
-            let plan = service::plan(
-                &service.isvc,
-                &history,
-                &observation,
-                &Signals::default(),
-                Timestamp::now(),
-            );
-            // Persisted before it is carried out: the events, replicas leaving, new replicas.
+            let key = (namespace.clone(), name.clone());
+            let current = numbers.get(&key).cloned().unwrap_or_default();
+            let signals = Signals {
+                window: Some(self.window(&key, &current, at)),
+            };
+            let plan = service::plan(&service.isvc, &history, &observation, &signals, at);
+            if plan.analysed {
+                self.windows
+                    .lock()
+                    .expect("windows poisoned")
+                    .insert(key, (at, current));
+            }
+            // Persisted before it is carried out: the rollout's state and events, then the
+            // count changes, replicas leaving, new replicas.
+            if plan.status.rollout.is_some()
+                && service.status.as_ref().map(|s| &s.rollout) != Some(&plan.status.rollout)
+            {
+                for event in &plan.rollout_events {
+                    self.record(&namespace, &name, event)?;
+                }
+                self.store.set_status(&namespace, &name, &plan.status)?;
+            }
             for change in &plan.changes {
                 self.record(&namespace, &name, &change.event)?;
             }
@@ -146,22 +171,23 @@ impl Reconciler {
                 row.terminating = true;
                 to_stop.push(row.id.clone());
             }
-            if plan.start > 0 {
-                let spec = self
-                    .spec_of(service, &service.revision)
-                    .expect("the latest revision is stored with its service");
-                for _ in 0..plan.start {
+            for (revision, count) in plan.start.iter().filter(|(_, n)| **n > 0) {
+                let Some(spec) = self.spec_of(service, revision) else {
+                    tracing::warn!(namespace, name, revision, "no stored revision to start");
+                    continue;
+                };
+                for _ in 0..*count {
                     let row = ReplicaRow {
                         id: format!(
                             "{}-{}",
-                            service.revision,
+                            revision,
                             (0..5)
                                 .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
                                 .collect::<String>()
                         ),
                         namespace: namespace.clone(),
                         service: name.clone(),
-                        revision: service.revision.clone(),
+                        revision: revision.clone(),
                         pid: None,
                         start_time: None,
                         http_addr: None,
@@ -174,7 +200,10 @@ impl Reconciler {
                     rows.push(row);
                 }
             }
-            weights.insert((namespace.clone(), name.clone()), plan.weights);
+            weights.insert(
+                (namespace.clone(), name.clone()),
+                (plan.weights, plan.fallback),
+            );
             if service.status.as_ref() != Some(&plan.status) {
                 statuses.push((namespace, name, plan.status, plan.status_event));
             }
@@ -201,6 +230,19 @@ impl Reconciler {
             self.store.set_status(&namespace, &name, &status)?;
         }
         Ok(())
+    }
+
+    /// The router's numbers for `key` since its analysis window began (a window begins at
+    /// the first look, and again after each analysis).
+    fn window(&self, key: &(String, String), current: &ServiceMetrics, at: Timestamp) -> Window {
+        let mut windows = self.windows.lock().expect("windows poisoned");
+        let (started, baseline) = windows
+            .entry(key.clone())
+            .or_insert_with(|| (at, current.clone()));
+        Window {
+            started: *started,
+            revisions: ferry_core::analysis::since(current, baseline),
+        }
     }
 
     fn record(&self, namespace: &str, name: &str, event: &PlannedEvent) -> Result<()> {
@@ -237,7 +279,7 @@ impl Reconciler {
         services: &[ServiceRow],
         rows: &[ReplicaRow],
         observed: &HashMap<String, crate::supervisor::ProcessState>,
-        weights: &mut HashMap<(String, String), BTreeMap<String, u32>>,
+        weights: &mut HashMap<(String, String), Traffic>,
     ) -> RouteTable {
         let inputs: Vec<ServiceEndpoints> = services
             .iter()
@@ -259,10 +301,10 @@ impl Reconciler {
                         })
                     })
                     .collect();
-                let weights = weights
+                let (weights, fallback) = weights
                     .remove(&(s.namespace(), s.name()))
                     .unwrap_or_default();
-                ServiceEndpoints::of(&s.isvc, endpoints, weights)
+                ServiceEndpoints::of(&s.isvc, endpoints, weights).with_fallback(fallback)
             })
             .collect();
         ferry_core::routes::build(&inputs)

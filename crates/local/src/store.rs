@@ -183,6 +183,31 @@ impl Store {
                     |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? != 0)),
                 )
                 .optional()?;
+            // Rollout controls set by `ferry rollout ...` stay unless the manifest sets them
+            // (as `kubectl apply` keeps annotations it did not apply).
+            let manifest = match existing
+                .as_ref()
+                .and_then(|(old, _, _)| serde_json::from_str::<InferenceService>(old).ok())
+            {
+                Some(old) => {
+                    let mut merged = isvc.clone();
+                    let kept: Vec<(String, String)> = old
+                        .metadata
+                        .annotations
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|(k, _)| k.starts_with(ferry_api::ROLLOUT_ANNOTATION_PREFIX))
+                        .collect();
+                    if !kept.is_empty() {
+                        let annotations = merged.metadata.annotations.get_or_insert_default();
+                        for (key, value) in kept {
+                            annotations.entry(key).or_insert(value);
+                        }
+                    }
+                    serde_json::to_string(&merged).expect("serializes")
+                }
+                None => manifest,
+            };
             let outcome = match existing {
                 Some((old, _, false)) if old == manifest => Applied::Unchanged,
                 Some((old, generation, deleted)) => {
@@ -299,6 +324,30 @@ impl Store {
         conn.execute(
             "DELETE FROM events WHERE namespace = ?1 AND service = ?2",
             params![namespace, name],
+        )?;
+        Ok(())
+    }
+
+    /// Replace the stored object's annotations (rollout controls): neither the spec nor the
+    /// generation changes.
+    pub fn set_annotations(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let Some(row) = self.service(namespace, name)? else {
+            return Ok(());
+        };
+        let mut isvc = row.isvc;
+        isvc.metadata.annotations = (!annotations.is_empty()).then(|| annotations.clone());
+        self.conn().execute(
+            "UPDATE services SET manifest = ?3 WHERE namespace = ?1 AND name = ?2",
+            params![
+                namespace,
+                name,
+                serde_json::to_string(&isvc).expect("serializes")
+            ],
         )?;
         Ok(())
     }

@@ -17,6 +17,8 @@ pub enum RequestKind {
     /// The router's own liveness / readiness / metadata.
     Health,
     Metrics,
+    /// The per-revision numbers as JSON, for the operator's canary analysis.
+    RevisionMetrics,
     Unknown,
 }
 
@@ -43,6 +45,7 @@ pub fn classify(uri: &Uri, headers: &HeaderMap) -> RequestKind {
             RequestKind::Health
         }
         "/metrics" => RequestKind::Metrics,
+        crate::stats::PATH => RequestKind::RevisionMetrics,
         _ => RequestKind::Unknown,
     }
 }

@@ -14,6 +14,14 @@ pub enum RouterError {
     NoRoute(String),
     #[error("request body larger than {limit} bytes")]
     TooLarge { limit: usize },
+    #[error(
+        "revision {revision:?} (header ferry-revision) of {service} in namespace {namespace} takes no requests: no such revision, or none of its replicas is ready"
+    )]
+    RevisionNotServing {
+        namespace: String,
+        service: String,
+        revision: String,
+    },
     #[error("no ready replica of {service} in namespace {namespace}")]
     NoReadyReplica { namespace: String, service: String },
     /// The replica failed (twice, when a retry was possible).
@@ -25,7 +33,9 @@ impl RouterError {
     pub fn http_status(&self) -> StatusCode {
         match self {
             RouterError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            RouterError::ModelNotFound { .. } | RouterError::NoRoute(_) => StatusCode::NOT_FOUND,
+            RouterError::ModelNotFound { .. }
+            | RouterError::NoRoute(_)
+            | RouterError::RevisionNotServing { .. } => StatusCode::NOT_FOUND,
             RouterError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RouterError::NoReadyReplica { .. } => StatusCode::SERVICE_UNAVAILABLE,
             RouterError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -36,7 +46,9 @@ impl RouterError {
     pub fn grpc_code(&self) -> u32 {
         match self {
             RouterError::BadRequest(_) => 3, // INVALID_ARGUMENT
-            RouterError::ModelNotFound { .. } | RouterError::NoRoute(_) => 5, // NOT_FOUND
+            RouterError::ModelNotFound { .. }
+            | RouterError::NoRoute(_)
+            | RouterError::RevisionNotServing { .. } => 5, // NOT_FOUND
             RouterError::TooLarge { .. } => 11, // OUT_OF_RANGE
             RouterError::NoReadyReplica { .. } | RouterError::Upstream { .. } => 14, // UNAVAILABLE
         }
@@ -48,6 +60,7 @@ impl RouterError {
             RouterError::BadRequest(_) => "bad_request",
             RouterError::ModelNotFound { .. } => "model_not_found",
             RouterError::NoRoute(_) => "no_route",
+            RouterError::RevisionNotServing { .. } => "revision_not_serving",
             RouterError::TooLarge { .. } => "too_large",
             RouterError::NoReadyReplica { .. } => "no_ready_replica",
             RouterError::Upstream { .. } => "upstream",

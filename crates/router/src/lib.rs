@@ -17,6 +17,7 @@ mod metrics;
 mod pool;
 mod proxy;
 mod serve;
+mod stats;
 mod table;
 
 pub use body::Buffered;
@@ -24,4 +25,5 @@ pub use error::RouterError;
 pub use hooks::{HookFuture, Hooks, MAX_HOLDS, NoBackend, NoHooks, Outcome, RequestInfo};
 pub use proxy::{Router, RouterConfig};
 pub use serve::{RunningRouter, serve, serve_threads};
+pub use stats::{Accounting, PATH as REVISION_METRICS_PATH, ServiceNumbers};
 pub use table::InFlight;

@@ -32,6 +32,7 @@ use crate::error::RouterError;
 use crate::hooks::{Hooks, MAX_HOLDS, NoBackend, NoHooks, Outcome, RequestInfo};
 use crate::metrics::{ErrorLabels, Metrics, RevisionLabels};
 use crate::pool::error_chain;
+use crate::stats::Accounting;
 use crate::table::{BackendState, Compiled, InFlight, InFlightGuard, RevisionState, ServiceState};
 
 /// Router settings.
@@ -65,6 +66,7 @@ struct Inner {
     compiled: watch::Receiver<Arc<Compiled>>,
     inflight: InFlight,
     metrics: Arc<Metrics>,
+    accounting: Accounting,
     config: RouterConfig,
     hooks: Arc<dyn Hooks>,
 }
@@ -82,16 +84,23 @@ impl Router {
         hooks: Arc<dyn Hooks>,
     ) -> Router {
         let metrics = Arc::new(Metrics::default());
+        let accounting = Accounting::default();
         let inflight = InFlight::default();
         let workers = config.worker_threads.max(1);
-        let first = inflight.compile(&table.borrow_and_update(), &metrics, workers);
+        let first = inflight.compile(&table.borrow_and_update(), &metrics, &accounting, workers);
         let (compiled_tx, compiled) = watch::channel(Arc::new(first));
         {
             let inflight = inflight.clone();
             let metrics = metrics.clone();
+            let accounting = accounting.clone();
             tokio::spawn(async move {
                 while table.changed().await.is_ok() {
-                    let next = inflight.compile(&table.borrow_and_update(), &metrics, workers);
+                    let next = inflight.compile(
+                        &table.borrow_and_update(),
+                        &metrics,
+                        &accounting,
+                        workers,
+                    );
                     if compiled_tx.send(Arc::new(next)).is_err() {
                         break;
                     }
@@ -103,10 +112,16 @@ impl Router {
                 compiled,
                 inflight,
                 metrics,
+                accounting,
                 config,
                 hooks,
             }),
         }
+    }
+
+    /// The per-revision numbers since the router started (canary analysis reads them).
+    pub fn accounting(&self) -> Accounting {
+        self.inner.accounting.clone()
     }
 
     /// Outstanding requests per backend, for draining.
@@ -152,6 +167,11 @@ impl Router {
                 return Ok(json(StatusCode::OK, r#"{"live":true,"ready":true}"#.into()));
             }
             RequestKind::Metrics => return Ok(self.metrics_response()),
+            RequestKind::RevisionMetrics => {
+                let numbers =
+                    serde_json::to_string(&self.inner.accounting.numbers()).unwrap_or_default();
+                return Ok(json(StatusCode::OK, numbers));
+            }
             RequestKind::Unknown => {
                 return Err(RouterError::NoRoute(request.uri().path().to_string()));
             }
@@ -199,7 +219,20 @@ impl Router {
             }
         }
         let service = lookup(&compiled, &info)?;
-        let revision = service.pick_revision().ok_or_else(|| no_replica(service))?;
+        let pin = pinned(&parts.headers);
+        let revision = match pin {
+            // `ferry-revision: REV` pins the revision (a blue-green preview, a canary's debug).
+            Some(name) => {
+                service
+                    .revision(name)
+                    .ok_or_else(|| RouterError::RevisionNotServing {
+                        namespace: service.namespace.clone(),
+                        service: service.service.clone(),
+                        revision: name.to_string(),
+                    })?
+            }
+            None => service.pick_revision().ok_or_else(|| no_replica(service))?,
+        };
         let backend = revision
             .pick_replica(None)
             .ok_or_else(|| no_replica(service))?;
@@ -209,6 +242,25 @@ impl Router {
         let first = self
             .attempt(&parts, &body, service, revision, &backend, grpc, 0)
             .await;
+        // A canary's failure (no answer, or a 5xx) goes to the stable revision once.
+        let failed = match &first {
+            Ok(response) => response.status().is_server_error(),
+            Err(_) => true,
+        };
+        if failed
+            && pin.is_none()
+            && let Some((stable, other)) = service.fallback_for(&revision.revision)
+        {
+            tracing::debug!(failed = %revision.revision, retry = %stable.revision, "retrying on the stable revision");
+            self.inner
+                .metrics
+                .retries
+                .get_or_create(&labels(service, stable))
+                .inc();
+            return self
+                .attempt(&parts, &body, service, stable, &other, grpc, 1)
+                .await;
+        }
         let Err(first) = first else {
             return first;
         };
@@ -278,6 +330,7 @@ impl Router {
         let result = self.forward(parts, body, revision, backend, grpc).await;
         let elapsed = started.elapsed();
         let status = result.as_ref().ok().map(Response::status);
+        revision.stats.record(status, elapsed);
         if let Some(status) = status {
             revision.latency.observe(elapsed.as_secs_f64());
             if status.is_success() {
@@ -403,6 +456,15 @@ fn lookup<'a>(
             service: "any service".into(),
         }),
     }
+}
+
+/// The revision a request pins with `ferry-revision`.
+fn pinned(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(&REVISION_HEADER)?
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty())
 }
 
 fn no_replica(service: &ServiceState) -> RouterError {

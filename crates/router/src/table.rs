@@ -58,6 +58,8 @@ pub struct RevisionState {
     pub backends: Vec<Arc<BackendState>>,
     pub ok: Counter,
     pub latency: Histogram,
+    /// Mergeable counters for canary analysis.
+    pub stats: Arc<crate::stats::RevisionStats>,
 }
 
 /// One service's compiled route.
@@ -66,6 +68,8 @@ pub struct ServiceState {
     pub service: String,
     pub revisions: Vec<RevisionState>,
     total_weight: u32,
+    /// Index in `revisions` of the revision a failed request is retried on.
+    fallback: Option<usize>,
 }
 
 impl ServiceState {
@@ -87,6 +91,23 @@ impl ServiceState {
             }
         }
         self.revisions.iter().find(|r| !r.backends.is_empty())
+    }
+
+    /// The revision `name` (a request pinned it with `ferry-revision`), when it has backends.
+    pub fn revision(&self, name: &str) -> Option<&RevisionState> {
+        self.revisions
+            .iter()
+            .find(|r| &*r.revision == name && !r.backends.is_empty())
+    }
+
+    /// The revision to retry on when `failed` (another revision) failed a request: the
+    /// fallback (a canary's stable revision), when it has backends.
+    pub fn fallback_for(&self, failed: &str) -> Option<(&RevisionState, Arc<BackendState>)> {
+        let revision = &self.revisions[self.fallback?];
+        if &*revision.revision == failed {
+            return None;
+        }
+        Some((revision, revision.pick_replica(None)?))
     }
 
     /// For a retry: another backend than `failed`, of the revision a weighted pick gives, or
@@ -198,6 +219,7 @@ impl InFlight {
         &self,
         table: &RouteTable,
         metrics: &Metrics,
+        accounting: &crate::stats::Accounting,
         workers: usize,
     ) -> Compiled {
         let mut registry = self.registry.lock().expect("in-flight registry poisoned");
@@ -246,10 +268,15 @@ impl InFlight {
                             backends,
                             ok: metrics.ok_counter(&labels),
                             latency: metrics.latency(&labels),
+                            stats: accounting.handle(namespace, &route.service, &r.revision),
                         }
                     })
                     .collect();
                 let total_weight = revisions.iter().map(|r| r.weight).sum();
+                let fallback = route
+                    .fallback
+                    .as_ref()
+                    .and_then(|f| revisions.iter().position(|r| &*r.revision == f.as_str()));
                 compiled
                     .services
                     .entry(namespace.clone())
@@ -261,6 +288,7 @@ impl InFlight {
                             service: route.service.clone(),
                             revisions,
                             total_weight,
+                            fallback,
                         }),
                     );
             }

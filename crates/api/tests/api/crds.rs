@@ -35,7 +35,9 @@ fn crds_carry_columns_short_names_and_docs() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, vec!["URL", "Ready", "Revision", "Replicas", "Age"]);
+    assert_eq!(columns, vec![
+            "URL", "Ready", "Revision", "Replicas", "Rollout", "Canary", "Age"
+        ]);
     assert!(
         version
             .subresources

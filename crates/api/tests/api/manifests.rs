@@ -66,7 +66,7 @@ spec:
       requests: {cpu: lots, nvidia.com/gpu: "1.5", tpu: "1", memory: 2Gi}
       limits: {memory: 1Gi}
   rollout:
-    strategy: canary
+    strategy: recreate
     maxSurge: 0
     maxUnavailable: "0%"
 "#;
@@ -80,7 +80,7 @@ spec:
     let text = text
         .replace("  owner: me\n", "")
         .replace("  predictorr: {}\n", "")
-        .replace("strategy: canary", "strategy: rolling");
+        .replace("strategy: recreate", "strategy: rolling");
     let mut found = paths(&text);
     found.sort();
     let mut expected = vec![
@@ -100,6 +100,60 @@ spec:
     ];
     expected.sort();
     assert_eq!(found, expected);
+}
+
+#[test]
+fn every_rollout_mistake_is_reported_with_its_path_and_nothing_applies() {
+    let text = r#"
+apiVersion: ferry.dev/v1alpha1
+kind: InferenceService
+metadata: {name: iris}
+spec:
+  predictor:
+    model: {format: onnx, uri: models/iris-v1.onnx}
+  rollout:
+    strategy: canary
+    steps:
+      - {weight: 50, pause: 30s}
+      - {weight: 20, pause: soon}
+      - {weight: 120}
+    analysis: {interval: 0s, maxErrorPercent: 150, failureLimit: 0}
+    blueGreen: {autoPromoteSeconds: 10}
+"#;
+    let mut found = paths(text);
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            "spec.rollout.analysis.failureLimit",
+            "spec.rollout.analysis.interval",
+            "spec.rollout.analysis.maxErrorPercent",
+            "spec.rollout.blueGreen",
+            "spec.rollout.steps[1].pause",
+            "spec.rollout.steps[1].weight",
+            "spec.rollout.steps[2].weight",
+        ]
+    );
+    let err = parse_manifests(text, "default").unwrap_err().to_string();
+    assert!(err.contains("greater than the previous step's 50"), "{err}");
+    assert!(err.contains("untilPromoted"), "{err}");
+    let good = r#"
+apiVersion: ferry.dev/v1alpha1
+kind: InferenceService
+metadata: {name: iris}
+spec:
+  predictor:
+    model: {format: onnx, uri: models/iris-v1.onnx}
+  rollout:
+    strategy: canary
+    steps: [{weight: 10, pause: 30s}, {weight: 50, pause: untilPromoted}]
+    analysis: {interval: 10s, minRequests: 20, maxErrorPercent: 1, maxP99LatencyMs: 250, maxP99LatencyRatio: 2.0, failureLimit: 2}
+    autoRollback: true
+    retryOnStable: true
+"#;
+    let parsed = parse_manifests(good, "default").expect("a valid canary");
+    let rollout = parsed[0].isvc.spec.rollout.clone().unwrap();
+    assert_eq!(rollout.steps[1].pause(), Ok(ferry_api::Pause::UntilPromoted));
 }
 
 #[test]

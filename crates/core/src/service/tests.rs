@@ -76,7 +76,7 @@ fn replay(
             return reasons;
         }
         replicas.retain(|r| !plan.stop.contains(&r.id));
-        for i in 0..plan.start {
+        for i in 0..plan.start.get(latest).copied().unwrap_or(0) {
             replicas.push(replica(
                 &format!("{latest}-{pass}-{i}"),
                 latest,
@@ -146,7 +146,11 @@ fn the_cluster_arithmetic_gives_the_same_counts() {
     );
     assert_eq!(plan.scale, scale);
     assert!(plan.changes.is_empty());
-    assert_eq!(plan.start, 1, "local mode would start the missing replica");
+    assert_eq!(
+        plan.start.values().sum::<u32>(),
+        1,
+        "local mode would start the missing replica"
+    );
     // An autoscaler set it to 5 (scaleMetric, maxReplicas 4): clamped to 4, a ScaledDown.
     let service =
         isvc("    scaleMetric: cpu\n    maxReplicas: 4\n    resources: {requests: {cpu: \"1\"}}\n");
@@ -216,7 +220,14 @@ fn a_runtime_problem_changes_nothing_and_is_named() {
     });
     observed.entry = EntryPoint::Cluster;
     let plan = super::plan(&service, &[], &observed, &Signals::default(), now());
-    assert_eq!((plan.start, plan.stop.len(), plan.changes.len()), (0, 0, 0));
+    assert_eq!(
+        (
+            plan.start.values().sum::<u32>(),
+            plan.stop.len(),
+            plan.changes.len()
+        ),
+        (0, 0, 0)
+    );
     assert_eq!(plan.scale, scale);
     assert_eq!(plan.status.conditions[1].reason, "RuntimeNotFound");
     assert_eq!(
@@ -317,7 +328,7 @@ fn a_broken_new_revision_never_replaces_the_serving_one() {
         plan.stop
     );
     assert_eq!(
-        (plan.start, plan.changes.len()),
+        (plan.start.values().sum::<u32>(), plan.changes.len()),
         (0, 0),
         "surge used up, nothing changes"
     );
@@ -353,7 +364,7 @@ fn a_replica_that_vanished_is_replaced_and_traffic_avoids_the_leaving() {
         &Signals::default(),
         now(),
     );
-    assert_eq!(plan.start, 1);
+    assert_eq!(plan.start.values().sum::<u32>(), 1);
     assert_eq!(plan.changes[0].event.reason, Reason::ScaledUp);
     // A leaving replica is no backend and no weight.
     replicas.push(ReplicaView {

@@ -16,6 +16,8 @@ use ferry_server::{ModelConfig, RunningServer, ServerConfig};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+mod canary;
+
 fn model_path(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../models")
@@ -102,6 +104,7 @@ fn table(namespace: &str, endpoints: Vec<Endpoint>) -> Arc<RouteTable> {
         endpoints,
         hosts: vec!["iris.example.com".into()],
         weights: ferry_core::service::ready_weights(&replicas, &[]),
+        fallback: None,
     }]))
 }
 
@@ -485,6 +488,7 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         endpoints: vec![],
         hosts: vec![],
         weights: BTreeMap::new(),
+        fallback: None,
     }]));
     let (tx, rx) = watch::channel(empty);
     // The plan's weights decide, not the replica counts: two ready replicas of iris-1 weigh
@@ -501,6 +505,7 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         ],
         hosts: vec![],
         weights: [("iris-1".to_string(), 0), ("iris-2".to_string(), 1)].into(),
+        fallback: None,
     }]));
     let hooks = Arc::new(Holding {
         table: std::sync::Mutex::new(Some((tx.clone(), serving))),
@@ -535,6 +540,7 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         endpoints: vec![],
         hosts: vec![],
         weights: BTreeMap::new(),
+        fallback: None,
     }])))
     .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,0 +1,124 @@
+//! Per-revision accounting for canary analysis: requests, errors and latency bucket counts,
+//! kept as plain counters so that the numbers of several router replicas add up
+//! (`ferry_core::analysis`). A few relaxed atomic increments per attempt.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_core::analysis::{BUCKETS, RevisionMetrics, ServiceMetrics, bucket_of};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+/// Where the router serves [`ServiceNumbers`] as JSON.
+pub const PATH: &str = "/ferry/v1/revision-metrics";
+
+/// One revision's counters.
+pub struct RevisionStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    latency: [AtomicU64; BUCKETS + 1],
+}
+
+impl Default for RevisionStats {
+    fn default() -> Self {
+        RevisionStats {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl RevisionStats {
+    /// One attempt: `status` `None` when the replica failed before answering.
+    pub fn record(&self, status: Option<StatusCode>, elapsed: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match status {
+            Some(status) => {
+                if status.is_server_error() {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                self.latency[bucket_of(elapsed.as_secs_f64())].fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> RevisionMetrics {
+        RevisionMetrics {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            latency: self
+                .latency
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+}
+
+/// One service's numbers, as the JSON endpoint lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceNumbers {
+    pub namespace: String,
+    pub service: String,
+    pub revisions: ServiceMetrics,
+}
+
+/// (namespace, service, revision).
+type RevisionKey = (String, String, String);
+
+/// Every revision's counters, living across route-table changes.
+#[derive(Clone, Default)]
+pub struct Accounting {
+    registry: Arc<Mutex<HashMap<RevisionKey, Arc<RevisionStats>>>>,
+}
+
+impl Accounting {
+    /// The counters of one revision (created at first use).
+    pub(crate) fn handle(
+        &self,
+        namespace: &str,
+        service: &str,
+        revision: &str,
+    ) -> Arc<RevisionStats> {
+        self.registry
+            .lock()
+            .expect("accounting poisoned")
+            .entry((
+                namespace.to_string(),
+                service.to_string(),
+                revision.to_string(),
+            ))
+            .or_default()
+            .clone()
+    }
+
+    /// Every service's numbers since the router started, by (namespace, service).
+    pub fn snapshot(&self) -> BTreeMap<(String, String), ServiceMetrics> {
+        let registry = self.registry.lock().expect("accounting poisoned");
+        let mut out: BTreeMap<(String, String), ServiceMetrics> = BTreeMap::new();
+        for ((namespace, service, revision), stats) in registry.iter() {
+            out.entry((namespace.clone(), service.clone()))
+                .or_default()
+                .insert(revision.clone(), stats.snapshot());
+        }
+        out
+    }
+
+    /// [`Accounting::snapshot`] as the JSON endpoint serves it.
+    pub fn numbers(&self) -> Vec<ServiceNumbers> {
+        self.snapshot()
+            .into_iter()
+            .map(|((namespace, service), revisions)| ServiceNumbers {
+                namespace,
+                service,
+                revisions,
+            })
+            .collect()
+    }
+}
