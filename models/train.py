@@ -7,7 +7,7 @@ Writes, next to this file:
   digits.onnx    a random forest on the 8x8 digits (64 FP32 inputs -> label, probabilities FP32[10])
   broken.onnx    loads and type-checks, but every inference fails (a Gather index out of range)
   faulty.onnx    passes the server's warm-up (all-zero input), then fails every real request
-  iris-slow.onnx iris-v1 with the same inputs and outputs, plus a chain of 256x256 matmuls that
+  iris-slow.onnx iris-v1 with the same inputs and outputs, plus a chain of 384x384 matmuls that
                  makes each call milliseconds slower (a canary that fails the latency rules)
   datatypes.onnx one input and output per OIP datatype: out_T = in_T twice side by side
   expected.json  inputs and scikit-learn's own outputs, so tests check Ferry's answers against them
@@ -91,17 +91,17 @@ def faulty(path):
     onnx.save(model, path)
 
 
-def slow(iris_path, path, layers=240, width=256):
-    # iris-v1's graph, its probabilities plus 1e-30 x (a tanh-MLP of `layers` shared 256x256
-    # layers over the input): the answers are iris-v1's, each call costs ~layers x 65k MACs more.
+def slow(iris_path, path, layers=480, width=384):
+    # iris-v1's graph, its probabilities plus 1e-30 x (a tanh-MLP of `layers` shared 384x384
+    # layers over the input): the answers are iris-v1's, each call costs ~layers x 147k MACs more.
     model = onnx.load(iris_path)
     graph = model.graph
     probabilities = next(o for o in graph.output if o.name == "probabilities")
     for node in graph.node:
         node.output[:] = ["probabilities_fast" if o == "probabilities" else o for o in node.output]
     rng = np.random.default_rng(0)
-    w_in = rng.standard_normal((4, width)).astype(np.float32) / 2.0
-    w = rng.standard_normal((width, width)).astype(np.float32) / np.sqrt(width)
+    w_in = (rng.standard_normal((4, width)) / 2.0).astype(np.float32)
+    w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
     graph.initializer.extend([
         onnx.numpy_helper.from_array(w_in, "slow_w_in"),
         onnx.numpy_helper.from_array(w, "slow_w"),

@@ -330,7 +330,11 @@ pub fn rollout_progress(isvc: &ferry_api::InferenceService) -> RolloutProgress {
     let done = ready >= desired && old == 0 && latest_condition.is_some_and(|c| c.status == "True");
     let message = if done {
         format!("rolled out {latest}: {ready}/{desired} replicas ready")
-    } else if let Some(rollout) = status.rollout.as_ref().filter(|r| r.canary_revision == latest) {
+    } else if let Some(rollout) = status
+        .rollout
+        .as_ref()
+        .filter(|r| r.canary_revision == latest)
+    {
         format!(
             "{:?} {latest}: {}% of traffic, step {} of {} ({:?}): {}",
             rollout.strategy,

@@ -35,9 +35,12 @@ fn crds_carry_columns_short_names_and_docs() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, vec![
+    assert_eq!(
+        columns,
+        vec![
             "URL", "Ready", "Revision", "Replicas", "Rollout", "Canary", "Age"
-        ]);
+        ]
+    );
     assert!(
         version
             .subresources

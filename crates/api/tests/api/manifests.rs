@@ -153,7 +153,10 @@ spec:
 "#;
     let parsed = parse_manifests(good, "default").expect("a valid canary");
     let rollout = parsed[0].isvc.spec.rollout.clone().unwrap();
-    assert_eq!(rollout.steps[1].pause(), Ok(ferry_api::Pause::UntilPromoted));
+    assert_eq!(
+        rollout.steps[1].pause(),
+        Ok(ferry_api::Pause::UntilPromoted)
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! processes), real HTTP traffic through the router, SQLite state across a kill -9.
 
 #[path = "local/harness.rs"]
-mod harness;
+pub(crate) mod harness;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

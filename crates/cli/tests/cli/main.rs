@@ -1,6 +1,7 @@
-//! The `ferry` binary's integration tests, one binary (one link): local mode end to end, the
+//! The `ferry` binary's integration tests, one binary (one link): local mode end to end (canary rollouts too), the
 //! OCI image, `ferry fetch`, and the real tritonclient suite against this very build.
 
+mod canary;
 mod fetch;
 mod image;
 mod interop;
