@@ -99,6 +99,18 @@ pub struct LogsArgs {
     tail: usize,
 }
 
+/// Which InferenceService a rollout control is for: local mode's, or (`--kubeconfig`) a
+/// cluster's, where the control is the same annotation `kubectl annotate` would set.
+#[derive(Args, Clone)]
+pub struct ControlTarget {
+    #[command(flatten)]
+    common: Common,
+    name: String,
+    /// Act on the cluster this kubeconfig names instead of local mode.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 pub enum RolloutCommand {
     /// Wait for the current rollout to finish, showing its progress.
@@ -118,28 +130,24 @@ pub enum RolloutCommand {
     /// Let a canary go past its current step's pause (`--full`: straight to 100 %).
     Promote {
         #[command(flatten)]
-        common: Common,
-        name: String,
+        target: ControlTarget,
         #[arg(long)]
         full: bool,
     },
     /// Roll a canary back: all traffic to the stable revision.
     Abort {
         #[command(flatten)]
-        common: Common,
-        name: String,
+        target: ControlTarget,
     },
     /// Hold a canary at its current weight (analysis still runs).
     Pause {
         #[command(flatten)]
-        common: Common,
-        name: String,
+        target: ControlTarget,
     },
     /// Lift a pause.
     Resume {
         #[command(flatten)]
-        common: Common,
-        name: String,
+        target: ControlTarget,
     },
     /// Roll back to the previous revision (or `--to-revision`).
     Undo {
@@ -478,18 +486,12 @@ pub async fn rollout(command: RolloutCommand) -> Result<()> {
             print!("{}", print::history(&revisions));
             Ok(())
         }
-        RolloutCommand::Promote { common, name, full } => {
-            control(common, name, Control::Promote { full }, "promoted").await
+        RolloutCommand::Promote { target, full } => {
+            control(target, Control::Promote { full }, "promoted").await
         }
-        RolloutCommand::Abort { common, name } => {
-            control(common, name, Control::Abort, "aborted").await
-        }
-        RolloutCommand::Pause { common, name } => {
-            control(common, name, Control::Pause, "paused").await
-        }
-        RolloutCommand::Resume { common, name } => {
-            control(common, name, Control::Resume, "resumed").await
-        }
+        RolloutCommand::Abort { target } => control(target, Control::Abort, "aborted").await,
+        RolloutCommand::Pause { target } => control(target, Control::Pause, "paused").await,
+        RolloutCommand::Resume { target } => control(target, Control::Resume, "resumed").await,
         RolloutCommand::Undo {
             common,
             name,
@@ -508,11 +510,23 @@ pub async fn rollout(command: RolloutCommand) -> Result<()> {
     }
 }
 
-async fn control(common: Common, name: String, control: Control, done: &str) -> Result<()> {
-    let isvc = common
-        .client()?
-        .control_rollout(&common.namespace, &name, control)
-        .await?;
+async fn control(target: ControlTarget, control: Control, done: &str) -> Result<()> {
+    let ControlTarget {
+        common,
+        name,
+        kubeconfig,
+    } = target;
+    let isvc = match kubeconfig {
+        Some(path) => {
+            crate::cluster::control_rollout(&path, &common.namespace, &name, control).await?
+        }
+        None => {
+            common
+                .client()?
+                .control_rollout(&common.namespace, &name, control)
+                .await?
+        }
+    };
     let revision = isvc
         .status
         .and_then(|s| s.rollout)

@@ -7,6 +7,7 @@
 //!
 //! This crate only parses flags, prints, and wires the library crates.
 
+mod cluster;
 mod ctl;
 mod doctor;
 mod predict;
@@ -269,7 +270,7 @@ async fn operator(args: OperatorArgs) -> Result<()> {
         instance: Some(identity.clone()),
     };
     let lost = tokio::select! {
-        _ = ferry_operator::run(ferry_operator::Context { client, render, metrics: metrics.clone(), reporter }) => None,
+        _ = ferry_operator::run(ferry_operator::Context { client, render, metrics: metrics.clone(), reporter, routers: ferry_operator::collect::RouterPods::default() }) => None,
         lost = election.hold() => Some(lost),
     };
     metrics.leader.set(0);

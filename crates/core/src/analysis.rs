@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use ferry_api::{AnalysisSpec, AnalysisStatus, Verdict};
 use serde::{Deserialize, Serialize};
 
+/// Where a router serves its per-revision numbers as JSON (the operator collects them there).
+pub const NUMBERS_PATH: &str = "/ferry/v1/revision-metrics";
+
 /// Latency buckets: upper bounds 50 µs · √2ⁱ for i in 0..BUCKETS (the last about 37 s), then
 /// one for everything slower. √2 apart, so a p99 is known within about 20 %.
 pub const BUCKETS: usize = 40;
@@ -144,6 +147,39 @@ pub fn since(now: &ServiceMetrics, baseline: &ServiceMetrics) -> ServiceMetrics 
 pub struct Window {
     pub started: k8s_openapi::jiff::Timestamp,
     pub revisions: ServiceMetrics,
+}
+
+/// An executor's analysis windows, per service: when each began and the router's totals then.
+/// Kept in memory (after a restart a window begins at the first look); the rollout's state
+/// itself is persisted in the status.
+#[derive(Debug, Default)]
+pub struct Windows<K> {
+    began: std::collections::HashMap<K, (k8s_openapi::jiff::Timestamp, ServiceMetrics)>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Windows<K> {
+    /// The numbers of `key` since its window began (beginning one now at the first look),
+    /// `current` being the router's totals.
+    pub fn window(
+        &mut self,
+        key: &K,
+        current: &ServiceMetrics,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> Window {
+        let (started, baseline) = self
+            .began
+            .entry(key.clone())
+            .or_insert_with(|| (now, current.clone()));
+        Window {
+            started: *started,
+            revisions: since(current, baseline),
+        }
+    }
+
+    /// An analysis was judged: the next window of `key` begins now.
+    pub fn restart(&mut self, key: K, current: ServiceMetrics, now: k8s_openapi::jiff::Timestamp) {
+        self.began.insert(key, (now, current));
+    }
 }
 
 /// Judge the new revision's numbers over one interval (`stable`'s, of the same interval, for

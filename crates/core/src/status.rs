@@ -34,7 +34,10 @@ pub fn progress_only(
     previous: Option<&InferenceServiceStatus>,
     next: &InferenceServiceStatus,
 ) -> bool {
-    previous.is_some() && changed(previous, next).next().is_none()
+    // A progressive rollout's state is persisted before it is carried out: never lazily.
+    previous.is_some()
+        && changed(previous, next).next().is_none()
+        && previous.is_some_and(|p| p.rollout == next.rollout)
 }
 
 /// One event for the conditions that turned True or to a failure between `previous` and

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_api::k8s_openapi::jiff::Timestamp;
-use ferry_core::analysis::{ServiceMetrics, Window};
+use ferry_core::analysis::Windows;
 use ferry_core::reason::PlannedEvent;
 use ferry_core::routes::{Endpoint, RouteTable, ServiceEndpoints};
 use ferry_core::service::{self, EntryPoint, Observation, Signals};
@@ -34,7 +34,7 @@ pub struct Reconciler {
     /// The router's per-revision numbers, read in-process for canary analysis.
     pub accounting: ferry_router::Accounting,
     /// Per service: when its analysis window began, and the numbers then.
-    pub windows: Mutex<HashMap<(String, String), (Timestamp, ServiceMetrics)>>,
+    pub windows: Mutex<Windows<(String, String)>>,
 }
 
 impl Reconciler {
@@ -143,15 +143,20 @@ impl Reconciler {
             };
             let key = (namespace.clone(), name.clone());
             let current = numbers.get(&key).cloned().unwrap_or_default();
+            let window = self
+                .windows
+                .lock()
+                .expect("windows poisoned")
+                .window(&key, &current, at);
             let signals = Signals {
-                window: Some(self.window(&key, &current, at)),
+                window: Some(window),
             };
             let plan = service::plan(&service.isvc, &history, &observation, &signals, at);
             if plan.analysed {
                 self.windows
                     .lock()
                     .expect("windows poisoned")
-                    .insert(key, (at, current));
+                    .restart(key, current, at);
             }
             // Persisted before it is carried out: the rollout's state and events, then the
             // count changes, replicas leaving, new replicas.
@@ -230,19 +235,6 @@ impl Reconciler {
             self.store.set_status(&namespace, &name, &status)?;
         }
         Ok(())
-    }
-
-    /// The router's numbers for `key` since its analysis window began (a window begins at
-    /// the first look, and again after each analysis).
-    fn window(&self, key: &(String, String), current: &ServiceMetrics, at: Timestamp) -> Window {
-        let mut windows = self.windows.lock().expect("windows poisoned");
-        let (started, baseline) = windows
-            .entry(key.clone())
-            .or_insert_with(|| (at, current.clone()));
-        Window {
-            started: *started,
-            revisions: ferry_core::analysis::since(current, baseline),
-        }
     }
 
     fn record(&self, namespace: &str, name: &str, event: &PlannedEvent) -> Result<()> {

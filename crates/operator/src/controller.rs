@@ -51,6 +51,8 @@ pub struct Context {
     pub metrics: Arc<crate::probes::Metrics>,
     /// Who reports events (`ferry-operator`, and the pod's name as instance).
     pub reporter: Reporter,
+    /// Where the router pods are, for canary analysis.
+    pub routers: crate::collect::RouterPods,
 }
 
 /// The caches and helpers of a running controller.
@@ -74,6 +76,9 @@ pub(crate) struct Shared {
     /// Hashes applied in the last [`RECENT`], by `kind/namespace/name`: a reconcile that runs
     /// before the watch delivered the operator's own write does not write again.
     pub(crate) recent: Mutex<std::collections::HashMap<String, (String, Instant)>>,
+    /// The router pods' numbers, and each service's analysis window.
+    pub(crate) collector: Arc<crate::collect::Collector>,
+    pub(crate) windows: Mutex<ferry_core::analysis::Windows<(String, String)>>,
 }
 
 /// How long a write of the operator's own is remembered (watch delivery is far quicker).
@@ -157,6 +162,12 @@ pub async fn run(context: Context) {
     .reflect(runtimes_writer)
     .touched_objects();
     let recorder = Recorder::new(client.clone(), context.reporter.clone());
+    let collector = Arc::new(crate::collect::Collector::default());
+    {
+        let (collector, client, routers) =
+            (collector.clone(), client.clone(), context.routers.clone());
+        tokio::spawn(async move { collector.run(client, routers).await });
+    }
     let shared = Arc::new(Shared {
         context,
         recorder,
@@ -169,6 +180,8 @@ pub async fn run(context: Context) {
         gateway_api: Mutex::new(None),
         applied_in_full: Mutex::default(),
         recent: Mutex::default(),
+        collector,
+        windows: Mutex::default(),
     });
     // The controller is triggered by the very streams that fill the caches (a reflector updates
     // its store before it passes an object on): a reconcile never reads a cache older than its

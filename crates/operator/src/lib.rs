@@ -17,9 +17,11 @@
 //! or a Gateway API HTTPRoute when the spec asks (the HTTPRoute only where the cluster serves
 //! that API, else the IngressReady condition says it is missing); Kubernetes Events for every
 //! decision (`kube::runtime::events`); leader election with a Lease ([`lease`]), so several
-//! replicas can run and one reconciles.
+//! replicas can run and one reconciles. While a canary is in progress, [`collect`] gathers the
+//! router pods' per-revision numbers for its analysis.
 
 mod apply;
+pub mod collect;
 mod controller;
 pub mod lease;
 mod observe;

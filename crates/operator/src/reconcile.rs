@@ -107,8 +107,39 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         entry: EntryPoint::Cluster,
     };
 
-    // Plan.
-    let plan = service::plan(isvc, &history, &observation, &Signals::default(), now);
+    // Plan, on the router pods' numbers while a canary is in progress.
+    let key = (isvc.namespace().unwrap_or_default(), isvc.name_any());
+    let totals = ferry_core::progressive::is_progressive(isvc.spec.rollout.as_ref())
+        .then(|| shared.collector.totals(&key.0, &key.1));
+    let signals = Signals {
+        window: totals.as_ref().map(|current| {
+            shared
+                .windows
+                .lock()
+                .expect("poisoned")
+                .window(&key, current, now)
+        }),
+    };
+    let plan = service::plan(isvc, &history, &observation, &signals, now);
+    if plan.analysed
+        && let Some(current) = totals
+    {
+        shared
+            .windows
+            .lock()
+            .expect("poisoned")
+            .restart(key, current, now);
+    }
+    // A rollout's state is persisted before it is carried out (a new leader resumes from it),
+    // and its decisions are events.
+    let rollout_changed = plan.status.rollout.is_some()
+        && isvc.status.as_ref().map(|s| &s.rollout) != Some(&plan.status.rollout);
+    if rollout_changed {
+        crate::status::write(isvc, &plan, shared).await?;
+        for event in &plan.rollout_events {
+            shared.event(isvc, event).await;
+        }
+    }
 
     // Apply.
     let key = ObjectRef::from_obj(isvc);
@@ -138,8 +169,17 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     if let Some(wait) = crate::status::write(isvc, &plan, shared).await? {
         return Ok(Action::requeue(wait));
     }
+    let rolling_out = plan.status.rollout.as_ref().is_some_and(|r| {
+        !matches!(
+            r.phase,
+            ferry_api::RolloutPhase::Succeeded | ferry_api::RolloutPhase::Aborted
+        )
+    });
     Ok(Action::requeue(if plan.settled {
         Duration::from_secs(300)
+    } else if rolling_out {
+        // Pauses end and analyses fall due with time, not with an object change.
+        Duration::from_secs(1)
     } else {
         Duration::from_secs(2)
     }))

@@ -3,7 +3,7 @@
 //! the same `ferry_core::routes::build` local mode uses. EndpointSlices are not used: they refuse
 //! loopback pod IPs on the test bed, and Pods carry everything the table needs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,13 +45,46 @@ fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
             let endpoints = by_service
                 .remove(&(namespace.clone(), name.clone()))
                 .unwrap_or_default();
-            // The same weights the operator's plan gives the revisions.
-            let replicas: Vec<_> = endpoints.iter().map(|e| e.replica.clone()).collect();
-            let weights = ferry_core::service::ready_weights(&replicas, &[]);
-            Some(ServiceEndpoints::of(isvc, endpoints, weights))
+            // The same weights the operator's plan gives the revisions: a progressive
+            // rollout's from the status the operator wrote first, else by ready replicas.
+            let (weights, fallback) = match planned_traffic(isvc) {
+                Some(planned) => planned,
+                None => {
+                    let replicas: Vec<_> = endpoints.iter().map(|e| e.replica.clone()).collect();
+                    (ferry_core::service::ready_weights(&replicas, &[]), None)
+                }
+            };
+            Some(ServiceEndpoints::of(isvc, endpoints, weights).with_fallback(fallback))
         })
         .collect();
     build(&services)
+}
+
+/// A progressive rollout's traffic as the operator's plan decided it (`status.revisions[]
+/// .trafficPercent`), and the revision failed requests are retried on (the stable one, with
+/// `retryOnStable`, while the rollout is in progress).
+fn planned_traffic(isvc: &InferenceService) -> Option<(BTreeMap<String, u32>, Option<String>)> {
+    let status = isvc.status.as_ref()?;
+    let rollout = status.rollout.as_ref()?;
+    let weights = status
+        .revisions
+        .iter()
+        .filter(|r| r.traffic_percent > 0)
+        .map(|r| (r.name.clone(), r.traffic_percent))
+        .collect();
+    let active = !matches!(
+        rollout.phase,
+        ferry_api::RolloutPhase::Succeeded | ferry_api::RolloutPhase::Aborted
+    );
+    let retry = isvc
+        .spec
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.retry_on_stable());
+    Some((
+        weights,
+        (active && retry).then(|| rollout.stable_revision.clone()),
+    ))
 }
 
 /// Keep `routes` current until the watches end.

@@ -12,7 +12,7 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 /// Where the router serves [`ServiceNumbers`] as JSON.
-pub const PATH: &str = "/ferry/v1/revision-metrics";
+pub const PATH: &str = ferry_core::analysis::NUMBERS_PATH;
 
 /// One revision's counters.
 pub struct RevisionStats {

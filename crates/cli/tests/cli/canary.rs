@@ -266,7 +266,10 @@ async fn a_slow_canary_is_rolled_back_by_the_latency_rule() {
     let analysis = "{interval: 2s, minRequests: 10, maxP99LatencyRatio: 2.0, failureLimit: 2}";
     let (failed, _, state, _) = rolled_back("canary-slow", "iris-slow.onnx", analysis, true).await;
     assert_eq!(failed, 0);
-    let analysis = state.last_analysis.clone().unwrap_or_else(|| panic!("{state:?}"));
+    let analysis = state
+        .last_analysis
+        .clone()
+        .unwrap_or_else(|| panic!("{state:?}"));
     assert!(
         analysis.message.contains("maxP99LatencyRatio"),
         "{}",

@@ -1,0 +1,187 @@
+//! The router's numbers in a cluster, for canary analysis: every second (while a progressive
+//! rollout is in progress) the operator lists the router pods and calls each at its pod IP
+//! for its per-revision counters (`ferry_router::REVISION_METRICS_PATH`). Each pod's counters
+//! are turned into increments (a restarted router pod starts again from zero) and added to one
+//! running total per service: the sum of every router replica.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ferry_core::analysis::{self, ServiceMetrics};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use serde::Deserialize;
+
+/// Where the router pods are.
+#[derive(Debug, Clone)]
+pub struct RouterPods {
+    pub namespace: String,
+    /// Label selector of the router pods.
+    pub selector: String,
+    /// The port their REST listener is on.
+    pub port: u16,
+}
+
+impl Default for RouterPods {
+    fn default() -> Self {
+        RouterPods {
+            namespace: "ferry-system".into(),
+            selector: "app.kubernetes.io/name=ferry-router".into(),
+            port: 8080,
+        }
+    }
+}
+
+type ServiceKey = (String, String);
+
+#[derive(Deserialize)]
+struct ServiceNumbers {
+    namespace: String,
+    service: String,
+    revisions: ServiceMetrics,
+}
+
+/// The running totals, and what each router pod said last.
+#[derive(Default)]
+pub struct Collector {
+    totals: Mutex<HashMap<ServiceKey, ServiceMetrics>>,
+    last: Mutex<HashMap<String, BTreeMap<ServiceKey, ServiceMetrics>>>,
+    /// When a reconcile last asked for numbers: the collector sleeps when nobody does.
+    wanted: Mutex<Option<Instant>>,
+}
+
+impl Collector {
+    /// The totals of one service (every router pod's numbers added), asking for collection.
+    pub fn totals(&self, namespace: &str, service: &str) -> ServiceMetrics {
+        *self.wanted.lock().expect("poisoned") = Some(Instant::now());
+        self.totals
+            .lock()
+            .expect("poisoned")
+            .get(&(namespace.to_string(), service.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn wanted(&self) -> bool {
+        self.wanted
+            .lock()
+            .expect("poisoned")
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(30))
+    }
+
+    /// Add what `pod` reports now beyond what it reported last.
+    fn observe(&self, pod: &str, now: Vec<ServiceNumbers>) {
+        let now: BTreeMap<ServiceKey, ServiceMetrics> = now
+            .into_iter()
+            .map(|n| ((n.namespace, n.service), n.revisions))
+            .collect();
+        let mut last = self.last.lock().expect("poisoned");
+        let before = last.remove(pod).unwrap_or_default();
+        let mut totals = self.totals.lock().expect("poisoned");
+        for (key, metrics) in &now {
+            let delta = match before.get(key) {
+                Some(previous) => analysis::since(metrics, previous),
+                None => metrics.clone(),
+            };
+            analysis::merge(totals.entry(key.clone()).or_default(), &delta);
+        }
+        last.insert(pod.to_string(), now);
+    }
+
+    /// Forget pods that are gone.
+    fn keep(&self, pods: &[String]) {
+        self.last
+            .lock()
+            .expect("poisoned")
+            .retain(|uid, _| pods.contains(uid));
+    }
+
+    /// Collect every second while numbers are wanted, until the process ends.
+    pub async fn run(&self, client: Client, routers: RouterPods) {
+        let pods: Api<Pod> = Api::namespaced(client, &routers.namespace);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(800))
+            .no_proxy()
+            .build()
+            .expect("an HTTP client builds");
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if !self.wanted() {
+                continue;
+            }
+            let list = match pods
+                .list(&ListParams::default().labels(&routers.selector))
+                .await
+            {
+                Ok(list) => list,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot list the router pods");
+                    continue;
+                }
+            };
+            let mut seen = Vec::new();
+            for pod in list.items {
+                let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+                    continue;
+                };
+                let uid = pod.uid().unwrap_or_else(|| pod.name_any());
+                let url = format!("http://{ip}:{}{}", routers.port, analysis::NUMBERS_PATH);
+                match http.get(&url).send().await {
+                    Ok(response) if response.status().is_success() => {
+                        match response.json::<Vec<ServiceNumbers>>().await {
+                            Ok(numbers) => {
+                                self.observe(&uid, numbers);
+                                seen.push(uid);
+                            }
+                            Err(e) => tracing::debug!(%url, error = %e, "bad router numbers"),
+                        }
+                    }
+                    Ok(response) => {
+                        tracing::debug!(%url, status = %response.status(), "router numbers refused")
+                    }
+                    Err(e) => tracing::debug!(%url, error = %e, "router pod unreachable"),
+                }
+            }
+            self.keep(&seen);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::analysis::RevisionMetrics;
+
+    fn numbers(requests: u64) -> Vec<ServiceNumbers> {
+        vec![ServiceNumbers {
+            namespace: "ns".into(),
+            service: "iris".into(),
+            revisions: BTreeMap::from([(
+                "iris-a".to_string(),
+                RevisionMetrics {
+                    requests,
+                    errors: 0,
+                    latency: vec![requests],
+                },
+            )]),
+        }]
+    }
+
+    #[test]
+    fn totals_add_every_router_pod_and_survive_a_router_restart() {
+        let collector = Collector::default();
+        collector.observe("router-1", numbers(10));
+        collector.observe("router-2", numbers(5));
+        collector.observe("router-1", numbers(25));
+        assert_eq!(collector.totals("ns", "iris")["iris-a"].requests, 30);
+        // router-2 restarted: its counters began again at 3, which are all new.
+        collector.observe("router-2", numbers(3));
+        assert_eq!(collector.totals("ns", "iris")["iris-a"].requests, 33);
+        collector.keep(&["router-1".to_string()]);
+        collector.observe("router-2", numbers(4));
+        assert_eq!(collector.totals("ns", "iris")["iris-a"].requests, 37);
+    }
+}
