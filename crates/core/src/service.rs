@@ -192,6 +192,16 @@ pub fn plan(
     if !order.iter().any(|r| r == latest) {
         order.insert(0, latest.to_string());
     }
+    // A finished progressive rollout of the latest revision stays in the status until the next.
+    let finished = observed
+        .previous_status
+        .and_then(|s| s.rollout.as_ref())
+        .filter(|r| {
+            progressive.is_none()
+                && crate::progressive::is_progressive(isvc.spec.rollout.as_ref())
+                && r.canary_revision == latest
+                && r.phase == ferry_api::RolloutPhase::Succeeded
+        });
     let inputs = StatusInputs {
         generation: observed.generation,
         target: &target,
@@ -203,7 +213,7 @@ pub fn plan(
         creation_failure: observed.creation_failure.clone(),
         ingress: observed.ingress.clone(),
         runtime_problem: observed.runtime_problem.clone(),
-        rollout: progressive.as_ref().map(|d| &d.status),
+        rollout: progressive.as_ref().map(|d| &d.status).or(finished),
     };
     let previous = observed.previous_status;
     let status = status::derive(&inputs, previous, &timestamp(now));

@@ -250,6 +250,21 @@ fn slim_metadata(metadata: &mut kube::api::ObjectMeta) {
     }
 }
 
+/// The longest note the API server accepts on an Event.
+const MAX_NOTE_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes at a character boundary, marked with `…` when cut.
+fn truncated(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// The InferenceService a managed object belongs to.
 fn owner<K: Resource>(object: K) -> Option<ObjectRef<InferenceService>> {
     let name = object.labels().get(LABEL_SERVICE)?.clone();
@@ -264,6 +279,19 @@ fn error_policy(isvc: Arc<InferenceService>, error: &Error, _: Arc<Shared>) -> A
     }
     tracing::warn!(name = %isvc.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+#[test]
+fn long_event_notes_are_cut_to_what_the_api_server_accepts() {
+    let long = "é".repeat(800);
+    let cut = truncated(&long, MAX_NOTE_BYTES);
+    assert!(
+        cut.len() <= MAX_NOTE_BYTES && cut.ends_with('…'),
+        "{}",
+        cut.len()
+    );
+    assert_eq!(truncated("short", MAX_NOTE_BYTES), "short");
 }
 
 /// Whether the apiserver refused a write because the namespace is being deleted.
@@ -284,7 +312,7 @@ impl Shared {
         let event = Event {
             type_,
             reason: event.reason.as_str().to_string(),
-            note: Some(event.note.clone()),
+            note: Some(truncated(&event.note, MAX_NOTE_BYTES)),
             action: "Reconcile".to_string(),
             secondary: None,
         };

@@ -153,3 +153,330 @@ async fn a_model_update_through_the_cluster_router_fails_no_request() {
     );
     ns.delete().await;
 }
+
+/// `iris_manifest(model)` with a progressive `rollout` instead of the rolling bounds.
+fn canary_manifest(model: &str, rollout: &str) -> String {
+    let base = manifest(model);
+    let cut = base.find("  rollout:").expect("a rollout");
+    format!("{}  rollout:\n{rollout}", &base[..cut])
+}
+
+/// `status.rollout` of `iris` in `ns` (as `kubectl get -o json` shows it).
+fn rollout_state(ns: &str) -> Option<Value> {
+    let out = kubectl(&["get", "isvc", "iris", "-n", ns, "-o", "json"], None);
+    let object: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let rollout = object["status"]["rollout"].clone();
+    (!rollout.is_null()).then_some(rollout)
+}
+
+/// Continuous load through the router pod: (sent, status, revision) per request.
+struct RouterLoad {
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Vec<(Instant, u16, String)>>>,
+}
+
+impl RouterLoad {
+    fn start(router_ip: &str, ns: &str) -> RouterLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let http = reqwest::Client::new();
+        let workers = (0..4)
+            .map(|_| {
+                let (http, router_ip, ns, stop) = (
+                    http.clone(),
+                    router_ip.to_string(),
+                    ns.to_string(),
+                    stop.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let sent = Instant::now();
+                        samples.push(
+                            match infer_via_router(&http, &router_ip, &ns, "iris").await {
+                                Some((status, revision, _)) => (sent, status, revision),
+                                None => (sent, 0, String::new()),
+                            },
+                        );
+                    }
+                    samples
+                })
+            })
+            .collect();
+        RouterLoad { stop, workers }
+    }
+
+    async fn finish(self) -> Vec<(Instant, u16, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut samples = Vec::new();
+        for worker in self.workers {
+            samples.extend(worker.await.unwrap());
+        }
+        samples
+    }
+}
+
+/// v1 applied and answering through the router pod; returns its revision.
+async fn serving_v1(router_ip: &str, ns: &str) -> String {
+    let applied = kubectl(
+        &["apply", "--server-side", "-n", ns, "-f", "-"],
+        Some(&manifest("iris-v1.onnx")),
+    );
+    assert!(applied.status.success());
+    let first = eventually("v1 ready", Duration::from_secs(90), || {
+        let ns = ns.to_string();
+        async move { latest_ready(&ns) }
+    })
+    .await;
+    let http = reqwest::Client::new();
+    eventually("the router routes to v1", Duration::from_secs(30), || {
+        let (http, router_ip, ns) = (http.clone(), router_ip.to_string(), ns.to_string());
+        async move {
+            let (status, ..) = infer_via_router(&http, &router_ip, &ns, "iris").await?;
+            (status == 200).then_some(())
+        }
+    })
+    .await;
+    first
+}
+
+/// Poll `status.rollout` every 200 ms until `done`: the (when, weight, phase) seen.
+async fn follow(
+    ns: &str,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Vec<(Instant, u64, String)> {
+    let deadline = Instant::now() + timeout;
+    let mut timeline = Vec::new();
+    loop {
+        if let Some(state) = rollout_state(ns) {
+            let weight = state["weight"].as_u64().unwrap_or(0);
+            timeline.push((
+                Instant::now(),
+                weight,
+                state["phase"].as_str().unwrap_or("").to_string(),
+            ));
+            if done(&state) {
+                return timeline;
+            }
+        }
+        if Instant::now() >= deadline {
+            let events = kubectl(
+                &[
+                    "get",
+                    "events",
+                    "-n",
+                    ns,
+                    "-o",
+                    "custom-columns=R:.reason,N:.note",
+                ],
+                None,
+            );
+            let object = kubectl(&["get", "isvc", "iris", "-n", ns, "-o", "yaml"], None);
+            panic!(
+                "rollout not done: {:?}\n{}\n{}",
+                timeline.last(),
+                String::from_utf8_lossy(&events.stdout),
+                String::from_utf8_lossy(&object.stdout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_through_the_cluster_router_follows_its_steps_and_is_promoted() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    apply_deploy("operator.yaml");
+    let router_ip = install_router(&client).await;
+    let ns = TempNamespace::create(&client, "canary").await.unwrap();
+    let stable = serving_v1(&router_ip, &ns.name).await;
+    let load = RouterLoad::start(&router_ip, &ns.name);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let applied = kubectl(
+        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
+        Some(&canary_manifest(
+            "iris-v2.onnx",
+            "    strategy: canary\n    steps: [{weight: 20, pause: 10s}, {weight: 50, pause: untilPromoted}]\n    analysis: {interval: 3s, minRequests: 10, maxErrorPercent: 1}\n",
+        )),
+    );
+    assert!(applied.status.success());
+    let mut timeline = follow(&ns.name, Duration::from_secs(120), |s| {
+        s["phase"] == "WaitingForPromotion"
+    })
+    .await;
+    // The split shows in `kubectl get isvc -o wide` (the CRD's printer columns).
+    let wide = String::from_utf8_lossy(
+        &kubectl(&["get", "isvc", "-n", &ns.name, "-o", "wide"], None).stdout,
+    )
+    .into_owned();
+    assert!(
+        wide.contains("ROLLOUT") && wide.contains("WaitingForPromotion") && wide.contains("50"),
+        "{wide}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Promoted the way a user would: `ferry rollout promote --kubeconfig`, an annotation.
+    let ferry = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../run/bin/ferry");
+    let kubeconfig = std::env::var("FERRY_TESTBED_KUBECONFIG").unwrap();
+    let promoted = std::process::Command::new(ferry)
+        .args([
+            "rollout",
+            "promote",
+            "iris",
+            "-n",
+            &ns.name,
+            "--kubeconfig",
+            &kubeconfig,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        promoted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&promoted.stderr)
+    );
+    timeline.extend(
+        follow(&ns.name, Duration::from_secs(120), |s| {
+            s["phase"] == "Succeeded"
+        })
+        .await,
+    );
+    let done = Instant::now();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually(
+        "the stable revision retired",
+        Duration::from_secs(60),
+        || {
+            let (deployments, stable) = (deployments.clone(), stable.clone());
+            async move {
+                deployments
+                    .get_opt(&stable)
+                    .await
+                    .ok()?
+                    .is_none()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let samples = load.finish().await;
+    let failed: Vec<_> = samples.iter().filter(|s| s.1 != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        samples.len(),
+        failed.first()
+    );
+    let canary = samples
+        .iter()
+        .rev()
+        .find(|s| s.0 > done + Duration::from_secs(1))
+        .unwrap()
+        .2
+        .clone();
+    assert_ne!(canary, stable);
+    for weight in [20u64, 50] {
+        let seen: Vec<Instant> = timeline
+            .iter()
+            .filter(|t| t.1 == weight)
+            .map(|t| t.0)
+            .collect();
+        let (from, to) = (seen[0] + Duration::from_secs(1), *seen.last().unwrap());
+        let during: Vec<_> = samples
+            .iter()
+            .filter(|s| s.0 >= from && s.0 <= to)
+            .collect();
+        let share = during.iter().filter(|s| s.2 == canary).count() as f64 * 100.0
+            / during.len().max(1) as f64;
+        eprintln!(
+            "cluster canary at {weight}%: {share:.1}% of {} answers",
+            during.len()
+        );
+        assert!(during.len() >= 150, "{} answers at {weight}%", during.len());
+        assert!(
+            (share - weight as f64).abs() <= 3.0,
+            "{share:.1}% at {weight}%"
+        );
+    }
+    assert!(
+        samples
+            .iter()
+            .filter(|s| s.0 > done + Duration::from_secs(1))
+            .all(|s| s.2 == canary)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_faulty_canary_in_the_cluster_is_rolled_back_and_no_client_sees_it() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    apply_deploy("operator.yaml");
+    let router_ip = install_router(&client).await;
+    let ns = TempNamespace::create(&client, "canary-faulty")
+        .await
+        .unwrap();
+    let stable = serving_v1(&router_ip, &ns.name).await;
+    let load = RouterLoad::start(&router_ip, &ns.name);
+    let applied = kubectl(
+        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
+        Some(&canary_manifest(
+            "faulty.onnx",
+            "    strategy: canary\n    steps: [{weight: 50, pause: 1h}]\n    analysis: {interval: 3s, minRequests: 10, maxErrorPercent: 1, failureLimit: 2}\n",
+        )),
+    );
+    assert!(applied.status.success());
+    let timeline = follow(&ns.name, Duration::from_secs(120), |s| {
+        s["phase"] == "Aborted"
+    })
+    .await;
+    let took = timeline
+        .iter()
+        .find(|t| t.1 > 0)
+        .map(|t| t.0)
+        .expect("the canary took traffic");
+    let judged = timeline.last().unwrap().0 - took;
+    assert!(
+        judged <= Duration::from_secs(3 * 3 + 3),
+        "rolled back {judged:?} after taking traffic"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let samples = load.finish().await;
+    let failed = samples.iter().filter(|s| s.1 != 200).count();
+    eprintln!(
+        "faulty cluster canary: {failed} of {} requests failed, rolled back {judged:?} after taking traffic",
+        samples.len()
+    );
+    assert_eq!(
+        failed, 0,
+        "retryOnStable: the stable revision answered for the canary"
+    );
+    assert!(
+        samples
+            .iter()
+            .filter(|s| s.0 > after)
+            .all(|s| s.2 == stable)
+    );
+    let state = rollout_state(&ns.name).unwrap();
+    assert_eq!(state["reason"], "RolledBackAutomatically", "{state}");
+    assert!(
+        state["lastAnalysis"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maxErrorPercent"),
+        "{state}"
+    );
+    let events = String::from_utf8_lossy(&kubectl(&["get", "events", "-n", &ns.name], None).stdout)
+        .into_owned();
+    assert!(
+        events.contains("AnalysisFailed") && events.contains("RolledBackAutomatically"),
+        "{events}"
+    );
+}

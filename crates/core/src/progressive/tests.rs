@@ -233,6 +233,12 @@ fn a_healthy_canary_moves_step_by_step_and_is_promoted() {
     // The stable revision is retired and the new one has the whole fleet.
     let plan = sim.run_until(5, |p| p.settled);
     assert_eq!(plan.scale, BTreeMap::from([(V2.to_string(), 4)]));
+    // The finished rollout stays in the status until the next one.
+    for _ in 0..3 {
+        let plan = sim.pass();
+        assert_eq!(phase(&plan), Some(RolloutPhase::Succeeded));
+        assert_eq!(plan.status.rollout.as_ref().unwrap().weight, 100);
+    }
 }
 
 #[test]
