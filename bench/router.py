@@ -54,9 +54,38 @@ def api(state, path):
         return json.loads(r.read())
 
 
+def post(state, path, body):
+    info = json.loads((state / "api.json").read_text())
+    token = (state / "token").read_text().strip()
+    req = urllib.request.Request(f"http://{info['api']}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def start_canary(state, percent):
+    """Roll iris-v2 out as a canary held at `percent` of the traffic (per-revision accounting on,
+    two revisions behind Ferry's router); returns once the router splits."""
+    manifest = (
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: iris}\n"
+        f"spec:\n  predictor:\n    model: {{format: onnx, uri: {ROOT / 'models' / 'iris-v2.onnx'}}}\n    minReplicas: 1\n"
+        f"  rollout:\n    strategy: canary\n    steps: [{{weight: {percent}, pause: untilPromoted}}]\n"
+    )
+    post(state, "/v1/apply", {"manifests": manifest, "namespace": "default"})
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.2)
+        rollout = api(state, "/v1/namespaces/default/inferenceservices/iris").get("status", {}).get("rollout")
+        if rollout and rollout.get("weight") == percent:
+            return
+    raise RuntimeError(f"the canary did not reach {percent}%")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--duration", type=int, default=8)
+    p.add_argument("--canary", type=int, default=0,
+                   help="hold an iris-v2 canary at this percent behind Ferry's router (0: none)")
     a = p.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="ferry-router-bench-"))
@@ -88,6 +117,8 @@ def main():
                 pass
         if replica is None or socket is None:
             raise RuntimeError("ferry up did not get a ready replica with a Unix socket")
+        if a.canary:
+            start_canary(state, a.canary)
         conf = tmp / "nginx.conf"
         conf.write_text(f"""
 worker_processes auto;
@@ -140,7 +171,7 @@ http {{
         with open(RESULTS / "router.jsonl", "w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
-        write_report(rows, a.duration)
+        write_report(rows, a.duration, a.canary)
     finally:
         for proc in (nginx, daemon):
             if proc is not None:
@@ -154,13 +185,15 @@ http {{
                         pass
 
 
-def write_report(rows, duration):
+def write_report(rows, duration, canary=0):
     def find(server, c):
         return next(r for r in rows if r["server"] == server and r["c"] == c)
 
     proxies = [("ferry", "Ferry router"), ("nginx", "nginx → TCP"), ("nginx-unix", "nginx → unix")]
     lines = [
-        f"wrk -t1, {duration} s per point, OIP v2 JSON iris request, one replica; same run, same machine.",
+        f"wrk -t1, {duration} s per point, OIP v2 JSON iris request, one replica; same run, same machine."
+        + (f" Ferry's router splits {canary} % to an iris-v2 canary replica (per-revision accounting on);"
+           " the direct and nginx points call the stable replica only." if canary else ""),
         "",
         "| c | direct req/s | " + " | ".join(f"{label} req/s" for _, label in proxies)
         + " | Ferry ÷ nginx → TCP | Ferry ÷ nginx → unix | "
@@ -184,7 +217,7 @@ def write_report(rows, duration):
     text = "\n".join(lines)
     report = ROOT / "bench" / "ROUTER.md"
     doc = report.read_text()
-    start, end = "<!-- RESULTS -->", "<!-- /RESULTS -->"
+    start, end = ("<!-- RESULTS-CANARY -->", "<!-- /RESULTS-CANARY -->") if canary else ("<!-- RESULTS -->", "<!-- /RESULTS -->")
     doc = doc[: doc.index(start) + len(start)] + "\n" + text + "\n" + doc[doc.index(end):]
     report.write_text(doc)
     print(text)

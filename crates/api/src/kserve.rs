@@ -3,7 +3,8 @@
 //! The predictor's model (`modelFormat`, `storageUri`, `protocolVersion`, `runtime` — the name of
 //! a ferry.dev ServingRuntime in cluster mode —, `runtimeVersion`, `resources`, also the
 //! older `predictor.onnx` form), `minReplicas` / `maxReplicas`, `scaleMetric` / `scaleTarget`,
-//! `nodeSelector`, `tolerations` and metadata convert; every other
+//! `nodeSelector`, `tolerations`, `canaryTrafficPercent` (KServe's manual canary, with its
+//! semantics) and metadata convert; every other
 //! field is refused by name, never silently dropped.
 
 use serde_json::{Map, Value, json};
@@ -22,6 +23,7 @@ const SAME_PREDICTOR_FIELDS: &[&str] = &[
     "scaleTarget",
     "nodeSelector",
     "tolerations",
+    "canaryTrafficPercent",
 ];
 
 /// Convert a KServe manifest to a Ferry manifest (as JSON), or every unsupported field.

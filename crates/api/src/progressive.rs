@@ -230,6 +230,33 @@ impl RolloutControls {
     }
 }
 
+/// Problems of KServe's `canaryTrafficPercent`, each with its field path.
+pub(crate) fn check_canary_percent(
+    isvc: &crate::InferenceService,
+    errors: &mut Vec<crate::FieldError>,
+) {
+    let Some(percent) = isvc.spec.predictor.canary_traffic_percent else {
+        return;
+    };
+    if percent > 100 {
+        errors.push(crate::FieldError::new(
+            "spec.predictor.canaryTrafficPercent",
+            format!("Invalid value: {percent}: must be between 0 and 100"),
+        ));
+    }
+    if isvc
+        .spec
+        .rollout
+        .as_ref()
+        .is_some_and(|r| r.strategy() != crate::RolloutStrategy::Rolling)
+    {
+        errors.push(crate::FieldError::new(
+            "spec.predictor.canaryTrafficPercent",
+            "Forbidden: a manual canary percentage and spec.rollout.strategy canary or blueGreen do not go together",
+        ));
+    }
+}
+
 /// Problems of a rollout's progressive settings, each with its field path.
 pub(crate) fn check(rollout: &crate::RolloutSpec, errors: &mut Vec<crate::FieldError>) {
     use crate::{FieldError, RolloutStrategy};

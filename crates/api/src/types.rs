@@ -99,6 +99,11 @@ pub struct PredictorSpec {
     /// HorizontalPodAutoscaler, autoscaling/v2). Needs a request for that resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_metric: Option<ScaleMetric>,
+    /// KServe's manual canary: the latest revision takes this percent of the traffic and the
+    /// previously rolled-out revision the rest; removing the field promotes the latest to
+    /// 100 %, `0` keeps all traffic on the previous one. Not part of the revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_traffic_percent: Option<u32>,
     /// Target average utilisation for `scaleMetric`, in percent of the request (default 80).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_target: Option<u32>,

@@ -272,6 +272,7 @@ pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
         check_ingress(ingress, &mut errors);
     }
 
+    crate::progressive::check_canary_percent(isvc, &mut errors);
     if let Some(rollout) = &isvc.spec.rollout {
         crate::progressive::check(rollout, &mut errors);
         let surge = check_int_or_percent(

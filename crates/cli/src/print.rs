@@ -99,7 +99,7 @@ pub fn table(items: &[InferenceService], with_namespace: bool, wide: bool) -> St
     }
     header.extend(["NAME", "URL", "READY", "REVISION", "REPLICAS", "AGE"].map(String::from));
     if wide {
-        header.push("REASON".into());
+        header.extend(["REASON", "ROLLOUT", "SPLIT"].map(String::from));
     }
     rows.push(header);
     for item in items {
@@ -132,6 +132,27 @@ pub fn table(items: &[InferenceService], with_namespace: bool, wide: bool) -> St
                     .map(|c| c.reason.clone())
                     .unwrap_or_default(),
             );
+            let status = item.status.as_ref();
+            row.push(
+                status
+                    .and_then(|s| s.rollout.as_ref())
+                    .map_or("-".to_string(), |r| format!("{:?}", r.phase)),
+            );
+            // Every revision that takes traffic, with its share.
+            let split: Vec<String> = status
+                .map(|s| {
+                    s.revisions
+                        .iter()
+                        .filter(|r| r.traffic_percent > 0)
+                        .map(|r| format!("{}={}%", r.name, r.traffic_percent))
+                        .collect()
+                })
+                .unwrap_or_default();
+            row.push(if split.is_empty() {
+                "-".into()
+            } else {
+                split.join(",")
+            });
         }
         rows.push(row);
     }
@@ -190,6 +211,26 @@ pub fn describe(isvc: &InferenceService, replicas: &[ReplicaInfo], events: &[Eve
         ]);
     }
     indent(&mut out, &columns(&rows));
+    if let Some(rollout) = &status.rollout {
+        let _ = writeln!(
+            out,
+            "Rollout:      {:?} {:?}: {} → {} at {}% (step {}): {}",
+            rollout.strategy,
+            rollout.phase,
+            rollout.stable_revision,
+            rollout.canary_revision,
+            rollout.weight,
+            rollout.step,
+            rollout.message
+        );
+        if let Some(analysis) = &rollout.last_analysis {
+            let _ = writeln!(
+                out,
+                "Analysis:     {:?} at {}: {}",
+                analysis.verdict, analysis.time, analysis.message
+            );
+        }
+    }
     let _ = writeln!(out, "Revisions:");
     let mut rows = vec![
         ["NAME", "REPLICAS", "READY", "TRAFFIC"]

@@ -91,7 +91,7 @@ fn fresh(inputs: &RolloutInputs<'_>) -> RolloutStatus {
     }
 }
 
-fn elapsed(since: Option<&str>, now: Timestamp) -> Duration {
+pub(super) fn elapsed(since: Option<&str>, now: Timestamp) -> Duration {
     since
         .and_then(|s| s.parse::<Timestamp>().ok())
         .and_then(|t| Duration::try_from(now.duration_since(t)).ok())
@@ -114,13 +114,20 @@ pub fn decide(inputs: &RolloutInputs<'_>) -> RolloutDecision {
             }) {
                 note.push_str(&format!("; replaces the rollout of {}", p.canary_revision));
             }
-            events.push(PlannedEvent::new(Reason::CanaryStarted, note));
+            let reason = if spec.strategy() == RolloutStrategy::BlueGreen {
+                note = format!("{latest} (green) comes up at full size beside {stable} (blue)");
+                Reason::BlueGreenStarted
+            } else {
+                Reason::CanaryStarted
+            };
+            events.push(PlannedEvent::new(reason, note));
             fresh(inputs)
         }
     };
     let ready = |revision: &str| inputs.ready.get(revision).copied().unwrap_or(0);
     let total = inputs.total.max(1);
     let mut analysed = false;
+    let blue_green = spec.strategy() == RolloutStrategy::BlueGreen;
 
     let active = !matches!(state.phase, RolloutPhase::Succeeded | RolloutPhase::Aborted);
     if active && inputs.controls.aborted {
@@ -149,7 +156,7 @@ pub fn decide(inputs: &RolloutInputs<'_>) -> RolloutDecision {
     // Analysis: every interval while the new revision takes traffic.
     if let (Some(analysis), Some(window)) = (&spec.analysis, inputs.window)
         && !matches!(state.phase, RolloutPhase::Succeeded | RolloutPhase::Aborted)
-        && state.weight > 0
+        && (state.weight > 0 || blue_green && ready(latest) >= total)
         && elapsed(Some(&crate::service::timestamp(window.started)), inputs.now)
             >= analysis.interval()
     {
@@ -192,6 +199,9 @@ pub fn decide(inputs: &RolloutInputs<'_>) -> RolloutDecision {
         state.last_analysis = Some(result);
     }
 
+    if blue_green {
+        return blue_green::finish(inputs, state, events, analysed, &now, total, &ready);
+    }
     if !matches!(state.phase, RolloutPhase::Succeeded | RolloutPhase::Aborted) {
         advance(inputs, &mut state, &mut events, &now, total, &ready);
     }
@@ -202,18 +212,22 @@ pub fn decide(inputs: &RolloutInputs<'_>) -> RolloutDecision {
         _ => state.weight,
     };
     state.weight = weight;
-    let next = match state.phase {
+    let target = match state.phase {
         RolloutPhase::Aborted => 0,
         RolloutPhase::Succeeded => 100,
-        _ => step_weight(spec, state.step).max(weight),
+        _ => step_weight(spec, state.step),
     };
-    // The stable revision keeps what its share needs; the new one grows towards the next
-    // step's share within the surge (its weight then follows its ready replicas).
-    let stable_replicas = replicas_for(total, 100 - weight);
+    let (low, high) = (weight.min(target), weight.max(target));
+    // The stable revision keeps what its share needs (going back: what it is about to take);
+    // the new one grows towards the next share within the surge (its weight then follows its
+    // ready replicas), one replica at least while the rollout is on (a 0 % canary stays warm).
+    let stable_replicas = replicas_for(total, 100 - low);
     let room = (total + inputs.surge.max(1)).saturating_sub(stable_replicas);
-    let canary_replicas = replicas_for(total, next)
+    let floor = u32::from(!matches!(state.phase, RolloutPhase::Aborted));
+    let canary_replicas = replicas_for(total, high)
         .min(room)
-        .max(replicas_for(total, weight));
+        .max(replicas_for(total, weight))
+        .max(floor);
     let mut replicas = BTreeMap::new();
     replicas.insert(latest.to_string(), canary_replicas);
     replicas.insert(stable.to_string(), stable_replicas);
@@ -286,6 +300,25 @@ fn advance(
             return;
         }
         let target = step_weight(spec, state.step);
+        if state.weight > target {
+            // The spec asks for less (a KServe canaryTrafficPercent lowered): traffic goes
+            // back to the stable revision once it has the replicas for it.
+            let needed = replicas_for(total, 100 - target);
+            if ready(inputs.stable) < needed {
+                state.message = format!(
+                    "waiting for {needed} ready replicas of {} before {target}% on {latest}",
+                    inputs.stable
+                );
+                return;
+            }
+            events.push(PlannedEvent::new(
+                Reason::TrafficShifted,
+                format!("{latest}: {}% → {target}% of traffic", state.weight),
+            ));
+            state.weight = target;
+            state.step_started = Some(now.to_string());
+            state.passed_in_step = 0;
+        }
         if state.weight < target {
             let needed = replicas_for(total, target);
             if ready(latest) < needed {
@@ -387,6 +420,7 @@ pub fn is_progressive(spec: Option<&RolloutSpec>) -> bool {
     spec.is_some_and(|s| s.strategy() != RolloutStrategy::Rolling)
 }
 
+mod blue_green;
 #[cfg(test)]
 mod tests;
 

@@ -89,6 +89,8 @@ reasons! {
     // Events of a progressive rollout's decisions.
     /// A canary rollout began beside the stable revision.
     CanaryStarted = "CanaryStarted", failure = false;
+    /// A blue-green rollout began: the new revision comes up at full size beside the old.
+    BlueGreenStarted = "BlueGreenStarted", failure = false;
     /// The new revision's share of traffic moved to the next step.
     TrafficShifted = "TrafficShifted", failure = false;
     /// An analysis interval failed its rules (the numbers are in the note).

@@ -230,7 +230,7 @@ pub fn plan(
             .spec
             .rollout
             .as_ref()
-            .is_some_and(|r| r.retry_on_stable());
+            .is_none_or(|r| r.retry_on_stable());
         let active = !matches!(
             d.status.phase,
             ferry_api::RolloutPhase::Succeeded | ferry_api::RolloutPhase::Aborted

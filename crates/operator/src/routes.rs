@@ -80,7 +80,7 @@ fn planned_traffic(isvc: &InferenceService) -> Option<(BTreeMap<String, u32>, Op
         .spec
         .rollout
         .as_ref()
-        .is_some_and(|r| r.retry_on_stable());
+        .is_none_or(|r| r.retry_on_stable());
     Some((
         weights,
         (active && retry).then(|| rollout.stable_revision.clone()),

@@ -215,6 +215,7 @@ spec:
   predictor:
     minReplicas: 2
     maxReplicas: 3
+    canaryTrafficPercent: 10
     model:
       modelFormat: {name: onnx}
       protocolVersion: v2
@@ -229,6 +230,7 @@ spec:
     assert_eq!(isvc.spec.predictor.model.uri, "file:///models/iris-v1.onnx");
     assert_eq!(isvc.spec.predictor.model.format, "onnx");
     assert_eq!(isvc.spec.predictor.max_replicas, Some(3));
+    assert_eq!(isvc.spec.predictor.canary_traffic_percent, Some(10));
     let requests = &isvc.spec.predictor.resources.as_ref().unwrap().requests;
     assert_eq!(requests["cpu"], "1");
 }
@@ -242,7 +244,7 @@ metadata: {name: iris}
 spec:
   transformer: {}
   predictor:
-    canaryTrafficPercent: 10
+    containerConcurrency: 4
     model:
       modelFormat: {name: sklearn}
       storageUri: gs://bucket/model
@@ -251,11 +253,11 @@ spec:
     found.sort();
     assert_eq!(
         found,
-        vec!["spec.predictor.canaryTrafficPercent", "spec.transformer"]
+        vec!["spec.predictor.containerConcurrency", "spec.transformer"]
     );
     let fixed = text
         .replace("  transformer: {}\n", "")
-        .replace("    canaryTrafficPercent: 10\n", "");
+        .replace("    containerConcurrency: 4\n", "");
     let mut found = paths(&fixed);
     found.sort();
     assert_eq!(

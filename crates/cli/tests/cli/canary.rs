@@ -337,3 +337,188 @@ async fn a_canary_resumes_at_the_same_step_after_kill_9() {
         "{shifts:?}"
     );
 }
+
+/// The share of `revision` among the answers to requests sent in `[from, to]`.
+fn share_between(samples: &[Sample], from: Instant, to: Instant, revision: &str) -> (f64, usize) {
+    let during: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.sent >= from && s.sent <= to && s.status == 200)
+        .collect();
+    let hits = during.iter().filter(|s| s.revision == revision).count();
+    (
+        hits as f64 * 100.0 / during.len().max(1) as f64,
+        during.len(),
+    )
+}
+
+fn with_canary_percent(manifest: String, percent: u32) -> String {
+    manifest.replace(
+        "    minReplicas: 2\n",
+        &format!("    minReplicas: 2\n    canaryTrafficPercent: {percent}\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kserve_canary_traffic_percent_splits_promotes_and_pins() {
+    let daemon = Daemon::start("canary-kserve");
+    let applied = daemon.apply(&kserve_manifest("iris", "iris-v1.onnx", 2), &["--wait"]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let v1 = revision_of(&applied);
+    let load = Load::start(&daemon.router, "iris", 4);
+    // 10 %: the latest revision takes a tenth, the previously rolled-out one the rest.
+    let applied = daemon.apply(
+        &with_canary_percent(kserve_manifest("iris", "iris-v2.onnx", 2), 10),
+        &[],
+    );
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let v2 = revision_of(&applied);
+    follow(&daemon, Duration::from_secs(60), |s| s.weight == 10).await;
+    let at_ten = Instant::now() + Duration::from_millis(500);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ten_until = Instant::now();
+    // The field removed: the latest takes everything.
+    let applied = daemon.apply(&kserve_manifest("iris", "iris-v2.onnx", 2), &[]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    assert_eq!(
+        revision_of(&applied),
+        v2,
+        "the split is not part of the revision"
+    );
+    follow(&daemon, Duration::from_secs(60), |s| {
+        s.phase == RolloutPhase::Succeeded
+    })
+    .await;
+    let promoted = Instant::now() + Duration::from_millis(500);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let promoted_until = Instant::now();
+    // 0 for a new revision: every request stays on the one rolled out before.
+    let applied = daemon.apply(
+        &with_canary_percent(kserve_manifest("iris", "iris-v1.onnx", 2), 0),
+        &[],
+    );
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let v3 = revision_of(&applied);
+    follow(&daemon, Duration::from_secs(60), |s| {
+        s.canary_revision == v3 && s.phase == RolloutPhase::WaitingForPromotion
+    })
+    .await;
+    let pinned = Instant::now() + Duration::from_millis(500);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pinned_until = Instant::now();
+    let samples = load.finish().await;
+    let (failures, _) = summarize(&samples);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    let (ten, n) = share_between(&samples, at_ten, ten_until, &v2);
+    eprintln!("canaryTrafficPercent 10: {ten:.1}% of {n} answers from {v2} (v1 {v1})");
+    assert!((ten - 10.0).abs() <= 3.0 && n >= 200, "{ten:.1}% of {n}");
+    let (all, n) = share_between(&samples, promoted, promoted_until, &v2);
+    eprintln!("removed: {all:.1}% of {n} answers from {v2}");
+    assert_eq!(all, 100.0);
+    let (none, n) = share_between(&samples, pinned, pinned_until, &v3);
+    let (previous, _) = share_between(&samples, pinned, pinned_until, &v2);
+    eprintln!(
+        "canaryTrafficPercent 0: {none:.1}% of {n} answers from {v3}, {previous:.1}% from {v2}"
+    );
+    assert_eq!((none, previous), (0.0, 100.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blue_green_switches_with_no_failed_request_and_an_undo_returns_at_once() {
+    let daemon = Daemon::start("blue-green");
+    let applied = daemon.apply(&manifest("iris", "iris-v1.onnx", 2), &["--wait"]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let blue = revision_of(&applied);
+    let load = Load::start(&daemon.router, "iris", 4);
+    let applied = daemon.apply(
+        &canary_manifest(
+            "iris-v2.onnx",
+            "    strategy: blueGreen\n    blueGreen: {autoPromoteSeconds: 3, scaleDownDelaySeconds: 120}\n",
+        ),
+        &[],
+    );
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let green = revision_of(&applied);
+    // Before the switch: the green revision answers only requests that pin it (a preview).
+    eventually(
+        "green is ready at full size",
+        Duration::from_secs(60),
+        || async {
+            replicas(&daemon, "iris")
+                .await
+                .iter()
+                .filter(|r| r["revision"] == green.as_str() && r["ready"] == true)
+                .count()
+                == 2
+        },
+    )
+    .await;
+    let preview = reqwest::Client::new()
+        .post(format!("http://{}/v2/models/iris/infer", daemon.router))
+        .header("ferry-revision", &green)
+        .json(&iris_request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preview.status(), 200);
+    assert_eq!(preview.headers()["ferry-revision"], green.as_str());
+    follow(&daemon, Duration::from_secs(60), |s| {
+        s.phase == RolloutPhase::Succeeded
+    })
+    .await;
+    let switched = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Undo within scaleDownDelaySeconds: blue is still warm, traffic returns at once.
+    let undo_at = Instant::now();
+    let undone = daemon.ferry(&["rollout", "undo", "iris"]);
+    assert!(undone.status.success(), "{}", stderr(&undone));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let samples = load.finish().await;
+    let (failures, _) = summarize(&samples);
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    let (before, n) = share_between(
+        &samples,
+        undo_at - Duration::from_secs(10),
+        switched - Duration::from_secs(1),
+        &blue,
+    );
+    assert!(
+        n > 0 && before == 100.0,
+        "before the switch only blue answers: {before:.1}% of {n}"
+    );
+    let (after, n) = share_between(
+        &samples,
+        switched + Duration::from_millis(500),
+        undo_at,
+        &green,
+    );
+    assert!(
+        n > 0 && after == 100.0,
+        "after the switch only green answers: {after:.1}% of {n}"
+    );
+    // The last answer from green came within a second of the undo.
+    let last_green = samples
+        .iter()
+        .filter(|s| s.revision == green && s.sent >= undo_at)
+        .map(|s| s.sent)
+        .max()
+        .unwrap_or(undo_at);
+    let back = last_green - undo_at;
+    eprintln!(
+        "blue-green: {} requests, 0 failed; undo returned traffic to {blue} in {back:?}",
+        samples.len()
+    );
+    assert!(
+        back < Duration::from_secs(1),
+        "traffic back on blue {back:?} after the undo"
+    );
+}

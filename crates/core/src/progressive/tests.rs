@@ -51,6 +51,8 @@ fn metrics(requests: u64, behaviour: Behaviour) -> RevisionMetrics {
 
 struct Sim {
     isvc: InferenceService,
+    /// The revision the spec resolves to (an undo sets it back to V1).
+    latest: &'static str,
     replicas: Vec<ReplicaView>,
     now: Timestamp,
     window: Window,
@@ -73,6 +75,7 @@ impl Sim {
             .collect();
         Sim {
             isvc: isvc(rollout),
+            latest: V2,
             replicas,
             now,
             window: Window {
@@ -104,7 +107,7 @@ impl Sim {
         let observed = Observation {
             generation: 2,
             previous_status: previous.as_ref(),
-            latest: V2,
+            latest: self.latest,
             replicas: &self.replicas,
             scale: &scale,
             creation_failure: None,
@@ -117,7 +120,7 @@ impl Sim {
         };
         let history = [V2.to_string(), V1.to_string()];
         let plan = service::plan(&self.isvc, &history, &observed, &signals, self.now);
-        check_invariants(&plan, &self.replicas);
+        check_invariants(&plan, &self.replicas, self.isvc.spec.rollout.as_ref());
         self.reasons
             .extend(plan.rollout_events.iter().map(|e| e.reason));
         self.isvc.status = Some(plan.status.clone());
@@ -174,8 +177,12 @@ fn phase(plan: &ServicePlan) -> Option<RolloutPhase> {
 }
 
 /// What every plan must satisfy: weights sum to 100 over revisions that have a ready replica
-/// that stays, and never more than the fleet plus the canary's share.
-fn check_invariants(plan: &ServicePlan, replicas: &[ReplicaView]) {
+/// that stays, and the fleet stays within its bound.
+fn check_invariants(
+    plan: &ServicePlan,
+    replicas: &[ReplicaView],
+    rollout: Option<&ferry_api::RolloutSpec>,
+) {
     let total: u32 = service::percent(&plan.weights).values().sum();
     assert!(
         plan.weights.is_empty() || (97..=100).contains(&total),
@@ -192,11 +199,11 @@ fn check_invariants(plan: &ServicePlan, replicas: &[ReplicaView]) {
         );
     }
     let wanted: u32 = plan.scale.values().sum();
-    assert!(
-        wanted <= 4 + 1,
-        "at most the fleet plus maxSurge: {:?}",
-        plan.scale
-    );
+    // Blue-green runs both at full size; a canary the fleet plus maxSurge, and while traffic
+    // goes back to the stable revision its replicas come first (one share more).
+    let blue_green = rollout.is_some_and(|r| r.strategy() == ferry_api::RolloutStrategy::BlueGreen);
+    let most = if blue_green { 2 * 4 } else { 4 + 2 };
+    assert!(wanted <= most, "at most {most} replicas: {:?}", plan.scale);
 }
 
 #[test]
@@ -486,4 +493,94 @@ proptest! {
         };
         prop_assert_eq!(crate::progressive::decide(&inputs), crate::progressive::decide(&inputs));
     }
+}
+
+/// KServe's manual canary on the same simulation: the predictor's `canaryTrafficPercent`.
+fn manual(percent: Option<u32>, sim: &mut Sim) {
+    sim.isvc.spec.rollout = None;
+    sim.isvc.spec.predictor.canary_traffic_percent = percent;
+}
+
+#[test]
+fn kserve_canary_traffic_percent_holds_its_share_and_removing_it_promotes() {
+    let mut sim = Sim::new("    maxSurge: 1\n", HEALTHY);
+    manual(Some(10), &mut sim);
+    let plan = sim.run_until(10, |p| phase(p) == Some(RolloutPhase::WaitingForPromotion));
+    assert_eq!(
+        plan.weights,
+        BTreeMap::from([(V1.to_string(), 90), (V2.to_string(), 10)])
+    );
+    for _ in 0..10 {
+        assert_eq!(sim.pass().weights[V2], 10, "held until the field changes");
+    }
+    manual(None, &mut sim);
+    let plan = sim.run_until(20, |p| phase(p) == Some(RolloutPhase::Succeeded));
+    assert_eq!(plan.weights, BTreeMap::from([(V2.to_string(), 100)]));
+}
+
+#[test]
+fn kserve_canary_traffic_percent_zero_keeps_all_traffic_on_the_previous_revision() {
+    let mut sim = Sim::new("    maxSurge: 1\n", HEALTHY);
+    manual(Some(30), &mut sim);
+    sim.run_until(10, |p| p.weights.get(V2) == Some(&30));
+    manual(Some(0), &mut sim);
+    let plan = sim.run_until(10, |p| !p.weights.contains_key(V2));
+    assert_eq!(plan.weights, BTreeMap::from([(V1.to_string(), 100)]));
+    let plan = sim.pass();
+    assert_eq!(plan.scale[V2], 1, "the 0 % canary stays warm");
+    assert_eq!(plan.scale[V1], 4);
+}
+
+const BLUE_GREEN: &str =
+    "    strategy: blueGreen\n    blueGreen: {autoPromoteSeconds: 5, scaleDownDelaySeconds: 20}\n";
+
+#[test]
+fn blue_green_switches_all_at_once_and_keeps_the_old_revision_warm() {
+    let mut sim = Sim::new(BLUE_GREEN, HEALTHY);
+    let plan = sim.pass();
+    assert_eq!(
+        plan.scale,
+        BTreeMap::from([(V1.to_string(), 4), (V2.to_string(), 4)])
+    );
+    let plan = sim.run_until(30, |p| p.weights.contains_key(V2));
+    assert_eq!(
+        plan.weights,
+        BTreeMap::from([(V2.to_string(), 100)]),
+        "no split: one switch"
+    );
+    let mut weights: Vec<u32> = sim.history.iter().map(|(_, w)| *w).collect();
+    weights.dedup();
+    assert_eq!(weights, vec![0, 100]);
+    let before_switch = sim.history.iter().filter(|(_, w)| *w == 0).count();
+    assert!(
+        before_switch >= 5,
+        "autoPromoteSeconds after ready: {before_switch} s"
+    );
+    // The old revision stays at full size for the delay, then goes.
+    for _ in 0..15 {
+        assert_eq!(sim.pass().scale[V1], 4);
+    }
+    let plan = sim.run_until(10, |p| !p.scale.contains_key(V1));
+    assert_eq!(plan.scale, BTreeMap::from([(V2.to_string(), 4)]));
+    assert!(sim.reasons.contains(&Reason::BlueGreenStarted));
+}
+
+#[test]
+fn blue_green_waits_for_promote_and_an_undo_in_the_window_switches_back_at_once() {
+    let mut sim = Sim::new("    strategy: blueGreen\n", HEALTHY);
+    sim.run_until(10, |p| phase(p) == Some(RolloutPhase::WaitingForPromotion));
+    for _ in 0..10 {
+        assert_eq!(sim.pass().weights, BTreeMap::from([(V1.to_string(), 100)]));
+    }
+    sim.annotate(ANNOTATION_PROMOTE, V2);
+    sim.run_until(3, |p| p.weights.contains_key(V2));
+    // `ferry rollout undo`: the spec is V1's again; V1 still runs at full size.
+    sim.latest = V1;
+    let plan = sim.pass();
+    assert_eq!(
+        plan.weights.keys().collect::<Vec<_>>(),
+        vec![V1],
+        "one decision switches back"
+    );
+    assert!(plan.stop.iter().all(|id| id.starts_with(V2)) && plan.stop.len() == 4);
 }

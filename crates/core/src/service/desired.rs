@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use ferry_api::{InferenceService, RolloutControls, RolloutPhase};
+use ferry_api::{
+    CanaryStep, InferenceService, RolloutControls, RolloutPhase, RolloutSpec, RolloutStrategy,
+};
 use k8s_openapi::jiff::Timestamp;
 
 use super::{Observation, RevisionChange, Signals, count_change};
@@ -21,10 +23,16 @@ fn stable_revision(history: &[String], observed: &Observation<'_>) -> Option<Str
     let latest = observed.latest;
     let exists = |revision: &str| observed.scale.contains_key(revision);
     let previous = observed.previous_status.and_then(|s| s.rollout.as_ref());
+    // Back to the stable revision (`ferry rollout undo`): it is running, nothing to roll out
+    // progressively; the rolling plan switches to it at once.
+    if previous.is_some_and(|p| p.stable_revision == latest) {
+        return None;
+    }
     let named = match previous {
-        Some(p) if p.canary_revision == latest => {
-            (p.phase != RolloutPhase::Succeeded).then(|| p.stable_revision.clone())
-        }
+        // A blue-green switch keeps its old revision warm for a while after it succeeded.
+        Some(p) if p.canary_revision == latest => (p.phase != RolloutPhase::Succeeded
+            || p.strategy == RolloutStrategy::BlueGreen)
+            .then(|| p.stable_revision.clone()),
         Some(p) if p.phase == RolloutPhase::Succeeded => Some(p.canary_revision.clone()),
         Some(p) => Some(p.stable_revision.clone()),
         None => None,
@@ -51,6 +59,37 @@ fn stable_revision(history: &[String], observed: &Observation<'_>) -> Option<Str
         .cloned()
 }
 
+/// The rollout the spec asks for, when progressive: `spec.rollout`; KServe's manual canary
+/// (`canaryTrafficPercent`) as one step held until promoted; and, when neither any more while a
+/// rollout of the latest revision is on (the percentage removed, the strategy set to
+/// rolling), a promotion: no step left, straight to 100 %.
+fn effective_rollout(isvc: &InferenceService, observed: &Observation<'_>) -> Option<RolloutSpec> {
+    let spec = isvc.spec.rollout.clone().unwrap_or_default();
+    if let Some(percent) = isvc.spec.predictor.canary_traffic_percent {
+        return Some(RolloutSpec {
+            strategy: Some(RolloutStrategy::Canary),
+            steps: vec![CanaryStep {
+                weight: percent.min(100),
+                pause: Some(ferry_api::UNTIL_PROMOTED.to_string()),
+            }],
+            ..spec
+        });
+    }
+    if progressive::is_progressive(Some(&spec)) {
+        return Some(spec);
+    }
+    let previous = observed.previous_status?.rollout.as_ref()?;
+    let active = !matches!(
+        previous.phase,
+        RolloutPhase::Succeeded | RolloutPhase::Aborted
+    );
+    (active && previous.canary_revision == observed.latest).then(|| RolloutSpec {
+        strategy: Some(RolloutStrategy::Canary),
+        steps: Vec::new(),
+        ..spec
+    })
+}
+
 /// The state machine's decision, when the spec rolls out progressively and there is a stable
 /// revision to roll out from.
 pub(super) fn progressive_decision(
@@ -61,10 +100,10 @@ pub(super) fn progressive_decision(
     total: u32,
     now: Timestamp,
 ) -> Option<RolloutDecision> {
-    let spec = isvc.spec.rollout.as_ref()?;
-    if !progressive::is_progressive(Some(spec)) || observed.runtime_problem.is_some() {
+    if observed.runtime_problem.is_some() {
         return None;
     }
+    let spec = &effective_rollout(isvc, observed)?;
     let stable = stable_revision(history, observed)?;
     let latest = observed.latest;
     let mut ready = BTreeMap::new();
