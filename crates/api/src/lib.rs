@@ -9,6 +9,7 @@
 //! - [`revision`]: immutable revisions named from a content hash of the predictor.
 
 pub mod crd;
+mod experiment;
 pub mod kserve;
 pub mod manifest;
 mod progressive;
@@ -21,6 +22,7 @@ pub mod testing;
 mod types;
 pub mod validate;
 
+pub use experiment::*;
 pub use k8s_openapi;
 pub use manifest::{
     ClusterManifests, DocumentErrors, Manifest, ParseError, parse_cluster_manifests,

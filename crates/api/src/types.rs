@@ -31,6 +31,9 @@ pub struct InferenceServiceSpec {
     /// How a change of the predictor reaches traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
+    /// An A/B experiment: variants with their own models beside the predictor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<crate::ExperimentSpec>,
     /// Expose the service outside the cluster through an Ingress or a Gateway API HTTPRoute
     /// (cluster mode; local mode serves every service on its router already).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,6 +262,9 @@ pub struct InferenceServiceStatus {
     /// A canary or blue-green rollout: its step, weights and last analysis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::RolloutStatus>,
+    /// An experiment's figures per variant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<crate::ExperimentStatus>,
 }
 
 /// Replicas of one revision.
@@ -353,6 +359,25 @@ impl PredictorSpec {
 }
 
 impl InferenceService {
+    /// The experiment's variants as revisions: (variant name, weight, the predictor serving
+    /// the variant's model, its revision name).
+    pub fn variants(&self) -> Vec<(String, u32, PredictorSpec, String)> {
+        let name = self.metadata.name.clone().unwrap_or_default();
+        self.spec
+            .experiment
+            .iter()
+            .flat_map(|e| e.variants.iter())
+            .map(|v| {
+                let predictor = PredictorSpec {
+                    model: v.model.clone(),
+                    ..self.spec.predictor.clone()
+                };
+                let revision = crate::revision_name(&name, &predictor);
+                (v.name.clone(), v.weight, predictor, revision)
+            })
+            .collect()
+    }
+
     /// The model's name in the inference protocol.
     pub fn model_name(&self) -> String {
         self.spec

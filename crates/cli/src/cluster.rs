@@ -31,6 +31,15 @@ async fn client(kubeconfig: &Path) -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
+/// `namespace/name` as the cluster has it.
+pub async fn get(kubeconfig: &Path, namespace: &str, name: &str) -> Result<InferenceService> {
+    let isvcs: Api<InferenceService> = Api::namespaced(client(kubeconfig).await?, namespace);
+    isvcs
+        .get(name)
+        .await
+        .with_context(|| format!("InferenceService {namespace}/{name}"))
+}
+
 /// Promote, abort, pause or resume the rollout of `namespace/name` in the cluster.
 pub async fn control_rollout(
     kubeconfig: &Path,

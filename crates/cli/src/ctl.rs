@@ -112,6 +112,37 @@ pub struct ControlTarget {
 }
 
 #[derive(Subcommand)]
+pub enum ExperimentCommand {
+    /// Per-variant requests, errors, p99 and feedback (mean reward with its 95 % interval).
+    Status {
+        #[command(flatten)]
+        target: ControlTarget,
+    },
+}
+
+pub async fn experiment(command: ExperimentCommand) -> Result<()> {
+    let ExperimentCommand::Status { target } = command;
+    let isvc = match &target.kubeconfig {
+        Some(path) => crate::cluster::get(path, &target.common.namespace, &target.name).await?,
+        None => {
+            target
+                .common
+                .client()?
+                .get(&target.common.namespace, &target.name)
+                .await?
+        }
+    };
+    let Some(experiment) = isvc.status.as_ref().and_then(|s| s.experiment.as_ref()) else {
+        bail!(
+            "InferenceService {} has no experiment figures (spec.experiment, and a status written since)",
+            target.name
+        );
+    };
+    print!("{}", print::experiment(experiment));
+    Ok(())
+}
+
+#[derive(Subcommand)]
 pub enum RolloutCommand {
     /// Wait for the current rollout to finish, showing its progress.
     Status {

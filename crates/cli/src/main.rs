@@ -50,9 +50,12 @@ enum Command {
     Logs(ctl::LogsArgs),
     /// Send an inference request through the router (JSON rows or CSV).
     Predict(predict::PredictArgs),
-    /// Follow, list or undo rollouts.
+    /// Follow, list, control or undo rollouts.
     #[command(subcommand)]
     Rollout(ctl::RolloutCommand),
+    /// A/B experiments: per-variant figures.
+    #[command(subcommand)]
+    Experiment(ctl::ExperimentCommand),
     /// Print Ferry's CustomResourceDefinitions (InferenceService, ServingRuntime) as YAML.
     Crd(CrdArgs),
     /// Print the Kubernetes objects the operator would create for manifests (GitOps review).
@@ -188,6 +191,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Logs(args) => runtime.block_on(ctl::logs(args)),
         Command::Predict(args) => runtime.block_on(predict::predict(args)),
         Command::Rollout(command) => runtime.block_on(ctl::rollout(command)),
+        Command::Experiment(command) => runtime.block_on(ctl::experiment(command)),
         Command::Doctor(DoctorCommand::Kube(args)) => runtime.block_on(doctor::run(args)),
         Command::Fetch(args) => runtime.block_on(fetch(args)),
         Command::Crd(args) => crd(args),

@@ -159,6 +159,46 @@ pub fn table(items: &[InferenceService], with_namespace: bool, wide: bool) -> St
     columns(&rows)
 }
 
+/// `ferry experiment status NAME`: one row per variant.
+pub fn experiment(status: &ferry_api::ExperimentStatus) -> String {
+    let mut rows = vec![
+        [
+            "VARIANT",
+            "REVISION",
+            "WEIGHT",
+            "REQUESTS",
+            "ERRORS",
+            "ERROR%",
+            "P99(ms)",
+            "FEEDBACK",
+            "MEAN REWARD",
+            "95% INTERVAL",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    let or_dash =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    for v in &status.variants {
+        rows.push(vec![
+            v.name.clone(),
+            v.revision.clone(),
+            format!("{}%", v.weight),
+            v.requests.to_string(),
+            v.errors.to_string(),
+            format!("{:.2}", v.error_percent),
+            or_dash(v.p99_latency_ms, 2),
+            v.feedback.to_string(),
+            or_dash(v.mean_reward, 4),
+            match (v.reward_low, v.reward_high) {
+                (Some(low), Some(high)) => format!("[{low:.4}, {high:.4}]"),
+                _ => "-".into(),
+            },
+        ]);
+    }
+    columns(&rows)
+}
+
 /// `ferry describe isvc NAME`.
 pub fn describe(isvc: &InferenceService, replicas: &[ReplicaInfo], events: &[EventRow]) -> String {
     let mut out = String::new();

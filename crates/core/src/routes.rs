@@ -49,6 +49,9 @@ pub struct RevisionRoute {
     /// Relative weight among the service's revisions (0 = no traffic).
     pub weight: u32,
     pub backends: Vec<Upstream>,
+    /// The experiment variant it serves (`control` for the predictor's own revisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 /// Where one service's traffic goes.
@@ -61,6 +64,9 @@ pub struct ServiceRoute {
     /// the stable revision of a canary with `retryOnStable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// What keeps a caller on one variant of an experiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<ferry_api::StickySpec>,
 }
 
 impl ServiceRoute {
@@ -119,6 +125,12 @@ pub struct ServiceEndpoints {
     /// [`ServiceRoute::fallback`], as the plan decides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Revision → experiment variant, as the plan decides it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, String>,
+    /// [`ServiceRoute::sticky`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<ferry_api::StickySpec>,
 }
 
 impl ServiceEndpoints {
@@ -137,7 +149,15 @@ impl ServiceEndpoints {
             hosts: isvc.external_hosts(),
             weights,
             fallback: None,
+            variants: BTreeMap::new(),
+            sticky: isvc.spec.experiment.as_ref().and_then(|e| e.sticky.clone()),
         }
+    }
+
+    /// With each revision's experiment variant.
+    pub fn with_variants(mut self, variants: BTreeMap<String, String>) -> Self {
+        self.variants = variants;
+        self
     }
 
     /// With the revision failed requests are retried on.
@@ -179,6 +199,7 @@ pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
                     revision: revision.to_string(),
                     weight: service.weights.get(revision).copied().unwrap_or(0),
                     backends,
+                    variant: service.variants.get(revision).cloned(),
                 }
             })
             .collect();
@@ -193,6 +214,7 @@ pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
                     service: service.service.clone(),
                     revisions,
                     fallback: service.fallback.clone(),
+                    sticky: service.sticky.clone(),
                 },
             );
     }
@@ -245,6 +267,8 @@ mod tests {
             hosts: vec![],
             weights: [("iris-1".to_string(), 1), ("iris-2".to_string(), 2)].into(),
             fallback: None,
+            variants: BTreeMap::new(),
+            sticky: None,
         };
         let table = build(&[service]);
         let route = table.lookup("default", "iris").unwrap();
@@ -279,6 +303,8 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             weights: BTreeMap::new(),
             fallback: None,
+            variants: BTreeMap::new(),
+            sticky: None,
         };
         let table = build(&[
             service("team-b", &["shared.example.com", "b.example.com"]),

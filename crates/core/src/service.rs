@@ -14,6 +14,7 @@ use k8s_openapi::jiff::{Timestamp, Unit};
 use serde::{Deserialize, Serialize};
 
 use crate::ReplicaView;
+use crate::experiment;
 use crate::reason::{ConditionState, PlannedEvent, Reason};
 use crate::rollout::{self, Target};
 use crate::runtime::RuntimeProblem;
@@ -73,9 +74,13 @@ pub struct Observation<'a> {
 
 /// What the router measured, for decisions beyond rolling updates: the numbers per revision
 /// since the executor's last analysis window began (canary analysis reads them).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Signals {
     pub window: Option<crate::analysis::Window>,
+    /// The router's totals per revision since it started counting, and the rewards per
+    /// experiment variant: an experiment's figures.
+    pub totals: crate::analysis::ServiceMetrics,
+    pub rewards: crate::experiment::Rewards,
 }
 
 /// One revision's replica count changing (or its objects going), with the event it is worth.
@@ -128,6 +133,11 @@ pub struct ServicePlan {
     /// The revision the router retries a request on when another revision failed it: the
     /// stable one while a canary with `retryOnStable` takes traffic.
     pub fallback: Option<String>,
+    /// Revision → experiment variant, for the route table.
+    pub variants: BTreeMap<String, String>,
+    /// The experiment variants' revisions and the predictor each runs (cluster mode renders
+    /// their objects from it, as it renders the latest revision's from the spec's).
+    pub companions: BTreeMap<String, ferry_api::PredictorSpec>,
 }
 
 impl ServicePlan {
@@ -145,13 +155,38 @@ impl ServicePlan {
 pub fn plan(
     isvc: &InferenceService,
     history: &[String],
-    observed: &Observation<'_>,
+    all: &Observation<'_>,
     signals: &Signals,
     now: Timestamp,
 ) -> ServicePlan {
-    let latest = observed.latest;
-    let wanted =
-        rollout::desired_replicas(&isvc.spec.predictor, observed.scale.get(latest).copied());
+    let latest = all.latest;
+    let wanted = rollout::desired_replicas(&isvc.spec.predictor, all.scale.get(latest).copied());
+    // An experiment's variants run beside the predictor's revisions: the rollout plans the
+    // predictor's (the control's) alone.
+    let companions = if all.runtime_problem.is_none() {
+        experiment::companions(isvc, wanted)
+    } else {
+        Vec::new()
+    };
+    let is_companion = |revision: &str| companions.iter().any(|c| c.revision == revision);
+    let control_replicas: Vec<ReplicaView> = all
+        .replicas
+        .iter()
+        .filter(|r| !is_companion(&r.revision))
+        .cloned()
+        .collect();
+    let control_scale: BTreeMap<String, u32> = all
+        .scale
+        .iter()
+        .filter(|(r, _)| !is_companion(r))
+        .map(|(r, n)| (r.clone(), *n))
+        .collect();
+    let control = Observation {
+        replicas: &control_replicas,
+        scale: &control_scale,
+        ..all.clone()
+    };
+    let observed = &control;
     let progressive = progressive_decision(isvc, history, observed, signals, wanted, now);
     let target = Target::with_replicas(
         latest,
@@ -176,6 +211,38 @@ pub fn plan(
         let start = BTreeMap::from([(latest.to_string(), step.start)]);
         (start, step.stop, scale, changes)
     };
+    let (mut start, mut stop, mut scale, mut changes) = (start, stop, scale, changes);
+    if !companions.is_empty() {
+        let companion_replicas: Vec<ReplicaView> = all
+            .replicas
+            .iter()
+            .filter(|r| is_companion(&r.revision))
+            .cloned()
+            .collect();
+        let companion_scale: BTreeMap<String, u32> = all
+            .scale
+            .iter()
+            .filter(|(r, _)| is_companion(r))
+            .map(|(r, n)| (r.clone(), *n))
+            .collect();
+        let desired: BTreeMap<String, u32> = companions
+            .iter()
+            .map(|c| (c.revision.clone(), c.replicas))
+            .collect();
+        let (more_start, more_stop, more_scale, more_changes) = desired::scale_to(
+            "",
+            &desired,
+            &Observation {
+                replicas: &companion_replicas,
+                scale: &companion_scale,
+                ..all.clone()
+            },
+        );
+        start.extend(more_start);
+        stop.extend(more_stop);
+        scale.extend(more_scale);
+        changes.extend(more_changes);
+    }
     let ready = ready_weights(observed.replicas, &stop);
     let weights = match &progressive {
         // The rollout's weights, on revisions that have a ready replica to take them.
@@ -186,6 +253,15 @@ pub fn plan(
             .map(|(r, w)| (r.clone(), *w))
             .collect(),
         None => ready,
+    };
+    let (weights, variants) = if companions.is_empty() {
+        (weights, BTreeMap::new())
+    } else {
+        let ready_all = ready_weights(all.replicas, &stop);
+        let mut split = experiment::weights(&companions, &weights);
+        split.retain(|revision, _| ready_all.get(revision).is_some_and(|n| *n > 0));
+        let names = experiment::variant_names(&companions, &split);
+        (split, names)
     };
     let traffic = percent(&weights);
     let mut order: Vec<String> = history.to_vec();
@@ -216,7 +292,28 @@ pub fn plan(
         rollout: progressive.as_ref().map(|d| &d.status).or(finished),
     };
     let previous = observed.previous_status;
-    let status = status::derive(&inputs, previous, &timestamp(now));
+    let mut status = status::derive(&inputs, previous, &timestamp(now));
+    if !companions.is_empty() {
+        for companion in &companions {
+            let mine = all
+                .replicas
+                .iter()
+                .filter(|r| r.revision == companion.revision && !r.terminating);
+            let (count, ready) = mine.fold((0, 0), |(n, k), r| (n + 1, k + u32::from(r.ready())));
+            status.revisions.push(ferry_api::RevisionStatus {
+                name: companion.revision.clone(),
+                replicas: count,
+                ready_replicas: ready,
+                traffic_percent: traffic.get(&companion.revision).copied().unwrap_or(0),
+            });
+        }
+        status.experiment = Some(experiment::figures(
+            &companions,
+            &variants,
+            &signals.totals,
+            &signals.rewards,
+        ));
+    }
     let status_event = if previous == Some(&status) {
         None
     } else {
@@ -237,6 +334,12 @@ pub fn plan(
         );
         (retry && active).then(|| d.status.stable_revision.clone())
     });
+    let companions = isvc
+        .variants()
+        .into_iter()
+        .filter(|(_, _, _, revision)| scale.contains_key(revision))
+        .map(|(_, _, predictor, revision)| (revision, predictor))
+        .collect();
     let (rollout_events, analysed) = progressive
         .map(|d| (d.events, d.analysed))
         .unwrap_or_default();
@@ -255,6 +358,8 @@ pub fn plan(
         rollout_events,
         analysed,
         fallback,
+        variants,
+        companions,
     }
 }
 

@@ -277,6 +277,7 @@ pub fn derive(
         revisions,
         conditions,
         rollout: inputs.rollout.cloned(),
+        experiment: None,
     }
 }
 
@@ -309,10 +310,12 @@ pub fn rollout_progress(isvc: &ferry_api::InferenceService) -> RolloutProgress {
         .iter()
         .find(|r| r.name == latest)
         .map_or(0, |r| r.ready_replicas);
+    // An experiment's variants run beside the latest revision: they are not left over.
+    let variants: Vec<String> = isvc.variants().into_iter().map(|v| v.3).collect();
     let old: u32 = status
         .revisions
         .iter()
-        .filter(|r| r.name != latest)
+        .filter(|r| r.name != latest && !variants.contains(&r.name))
         .map(|r| r.replicas)
         .sum();
     let latest_condition = status

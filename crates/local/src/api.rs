@@ -301,10 +301,13 @@ async fn rollback(
                 namespace: namespace.clone(),
                 name: revision.clone(),
             })?,
-        // The newest revision other than the current one.
+        // The newest revision other than the current one and its experiment's variants.
         None => history
             .iter()
-            .find(|r| r.name != row.revision)
+            .find(|r| {
+                r.name != row.revision
+                    && !row.isvc.variants().iter().any(|(_, _, _, v)| *v == r.name)
+            })
             .ok_or_else(|| {
                 Error::Conflict(format!(
                     "InferenceService {namespace}/{name} has no earlier revision to roll back to"

@@ -19,9 +19,13 @@ use crate::Result;
 use crate::store::{ReplicaRow, ServiceRow, Store, now};
 use crate::supervisor::{ReplicaSpec, Supervisor};
 
-/// A service's traffic as its plan decides it: weights per revision, and the revision failed
-/// requests are retried on.
-type Traffic = (BTreeMap<String, u32>, Option<String>);
+/// A service's traffic as its plan decides it: weights per revision, the revision failed
+/// requests are retried on, and each revision's experiment variant.
+type Traffic = (
+    BTreeMap<String, u32>,
+    Option<String>,
+    BTreeMap<String, String>,
+);
 
 /// Drives every service towards its spec.
 pub struct Reconciler {
@@ -97,6 +101,7 @@ impl Reconciler {
         let mut statuses = Vec::new();
         let mut weights = HashMap::new();
         let numbers = self.accounting.snapshot();
+        let rewards = self.accounting.rewards();
         let at = Timestamp::now();
         for service in &services {
             let (namespace, name) = (service.namespace(), service.name());
@@ -150,6 +155,8 @@ impl Reconciler {
                 .window(&key, &current, at);
             let signals = Signals {
                 window: Some(window),
+                totals: current.clone(),
+                rewards: rewards.get(&key).cloned().unwrap_or_default(),
             };
             let plan = service::plan(&service.isvc, &history, &observation, &signals, at);
             if plan.analysed {
@@ -207,7 +214,7 @@ impl Reconciler {
             }
             weights.insert(
                 (namespace.clone(), name.clone()),
-                (plan.weights, plan.fallback),
+                (plan.weights, plan.fallback, plan.variants),
             );
             if service.status.as_ref() != Some(&plan.status) {
                 statuses.push((namespace, name, plan.status, plan.status_event));
@@ -293,10 +300,12 @@ impl Reconciler {
                         })
                     })
                     .collect();
-                let (weights, fallback) = weights
+                let (weights, fallback, variants) = weights
                     .remove(&(s.namespace(), s.name()))
                     .unwrap_or_default();
-                ServiceEndpoints::of(&s.isvc, endpoints, weights).with_fallback(fallback)
+                ServiceEndpoints::of(&s.isvc, endpoints, weights)
+                    .with_fallback(fallback)
+                    .with_variants(variants)
             })
             .collect();
         ferry_core::routes::build(&inputs)

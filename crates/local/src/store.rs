@@ -242,6 +242,13 @@ impl Store {
                 "INSERT OR IGNORE INTO revisions (namespace, service, name, predictor, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![namespace, name, revision, serde_json::to_string(&isvc.spec.predictor).expect("serializes"), at],
             )?;
+            // An experiment's variants are revisions too: their replicas start from them.
+            for (_, _, predictor, variant_revision) in isvc.variants() {
+                tx.execute(
+                    "INSERT OR IGNORE INTO revisions (namespace, service, name, predictor, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![namespace, name, variant_revision, serde_json::to_string(&predictor).expect("serializes"), at],
+                )?;
+            }
             if outcome != Applied::Unchanged {
                 let message = format!(
                     "{} (revision {revision})",

@@ -63,9 +63,20 @@ pub(crate) async fn apply_revisions(
             Write::ApplyLatest {
                 revision,
                 replicas,
+                predictor,
                 event,
             } => {
-                let mut objects = render(isvc, revision, *replicas, &ctx.render, runtime);
+                let variant;
+                let source = match predictor {
+                    Some(predictor) => {
+                        let mut copy = isvc.clone();
+                        copy.spec.predictor = (**predictor).clone();
+                        variant = copy;
+                        &variant
+                    }
+                    None => isvc,
+                };
+                let mut objects = render(source, revision, *replicas, &ctx.render, runtime);
                 let key = format!("deployment/{namespace}/{revision}");
                 let hash = stamp(&mut objects.deployment);
                 let cached = observed.deployment(revision);

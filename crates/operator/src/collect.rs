@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ferry_core::analysis::{self, ServiceMetrics};
+use ferry_core::experiment::Rewards;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
@@ -36,25 +37,31 @@ impl Default for RouterPods {
 
 type ServiceKey = (String, String);
 
+/// A service's numbers per revision and rewards per variant.
+type Numbers = (ServiceMetrics, Rewards);
+
 #[derive(Deserialize)]
 struct ServiceNumbers {
     namespace: String,
     service: String,
     revisions: ServiceMetrics,
+    #[serde(default)]
+    rewards: Rewards,
 }
 
 /// The running totals, and what each router pod said last.
 #[derive(Default)]
 pub struct Collector {
-    totals: Mutex<HashMap<ServiceKey, ServiceMetrics>>,
-    last: Mutex<HashMap<String, BTreeMap<ServiceKey, ServiceMetrics>>>,
+    totals: Mutex<HashMap<ServiceKey, Numbers>>,
+    last: Mutex<HashMap<String, BTreeMap<ServiceKey, Numbers>>>,
     /// When a reconcile last asked for numbers: the collector sleeps when nobody does.
     wanted: Mutex<Option<Instant>>,
 }
 
 impl Collector {
-    /// The totals of one service (every router pod's numbers added), asking for collection.
-    pub fn totals(&self, namespace: &str, service: &str) -> ServiceMetrics {
+    /// The totals of one service (every router pod's numbers and rewards added), asking for
+    /// collection.
+    pub fn totals(&self, namespace: &str, service: &str) -> Numbers {
         *self.wanted.lock().expect("poisoned") = Some(Instant::now());
         self.totals
             .lock()
@@ -73,19 +80,32 @@ impl Collector {
 
     /// Add what `pod` reports now beyond what it reported last.
     fn observe(&self, pod: &str, now: Vec<ServiceNumbers>) {
-        let now: BTreeMap<ServiceKey, ServiceMetrics> = now
+        let now: BTreeMap<ServiceKey, Numbers> = now
             .into_iter()
-            .map(|n| ((n.namespace, n.service), n.revisions))
+            .map(|n| ((n.namespace, n.service), (n.revisions, n.rewards)))
             .collect();
         let mut last = self.last.lock().expect("poisoned");
         let before = last.remove(pod).unwrap_or_default();
         let mut totals = self.totals.lock().expect("poisoned");
-        for (key, metrics) in &now {
-            let delta = match before.get(key) {
-                Some(previous) => analysis::since(metrics, previous),
-                None => metrics.clone(),
+        for (key, (metrics, rewards)) in &now {
+            let (delta, reward_delta) = match before.get(key) {
+                Some((previous, previous_rewards)) => (
+                    analysis::since(metrics, previous),
+                    rewards
+                        .iter()
+                        .map(|(variant, r)| {
+                            let d = previous_rewards.get(variant).map_or(*r, |p| r.since(p));
+                            (variant.clone(), d)
+                        })
+                        .collect::<Rewards>(),
+                ),
+                None => (metrics.clone(), rewards.clone()),
             };
-            analysis::merge(totals.entry(key.clone()).or_default(), &delta);
+            let total = totals.entry(key.clone()).or_default();
+            analysis::merge(&mut total.0, &delta);
+            for (variant, r) in reward_delta {
+                total.1.entry(variant).or_default().merge(&r);
+            }
         }
         last.insert(pod.to_string(), now);
     }
@@ -167,6 +187,7 @@ mod tests {
                     latency: vec![requests],
                 },
             )]),
+            rewards: Rewards::new(),
         }]
     }
 
@@ -176,12 +197,12 @@ mod tests {
         collector.observe("router-1", numbers(10));
         collector.observe("router-2", numbers(5));
         collector.observe("router-1", numbers(25));
-        assert_eq!(collector.totals("ns", "iris")["iris-a"].requests, 30);
+        assert_eq!(collector.totals("ns", "iris").0["iris-a"].requests, 30);
         // router-2 restarted: its counters began again at 3, which are all new.
         collector.observe("router-2", numbers(3));
-        assert_eq!(collector.totals("ns", "iris")["iris-a"].requests, 33);
+        assert_eq!(collector.totals("ns", "iris").0["iris-a"].requests, 33);
         collector.keep(&["router-1".to_string()]);
         collector.observe("router-2", numbers(4));
-        assert_eq!(collector.totals("ns", "iris")["iris-a"].requests, 37);
+        assert_eq!(collector.totals("ns", "iris").0["iris-a"].requests, 37);
     }
 }

@@ -109,8 +109,15 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
 
     // Plan, on the router pods' numbers while a canary is in progress.
     let key = (isvc.namespace().unwrap_or_default(), isvc.name_any());
-    let totals = ferry_core::progressive::is_progressive(isvc.spec.rollout.as_ref())
-        .then(|| shared.collector.totals(&key.0, &key.1));
+    let counted = ferry_core::progressive::is_progressive(isvc.spec.rollout.as_ref())
+        || isvc.spec.predictor.canary_traffic_percent.is_some()
+        || isvc.spec.experiment.is_some();
+    let (totals, rewards) = if counted {
+        let (totals, rewards) = shared.collector.totals(&key.0, &key.1);
+        (Some(totals), rewards)
+    } else {
+        (None, Default::default())
+    };
     let signals = Signals {
         window: totals.as_ref().map(|current| {
             shared
@@ -119,6 +126,8 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
                 .expect("poisoned")
                 .window(&key, current, now)
         }),
+        totals: totals.clone().unwrap_or_default(),
+        rewards,
     };
     let plan = service::plan(isvc, &history, &observation, &signals, now);
     if plan.analysed

@@ -54,7 +54,12 @@ fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
                     (ferry_core::service::ready_weights(&replicas, &[]), None)
                 }
             };
-            Some(ServiceEndpoints::of(isvc, endpoints, weights).with_fallback(fallback))
+            let variants = variant_names(isvc, &weights);
+            Some(
+                ServiceEndpoints::of(isvc, endpoints, weights)
+                    .with_fallback(fallback)
+                    .with_variants(variants),
+            )
         })
         .collect();
     build(&services)
@@ -65,6 +70,16 @@ fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
 /// `retryOnStable`, while the rollout is in progress).
 fn planned_traffic(isvc: &InferenceService) -> Option<(BTreeMap<String, u32>, Option<String>)> {
     let status = isvc.status.as_ref()?;
+    if isvc.spec.experiment.is_some() && status.experiment.is_some() {
+        // An experiment's split, as the operator's plan wrote it.
+        let weights = status
+            .revisions
+            .iter()
+            .filter(|r| r.traffic_percent > 0)
+            .map(|r| (r.name.clone(), r.traffic_percent))
+            .collect();
+        return Some((weights, None));
+    }
     let rollout = status.rollout.as_ref()?;
     let weights = status
         .revisions
@@ -85,6 +100,27 @@ fn planned_traffic(isvc: &InferenceService) -> Option<(BTreeMap<String, u32>, Op
         weights,
         (active && retry).then(|| rollout.stable_revision.clone()),
     ))
+}
+
+/// Each weighted revision's experiment variant: the variants' own, `control` for the rest.
+fn variant_names(
+    isvc: &InferenceService,
+    weights: &BTreeMap<String, u32>,
+) -> BTreeMap<String, String> {
+    if isvc.spec.experiment.is_none() {
+        return BTreeMap::new();
+    }
+    let variants = isvc.variants();
+    weights
+        .keys()
+        .map(|revision| {
+            let name = variants
+                .iter()
+                .find(|(_, _, _, r)| r == revision)
+                .map_or(ferry_api::CONTROL_VARIANT.to_string(), |(v, ..)| v.clone());
+            (revision.clone(), name)
+        })
+        .collect()
 }
 
 /// Keep `routes` current until the watches end.

@@ -6,13 +6,16 @@ use ferry_core::reason::PlannedEvent;
 use ferry_core::service::ServicePlan;
 
 /// One write of a revision's objects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Write {
     /// Server-side apply of the latest revision's Deployment (rendered with `replicas`) and
     /// its Service.
     ApplyLatest {
         revision: String,
         replicas: u32,
+        /// An experiment variant's predictor, rendered in place of the spec's (`None`: the
+        /// latest revision itself).
+        predictor: Option<Box<ferry_api::PredictorSpec>>,
         /// The decision's event, when its count changes (or it is created).
         event: Option<PlannedEvent>,
     },
@@ -57,6 +60,14 @@ pub(crate) fn writes(plan: &ServicePlan) -> Vec<Write> {
             out.push(Write::ApplyLatest {
                 revision: revision.clone(),
                 replicas: *replicas,
+                predictor: None,
+                event: event_of(revision),
+            });
+        } else if let Some(predictor) = plan.companions.get(revision) {
+            out.push(Write::ApplyLatest {
+                revision: revision.clone(),
+                replicas: *replicas,
+                predictor: Some(Box::new(predictor.clone())),
                 event: event_of(revision),
             });
         } else if let Some(event) = event_of(revision) {
@@ -128,6 +139,7 @@ mod tests {
                     revision,
                     replicas,
                     event,
+                    ..
                 } => ("apply".into(), revision, replicas, event.map(|e| e.reason)),
                 Write::Scale {
                     revision,

@@ -19,6 +19,10 @@ pub enum RequestKind {
     Metrics,
     /// The per-revision numbers as JSON, for the operator's canary analysis.
     RevisionMetrics,
+    /// `POST /v2/models/{model}/feedback`: a reward for an answered request.
+    Feedback {
+        model: String,
+    },
     Unknown,
 }
 
@@ -34,6 +38,11 @@ pub fn classify(uri: &Uri, headers: &HeaderMap) -> RequestKind {
     }
     if let Some(rest) = path.strip_prefix("/v2/models/") {
         let model = rest.split('/').next().unwrap_or("");
+        if rest.strip_prefix(model) == Some("/feedback") && !model.is_empty() {
+            return RequestKind::Feedback {
+                model: model.to_string(),
+            };
+        }
         return named(model);
     }
     if let Some(rest) = path.strip_prefix("/v1/models/") {

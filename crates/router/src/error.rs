@@ -22,6 +22,17 @@ pub enum RouterError {
         service: String,
         revision: String,
     },
+    #[error(
+        "variant {variant:?} (header ferry-variant) of {service} in namespace {namespace} takes no requests: no such variant, or none of its replicas is ready"
+    )]
+    VariantNotServing {
+        namespace: String,
+        service: String,
+        variant: String,
+    },
+    /// Feedback names a request this service did not answer.
+    #[error("{0}")]
+    UnknownRequest(String),
     #[error("no ready replica of {service} in namespace {namespace}")]
     NoReadyReplica { namespace: String, service: String },
     /// The replica failed (twice, when a retry was possible).
@@ -35,7 +46,9 @@ impl RouterError {
             RouterError::BadRequest(_) => StatusCode::BAD_REQUEST,
             RouterError::ModelNotFound { .. }
             | RouterError::NoRoute(_)
-            | RouterError::RevisionNotServing { .. } => StatusCode::NOT_FOUND,
+            | RouterError::RevisionNotServing { .. }
+            | RouterError::VariantNotServing { .. }
+            | RouterError::UnknownRequest(_) => StatusCode::NOT_FOUND,
             RouterError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RouterError::NoReadyReplica { .. } => StatusCode::SERVICE_UNAVAILABLE,
             RouterError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -48,7 +61,9 @@ impl RouterError {
             RouterError::BadRequest(_) => 3, // INVALID_ARGUMENT
             RouterError::ModelNotFound { .. }
             | RouterError::NoRoute(_)
-            | RouterError::RevisionNotServing { .. } => 5, // NOT_FOUND
+            | RouterError::RevisionNotServing { .. }
+            | RouterError::VariantNotServing { .. }
+            | RouterError::UnknownRequest(_) => 5, // NOT_FOUND
             RouterError::TooLarge { .. } => 11, // OUT_OF_RANGE
             RouterError::NoReadyReplica { .. } | RouterError::Upstream { .. } => 14, // UNAVAILABLE
         }
@@ -61,6 +76,8 @@ impl RouterError {
             RouterError::ModelNotFound { .. } => "model_not_found",
             RouterError::NoRoute(_) => "no_route",
             RouterError::RevisionNotServing { .. } => "revision_not_serving",
+            RouterError::VariantNotServing { .. } => "variant_not_serving",
+            RouterError::UnknownRequest(_) => "unknown_request",
             RouterError::TooLarge { .. } => "too_large",
             RouterError::NoReadyReplica { .. } => "no_ready_replica",
             RouterError::Upstream { .. } => "upstream",

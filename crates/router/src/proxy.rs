@@ -162,6 +162,7 @@ impl Router {
     ) -> Result<Response<Buffered>, RouterError> {
         // 1. classify: the router's own endpoints answer here; a gRPC call names its model in
         //    the message, so the body is read first.
+        let feedback = matches!(kind, RequestKind::Feedback { .. });
         let model = match kind {
             RequestKind::Health => {
                 return Ok(json(StatusCode::OK, r#"{"live":true,"ready":true}"#.into()));
@@ -175,7 +176,7 @@ impl Router {
             RequestKind::Unknown => {
                 return Err(RouterError::NoRoute(request.uri().path().to_string()));
             }
-            RequestKind::Rest { model } => Some(model),
+            RequestKind::Rest { model } | RequestKind::Feedback { model } => Some(model),
             RequestKind::Grpc { .. } => None,
         };
         let grpc = model.is_none();
@@ -196,6 +197,9 @@ impl Router {
 
         // 2. authorize / limit: nothing is refused yet (API keys and rate limits come here).
         authorize(&info)?;
+        if feedback {
+            return self.feedback(&compiled, &info, &body);
+        }
 
         // 3. pick a revision, 4. pick a replica; with none, the `on_no_backend` hook decides.
         let mut holds = 0;
@@ -220,19 +224,34 @@ impl Router {
         }
         let service = lookup(&compiled, &info)?;
         let pin = pinned(&parts.headers);
-        let revision = match pin {
-            // `ferry-revision: REV` pins the revision (a blue-green preview, a canary's debug).
-            Some(name) => {
-                service
-                    .revision(name)
-                    .ok_or_else(|| RouterError::RevisionNotServing {
-                        namespace: service.namespace.clone(),
-                        service: service.service.clone(),
-                        revision: name.to_string(),
-                    })?
-            }
-            None => service.pick_revision().ok_or_else(|| no_replica(service))?,
-        };
+        let revision =
+            match pin {
+                // `ferry-revision: REV` pins the revision (a blue-green preview, a canary's debug).
+                Some(name) => {
+                    service
+                        .revision(name)
+                        .ok_or_else(|| RouterError::RevisionNotServing {
+                            namespace: service.namespace.clone(),
+                            service: service.service.clone(),
+                            revision: name.to_string(),
+                        })?
+                }
+                None => match variant_of(&parts.headers) {
+                    // `ferry-variant: NAME` chooses an experiment's variant explicitly.
+                    Some(name) => service.pick_variant(name).ok_or_else(|| {
+                        RouterError::VariantNotServing {
+                            namespace: service.namespace.clone(),
+                            service: service.service.clone(),
+                            variant: name.to_string(),
+                        }
+                    })?,
+                    None => match sticky_key(service.sticky.as_ref(), &parts.headers) {
+                        Some(key) => service.pick_sticky(key.as_bytes()),
+                        None => service.pick_revision(),
+                    }
+                    .ok_or_else(|| no_replica(service))?,
+                },
+            };
         let backend = revision
             .pick_replica(None)
             .ok_or_else(|| no_replica(service))?;
@@ -275,6 +294,59 @@ impl Router {
             .inc();
         self.attempt(&parts, &body, service, revision, &other, grpc, 1)
             .await
+    }
+
+    /// `POST /v2/models/{model}/feedback` with `{"requestId": ID, "reward": NUMBER}`: the
+    /// reward counts for the variant that answered request ID (named in the ID itself).
+    fn feedback(
+        &self,
+        compiled: &Compiled,
+        info: &RequestInfo<'_>,
+        body: &Bytes,
+    ) -> Result<Response<Buffered>, RouterError> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Feedback {
+            request_id: Option<String>,
+            reward: Option<serde_json::Value>,
+        }
+        let service = lookup(compiled, info)?;
+        let parsed: Feedback = serde_json::from_slice(body).map_err(|e| {
+            RouterError::BadRequest(format!(
+                "feedback body: not a JSON object {{\"requestId\", \"reward\"}}: {e}"
+            ))
+        })?;
+        let id = parsed.request_id.ok_or_else(|| {
+            RouterError::BadRequest(
+                "feedback body: requestId: Required value (the ferry-request-id of the answer)"
+                    .into(),
+            )
+        })?;
+        let reward = match parsed.reward {
+            Some(serde_json::Value::Number(n)) => n.as_f64().filter(|r| r.is_finite()),
+            Some(serde_json::Value::Bool(b)) => Some(f64::from(u8::from(b))),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            RouterError::BadRequest("feedback body: reward: Required value: a number".into())
+        })?;
+        let variant = id
+            .split_once('.')
+            .map(|(variant, _)| variant)
+            .filter(|v| service.has_variant(v))
+            .ok_or_else(|| {
+                RouterError::UnknownRequest(format!(
+                    "request {id:?} was not answered by a variant of an experiment of {} in namespace {}",
+                    service.service, service.namespace
+                ))
+            })?;
+        self.inner
+            .accounting
+            .reward(&service.namespace, &service.service, variant, reward);
+        Ok(json(
+            StatusCode::OK,
+            format!(r#"{{"recorded":true,"variant":"{variant}"}}"#),
+        ))
     }
 
     fn metrics_response(&self) -> Response<Buffered> {
@@ -421,6 +493,18 @@ impl Router {
         if let Some(value) = &revision.header {
             head.headers.insert(REVISION_HEADER, value.clone());
         }
+        if let Some(value) = &revision.variant_header {
+            head.headers.insert(VARIANT_HEADER, value.clone());
+        }
+        // The request's id: feedback names it, and it carries the variant that answered
+        // (`<variant>.<random>`), so any router replica can attribute the reward.
+        let id = match &revision.variant {
+            Some(variant) => format!("{variant}.{:032x}", fastrand::u128(..)),
+            None => format!("{:032x}", fastrand::u128(..)),
+        };
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            head.headers.insert(REQUEST_ID_HEADER, value);
+        }
         Ok(Response::from_parts(
             head,
             Buffered {
@@ -458,6 +542,40 @@ fn lookup<'a>(
     }
 }
 
+/// The variant a request chooses with `ferry-variant`.
+fn variant_of(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(&VARIANT_HEADER)?
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+/// A sticky caller's key: the configured header's value, or the configured cookie's.
+fn sticky_key<'a>(
+    sticky: Option<&ferry_api::StickySpec>,
+    headers: &'a HeaderMap,
+) -> Option<&'a str> {
+    let sticky = sticky?;
+    if let Some(name) = &sticky.header {
+        return headers
+            .get(name.as_str())?
+            .to_str()
+            .ok()
+            .filter(|v| !v.is_empty());
+    }
+    let name = sticky.cookie.as_deref()?;
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+        .filter(|v| !v.is_empty())
+}
+
 /// The revision a request pins with `ferry-revision`.
 fn pinned(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -483,6 +601,8 @@ fn labels(service: &ServiceState, revision: &RevisionState) -> RevisionLabels {
 }
 
 const REVISION_HEADER: HeaderName = HeaderName::from_static(ferry_api::HEADER_REVISION);
+const VARIANT_HEADER: HeaderName = HeaderName::from_static(ferry_api::HEADER_VARIANT);
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(ferry_api::HEADER_REQUEST_ID);
 
 /// Typed names, not strings: a `&str` key is parsed into a header name on every lookup.
 const HOP_BY_HOP: [HeaderName; 8] = [

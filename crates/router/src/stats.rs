@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::analysis::{BUCKETS, RevisionMetrics, ServiceMetrics, bucket_of};
+use ferry_core::experiment::{RewardStats, Rewards};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -62,11 +63,14 @@ impl RevisionStats {
 }
 
 /// One service's numbers, as the JSON endpoint lists them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceNumbers {
     pub namespace: String,
     pub service: String,
     pub revisions: ServiceMetrics,
+    /// Rewards per experiment variant (`POST /v2/models/{model}/feedback`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rewards: Rewards,
 }
 
 /// (namespace, service, revision).
@@ -76,6 +80,8 @@ type RevisionKey = (String, String, String);
 #[derive(Clone, Default)]
 pub struct Accounting {
     registry: Arc<Mutex<HashMap<RevisionKey, Arc<RevisionStats>>>>,
+    /// Rewards by (namespace, service, variant); feedback is off the request path.
+    rewards: Arc<Mutex<HashMap<RevisionKey, RewardStats>>>,
 }
 
 impl Accounting {
@@ -110,11 +116,41 @@ impl Accounting {
         out
     }
 
-    /// [`Accounting::snapshot`] as the JSON endpoint serves it.
+    /// Record one reward for `variant` of a service.
+    pub(crate) fn reward(&self, namespace: &str, service: &str, variant: &str, reward: f64) {
+        self.rewards
+            .lock()
+            .expect("accounting poisoned")
+            .entry((
+                namespace.to_string(),
+                service.to_string(),
+                variant.to_string(),
+            ))
+            .or_default()
+            .add(reward);
+    }
+
+    /// Every service's rewards per variant since the router started, by (namespace, service).
+    pub fn rewards(&self) -> BTreeMap<(String, String), Rewards> {
+        let rewards = self.rewards.lock().expect("accounting poisoned");
+        let mut out: BTreeMap<(String, String), Rewards> = BTreeMap::new();
+        for ((namespace, service, variant), stats) in rewards.iter() {
+            out.entry((namespace.clone(), service.clone()))
+                .or_default()
+                .insert(variant.clone(), *stats);
+        }
+        out
+    }
+
+    /// [`Accounting::snapshot`] and [`Accounting::rewards`] as the JSON endpoint serves them.
     pub fn numbers(&self) -> Vec<ServiceNumbers> {
+        let mut rewards = self.rewards();
         self.snapshot()
             .into_iter()
             .map(|((namespace, service), revisions)| ServiceNumbers {
+                rewards: rewards
+                    .remove(&(namespace.clone(), service.clone()))
+                    .unwrap_or_default(),
                 namespace,
                 service,
                 revisions,

@@ -60,6 +60,9 @@ pub struct RevisionState {
     pub latency: Histogram,
     /// Mergeable counters for canary analysis.
     pub stats: Arc<crate::stats::RevisionStats>,
+    /// The experiment variant it serves, and that name as a header value.
+    pub variant: Option<Arc<str>>,
+    pub variant_header: Option<http::HeaderValue>,
 }
 
 /// One service's compiled route.
@@ -70,6 +73,8 @@ pub struct ServiceState {
     total_weight: u32,
     /// Index in `revisions` of the revision a failed request is retried on.
     fallback: Option<usize>,
+    /// What keeps a caller on one experiment variant.
+    pub sticky: Option<ferry_api::StickySpec>,
 }
 
 impl ServiceState {
@@ -81,8 +86,48 @@ impl ServiceState {
     /// Weighted choice of a revision that has backends; when no weighted revision has one,
     /// the first revision with backends.
     pub fn pick_revision(&self) -> Option<&RevisionState> {
-        if self.total_weight > 0 {
-            let mut ticket = fastrand::u32(0..self.total_weight);
+        self.pick_by(
+            self.total_weight
+                .checked_sub(1)
+                .map(|last| fastrand::u32(0..=last)),
+        )
+    }
+
+    /// The revision a sticky caller's `key` hashes to (the same in every router replica,
+    /// across restarts): a ticket into the weights from a hash of the key.
+    pub fn pick_sticky(&self, key: &[u8]) -> Option<&RevisionState> {
+        let ticket =
+            (self.total_weight > 0).then(|| (fnv1a(key) % u64::from(self.total_weight)) as u32);
+        self.pick_by(ticket)
+    }
+
+    /// A revision of variant `name` with backends (weighted among them when several).
+    pub fn pick_variant(&self, name: &str) -> Option<&RevisionState> {
+        let candidates: Vec<&RevisionState> = self
+            .revisions
+            .iter()
+            .filter(|r| r.variant.as_deref() == Some(name) && !r.backends.is_empty())
+            .collect();
+        let total: u32 = candidates.iter().map(|r| r.weight.max(1)).sum();
+        let mut ticket = fastrand::u32(0..total.max(1));
+        for revision in &candidates {
+            if ticket < revision.weight.max(1) {
+                return Some(revision);
+            }
+            ticket -= revision.weight.max(1);
+        }
+        candidates.first().copied()
+    }
+
+    /// Whether `name` is a variant of this service's experiment.
+    pub fn has_variant(&self, name: &str) -> bool {
+        self.revisions
+            .iter()
+            .any(|r| r.variant.as_deref() == Some(name))
+    }
+
+    fn pick_by(&self, ticket: Option<u32>) -> Option<&RevisionState> {
+        if let Some(mut ticket) = ticket {
             for revision in &self.revisions {
                 if ticket < revision.weight {
                     return Some(revision);
@@ -269,6 +314,11 @@ impl InFlight {
                             ok: metrics.ok_counter(&labels),
                             latency: metrics.latency(&labels),
                             stats: accounting.handle(namespace, &route.service, &r.revision),
+                            variant: r.variant.as_deref().map(Arc::from),
+                            variant_header: r
+                                .variant
+                                .as_deref()
+                                .and_then(|v| http::HeaderValue::from_str(v).ok()),
                         }
                     })
                     .collect();
@@ -289,6 +339,7 @@ impl InFlight {
                             revisions,
                             total_weight,
                             fallback,
+                            sticky: route.sticky.clone(),
                         }),
                     );
             }
@@ -301,5 +352,38 @@ impl InFlight {
         }
         *registry = seen;
         compiled
+    }
+}
+
+/// FNV-1a, 64 bits, with a final avalanche (MurmurHash3's fmix64): a fixed hash, so a sticky
+/// key maps to the same variant in every router, and similar keys spread evenly.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fnv1a;
+
+    #[test]
+    fn sticky_keys_spread_evenly_and_always_hash_alike() {
+        let share = (0..10_000)
+            .filter(|i| fnv1a(format!("user-{i}").as_bytes()) % 10_000 < 3_000)
+            .count();
+        assert!(
+            (2_800..=3_200).contains(&share),
+            "{share} of 10,000 under a 30 % weight"
+        );
+        // Fixed across builds and machines (a router replica and a restarted one agree).
+        assert_eq!(fnv1a(b"user-7"), 0x5f45893168beb5f);
     }
 }

@@ -2,6 +2,7 @@
 //! OCI image, `ferry fetch`, and the real tritonclient suite against this very build.
 
 mod canary;
+mod experiment;
 mod fetch;
 mod image;
 mod interop;

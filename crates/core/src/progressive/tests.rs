@@ -117,6 +117,7 @@ impl Sim {
         };
         let signals = Signals {
             window: Some(self.window.clone()),
+            ..Signals::default()
         };
         let history = [V2.to_string(), V1.to_string()];
         let plan = service::plan(&self.isvc, &history, &observed, &signals, self.now);

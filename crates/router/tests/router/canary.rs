@@ -25,6 +25,8 @@ async fn canary_router(
         hosts: vec![],
         weights: [("iris-v1".to_string(), 50), ("iris-b".to_string(), 50)].into(),
         fallback: fallback.map(String::from),
+        variants: BTreeMap::new(),
+        sticky: None,
     }]));
     let (tx, rx) = watch::channel(table);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

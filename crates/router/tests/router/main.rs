@@ -105,6 +105,8 @@ fn table(namespace: &str, endpoints: Vec<Endpoint>) -> Arc<RouteTable> {
         hosts: vec!["iris.example.com".into()],
         weights: ferry_core::service::ready_weights(&replicas, &[]),
         fallback: None,
+        variants: BTreeMap::new(),
+        sticky: None,
     }]))
 }
 
@@ -489,6 +491,8 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         hosts: vec![],
         weights: BTreeMap::new(),
         fallback: None,
+        variants: BTreeMap::new(),
+        sticky: None,
     }]));
     let (tx, rx) = watch::channel(empty);
     // The plan's weights decide, not the replica counts: two ready replicas of iris-1 weigh
@@ -506,6 +510,8 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         hosts: vec![],
         weights: [("iris-1".to_string(), 0), ("iris-2".to_string(), 1)].into(),
         fallback: None,
+        variants: BTreeMap::new(),
+        sticky: None,
     }]));
     let hooks = Arc::new(Holding {
         table: std::sync::Mutex::new(Some((tx.clone(), serving))),
@@ -541,6 +547,8 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         hosts: vec![],
         weights: BTreeMap::new(),
         fallback: None,
+        variants: BTreeMap::new(),
+        sticky: None,
     }])))
     .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
