@@ -158,3 +158,56 @@ pub(crate) fn check_experiment(
         ));
     }
 }
+
+/// Shadow traffic: a share of live requests mirrored to another model, its answers compared
+/// with the live ones and never returned.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowSpec {
+    /// The shadow's model, in place of the predictor's (a full revision of its own).
+    pub model: crate::ModelSpec,
+    /// Percent of live REST requests mirrored (0–100).
+    pub percent: u32,
+}
+
+/// The shadow's figures since the router(s) started counting.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowStatus {
+    pub revision: String,
+    pub percent: u32,
+    /// Live requests the router saw, and copies sent to the shadow.
+    pub live: u64,
+    pub mirrored: u64,
+    /// Copies whose answer matched the live one (integer outputs equal; floats within a
+    /// tolerance), and did not.
+    pub agreed: u64,
+    pub disagreed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement_percent: Option<f64>,
+    /// Copies the shadow failed, and copies dropped because the queue was full.
+    pub failed: u64,
+    pub dropped: u64,
+}
+
+/// Problems of a shadow, each with its field path.
+pub(crate) fn check_shadow(isvc: &crate::InferenceService, errors: &mut Vec<crate::FieldError>) {
+    let Some(shadow) = &isvc.spec.shadow else {
+        return;
+    };
+    if shadow.percent > 100 {
+        errors.push(crate::FieldError::new(
+            "spec.shadow.percent",
+            format!(
+                "Invalid value: {}: must be between 0 and 100",
+                shadow.percent
+            ),
+        ));
+    }
+    if shadow.model == isvc.spec.predictor.model {
+        errors.push(crate::FieldError::new(
+            "spec.shadow.model",
+            "Invalid value: the same model as spec.predictor.model: a shadow serves another one",
+        ));
+    }
+}

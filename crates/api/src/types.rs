@@ -34,6 +34,9 @@ pub struct InferenceServiceSpec {
     /// An A/B experiment: variants with their own models beside the predictor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment: Option<crate::ExperimentSpec>,
+    /// Mirror a share of live traffic to another model and compare its answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::ShadowSpec>,
     /// Expose the service outside the cluster through an Ingress or a Gateway API HTTPRoute
     /// (cluster mode; local mode serves every service on its router already).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -265,6 +268,9 @@ pub struct InferenceServiceStatus {
     /// An experiment's figures per variant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment: Option<crate::ExperimentStatus>,
+    /// The shadow's figures: copies, agreement with the live answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::ShadowStatus>,
 }
 
 /// Replicas of one revision.
@@ -376,6 +382,18 @@ impl InferenceService {
                 (v.name.clone(), v.weight, predictor, revision)
             })
             .collect()
+    }
+
+    /// The shadow as a revision: (percent, the predictor serving its model, its revision).
+    pub fn shadow(&self) -> Option<(u32, PredictorSpec, String)> {
+        let shadow = self.spec.shadow.as_ref()?;
+        let name = self.metadata.name.clone().unwrap_or_default();
+        let predictor = PredictorSpec {
+            model: shadow.model.clone(),
+            ..self.spec.predictor.clone()
+        };
+        let revision = crate::revision_name(&name, &predictor);
+        Some((shadow.percent, predictor, revision))
     }
 
     /// The model's name in the inference protocol.

@@ -274,6 +274,7 @@ pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
 
     crate::progressive::check_canary_percent(isvc, &mut errors);
     crate::experiment::check_experiment(isvc, &mut errors);
+    crate::experiment::check_shadow(isvc, &mut errors);
     if let Some(rollout) = &isvc.spec.rollout {
         crate::progressive::check(rollout, &mut errors);
         let surge = check_int_or_percent(

@@ -63,27 +63,99 @@ impl RewardStats {
 /// Rewards per variant name.
 pub type Rewards = BTreeMap<String, RewardStats>;
 
-/// A variant's revision and what the plan gives it.
+/// A variant's (or the shadow's) revision and what the plan gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Companion {
     pub variant: String,
     pub revision: String,
     pub weight: u32,
     pub replicas: u32,
+    /// The shadow: no traffic of its own, copies of live requests.
+    pub shadow: bool,
+}
+
+/// A shadow's counters (they add up across routers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ShadowCounts {
+    pub live: u64,
+    pub mirrored: u64,
+    pub agreed: u64,
+    pub disagreed: u64,
+    pub failed: u64,
+    pub dropped: u64,
+}
+
+impl ShadowCounts {
+    pub fn merge(&mut self, other: &ShadowCounts) {
+        self.live += other.live;
+        self.mirrored += other.mirrored;
+        self.agreed += other.agreed;
+        self.disagreed += other.disagreed;
+        self.failed += other.failed;
+        self.dropped += other.dropped;
+    }
+
+    /// What came since `baseline` (all of `self` after a restart).
+    pub fn since(&self, baseline: &ShadowCounts) -> ShadowCounts {
+        if self.live < baseline.live || self.mirrored < baseline.mirrored {
+            return *self;
+        }
+        ShadowCounts {
+            live: self.live - baseline.live,
+            mirrored: self.mirrored - baseline.mirrored,
+            agreed: self.agreed.saturating_sub(baseline.agreed),
+            disagreed: self.disagreed.saturating_sub(baseline.disagreed),
+            failed: self.failed.saturating_sub(baseline.failed),
+            dropped: self.dropped.saturating_sub(baseline.dropped),
+        }
+    }
+}
+
+/// The shadow's figures for the status.
+pub fn shadow_status(
+    revision: &str,
+    percent: u32,
+    counts: &ShadowCounts,
+) -> ferry_api::ShadowStatus {
+    let compared = counts.agreed + counts.disagreed;
+    ferry_api::ShadowStatus {
+        revision: revision.to_string(),
+        percent,
+        live: counts.live,
+        mirrored: counts.mirrored,
+        agreed: counts.agreed,
+        disagreed: counts.disagreed,
+        agreement_percent: (compared > 0)
+            .then(|| (counts.agreed as f64 * 1e4 / compared as f64).round() / 100.0),
+        failed: counts.failed,
+        dropped: counts.dropped,
+    }
 }
 
 /// The experiment's variant revisions of `isvc` with a fleet of `total` replicas: each sized
 /// by its weight (rounded up, at least one).
 pub fn companions(isvc: &InferenceService, total: u32) -> Vec<Companion> {
-    isvc.variants()
+    let mut out: Vec<Companion> = isvc
+        .variants()
         .into_iter()
         .map(|(variant, weight, _, revision)| Companion {
             variant,
             revision,
             weight,
             replicas: replicas_for(total.max(1), weight).max(1),
+            shadow: false,
         })
-        .collect()
+        .collect();
+    if let Some((percent, _, revision)) = isvc.shadow() {
+        out.push(Companion {
+            variant: String::new(),
+            revision,
+            weight: 0,
+            replicas: replicas_for(total.max(1), percent).max(1),
+            shadow: true,
+        });
+    }
+    out
 }
 
 /// Traffic weights with an experiment: each variant its weight, the control's share spread
@@ -148,6 +220,7 @@ pub fn figures(
     rows.extend(
         companions
             .iter()
+            .filter(|c| !c.shadow)
             .map(|c| (c.variant.clone(), c.revision.clone(), c.weight)),
     );
     let variants = rows
@@ -191,6 +264,7 @@ mod tests {
             revision: "iris-m".into(),
             weight: 30,
             replicas: 1,
+            shadow: false,
         }];
         let control = BTreeMap::from([("iris-a".to_string(), 1), ("iris-b".to_string(), 3)]);
         let w = weights(&companions, &control);

@@ -67,6 +67,9 @@ pub struct ServiceRoute {
     /// What keeps a caller on one variant of an experiment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<ferry_api::StickySpec>,
+    /// The revision live requests are mirrored to, and the percent mirrored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<(String, u32)>,
 }
 
 impl ServiceRoute {
@@ -131,6 +134,9 @@ pub struct ServiceEndpoints {
     /// [`ServiceRoute::sticky`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<ferry_api::StickySpec>,
+    /// [`ServiceRoute::shadow`], as the plan decides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<(String, u32)>,
 }
 
 impl ServiceEndpoints {
@@ -151,7 +157,14 @@ impl ServiceEndpoints {
             fallback: None,
             variants: BTreeMap::new(),
             sticky: isvc.spec.experiment.as_ref().and_then(|e| e.sticky.clone()),
+            shadow: None,
         }
+    }
+
+    /// With the shadow revision and its percent.
+    pub fn with_shadow(mut self, shadow: Option<(String, u32)>) -> Self {
+        self.shadow = shadow;
+        self
     }
 
     /// With each revision's experiment variant.
@@ -215,6 +228,7 @@ pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
                     revisions,
                     fallback: service.fallback.clone(),
                     sticky: service.sticky.clone(),
+                    shadow: service.shadow.clone(),
                 },
             );
     }
@@ -269,6 +283,7 @@ mod tests {
             fallback: None,
             variants: BTreeMap::new(),
             sticky: None,
+            shadow: None,
         };
         let table = build(&[service]);
         let route = table.lookup("default", "iris").unwrap();
@@ -305,6 +320,7 @@ mod tests {
             fallback: None,
             variants: BTreeMap::new(),
             sticky: None,
+            shadow: None,
         };
         let table = build(&[
             service("team-b", &["shared.example.com", "b.example.com"]),

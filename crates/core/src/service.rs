@@ -81,6 +81,8 @@ pub struct Signals {
     /// experiment variant: an experiment's figures.
     pub totals: crate::analysis::ServiceMetrics,
     pub rewards: crate::experiment::Rewards,
+    /// The shadow's counters since the router started counting.
+    pub shadow: crate::experiment::ShadowCounts,
 }
 
 /// One revision's replica count changing (or its objects going), with the event it is worth.
@@ -135,7 +137,9 @@ pub struct ServicePlan {
     pub fallback: Option<String>,
     /// Revision → experiment variant, for the route table.
     pub variants: BTreeMap<String, String>,
-    /// The experiment variants' revisions and the predictor each runs (cluster mode renders
+    /// The shadow revision and the percent of live requests mirrored to it.
+    pub shadow: Option<(String, u32)>,
+    /// The experiment variants' (and the shadow's) revisions and the predictor each runs (cluster mode renders
     /// their objects from it, as it renders the latest revision's from the spec's).
     pub companions: BTreeMap<String, ferry_api::PredictorSpec>,
 }
@@ -260,7 +264,11 @@ pub fn plan(
         let ready_all = ready_weights(all.replicas, &stop);
         let mut split = experiment::weights(&companions, &weights);
         split.retain(|revision, _| ready_all.get(revision).is_some_and(|n| *n > 0));
-        let names = experiment::variant_names(&companions, &split);
+        let names = if isvc.spec.experiment.is_some() {
+            experiment::variant_names(&companions, &split)
+        } else {
+            BTreeMap::new()
+        };
         (split, names)
     };
     let traffic = percent(&weights);
@@ -307,12 +315,21 @@ pub fn plan(
                 traffic_percent: traffic.get(&companion.revision).copied().unwrap_or(0),
             });
         }
-        status.experiment = Some(experiment::figures(
-            &companions,
-            &variants,
-            &signals.totals,
-            &signals.rewards,
-        ));
+        if isvc.spec.experiment.is_some() {
+            status.experiment = Some(experiment::figures(
+                &companions,
+                &variants,
+                &signals.totals,
+                &signals.rewards,
+            ));
+        }
+        if let Some((percent, _, revision)) = isvc.shadow() {
+            status.shadow = Some(experiment::shadow_status(
+                &revision,
+                percent,
+                &signals.shadow,
+            ));
+        }
     }
     let status_event = if previous == Some(&status) {
         None
@@ -337,9 +354,17 @@ pub fn plan(
     let companions = isvc
         .variants()
         .into_iter()
-        .filter(|(_, _, _, revision)| scale.contains_key(revision))
         .map(|(_, _, predictor, revision)| (revision, predictor))
+        .chain(
+            isvc.shadow()
+                .map(|(_, predictor, revision)| (revision, predictor)),
+        )
+        .filter(|(revision, _)| scale.contains_key(revision))
         .collect();
+    let shadow = isvc
+        .shadow()
+        .filter(|(_, _, revision)| scale.contains_key(revision))
+        .map(|(percent, _, revision)| (revision, percent));
     let (rollout_events, analysed) = progressive
         .map(|d| (d.events, d.analysed))
         .unwrap_or_default();
@@ -359,6 +384,7 @@ pub fn plan(
         analysed,
         fallback,
         variants,
+        shadow,
         companions,
     }
 }

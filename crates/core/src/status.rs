@@ -278,6 +278,7 @@ pub fn derive(
         conditions,
         rollout: inputs.rollout.cloned(),
         experiment: None,
+        shadow: None,
     }
 }
 
@@ -311,7 +312,12 @@ pub fn rollout_progress(isvc: &ferry_api::InferenceService) -> RolloutProgress {
         .find(|r| r.name == latest)
         .map_or(0, |r| r.ready_replicas);
     // An experiment's variants run beside the latest revision: they are not left over.
-    let variants: Vec<String> = isvc.variants().into_iter().map(|v| v.3).collect();
+    let variants: Vec<String> = isvc
+        .variants()
+        .into_iter()
+        .map(|v| v.3)
+        .chain(isvc.shadow().map(|s| s.2))
+        .collect();
     let old: u32 = status
         .revisions
         .iter()

@@ -301,12 +301,13 @@ async fn rollback(
                 namespace: namespace.clone(),
                 name: revision.clone(),
             })?,
-        // The newest revision other than the current one and its experiment's variants.
+        // The newest revision other than the current one, its variants and its shadow.
         None => history
             .iter()
             .find(|r| {
                 r.name != row.revision
                     && !row.isvc.variants().iter().any(|(_, _, _, v)| *v == r.name)
+                    && row.isvc.shadow().is_none_or(|(_, _, v)| v != r.name)
             })
             .ok_or_else(|| {
                 Error::Conflict(format!(

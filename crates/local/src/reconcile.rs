@@ -20,12 +20,14 @@ use crate::store::{ReplicaRow, ServiceRow, Store, now};
 use crate::supervisor::{ReplicaSpec, Supervisor};
 
 /// A service's traffic as its plan decides it: weights per revision, the revision failed
-/// requests are retried on, and each revision's experiment variant.
-type Traffic = (
-    BTreeMap<String, u32>,
-    Option<String>,
-    BTreeMap<String, String>,
-);
+/// requests are retried on, each revision's experiment variant, the shadow.
+#[derive(Default)]
+struct Traffic {
+    weights: BTreeMap<String, u32>,
+    fallback: Option<String>,
+    variants: BTreeMap<String, String>,
+    shadow: Option<(String, u32)>,
+}
 
 /// Drives every service towards its spec.
 pub struct Reconciler {
@@ -102,6 +104,7 @@ impl Reconciler {
         let mut weights = HashMap::new();
         let numbers = self.accounting.snapshot();
         let rewards = self.accounting.rewards();
+        let shadows = self.accounting.shadows();
         let at = Timestamp::now();
         for service in &services {
             let (namespace, name) = (service.namespace(), service.name());
@@ -157,6 +160,7 @@ impl Reconciler {
                 window: Some(window),
                 totals: current.clone(),
                 rewards: rewards.get(&key).cloned().unwrap_or_default(),
+                shadow: shadows.get(&key).copied().unwrap_or_default(),
             };
             let plan = service::plan(&service.isvc, &history, &observation, &signals, at);
             if plan.analysed {
@@ -214,7 +218,12 @@ impl Reconciler {
             }
             weights.insert(
                 (namespace.clone(), name.clone()),
-                (plan.weights, plan.fallback, plan.variants),
+                Traffic {
+                    weights: plan.weights,
+                    fallback: plan.fallback,
+                    variants: plan.variants,
+                    shadow: plan.shadow,
+                },
             );
             if service.status.as_ref() != Some(&plan.status) {
                 statuses.push((namespace, name, plan.status, plan.status_event));
@@ -300,12 +309,13 @@ impl Reconciler {
                         })
                     })
                     .collect();
-                let (weights, fallback, variants) = weights
+                let traffic = weights
                     .remove(&(s.namespace(), s.name()))
                     .unwrap_or_default();
-                ServiceEndpoints::of(&s.isvc, endpoints, weights)
-                    .with_fallback(fallback)
-                    .with_variants(variants)
+                ServiceEndpoints::of(&s.isvc, endpoints, traffic.weights)
+                    .with_fallback(traffic.fallback)
+                    .with_variants(traffic.variants)
+                    .with_shadow(traffic.shadow)
             })
             .collect();
         ferry_core::routes::build(&inputs)

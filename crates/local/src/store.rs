@@ -242,8 +242,11 @@ impl Store {
                 "INSERT OR IGNORE INTO revisions (namespace, service, name, predictor, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![namespace, name, revision, serde_json::to_string(&isvc.spec.predictor).expect("serializes"), at],
             )?;
-            // An experiment's variants are revisions too: their replicas start from them.
-            for (_, _, predictor, variant_revision) in isvc.variants() {
+            // An experiment's variants and a shadow are revisions too: their replicas start from them.
+            let shadow = isvc.shadow().map(|(percent, predictor, revision)| {
+                (String::new(), percent, predictor, revision)
+            });
+            for (_, _, predictor, variant_revision) in isvc.variants().into_iter().chain(shadow) {
                 tx.execute(
                     "INSERT OR IGNORE INTO revisions (namespace, service, name, predictor, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![namespace, name, variant_revision, serde_json::to_string(&predictor).expect("serializes"), at],

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ferry_core::analysis::{self, ServiceMetrics};
-use ferry_core::experiment::Rewards;
+use ferry_core::experiment::{Rewards, ShadowCounts};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
@@ -37,8 +37,8 @@ impl Default for RouterPods {
 
 type ServiceKey = (String, String);
 
-/// A service's numbers per revision and rewards per variant.
-type Numbers = (ServiceMetrics, Rewards);
+/// A service's numbers per revision, rewards per variant and shadow counters.
+type Numbers = (ServiceMetrics, Rewards, ShadowCounts);
 
 #[derive(Deserialize)]
 struct ServiceNumbers {
@@ -47,6 +47,8 @@ struct ServiceNumbers {
     revisions: ServiceMetrics,
     #[serde(default)]
     rewards: Rewards,
+    #[serde(default)]
+    shadow: ShadowCounts,
 }
 
 /// The running totals, and what each router pod said last.
@@ -82,14 +84,15 @@ impl Collector {
     fn observe(&self, pod: &str, now: Vec<ServiceNumbers>) {
         let now: BTreeMap<ServiceKey, Numbers> = now
             .into_iter()
-            .map(|n| ((n.namespace, n.service), (n.revisions, n.rewards)))
+            .map(|n| ((n.namespace, n.service), (n.revisions, n.rewards, n.shadow)))
             .collect();
         let mut last = self.last.lock().expect("poisoned");
         let before = last.remove(pod).unwrap_or_default();
         let mut totals = self.totals.lock().expect("poisoned");
-        for (key, (metrics, rewards)) in &now {
+        for (key, (metrics, rewards, shadow)) in &now {
+            let shadow_delta = before.get(key).map_or(*shadow, |b| shadow.since(&b.2));
             let (delta, reward_delta) = match before.get(key) {
-                Some((previous, previous_rewards)) => (
+                Some((previous, previous_rewards, _)) => (
                     analysis::since(metrics, previous),
                     rewards
                         .iter()
@@ -106,6 +109,7 @@ impl Collector {
             for (variant, r) in reward_delta {
                 total.1.entry(variant).or_default().merge(&r);
             }
+            total.2.merge(&shadow_delta);
         }
         last.insert(pod.to_string(), now);
     }
@@ -188,6 +192,7 @@ mod tests {
                 },
             )]),
             rewards: Rewards::new(),
+            shadow: ShadowCounts::default(),
         }]
     }
 

@@ -111,12 +111,13 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     let key = (isvc.namespace().unwrap_or_default(), isvc.name_any());
     let counted = ferry_core::progressive::is_progressive(isvc.spec.rollout.as_ref())
         || isvc.spec.predictor.canary_traffic_percent.is_some()
-        || isvc.spec.experiment.is_some();
-    let (totals, rewards) = if counted {
-        let (totals, rewards) = shared.collector.totals(&key.0, &key.1);
-        (Some(totals), rewards)
+        || isvc.spec.experiment.is_some()
+        || isvc.spec.shadow.is_some();
+    let (totals, rewards, shadow) = if counted {
+        let (totals, rewards, shadow) = shared.collector.totals(&key.0, &key.1);
+        (Some(totals), rewards, shadow)
     } else {
-        (None, Default::default())
+        (None, Default::default(), Default::default())
     };
     let signals = Signals {
         window: totals.as_ref().map(|current| {
@@ -128,6 +129,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         }),
         totals: totals.clone().unwrap_or_default(),
         rewards,
+        shadow,
     };
     let plan = service::plan(isvc, &history, &observation, &signals, now);
     if plan.analysed

@@ -55,10 +55,14 @@ fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
                 }
             };
             let variants = variant_names(isvc, &weights);
+            let shadow = isvc
+                .shadow()
+                .map(|(percent, _, revision)| (revision, percent));
             Some(
                 ServiceEndpoints::of(isvc, endpoints, weights)
                     .with_fallback(fallback)
-                    .with_variants(variants),
+                    .with_variants(variants)
+                    .with_shadow(shadow),
             )
         })
         .collect();
@@ -70,8 +74,10 @@ fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
 /// `retryOnStable`, while the rollout is in progress).
 fn planned_traffic(isvc: &InferenceService) -> Option<(BTreeMap<String, u32>, Option<String>)> {
     let status = isvc.status.as_ref()?;
-    if isvc.spec.experiment.is_some() && status.experiment.is_some() {
-        // An experiment's split, as the operator's plan wrote it.
+    if (isvc.spec.experiment.is_some() && status.experiment.is_some())
+        || (isvc.spec.shadow.is_some() && status.shadow.is_some())
+    {
+        // An experiment's split (a shadow takes none), as the operator's plan wrote it.
         let weights = status
             .revisions
             .iter()

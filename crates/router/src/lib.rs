@@ -17,6 +17,7 @@ mod metrics;
 mod pool;
 mod proxy;
 mod serve;
+mod shadow;
 mod stats;
 mod table;
 

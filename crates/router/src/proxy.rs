@@ -32,6 +32,7 @@ use crate::error::RouterError;
 use crate::hooks::{Hooks, MAX_HOLDS, NoBackend, NoHooks, Outcome, RequestInfo};
 use crate::metrics::{ErrorLabels, Metrics, RevisionLabels};
 use crate::pool::error_chain;
+use crate::shadow::ShadowCounters;
 use crate::stats::Accounting;
 use crate::table::{BackendState, Compiled, InFlight, InFlightGuard, RevisionState, ServiceState};
 
@@ -67,6 +68,8 @@ struct Inner {
     inflight: InFlight,
     metrics: Arc<Metrics>,
     accounting: Accounting,
+    /// Shadow copies in flight at most ([`crate::shadow::IN_FLIGHT`]).
+    shadow_limit: Arc<tokio::sync::Semaphore>,
     config: RouterConfig,
     hooks: Arc<dyn Hooks>,
 }
@@ -113,6 +116,7 @@ impl Router {
                 inflight,
                 metrics,
                 accounting,
+                shadow_limit: crate::shadow::limit(),
                 config,
                 hooks,
             }),
@@ -223,6 +227,7 @@ impl Router {
             }
         }
         let service = lookup(&compiled, &info)?;
+        let answered = async {
         let pin = pinned(&parts.headers);
         let revision =
             match pin {
@@ -294,6 +299,70 @@ impl Router {
             .inc();
         self.attempt(&parts, &body, service, revision, &other, grpc, 1)
             .await
+        }
+        .await;
+        if let Ok(response) = &answered {
+            self.mirror(service, &parts, &body, response, grpc);
+        }
+        answered
+    }
+
+    /// Phase 7b, shadow: copy a share of answered REST requests to the shadow revision in the
+    /// background, compare its answer with `live`, count; the client never waits for it.
+    fn mirror(
+        &self,
+        service: &Arc<ServiceState>,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        live: &Response<Buffered>,
+        grpc: bool,
+    ) {
+        let Some((index, percent, counters)) = &service.shadow else {
+            return;
+        };
+        if parts.headers.contains_key(&REVISION_HEADER)
+            || parts.headers.contains_key(&VARIANT_HEADER)
+        {
+            // A pinned request (a preview, a debug call) is no live traffic to mirror.
+            return;
+        }
+        ShadowCounters::count(&counters.live);
+        if grpc || !live.status().is_success() || fastrand::u32(0..100) >= *percent {
+            return;
+        }
+        let Ok(permit) = self.inner.shadow_limit.clone().try_acquire_owned() else {
+            ShadowCounters::count(&counters.dropped);
+            return;
+        };
+        ShadowCounters::count(&counters.mirrored);
+        let (router, service, index, counters) =
+            (self.clone(), service.clone(), *index, counters.clone());
+        let (parts, body) = (parts.clone(), body.clone());
+        let live = live.body().data.clone().unwrap_or_default();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let revision = &service.revisions[index];
+            let Some(backend) = revision.pick_replica(None) else {
+                ShadowCounters::count(&counters.failed);
+                return;
+            };
+            let mut parts = parts;
+            parts.headers.remove(&REVISION_HEADER);
+            match router
+                .forward(&parts, &body, revision, &backend, false)
+                .await
+            {
+                Ok(answer) if answer.status().is_success() => {
+                    let shadow = answer.body().data.clone().unwrap_or_default();
+                    match crate::shadow::answers_agree(&live, &shadow) {
+                        Some(true) => ShadowCounters::count(&counters.agreed),
+                        Some(false) => ShadowCounters::count(&counters.disagreed),
+                        None => ShadowCounters::count(&counters.failed),
+                    }
+                }
+                _ => ShadowCounters::count(&counters.failed),
+            }
+        });
     }
 
     /// `POST /v2/models/{model}/feedback` with `{"requestId": ID, "reward": NUMBER}`: the

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::analysis::{BUCKETS, RevisionMetrics, ServiceMetrics, bucket_of};
-use ferry_core::experiment::{RewardStats, Rewards};
+use ferry_core::experiment::{RewardStats, Rewards, ShadowCounts};
+
+use crate::shadow::ShadowCounters;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -71,10 +73,20 @@ pub struct ServiceNumbers {
     /// Rewards per experiment variant (`POST /v2/models/{model}/feedback`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rewards: Rewards,
+    /// The shadow's counters.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shadow: ShadowCounts,
+}
+
+fn is_zero(counts: &ShadowCounts) -> bool {
+    *counts == ShadowCounts::default()
 }
 
 /// (namespace, service, revision).
 type RevisionKey = (String, String, String);
+
+/// (namespace, service).
+type ServiceKey = (String, String);
 
 /// Every revision's counters, living across route-table changes.
 #[derive(Clone, Default)]
@@ -82,6 +94,8 @@ pub struct Accounting {
     registry: Arc<Mutex<HashMap<RevisionKey, Arc<RevisionStats>>>>,
     /// Rewards by (namespace, service, variant); feedback is off the request path.
     rewards: Arc<Mutex<HashMap<RevisionKey, RewardStats>>>,
+    /// Shadow counters by (namespace, service).
+    shadows: Arc<Mutex<HashMap<ServiceKey, Arc<ShadowCounters>>>>,
 }
 
 impl Accounting {
@@ -116,6 +130,26 @@ impl Accounting {
         out
     }
 
+    /// The shadow counters of a service (created at first use).
+    pub(crate) fn shadow(&self, namespace: &str, service: &str) -> Arc<ShadowCounters> {
+        self.shadows
+            .lock()
+            .expect("accounting poisoned")
+            .entry((namespace.to_string(), service.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Every service's shadow counters since the router started, by (namespace, service).
+    pub fn shadows(&self) -> BTreeMap<(String, String), ShadowCounts> {
+        self.shadows
+            .lock()
+            .expect("accounting poisoned")
+            .iter()
+            .map(|(key, counters)| (key.clone(), counters.snapshot()))
+            .collect()
+    }
+
     /// Record one reward for `variant` of a service.
     pub(crate) fn reward(&self, namespace: &str, service: &str, variant: &str, reward: f64) {
         self.rewards
@@ -145,10 +179,14 @@ impl Accounting {
     /// [`Accounting::snapshot`] and [`Accounting::rewards`] as the JSON endpoint serves them.
     pub fn numbers(&self) -> Vec<ServiceNumbers> {
         let mut rewards = self.rewards();
+        let mut shadows = self.shadows();
         self.snapshot()
             .into_iter()
             .map(|((namespace, service), revisions)| ServiceNumbers {
                 rewards: rewards
+                    .remove(&(namespace.clone(), service.clone()))
+                    .unwrap_or_default(),
+                shadow: shadows
                     .remove(&(namespace.clone(), service.clone()))
                     .unwrap_or_default(),
                 namespace,

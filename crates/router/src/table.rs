@@ -75,12 +75,14 @@ pub struct ServiceState {
     fallback: Option<usize>,
     /// What keeps a caller on one experiment variant.
     pub sticky: Option<ferry_api::StickySpec>,
+    /// The shadow: its index in `revisions`, the percent mirrored, its counters.
+    pub shadow: Option<(usize, u32, Arc<crate::shadow::ShadowCounters>)>,
 }
 
 impl ServiceState {
-    /// Whether any revision has a backend to take a request.
+    /// Whether any revision that answers clients has a backend to take a request.
     pub fn has_backends(&self) -> bool {
-        self.revisions.iter().any(|r| !r.backends.is_empty())
+        self.live().any(|r| !r.backends.is_empty())
     }
 
     /// Weighted choice of a revision that has backends; when no weighted revision has one,
@@ -135,7 +137,17 @@ impl ServiceState {
                 ticket -= revision.weight;
             }
         }
-        self.revisions.iter().find(|r| !r.backends.is_empty())
+        self.live().find(|r| !r.backends.is_empty())
+    }
+
+    /// The revisions that answer clients: all but the shadow.
+    fn live(&self) -> impl Iterator<Item = &RevisionState> {
+        let shadow = self.shadow.as_ref().map(|s| s.0);
+        self.revisions
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| Some(*i) != shadow)
+            .map(|(_, r)| r)
     }
 
     /// The revision `name` (a request pinned it with `ferry-revision`), when it has backends.
@@ -163,8 +175,7 @@ impl ServiceState {
         {
             return Some((revision, backend));
         }
-        self.revisions
-            .iter()
+        self.live()
             .find_map(|revision| revision.pick_replica(Some(failed)).map(|b| (revision, b)))
     }
 }
@@ -327,6 +338,16 @@ impl InFlight {
                     .fallback
                     .as_ref()
                     .and_then(|f| revisions.iter().position(|r| &*r.revision == f.as_str()));
+                let shadow = route.shadow.as_ref().and_then(|(revision, percent)| {
+                    let index = revisions
+                        .iter()
+                        .position(|r| &*r.revision == revision.as_str())?;
+                    Some((
+                        index,
+                        *percent,
+                        accounting.shadow(namespace, &route.service),
+                    ))
+                });
                 compiled
                     .services
                     .entry(namespace.clone())
@@ -340,6 +361,7 @@ impl InFlight {
                             total_weight,
                             fallback,
                             sticky: route.sticky.clone(),
+                            shadow,
                         }),
                     );
             }

@@ -7,3 +7,4 @@ mod fetch;
 mod image;
 mod interop;
 mod local;
+mod shadow;

@@ -27,6 +27,7 @@ async fn canary_router(
         fallback: fallback.map(String::from),
         variants: BTreeMap::new(),
         sticky: None,
+        shadow: None,
     }]));
     let (tx, rx) = watch::channel(table);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -107,6 +107,7 @@ fn table(namespace: &str, endpoints: Vec<Endpoint>) -> Arc<RouteTable> {
         fallback: None,
         variants: BTreeMap::new(),
         sticky: None,
+        shadow: None,
     }]))
 }
 
@@ -493,6 +494,7 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         fallback: None,
         variants: BTreeMap::new(),
         sticky: None,
+        shadow: None,
     }]));
     let (tx, rx) = watch::channel(empty);
     // The plan's weights decide, not the replica counts: two ready replicas of iris-1 weigh
@@ -512,6 +514,7 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         fallback: None,
         variants: BTreeMap::new(),
         sticky: None,
+        shadow: None,
     }]));
     let hooks = Arc::new(Holding {
         table: std::sync::Mutex::new(Some((tx.clone(), serving))),
@@ -549,6 +552,7 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         fallback: None,
         variants: BTreeMap::new(),
         sticky: None,
+        shadow: None,
     }])))
     .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
