@@ -631,3 +631,100 @@ async fn an_experiment_through_the_cluster_router_keeps_callers_sticky_and_count
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shadow_in_the_cluster_gets_its_share_of_copies_and_never_answers() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    apply_deploy("operator.yaml");
+    let router_ip = install_router(&client).await;
+    let ns = TempNamespace::create(&client, "shadow").await.unwrap();
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let models = models.canonicalize().unwrap_or(models);
+    let text = format!(
+        "{}  shadow: {{percent: 20, model: {{format: onnx, uri: {}}}}}\n",
+        manifest("iris-v1.onnx"),
+        models.join("iris-v2.onnx").display()
+    );
+    let applied = kubectl(
+        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
+        Some(&text),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let shadow_of = |ns: String| async move {
+        let out = kubectl(&["get", "isvc", "iris", "-n", &ns, "-o", "json"], None);
+        let object: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let shadow = object["status"]["shadow"].clone();
+        (!shadow.is_null()).then_some(shadow)
+    };
+    let http = reqwest::Client::new();
+    // Not `serving_v1`: it applies v1 without the shadow.
+    let live = eventually("v1 ready", Duration::from_secs(90), || {
+        let ns = ns.name.clone();
+        async move { latest_ready(&ns) }
+    })
+    .await;
+    let revision = eventually(
+        "the shadow answers when pinned",
+        Duration::from_secs(120),
+        || {
+            let (http, router_ip, ns) = (http.clone(), router_ip.clone(), ns.name.clone());
+            async move {
+                let shadow = shadow_of(ns.clone()).await?;
+                let revision = shadow["revision"].as_str()?.to_string();
+                let (status, ..) =
+                    ask_router(&http, &router_ip, &ns, &[("ferry-revision", &revision)]).await;
+                (status == 200).then_some(revision)
+            }
+        },
+    )
+    .await;
+    assert_ne!(revision, live);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = shadow_of(ns.name.clone()).await.unwrap();
+    for _ in 0..1000 {
+        let (status, ..) = ask_router(&http, &router_ip, &ns.name, &[]).await;
+        assert_eq!(status, 200);
+    }
+    let load = RouterLoad::start(&router_ip, &ns.name);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let samples = load.finish().await;
+    assert!(
+        samples.iter().all(|s| s.1 == 200 && s.2 == live),
+        "only the live revision answers"
+    );
+    let sent = 1000 + samples.len() as u64;
+    let after = eventually(
+        "the copies counted in status.shadow",
+        Duration::from_secs(60),
+        || {
+            let (ns, before) = (ns.name.clone(), before.clone());
+            async move {
+                let after = shadow_of(ns).await?;
+                let delta =
+                    |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
+                let judged = delta("agreed") + delta("disagreed") + delta("failed");
+                (delta("live") >= sent && judged == delta("mirrored")).then_some(after)
+            }
+        },
+    )
+    .await;
+    let delta = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
+    let share = delta("mirrored") as f64 * 100.0 / delta("live") as f64;
+    let agreement = after["agreementPercent"].as_f64().unwrap();
+    eprintln!(
+        "cluster shadow: {} of {} live requests copied ({share:.1}%), agreement {agreement:.1}%, {} dropped",
+        delta("mirrored"),
+        delta("live"),
+        delta("dropped")
+    );
+    assert!((share - 20.0).abs() <= 3.0, "{share:.1}%");
+    assert!((0.0..=100.0).contains(&agreement));
+    assert_eq!(delta("failed"), 0);
+}
