@@ -282,7 +282,6 @@ pub fn plan(
         .and_then(|s| s.rollout.as_ref())
         .filter(|r| {
             progressive.is_none()
-                && crate::progressive::is_progressive(isvc.spec.rollout.as_ref())
                 && r.canary_revision == latest
                 && r.phase == ferry_api::RolloutPhase::Succeeded
         });

@@ -413,3 +413,95 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
     .await;
     ns.delete().await;
 }
+
+/// kill -9 of the process of the operator pod that leads.
+async fn kill_leader(client: &kube::Client) -> String {
+    let operator = operator_leader(client).await;
+    let pid: i32 = operator
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c[0].container_id.clone())
+        .and_then(|id| id.strip_prefix("process://").and_then(|p| p.parse().ok()))
+        .expect("the operator container names its process");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    operator.metadata.name.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_resumes_at_the_same_step_after_kill_9_of_the_leading_operator() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_operator(&client).await;
+    let ns = TempNamespace::create(&client, "canary-leader")
+        .await
+        .unwrap();
+    apply_in(&ns.name, &manifest("iris-v1.onnx"));
+    eventually("v1 ready", Duration::from_secs(90), || {
+        let ns = ns.name.clone();
+        async move { (condition(&isvc(&ns), "LatestRevisionReady").0 == "True").then_some(()) }
+    })
+    .await;
+    let canary = manifest("iris-v2.onnx").replace(
+        "  rollout: {maxSurge: 1, maxUnavailable: 0}\n",
+        "  rollout:\n    strategy: canary\n    steps: [{weight: 20, pause: 10s}, {weight: 60, pause: 1h}]\n",
+    );
+    apply_in(&ns.name, &canary);
+    let rollout = |ns: &str| isvc(ns)["status"]["rollout"].clone();
+    let before = eventually("the canary at 20 %", Duration::from_secs(90), || {
+        let ns = ns.name.clone();
+        async move {
+            let state = rollout(&ns);
+            (state["weight"] == 20).then_some(state)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kill_leader(&client).await;
+    // Whoever leads next (the restarted process or the standby) resumes the same step: its
+    // pause counts from the step's recorded start, and no step is taken twice.
+    let started: k8s_openapi::jiff::Timestamp =
+        before["stepStarted"].as_str().unwrap().parse().unwrap();
+    eventually("the canary at 60 %", Duration::from_secs(90), || {
+        let ns = ns.name.clone();
+        async move { (rollout(&ns)["weight"] == 60).then_some(()) }
+    })
+    .await;
+    let held = k8s_openapi::jiff::Timestamp::now()
+        .duration_since(started)
+        .as_secs();
+    let after = rollout(&ns.name);
+    assert_eq!(after["step"], 1, "{after}");
+    assert!(held >= 10, "20 % held {held} s: the pause is not cut short");
+    let events = kubectl(
+        &[
+            "get",
+            "events",
+            "-n",
+            &ns.name,
+            "-o",
+            "custom-columns=R:.reason,N:.message",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&events.stdout).into_owned();
+    let shifted_to_20 = text
+        .lines()
+        .filter(|l| l.starts_with("TrafficShifted") && l.contains("→ 20%"))
+        .count();
+    assert_eq!(shifted_to_20, 1, "no step repeated:\n{text}");
+    let started_again = text
+        .lines()
+        .filter(|l| l.starts_with("CanaryStarted"))
+        .count();
+    assert_eq!(
+        started_again, 1,
+        "the rollout was not started over:\n{text}"
+    );
+    eprintln!("canary across kill -9 of the leading operator: 20 % held {held} s, then 60 %");
+}
