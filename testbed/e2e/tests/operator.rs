@@ -227,19 +227,7 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
     apply_in(&ns.name, &manifest("iris-v2.onnx"));
     // kill -9 of the leading operator in the middle of that rollout: the rollout converges
     // (its restarted process or the standby takes the Lease).
-    let operator = operator_leader(&client).await;
-    let pid: i32 = operator
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c[0].container_id.clone())
-        .and_then(|id| id.strip_prefix("process://").and_then(|p| p.parse().ok()))
-        .expect("the operator container names its process");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let operator_name = kill_leader(&client).await;
     let second = eventually(
         "the new revision is ready and the old one gone",
         Duration::from_secs(120),
@@ -262,7 +250,6 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
         },
     )
     .await;
-    let operator_name = operator.metadata.name.clone().unwrap();
     let restarted = operator_pods.get(&operator_name).await.unwrap();
     let restarts = restarted.status.unwrap().container_statuses.unwrap()[0].restart_count;
     assert!(restarts >= 1, "the operator was restarted after kill -9");

@@ -98,7 +98,7 @@ async fn a_canary_moves_traffic_step_by_step_and_a_promote_finishes_it() {
     let applied = daemon.apply(
         &canary_manifest(
             "iris-v2.onnx",
-            "    strategy: canary\n    steps: [{weight: 10, pause: 8s}, {weight: 50, pause: untilPromoted}]\n    analysis: {interval: 2s, minRequests: 10, maxErrorPercent: 1}\n",
+            "    strategy: canary\n    steps: [{weight: 10, pause: 8s}, {weight: 50, pause: 8s}, {weight: 70, pause: untilPromoted}]\n    analysis: {interval: 2s, minRequests: 10, maxErrorPercent: 1}\n",
         ),
         &[],
     );
@@ -108,10 +108,10 @@ async fn a_canary_moves_traffic_step_by_step_and_a_promote_finishes_it() {
         s.phase == RolloutPhase::WaitingForPromotion
     })
     .await;
-    // Held at 50 % until promoted.
+    // 10 % and 50 % went by themselves; 70 % is held until promoted.
     tokio::time::sleep(Duration::from_secs(4)).await;
     timeline.extend(follow(&daemon, Duration::from_secs(5), |_| true).await);
-    assert_eq!(timeline.last().unwrap().1, 50, "untilPromoted holds");
+    assert_eq!(timeline.last().unwrap().1, 70, "untilPromoted holds");
     let promoted = daemon.ferry(&["rollout", "promote", "iris"]);
     assert!(promoted.status.success(), "{}", stderr(&promoted));
     assert!(stdout(&promoted).contains(&canary), "{}", stdout(&promoted));
@@ -521,4 +521,17 @@ async fn blue_green_switches_with_no_failed_request_and_an_undo_returns_at_once(
         back < Duration::from_secs(1),
         "traffic back on blue {back:?} after the undo"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_that_never_gets_ready_is_rolled_back_at_once() {
+    let (failed, _, state, events) =
+        rolled_back("canary-broken", "broken.onnx", ERROR_RULE, true).await;
+    assert_eq!(failed, 0);
+    assert_eq!(state.weight, 0);
+    assert!(
+        state.message.contains("cannot become ready") && state.last_analysis.is_none(),
+        "rolled back on its readiness, before any traffic: {state:?}"
+    );
+    assert!(events.iter().any(|(r, _)| r == "RolledBackAutomatically"), "{events:?}");
 }
