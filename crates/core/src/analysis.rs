@@ -40,6 +40,9 @@ pub struct RevisionMetrics {
     pub requests: u64,
     /// 5xx answers, connection failures and timeouts among them.
     pub errors: u64,
+    /// Of the errors, the attempts that got no answer at all (refused, reset, timed out).
+    #[serde(default)]
+    pub unreachable: u64,
     /// Latency of the answered attempts, by bucket (`BUCKETS + 1` counts).
     pub latency: Vec<u64>,
 }
@@ -49,6 +52,7 @@ impl RevisionMetrics {
     pub fn merge(&mut self, other: &RevisionMetrics) {
         self.requests += other.requests;
         self.errors += other.errors;
+        self.unreachable += other.unreachable;
         if self.latency.len() < other.latency.len() {
             self.latency.resize(other.latency.len(), 0);
         }
@@ -62,6 +66,7 @@ impl RevisionMetrics {
     pub fn since(&self, baseline: &RevisionMetrics) -> RevisionMetrics {
         let reset = self.requests < baseline.requests
             || self.errors < baseline.errors
+            || self.unreachable < baseline.unreachable
             || self
                 .latency
                 .iter()
@@ -73,6 +78,7 @@ impl RevisionMetrics {
         RevisionMetrics {
             requests: self.requests - baseline.requests,
             errors: self.errors - baseline.errors,
+            unreachable: self.unreachable - baseline.unreachable,
             latency: self
                 .latency
                 .iter()
@@ -225,8 +231,10 @@ pub fn judge(
         }
     };
     let figures = format!(
-        "{} requests, {error_percent:.1}% errors, p99 {}",
+        "{} requests, {error_percent:.1}% errors ({} 5xx, {} unanswered), p99 {}",
         canary.requests,
+        canary.errors - canary.unreachable,
+        canary.unreachable,
         p99.map_or("-".to_string(), |p| format!("{p:.1} ms"))
     );
     let message = match verdict {
@@ -257,6 +265,7 @@ mod tests {
         let mut m = RevisionMetrics {
             requests: ms.len() as u64 + errors,
             errors,
+            unreachable: 0,
             latency: vec![0; BUCKETS + 1],
         };
         for l in ms {

@@ -188,6 +188,7 @@ mod tests {
                 RevisionMetrics {
                     requests,
                     errors: 0,
+                    unreachable: 0,
                     latency: vec![requests],
                 },
             )]),

@@ -21,6 +21,7 @@ pub const PATH: &str = ferry_core::analysis::NUMBERS_PATH;
 pub struct RevisionStats {
     requests: AtomicU64,
     errors: AtomicU64,
+    unreachable: AtomicU64,
     latency: [AtomicU64; BUCKETS + 1],
 }
 
@@ -29,6 +30,7 @@ impl Default for RevisionStats {
         RevisionStats {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            unreachable: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -47,6 +49,7 @@ impl RevisionStats {
             }
             None => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
+                self.unreachable.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -55,6 +58,7 @@ impl RevisionStats {
         RevisionMetrics {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            unreachable: self.unreachable.load(Ordering::Relaxed),
             latency: self
                 .latency
                 .iter()

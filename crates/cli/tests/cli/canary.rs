@@ -533,5 +533,8 @@ async fn a_canary_that_never_gets_ready_is_rolled_back_at_once() {
         state.message.contains("cannot become ready") && state.last_analysis.is_none(),
         "rolled back on its readiness, before any traffic: {state:?}"
     );
-    assert!(events.iter().any(|(r, _)| r == "RolledBackAutomatically"), "{events:?}");
+    assert!(
+        events.iter().any(|(r, _)| r == "RolledBackAutomatically"),
+        "{events:?}"
+    );
 }

@@ -45,6 +45,7 @@ fn metrics(requests: u64, behaviour: Behaviour) -> RevisionMetrics {
     RevisionMetrics {
         requests,
         errors,
+        unreachable: 0,
         latency,
     }
 }

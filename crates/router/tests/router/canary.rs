@@ -75,6 +75,10 @@ async fn a_failing_canary_is_retried_on_stable_and_counted_for_analysis() {
     // Half the traffic went to the canary first (binomial: 100 ± 5σ of 7), every attempt failed.
     assert!((65..=135).contains(&canary.requests), "{canary:?}");
     assert_eq!(canary.errors, canary.requests);
+    assert_eq!(
+        canary.unreachable, 0,
+        "the faulty model answers 500: no unanswered attempt"
+    );
     // The stable revision answered everything: its own share and every retry.
     assert_eq!(stable.requests, 200);
     assert_eq!(stable.errors, 0);
