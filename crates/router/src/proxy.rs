@@ -32,9 +32,14 @@ use crate::error::RouterError;
 use crate::hooks::{Hooks, MAX_HOLDS, NoBackend, NoHooks, Outcome, RequestInfo};
 use crate::metrics::{ErrorLabels, Metrics, RevisionLabels};
 use crate::pool::error_chain;
-use crate::shadow::ShadowCounters;
 use crate::stats::Accounting;
 use crate::table::{BackendState, Compiled, InFlight, InFlightGuard, RevisionState, ServiceState};
+
+mod feedback;
+mod mirror;
+mod pick;
+
+use pick::{pinned, sticky_key, variant_of};
 
 /// Router settings.
 #[derive(Debug, Clone)]
@@ -307,117 +312,6 @@ impl Router {
         answered
     }
 
-    /// Phase 7b, shadow: copy a share of answered REST requests to the shadow revision in the
-    /// background, compare its answer with `live`, count; the client never waits for it.
-    fn mirror(
-        &self,
-        service: &Arc<ServiceState>,
-        parts: &http::request::Parts,
-        body: &Bytes,
-        live: &Response<Buffered>,
-        grpc: bool,
-    ) {
-        let Some((index, percent, counters)) = &service.shadow else {
-            return;
-        };
-        if parts.headers.contains_key(&REVISION_HEADER)
-            || parts.headers.contains_key(&VARIANT_HEADER)
-        {
-            // A pinned request (a preview, a debug call) is no live traffic to mirror.
-            return;
-        }
-        ShadowCounters::count(&counters.live);
-        if grpc || !live.status().is_success() || fastrand::u32(0..100) >= *percent {
-            return;
-        }
-        let Ok(permit) = self.inner.shadow_limit.clone().try_acquire_owned() else {
-            ShadowCounters::count(&counters.dropped);
-            return;
-        };
-        ShadowCounters::count(&counters.mirrored);
-        let (router, service, index, counters) =
-            (self.clone(), service.clone(), *index, counters.clone());
-        let (parts, body) = (parts.clone(), body.clone());
-        let live = live.body().data.clone().unwrap_or_default();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let revision = &service.revisions[index];
-            let Some(backend) = revision.pick_replica(None) else {
-                ShadowCounters::count(&counters.failed);
-                return;
-            };
-            let mut parts = parts;
-            parts.headers.remove(&REVISION_HEADER);
-            match router
-                .forward(&parts, &body, revision, &backend, false)
-                .await
-            {
-                Ok(answer) if answer.status().is_success() => {
-                    let shadow = answer.body().data.clone().unwrap_or_default();
-                    match crate::shadow::answers_agree(&live, &shadow) {
-                        Some(true) => ShadowCounters::count(&counters.agreed),
-                        Some(false) => ShadowCounters::count(&counters.disagreed),
-                        None => ShadowCounters::count(&counters.failed),
-                    }
-                }
-                _ => ShadowCounters::count(&counters.failed),
-            }
-        });
-    }
-
-    /// `POST /v2/models/{model}/feedback` with `{"requestId": ID, "reward": NUMBER}`: the
-    /// reward counts for the variant that answered request ID (named in the ID itself).
-    fn feedback(
-        &self,
-        compiled: &Compiled,
-        info: &RequestInfo<'_>,
-        body: &Bytes,
-    ) -> Result<Response<Buffered>, RouterError> {
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Feedback {
-            request_id: Option<String>,
-            reward: Option<serde_json::Value>,
-        }
-        let service = lookup(compiled, info)?;
-        let parsed: Feedback = serde_json::from_slice(body).map_err(|e| {
-            RouterError::BadRequest(format!(
-                "feedback body: not a JSON object {{\"requestId\", \"reward\"}}: {e}"
-            ))
-        })?;
-        let id = parsed.request_id.ok_or_else(|| {
-            RouterError::BadRequest(
-                "feedback body: requestId: Required value (the ferry-request-id of the answer)"
-                    .into(),
-            )
-        })?;
-        let reward = match parsed.reward {
-            Some(serde_json::Value::Number(n)) => n.as_f64().filter(|r| r.is_finite()),
-            Some(serde_json::Value::Bool(b)) => Some(f64::from(u8::from(b))),
-            _ => None,
-        }
-        .ok_or_else(|| {
-            RouterError::BadRequest("feedback body: reward: Required value: a number".into())
-        })?;
-        let variant = id
-            .split_once('.')
-            .map(|(variant, _)| variant)
-            .filter(|v| service.has_variant(v))
-            .ok_or_else(|| {
-                RouterError::UnknownRequest(format!(
-                    "request {id:?} was not answered by a variant of an experiment of {} in namespace {}",
-                    service.service, service.namespace
-                ))
-            })?;
-        self.inner
-            .accounting
-            .reward(&service.namespace, &service.service, variant, reward);
-        Ok(json(
-            StatusCode::OK,
-            format!(r#"{{"recorded":true,"variant":"{variant}"}}"#),
-        ))
-    }
-
     fn metrics_response(&self) -> Response<Buffered> {
         let mut response = Response::new(Buffered::data(self.inner.metrics.encode().into()));
         response.headers_mut().insert(
@@ -609,49 +503,6 @@ fn lookup<'a>(
             service: "any service".into(),
         }),
     }
-}
-
-/// The variant a request chooses with `ferry-variant`.
-fn variant_of(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(&VARIANT_HEADER)?
-        .to_str()
-        .ok()
-        .filter(|v| !v.is_empty())
-}
-
-/// A sticky caller's key: the configured header's value, or the configured cookie's.
-fn sticky_key<'a>(
-    sticky: Option<&ferry_api::StickySpec>,
-    headers: &'a HeaderMap,
-) -> Option<&'a str> {
-    let sticky = sticky?;
-    if let Some(name) = &sticky.header {
-        return headers
-            .get(name.as_str())?
-            .to_str()
-            .ok()
-            .filter(|v| !v.is_empty());
-    }
-    let name = sticky.cookie.as_deref()?;
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
-        .filter(|v| !v.is_empty())
-}
-
-/// The revision a request pins with `ferry-revision`.
-fn pinned(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(&REVISION_HEADER)?
-        .to_str()
-        .ok()
-        .filter(|v| !v.is_empty())
 }
 
 fn no_replica(service: &ServiceState) -> RouterError {
