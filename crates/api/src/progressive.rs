@@ -126,6 +126,13 @@ pub enum RolloutPhase {
     Aborted,
 }
 
+impl RolloutPhase {
+    /// Whether the rollout is over: the new revision took all traffic, or it was rolled back.
+    pub fn is_finished(self) -> bool {
+        matches!(self, RolloutPhase::Succeeded | RolloutPhase::Aborted)
+    }
+}
+
 /// One analysis verdict.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum Verdict {

@@ -108,10 +108,8 @@ pub fn decide(inputs: &RolloutInputs<'_>) -> RolloutDecision {
         Some(p) if p.canary_revision == latest && p.stable_revision == stable => p.clone(),
         other => {
             let mut note = format!("canary {latest} beside stable {stable}");
-            if let Some(p) = other.filter(|p| {
-                p.canary_revision != latest
-                    && !matches!(p.phase, RolloutPhase::Succeeded | RolloutPhase::Aborted)
-            }) {
+            if let Some(p) = other.filter(|p| p.canary_revision != latest && !p.phase.is_finished())
+            {
                 note.push_str(&format!("; replaces the rollout of {}", p.canary_revision));
             }
             let reason = if spec.strategy() == RolloutStrategy::BlueGreen {
@@ -129,7 +127,7 @@ pub fn decide(inputs: &RolloutInputs<'_>) -> RolloutDecision {
     let mut analysed = false;
     let blue_green = spec.strategy() == RolloutStrategy::BlueGreen;
 
-    let active = !matches!(state.phase, RolloutPhase::Succeeded | RolloutPhase::Aborted);
+    let active = !state.phase.is_finished();
     if active && inputs.controls.aborted {
         abort(
             &mut state,
@@ -140,7 +138,7 @@ pub fn decide(inputs: &RolloutInputs<'_>) -> RolloutDecision {
     }
     if let Some((reason, message)) = &inputs.canary_failure
         && spec.auto_rollback()
-        && !matches!(state.phase, RolloutPhase::Succeeded | RolloutPhase::Aborted)
+        && !state.phase.is_finished()
     {
         abort(
             &mut state,
@@ -155,7 +153,7 @@ pub fn decide(inputs: &RolloutInputs<'_>) -> RolloutDecision {
 
     // Analysis: every interval while the new revision takes traffic.
     if let (Some(analysis), Some(window)) = (&spec.analysis, inputs.window)
-        && !matches!(state.phase, RolloutPhase::Succeeded | RolloutPhase::Aborted)
+        && !state.phase.is_finished()
         && (state.weight > 0 || blue_green && ready(latest) >= total)
         && elapsed(Some(&crate::service::timestamp(window.started)), inputs.now)
             >= analysis.interval()
@@ -202,7 +200,7 @@ pub fn decide(inputs: &RolloutInputs<'_>) -> RolloutDecision {
     if blue_green {
         return blue_green::finish(inputs, state, events, analysed, &now, total, &ready);
     }
-    if !matches!(state.phase, RolloutPhase::Succeeded | RolloutPhase::Aborted) {
+    if !state.phase.is_finished() {
         advance(inputs, &mut state, &mut events, &now, total, &ready);
     }
 
@@ -449,9 +447,7 @@ pub fn control_annotations(
     let rollout = status
         .and_then(|s| s.rollout.as_ref())
         .filter(|r| Some(&r.canary_revision) == status.and_then(|s| s.latest_revision.as_ref()));
-    let Some(rollout) =
-        rollout.filter(|r| !matches!(r.phase, RolloutPhase::Succeeded | RolloutPhase::Aborted))
-    else {
+    let Some(rollout) = rollout.filter(|r| !r.phase.is_finished()) else {
         return Err(format!(
             "InferenceService {name} has no canary or blue-green rollout in progress{}",
             rollout.map_or(String::new(), |r| format!(

@@ -338,18 +338,9 @@ pub fn plan(
     let progress_only = status::progress_only(previous, &status);
     let settled = rollout::complete(&target, observed.replicas)
         && scale.keys().all(|revision| revision == latest);
-    let fallback = progressive.as_ref().and_then(|d| {
-        let retry = isvc
-            .spec
-            .rollout
-            .as_ref()
-            .is_none_or(|r| r.retry_on_stable());
-        let active = !matches!(
-            d.status.phase,
-            ferry_api::RolloutPhase::Succeeded | ferry_api::RolloutPhase::Aborted
-        );
-        (retry && active).then(|| d.status.stable_revision.clone())
-    });
+    let fallback = progressive
+        .as_ref()
+        .and_then(|d| fallback_revision(isvc, &d.status));
     let companions = isvc
         .variants()
         .into_iter()
@@ -474,6 +465,30 @@ fn count_change(revision: &str, before: Option<u32>, after: u32) -> RevisionChan
         retire: false,
         event: PlannedEvent::new(reason, note),
     }
+}
+
+/// The revision the router retries a failed request on during `rollout`: its stable one,
+/// while it is in progress and the spec keeps `retryOnStable` (the default). The plan and the
+/// cluster router's feed (which reads the state from the status) both ask this.
+pub fn fallback_revision(
+    isvc: &InferenceService,
+    rollout: &ferry_api::RolloutStatus,
+) -> Option<String> {
+    let retry = isvc
+        .spec
+        .rollout
+        .as_ref()
+        .is_none_or(|r| r.retry_on_stable());
+    (retry && !rollout.phase.is_finished()).then(|| rollout.stable_revision.clone())
+}
+
+/// Whether the plan of `isvc` reads the router's numbers (a progressive rollout's analysis,
+/// an experiment's or a shadow's figures): an executor collects them only then.
+pub fn needs_router_numbers(isvc: &InferenceService) -> bool {
+    crate::progressive::is_progressive(isvc.spec.rollout.as_ref())
+        || isvc.spec.predictor.canary_traffic_percent.is_some()
+        || isvc.spec.experiment.is_some()
+        || isvc.spec.shadow.is_some()
 }
 
 /// Traffic weights of a rolling update: each revision weighs its ready replicas that stay

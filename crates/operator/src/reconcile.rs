@@ -109,10 +109,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
 
     // Plan, on the router pods' numbers while a canary is in progress.
     let key = (isvc.namespace().unwrap_or_default(), isvc.name_any());
-    let counted = ferry_core::progressive::is_progressive(isvc.spec.rollout.as_ref())
-        || isvc.spec.predictor.canary_traffic_percent.is_some()
-        || isvc.spec.experiment.is_some()
-        || isvc.spec.shadow.is_some();
+    let counted = service::needs_router_numbers(isvc);
     let (totals, rewards, shadow) = if counted {
         let (totals, rewards, shadow) = shared.collector.totals(&key.0, &key.1);
         (Some(totals), rewards, shadow)
@@ -180,12 +177,11 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     if let Some(wait) = crate::status::write(isvc, &plan, shared).await? {
         return Ok(Action::requeue(wait));
     }
-    let rolling_out = plan.status.rollout.as_ref().is_some_and(|r| {
-        !matches!(
-            r.phase,
-            ferry_api::RolloutPhase::Succeeded | ferry_api::RolloutPhase::Aborted
-        )
-    });
+    let rolling_out = plan
+        .status
+        .rollout
+        .as_ref()
+        .is_some_and(|r| !r.phase.is_finished());
     Ok(Action::requeue(if plan.settled {
         Duration::from_secs(300)
     } else if rolling_out {

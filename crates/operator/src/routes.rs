@@ -93,18 +93,9 @@ fn planned_traffic(isvc: &InferenceService) -> Option<(BTreeMap<String, u32>, Op
         .filter(|r| r.traffic_percent > 0)
         .map(|r| (r.name.clone(), r.traffic_percent))
         .collect();
-    let active = !matches!(
-        rollout.phase,
-        ferry_api::RolloutPhase::Succeeded | ferry_api::RolloutPhase::Aborted
-    );
-    let retry = isvc
-        .spec
-        .rollout
-        .as_ref()
-        .is_none_or(|r| r.retry_on_stable());
     Some((
         weights,
-        (active && retry).then(|| rollout.stable_revision.clone()),
+        ferry_core::service::fallback_revision(isvc, rollout),
     ))
 }
 

@@ -25,7 +25,7 @@ pub(super) fn finish(
     let settings = spec.blue_green.clone().unwrap_or_default();
     let (latest, stable) = (inputs.latest, inputs.stable);
     let delay = Duration::from_secs(u64::from(settings.scale_down_delay_seconds.unwrap_or(600)));
-    if !matches!(state.phase, RolloutPhase::Succeeded | RolloutPhase::Aborted) {
+    if !state.phase.is_finished() {
         if ready(latest) < total {
             state.phase = RolloutPhase::Progressing;
             state.step_started = None;

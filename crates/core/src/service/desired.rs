@@ -79,10 +79,7 @@ fn effective_rollout(isvc: &InferenceService, observed: &Observation<'_>) -> Opt
         return Some(spec);
     }
     let previous = observed.previous_status?.rollout.as_ref()?;
-    let active = !matches!(
-        previous.phase,
-        RolloutPhase::Succeeded | RolloutPhase::Aborted
-    );
+    let active = !previous.phase.is_finished();
     (active && previous.canary_revision == observed.latest).then(|| RolloutSpec {
         strategy: Some(RolloutStrategy::Canary),
         steps: Vec::new(),
