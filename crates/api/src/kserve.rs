@@ -128,11 +128,14 @@ pub fn convert(doc: &Value) -> Result<Value, Vec<FieldError>> {
         .map(|r| convert_resources(r, &join(model_path, "resources"), &mut errors));
 
     if let Some(metric) = predictor.get("scaleMetric")
-        && !matches!(metric.as_str(), Some("cpu" | "memory"))
+        && !matches!(
+            metric.as_str(),
+            Some("cpu" | "memory" | "concurrency" | "rps")
+        )
     {
         errors.push(FieldError::new(
             "spec.predictor.scaleMetric",
-            format!("Unsupported value: {metric}: Ferry scales on \"cpu\" or \"memory\" (concurrency and rps scaling are not available yet)"),
+            format!("Unsupported value: {metric}: supported values: \"cpu\", \"memory\", \"concurrency\", \"rps\""),
         ));
     }
 

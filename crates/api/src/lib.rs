@@ -8,6 +8,7 @@
 //!   rejected by name.
 //! - [`revision`]: immutable revisions named from a content hash of the predictor.
 
+mod autoscaling;
 pub mod crd;
 mod experiment;
 pub mod kserve;
@@ -22,6 +23,7 @@ pub mod testing;
 mod types;
 pub mod validate;
 
+pub use autoscaling::*;
 pub use experiment::*;
 pub use k8s_openapi;
 pub use manifest::{

@@ -18,7 +18,7 @@ pub struct Revision {
 
 /// The revision name for `predictor` of the service `service`: equal predictors give equal names,
 /// any change to what a replica runs (model, runtime, resources, startup budget) gives a new one.
-/// Scaling fields (`minReplicas`, `maxReplicas`, `scaleMetric`, `scaleTarget`) and the traffic
+/// Scaling fields (`minReplicas`, `maxReplicas`, `scaleMetric`, `scaleTarget`, `autoscaling`) and the traffic
 /// split (`canaryTrafficPercent`) are left out, as a Deployment's `replicas` is left
 /// out of its pod-template hash: scaling never restarts replicas.
 pub fn revision_name(service: &str, predictor: &PredictorSpec) -> String {
@@ -39,6 +39,7 @@ pub fn revision_name_with_runtime(
         max_replicas: None,
         scale_metric: None,
         scale_target: None,
+        autoscaling: None,
         canary_traffic_percent: None,
         ..predictor.clone()
     };
@@ -73,6 +74,7 @@ mod tests {
             startup_timeout_seconds: None,
             scale_metric: None,
             scale_target: None,
+            autoscaling: None,
             canary_traffic_percent: None,
             node_selector: Default::default(),
             tolerations: Vec::new(),

@@ -69,16 +69,6 @@ pub enum IngressKind {
     HttpRoute,
 }
 
-/// What a HorizontalPodAutoscaler scales on.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum ScaleMetric {
-    /// Average CPU utilisation, in percent of the CPU request.
-    Cpu,
-    /// Average memory utilisation, in percent of the memory request.
-    Memory,
-}
-
 /// The predictor: the model and the replicas that serve it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -88,7 +78,8 @@ pub struct PredictorSpec {
     /// Name of a ServingRuntime to run instead of Ferry's own model server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
-    /// Replicas kept running (default 1).
+    /// Replicas kept running (default 1); 0 with an autoscaler on the router's numbers:
+    /// scale to zero, the next request held while a replica starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_replicas: Option<u32>,
     /// Upper bound for autoscaling (default: minReplicas).
@@ -101,18 +92,24 @@ pub struct PredictorSpec {
     /// declared stuck (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_timeout_seconds: Option<u32>,
-    /// Autoscale between minReplicas and maxReplicas on this metric (cluster mode: a
-    /// HorizontalPodAutoscaler, autoscaling/v2). Needs a request for that resource.
+    /// Autoscale between minReplicas and maxReplicas on this metric: the router's
+    /// concurrency, rps or queueDepth (Ferry's engine by default, both modes), or cpu / memory
+    /// utilisation of the request (a HorizontalPodAutoscaler, cluster mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scale_metric: Option<ScaleMetric>,
+    pub scale_metric: Option<crate::ScaleMetric>,
     /// KServe's manual canary: the latest revision takes this percent of the traffic and the
     /// previously rolled-out revision the rest; removing the field promotes the latest to
     /// 100 %, `0` keeps all traffic on the previous one. Not part of the revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary_traffic_percent: Option<u32>,
-    /// Target average utilisation for `scaleMetric`, in percent of the request (default 80).
+    /// Target per replica for `scaleMetric`: in-flight requests (concurrency, default 4),
+    /// requests per second (rps, default 50), queued requests (queueDepth, default 4), or
+    /// percent of the request (cpu, memory, gpuUtilization; default 80).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_target: Option<u32>,
+    /// How the autoscaler reacts (engine, windows, delays, cold-start buffer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<crate::AutoscalingSpec>,
     /// Node labels a replica's node must carry (a Pod's `nodeSelector`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
@@ -271,6 +268,9 @@ pub struct InferenceServiceStatus {
     /// The shadow's figures: copies, agreement with the live answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<crate::ShadowStatus>,
+    /// The autoscaler's last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<crate::AutoscalingStatus>,
 }
 
 /// Replicas of one revision.
@@ -339,9 +339,35 @@ impl PredictorSpec {
         crate::quantity::parse(cpu).map(|cores| cores.ceil().max(1.0) as u32)
     }
 
-    /// Target utilisation of `scaleMetric`, in percent.
+    /// The target per replica of `scaleMetric` (its default when unset).
     pub fn scale_target(&self) -> u32 {
-        self.scale_target.unwrap_or(80)
+        self.scale_target.unwrap_or_else(|| {
+            self.scale_metric
+                .map_or(80, crate::ScaleMetric::default_target)
+        })
+    }
+
+    /// Who scales the predictor: `autoscaling.engine`, else Ferry's engine for the router's
+    /// metrics and an HPA for cpu / memory.
+    pub fn autoscaling_engine(&self) -> crate::AutoscalingEngine {
+        self.autoscaling
+            .as_ref()
+            .and_then(|a| a.engine)
+            .unwrap_or(match self.scale_metric {
+                Some(m) if m.is_resource() => crate::AutoscalingEngine::Hpa,
+                _ => crate::AutoscalingEngine::Ferry,
+            })
+    }
+
+    /// Ferry's own autoscaler sizes the predictor (engine `ferry` on a metric it measures).
+    pub fn ferry_autoscaled(&self) -> bool {
+        self.scale_metric.is_some_and(|m| !m.is_resource())
+            && self.autoscaling_engine() == crate::AutoscalingEngine::Ferry
+    }
+
+    /// The autoscaling settings (defaults when the spec sets none).
+    pub fn autoscaling(&self) -> crate::AutoscalingSpec {
+        self.autoscaling.clone().unwrap_or_default()
     }
 
     /// Replicas kept running.

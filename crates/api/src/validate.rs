@@ -241,12 +241,6 @@ pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
     }
 
     let min = predictor.replicas();
-    if min == 0 {
-        errors.push(FieldError::new(
-            "spec.predictor.minReplicas",
-            "Invalid value: 0: must be at least 1 (scale to zero is not available yet)",
-        ));
-    }
     if let Some(max) = predictor.max_replicas
         && max < min
     {
@@ -266,7 +260,7 @@ pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
     if let Some(resources) = &predictor.resources {
         check_resources(resources, &mut errors);
     }
-    check_scaling(predictor, &mut errors);
+    crate::autoscaling::check(predictor, &mut errors);
     check_placement(predictor, &mut errors);
     if let Some(ingress) = &isvc.spec.ingress {
         check_ingress(ingress, &mut errors);
@@ -295,48 +289,6 @@ pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
         }
     }
     errors
-}
-
-fn check_scaling(predictor: &crate::PredictorSpec, errors: &mut Vec<FieldError>) {
-    if let Some(target) = predictor.scale_target
-        && !(1..=100).contains(&target)
-    {
-        errors.push(FieldError::new(
-            "spec.predictor.scaleTarget",
-            format!("Invalid value: {target}: must be a percentage between 1 and 100"),
-        ));
-    }
-    let Some(metric) = predictor.scale_metric else {
-        if predictor.scale_target.is_some() {
-            errors.push(FieldError::new(
-                "spec.predictor.scaleMetric",
-                "Required value: scaleTarget needs a scaleMetric (cpu or memory)",
-            ));
-        }
-        return;
-    };
-    if predictor.max_replicas.is_none() {
-        errors.push(FieldError::new(
-            "spec.predictor.maxReplicas",
-            "Required value: scaleMetric needs an upper bound for the autoscaler",
-        ));
-    }
-    let resource = match metric {
-        crate::ScaleMetric::Cpu => "cpu",
-        crate::ScaleMetric::Memory => "memory",
-    };
-    let requested = predictor
-        .resources
-        .as_ref()
-        .is_some_and(|r| r.requests.contains_key(resource) || r.limits.contains_key(resource));
-    if !requested {
-        errors.push(FieldError::new(
-            &format!("spec.predictor.resources.requests.{resource}"),
-            format!(
-                "Required value: scaleMetric {resource} scales on utilisation of the {resource} request"
-            ),
-        ));
-    }
 }
 
 fn check_placement(predictor: &crate::PredictorSpec, errors: &mut Vec<FieldError>) {

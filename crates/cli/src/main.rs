@@ -218,6 +218,8 @@ async fn cluster_router(args: RouterArgs) -> Result<()> {
         .context("no Kubernetes credentials (in-cluster or kubeconfig)")?;
     let (routes, table) = tokio::sync::watch::channel(std::sync::Arc::new(Default::default()));
     let router = ferry_router::Router::new(table, ferry_router::RouterConfig::default());
+    // A request held for a service at zero stamps it: the operator's watch wakes at once.
+    router.on_demand(ferry_operator::demand::waker(client.clone()));
     let running = ferry_router::serve_threads(args.addr, router)
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     tracing::info!(addr = %running.addr, "ferry router: serving");

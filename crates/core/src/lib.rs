@@ -18,6 +18,7 @@
 //! The Kubernetes objects themselves are rendered by `ferry-render` (cluster mode only).
 
 pub mod analysis;
+pub mod autoscale;
 pub mod experiment;
 pub mod observe;
 pub mod progressive;

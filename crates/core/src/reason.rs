@@ -106,6 +106,15 @@ reasons! {
     /// The analysis (or a new revision that cannot become ready) sent all traffic back to the
     /// stable revision.
     RolledBackAutomatically = "RolledBackAutomatically", failure = true;
+    // The autoscaler's decisions.
+    /// Ready: no replica runs, the next request starts one (`minReplicas: 0`); also the event
+    /// of the last replica going.
+    ScaledToZero = "ScaledToZero", failure = false;
+    /// Ready: requests are held while a replica starts from zero; also the event.
+    ColdStart = "ColdStart", failure = false;
+    /// The short window asks for far more than is ready: scaling on it, never down (the
+    /// event of panic beginning and ending).
+    PanicMode = "PanicMode", failure = false;
     /// The spec was refused by validation.
     InvalidSpec = "InvalidSpec", failure = true;
     // Local mode's control API records what a user did (a cluster's audit log does that).

@@ -70,6 +70,31 @@ pub struct ServiceRoute {
     /// The revision live requests are mirrored to, and the percent mirrored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<(String, u32)>,
+    /// Hold requests while no replica is ready (a service that scales to zero), up to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_start: Option<ColdStart>,
+}
+
+/// How many requests a router holds for a service with no ready replica, and how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColdStart {
+    pub requests: u32,
+    pub timeout_seconds: u32,
+}
+
+impl ColdStart {
+    /// The buffer of `isvc`: only a predictor Ferry's autoscaler may take to zero has one.
+    pub fn of(isvc: &ferry_api::InferenceService) -> Option<ColdStart> {
+        let predictor = &isvc.spec.predictor;
+        if !predictor.ferry_autoscaled() || predictor.replicas() > 0 {
+            return None;
+        }
+        let buffer = predictor.autoscaling().cold_start_buffer();
+        Some(ColdStart {
+            requests: buffer.requests(),
+            timeout_seconds: buffer.timeout_seconds(),
+        })
+    }
 }
 
 impl ServiceRoute {
@@ -137,6 +162,9 @@ pub struct ServiceEndpoints {
     /// [`ServiceRoute::shadow`], as the plan decides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<(String, u32)>,
+    /// [`ServiceRoute::cold_start`], from the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_start: Option<ColdStart>,
 }
 
 impl ServiceEndpoints {
@@ -158,6 +186,7 @@ impl ServiceEndpoints {
             variants: BTreeMap::new(),
             sticky: isvc.spec.experiment.as_ref().and_then(|e| e.sticky.clone()),
             shadow: None,
+            cold_start: ColdStart::of(isvc),
         }
     }
 
@@ -229,6 +258,7 @@ pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
                     fallback: service.fallback.clone(),
                     sticky: service.sticky.clone(),
                     shadow: service.shadow.clone(),
+                    cold_start: service.cold_start,
                 },
             );
     }
@@ -284,6 +314,7 @@ mod tests {
             variants: BTreeMap::new(),
             sticky: None,
             shadow: None,
+            cold_start: None,
         };
         let table = build(&[service]);
         let route = table.lookup("default", "iris").unwrap();
@@ -321,6 +352,7 @@ mod tests {
             variants: BTreeMap::new(),
             sticky: None,
             shadow: None,
+            cold_start: None,
         };
         let table = build(&[
             service("team-b", &["shared.example.com", "b.example.com"]),

@@ -83,6 +83,9 @@ pub struct Signals {
     pub rewards: crate::experiment::Rewards,
     /// The shadow's counters since the router started counting.
     pub shadow: crate::experiment::ShadowCounts,
+    /// Ferry's autoscaler's decision on the router's load ([`autoscale_inputs`] says what it
+    /// is asked with), when its engine scales the predictor.
+    pub autoscale: Option<crate::autoscale::Decision>,
 }
 
 /// One revision's replica count changing (or its objects going), with the event it is worth.
@@ -130,6 +133,9 @@ pub struct ServicePlan {
     /// A canary's decisions (steps, analysis, rollback): record each when the status with
     /// `status.rollout` is written.
     pub rollout_events: Vec<PlannedEvent>,
+    /// The autoscaler's decisions (panic on / off, scaled to zero, a cold start): record each
+    /// when the status is written.
+    pub autoscale_events: Vec<PlannedEvent>,
     /// An analysis was judged: the executor's next metric window starts now.
     pub analysed: bool,
     /// The revision the router retries a request on when another revision failed it: the
@@ -164,7 +170,15 @@ pub fn plan(
     now: Timestamp,
 ) -> ServicePlan {
     let latest = all.latest;
-    let wanted = rollout::desired_replicas(&isvc.spec.predictor, all.scale.get(latest).copied());
+    let predictor = &isvc.spec.predictor;
+    let decision = signals
+        .autoscale
+        .as_ref()
+        .filter(|_| predictor.ferry_autoscaled());
+    let wanted = match decision {
+        Some(decision) => decision.desired,
+        None => rollout::desired_replicas(predictor, all.scale.get(latest).copied()),
+    };
     // An experiment's variants run beside the predictor's revisions: the rollout plans the
     // predictor's (the control's) alone.
     let companions = if all.runtime_problem.is_none() {
@@ -297,6 +311,7 @@ pub fn plan(
         ingress: observed.ingress.clone(),
         runtime_problem: observed.runtime_problem.clone(),
         rollout: progressive.as_ref().map(|d| &d.status).or(finished),
+        wakes_on_request: predictor.ferry_autoscaled() && predictor.replicas() == 0,
     };
     let previous = observed.previous_status;
     let mut status = status::derive(&inputs, previous, &timestamp(now));
@@ -329,6 +344,23 @@ pub fn plan(
                 &signals.shadow,
             ));
         }
+    }
+    let mut autoscale_events = Vec::new();
+    if predictor.scale_metric.is_some() {
+        let (ready, _) = autoscale_inputs(isvc, &control);
+        let now_status = autoscaling_status(predictor, decision, wanted, ready);
+        autoscale_events =
+            autoscaling_events(previous.and_then(|s| s.autoscaling.as_ref()), &now_status);
+        if let Some(decision) = decision {
+            for change in changes
+                .iter_mut()
+                .filter(|c| c.revision == latest && !c.retire)
+            {
+                change.event.note =
+                    format!("{} (autoscaler: {})", change.event.note, decision.message);
+            }
+        }
+        status.autoscaling = Some(now_status);
     }
     let status_event = if previous == Some(&status) {
         None
@@ -371,6 +403,7 @@ pub fn plan(
         progress_only,
         settled,
         rollout_events,
+        autoscale_events,
         analysed,
         fallback,
         variants,
@@ -482,10 +515,134 @@ pub fn fallback_revision(
     (retry && !rollout.phase.is_finished()).then(|| rollout.stable_revision.clone())
 }
 
+/// What Ferry's autoscaler is asked with for `isvc`: the ready replicas of the predictor's
+/// revisions (an experiment's and a shadow's left out), and the size it is at — its last
+/// decision, else what the latest revision is set to. Both executors call this.
+pub fn autoscale_inputs(isvc: &InferenceService, observed: &Observation<'_>) -> (u32, u32) {
+    let companions = companion_revisions(isvc);
+    let ready = observed
+        .replicas
+        .iter()
+        .filter(|r| !r.terminating && r.ready() && !companions.contains(&r.revision))
+        .count() as u32;
+    let current = observed
+        .previous_status
+        .and_then(|s| s.autoscaling.as_ref())
+        .map(|a| a.desired_replicas)
+        .or_else(|| observed.scale.get(observed.latest).copied())
+        .unwrap_or_else(|| isvc.spec.predictor.replicas());
+    (ready, current)
+}
+
+/// The router's load of the predictor's revisions (`loads` per revision; an experiment's and
+/// a shadow's revisions left out) plus `held` requests: what the autoscaler observes. A
+/// router's demand annotation ([`ferry_api::ANNOTATION_DEMAND`]) of the last few seconds is
+/// one held request at least, before the collected numbers show it.
+pub fn predictor_load(
+    isvc: &InferenceService,
+    loads: &BTreeMap<String, crate::autoscale::Load>,
+    held: u64,
+    now: Timestamp,
+) -> crate::autoscale::Load {
+    let companions = companion_revisions(isvc);
+    let demanded = isvc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ferry_api::ANNOTATION_DEMAND))
+        .and_then(|at| at.parse::<Timestamp>().ok())
+        .is_some_and(|at| now.duration_since(at).as_secs_f64() < DEMAND_FRESH_SECONDS);
+    let mut load = crate::autoscale::Load {
+        held: if demanded { held.max(1) } else { held },
+        ..Default::default()
+    };
+    for (_, one) in loads.iter().filter(|(r, _)| !companions.contains(r)) {
+        load.merge(one);
+    }
+    load
+}
+
+/// How long a router's demand annotation counts as a held request.
+const DEMAND_FRESH_SECONDS: f64 = 3.0;
+
+fn companion_revisions(isvc: &InferenceService) -> Vec<String> {
+    isvc.variants()
+        .into_iter()
+        .map(|v| v.3)
+        .chain(isvc.shadow().map(|s| s.2))
+        .collect()
+}
+
+/// `status.autoscaling` for a predictor with a `scaleMetric`.
+fn autoscaling_status(
+    predictor: &ferry_api::PredictorSpec,
+    decision: Option<&crate::autoscale::Decision>,
+    wanted: u32,
+    ready: u32,
+) -> ferry_api::AutoscalingStatus {
+    let metric = predictor.scale_metric.map_or("", |m| m.as_str());
+    let engine = predictor.autoscaling_engine();
+    let unavailable = matches!(
+        predictor.scale_metric,
+        Some(ferry_api::ScaleMetric::GpuUtilization)
+    ) && engine == ferry_api::AutoscalingEngine::Ferry;
+    ferry_api::AutoscalingStatus {
+        engine: ferry_api::engine_name(engine).to_string(),
+        metric: metric.to_string(),
+        desired_replicas: wanted,
+        actual_replicas: ready,
+        value: decision
+            .and_then(|d| d.value)
+            .map(|v| (v * 100.0).round() / 100.0),
+        target: predictor.scale_target(),
+        panic: decision.is_some_and(|d| d.panic),
+        scaled_to_zero: decision.is_some_and(|d| d.scaled_to_zero),
+        held_requests: decision.map_or(0, |d| d.held.min(u64::from(u32::MAX)) as u32),
+        message: if unavailable {
+            Some("gpuUtilization is unavailable here (no NVML GPU): holding the last size".into())
+        } else {
+            decision.map(|d| d.message.clone())
+        },
+    }
+}
+
+/// The events the autoscaler's state changes are worth: panic on / off, scaled to zero, a
+/// cold start beginning.
+fn autoscaling_events(
+    previous: Option<&ferry_api::AutoscalingStatus>,
+    now: &ferry_api::AutoscalingStatus,
+) -> Vec<PlannedEvent> {
+    let was = previous.cloned().unwrap_or_default();
+    let message = now.message.clone().unwrap_or_default();
+    let mut events = Vec::new();
+    if now.panic != was.panic {
+        let note = if now.panic {
+            format!("panic on: {message}")
+        } else {
+            "panic off: the burst is over, scaling on the stable window again".to_string()
+        };
+        events.push(PlannedEvent::new(Reason::PanicMode, note));
+    }
+    if now.scaled_to_zero && !was.scaled_to_zero {
+        events.push(PlannedEvent::new(Reason::ScaledToZero, message.clone()));
+    }
+    if now.held_requests > 0 && was.held_requests == 0 {
+        events.push(PlannedEvent::new(
+            Reason::ColdStart,
+            format!(
+                "cold start: {} requests held while a replica starts",
+                now.held_requests
+            ),
+        ));
+    }
+    events
+}
+
 /// Whether the plan of `isvc` reads the router's numbers (a progressive rollout's analysis,
 /// an experiment's or a shadow's figures): an executor collects them only then.
 pub fn needs_router_numbers(isvc: &InferenceService) -> bool {
     crate::progressive::is_progressive(isvc.spec.rollout.as_ref())
+        || isvc.spec.predictor.ferry_autoscaled()
         || isvc.spec.predictor.canary_traffic_percent.is_some()
         || isvc.spec.experiment.is_some()
         || isvc.spec.shadow.is_some()

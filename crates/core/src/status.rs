@@ -35,9 +35,20 @@ pub fn progress_only(
     next: &InferenceServiceStatus,
 ) -> bool {
     // A progressive rollout's state is persisted before it is carried out: never lazily.
+    // The autoscaler's size, panic and zero are decisions too; its numbers are progress.
+    let decided = |s: &InferenceServiceStatus| {
+        s.autoscaling.as_ref().map(|a| {
+            (
+                a.desired_replicas,
+                a.panic,
+                a.scaled_to_zero,
+                a.held_requests > 0,
+            )
+        })
+    };
     previous.is_some()
         && changed(previous, next).next().is_none()
-        && previous.is_some_and(|p| p.rollout == next.rollout)
+        && previous.is_some_and(|p| p.rollout == next.rollout && decided(p) == decided(next))
 }
 
 /// One event for the conditions that turned True or to a failure between `previous` and
@@ -95,6 +106,9 @@ pub struct StatusInputs<'a> {
     /// A progressive rollout's state (`status.rollout`): a rolled back one says so in
     /// LatestRevisionReady.
     pub rollout: Option<&'a ferry_api::RolloutStatus>,
+    /// A request wakes the service when nothing is ready (`minReplicas: 0` under Ferry's
+    /// autoscaler): no ready replica is then no failure.
+    pub wakes_on_request: bool,
 }
 
 /// Why the latest revision is not ready (or that it is).
@@ -206,7 +220,24 @@ pub fn derive(
         .map(|(rev, pct)| format!("{rev} ({pct}%)"))
         .collect();
     let ready = if serving.is_empty() {
-        if latest.ok {
+        if inputs.wakes_on_request && !latest.reason.is_failure() {
+            if inputs.target.replicas == 0 {
+                ConditionState::new(
+                    true,
+                    Reason::ScaledToZero,
+                    "scaled to zero: the next request starts a replica and waits for it",
+                )
+            } else {
+                ConditionState::new(
+                    true,
+                    Reason::ColdStart,
+                    format!(
+                        "cold start: {} starting, requests held until it is ready",
+                        inputs.target.revision
+                    ),
+                )
+            }
+        } else if latest.ok {
             ConditionState::new(false, Reason::NoReadyReplicas, "no replica is ready")
         } else {
             ConditionState::new(false, latest.reason, latest.message.clone())
@@ -279,6 +310,7 @@ pub fn derive(
         rollout: inputs.rollout.cloned(),
         experiment: None,
         shadow: None,
+        autoscaling: None,
     }
 }
 
@@ -470,6 +502,7 @@ mod tests {
         let order = vec!["iris-2".to_string(), "iris-1".to_string()];
         let observed = StatusInputs {
             rollout: None,
+            wakes_on_request: false,
             generation: 3,
             target: &target,
             replicas,

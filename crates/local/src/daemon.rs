@@ -70,6 +70,11 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let router_addr = running_router.addr;
 
     let changed = Arc::new(Notify::new());
+    // A request held for a service at zero wakes the reconcile loop at once.
+    {
+        let changed = changed.clone();
+        router.on_demand(Arc::new(move |_, _| changed.notify_one()));
+    }
     let supervisor = Supervisor::new(
         store.clone(),
         dirs.clone(),
@@ -141,6 +146,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         router_addr,
         accounting: router.accounting(),
         windows: Default::default(),
+        autoscalers: Default::default(),
     };
     let reconcile_stop = stop_rx.clone();
     let reconcile_task = tokio::spawn(async move { reconciler.run(reconcile_stop).await });

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ferry_api::k8s_openapi::jiff::Timestamp;
 use ferry_core::analysis::Windows;
+use ferry_core::autoscale::Autoscalers;
 use ferry_core::reason::PlannedEvent;
 use ferry_core::routes::{Endpoint, RouteTable, ServiceEndpoints};
 use ferry_core::service::{self, EntryPoint, Observation, Signals};
@@ -41,6 +42,8 @@ pub struct Reconciler {
     pub accounting: ferry_router::Accounting,
     /// Per service: when its analysis window began, and the numbers then.
     pub windows: Mutex<Windows<(String, String)>>,
+    /// Per service: Ferry's autoscaler (its samples of the router's load).
+    pub autoscalers: Mutex<Autoscalers<(String, String)>>,
 }
 
 impl Reconciler {
@@ -105,6 +108,7 @@ impl Reconciler {
         let numbers = self.accounting.snapshot();
         let rewards = self.accounting.rewards();
         let shadows = self.accounting.shadows();
+        let loads = self.accounting.loads();
         let at = Timestamp::now();
         for service in &services {
             let (namespace, name) = (service.namespace(), service.name());
@@ -156,11 +160,20 @@ impl Reconciler {
                 .lock()
                 .expect("windows poisoned")
                 .window(&key, &current, at);
+            let (load, held) = loads.get(&key).cloned().unwrap_or_default();
+            let load = service::predictor_load(&service.isvc, &load, held, at);
+            let (ready, size) = service::autoscale_inputs(&service.isvc, &observation);
+            let autoscale = self
+                .autoscalers
+                .lock()
+                .expect("autoscalers poisoned")
+                .decide(&key, &service.isvc.spec.predictor, load, ready, size, at);
             let signals = Signals {
                 window: Some(window),
                 totals: current.clone(),
                 rewards: rewards.get(&key).cloned().unwrap_or_default(),
                 shadow: shadows.get(&key).copied().unwrap_or_default(),
+                autoscale,
             };
             let plan = service::plan(&service.isvc, &history, &observation, &signals, at);
             if plan.analysed {
@@ -171,11 +184,12 @@ impl Reconciler {
             }
             // Persisted before it is carried out: the rollout's state and events, then the
             // count changes, replicas leaving, new replicas.
+            let mut decisions = plan.rollout_events.clone();
             if plan.status.rollout.is_some()
                 && service.status.as_ref().map(|s| &s.rollout) != Some(&plan.status.rollout)
             {
-                for event in &plan.rollout_events {
-                    self.record(&namespace, &name, event)?;
+                for event in decisions.drain(..) {
+                    self.record(&namespace, &name, &event)?;
                 }
                 self.store.set_status(&namespace, &name, &plan.status)?;
             }
@@ -226,7 +240,9 @@ impl Reconciler {
                 },
             );
             if service.status.as_ref() != Some(&plan.status) {
-                statuses.push((namespace, name, plan.status, plan.status_event));
+                decisions.extend(plan.autoscale_events);
+                decisions.extend(plan.status_event);
+                statuses.push((namespace, name, plan.status, decisions));
             }
         }
 
@@ -244,8 +260,8 @@ impl Reconciler {
             self.supervisor.stop(id);
         }
 
-        for (namespace, name, status, event) in statuses {
-            if let Some(event) = &event {
+        for (namespace, name, status, events) in statuses {
+            for event in &events {
                 self.record(&namespace, &name, event)?;
             }
             self.store.set_status(&namespace, &name, &status)?;

@@ -1,14 +1,17 @@
-//! The router's numbers in a cluster, for canary analysis: every second (while a progressive
-//! rollout is in progress) the operator lists the router pods and calls each at its pod IP
-//! for its per-revision counters (`ferry_router::REVISION_METRICS_PATH`). Each pod's counters
-//! are turned into increments (a restarted router pod starts again from zero) and added to one
-//! running total per service: the sum of every router replica.
+//! The router's numbers in a cluster, for canary analysis and Ferry's autoscaler: every half
+//! second (while a rollout, an experiment, a shadow or the autoscaler wants them) the
+//! operator lists the router pods and calls each at its pod IP for its per-revision counters
+//! (`ferry_router::REVISION_METRICS_PATH`). Each pod's counters are turned into increments (a
+//! restarted router pod starts again from zero) and added to one running total per service:
+//! the sum of every router replica. Its gauges (requests in flight, held) are each pod's
+//! latest, summed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ferry_core::analysis::{self, ServiceMetrics};
+use ferry_core::autoscale::Load;
 use ferry_core::experiment::{Rewards, ShadowCounts};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -49,13 +52,24 @@ struct ServiceNumbers {
     rewards: Rewards,
     #[serde(default)]
     shadow: ShadowCounts,
+    #[serde(default)]
+    load: BTreeMap<String, Load>,
+    #[serde(default)]
+    held: u64,
 }
+
+/// One pod's load of one service: per revision, and held.
+type PodLoad = (BTreeMap<String, Load>, u64);
 
 /// The running totals, and what each router pod said last.
 #[derive(Default)]
 pub struct Collector {
     totals: Mutex<HashMap<ServiceKey, Numbers>>,
     last: Mutex<HashMap<String, BTreeMap<ServiceKey, Numbers>>>,
+    /// Each pod's latest load per service, and the arrivals counted so far per service
+    /// and revision (increments summed, as the totals).
+    loads: Mutex<HashMap<String, BTreeMap<ServiceKey, PodLoad>>>,
+    arrivals: Mutex<HashMap<ServiceKey, BTreeMap<String, u64>>>,
     /// When a reconcile last asked for numbers: the collector sleeps when nobody does.
     wanted: Mutex<Option<Instant>>,
 }
@@ -73,6 +87,29 @@ impl Collector {
             .unwrap_or_default()
     }
 
+    /// The load of one service: requests in flight per revision and held, as every router
+    /// pod said last, and the arrivals counted, asking for collection.
+    pub fn load(&self, namespace: &str, service: &str) -> (BTreeMap<String, Load>, u64) {
+        *self.wanted.lock().expect("poisoned") = Some(Instant::now());
+        let key = (namespace.to_string(), service.to_string());
+        let mut per_revision: BTreeMap<String, Load> = BTreeMap::new();
+        let mut held = 0;
+        for pods in self.loads.lock().expect("poisoned").values() {
+            if let Some((revisions, pod_held)) = pods.get(&key) {
+                held += pod_held;
+                for (revision, load) in revisions {
+                    per_revision.entry(revision.clone()).or_default().in_flight += load.in_flight;
+                }
+            }
+        }
+        if let Some(arrivals) = self.arrivals.lock().expect("poisoned").get(&key) {
+            for (revision, n) in arrivals {
+                per_revision.entry(revision.clone()).or_default().arrivals = *n;
+            }
+        }
+        (per_revision, held)
+    }
+
     fn wanted(&self) -> bool {
         self.wanted
             .lock()
@@ -82,6 +119,16 @@ impl Collector {
 
     /// Add what `pod` reports now beyond what it reported last.
     fn observe(&self, pod: &str, now: Vec<ServiceNumbers>) {
+        let loads: BTreeMap<ServiceKey, PodLoad> = now
+            .iter()
+            .map(|n| {
+                (
+                    (n.namespace.clone(), n.service.clone()),
+                    (n.load.clone(), n.held),
+                )
+            })
+            .collect();
+        self.observe_load(pod, loads);
         let now: BTreeMap<ServiceKey, Numbers> = now
             .into_iter()
             .map(|n| ((n.namespace, n.service), (n.revisions, n.rewards, n.shadow)))
@@ -114,23 +161,53 @@ impl Collector {
         last.insert(pod.to_string(), now);
     }
 
+    /// `pod`'s load now: its gauges replace what it said before, its arrivals beyond what it
+    /// counted before are added.
+    fn observe_load(&self, pod: &str, now: BTreeMap<ServiceKey, PodLoad>) {
+        let mut loads = self.loads.lock().expect("poisoned");
+        let before = loads.remove(pod).unwrap_or_default();
+        let mut arrivals = self.arrivals.lock().expect("poisoned");
+        for (key, (revisions, _)) in &now {
+            let total = arrivals.entry(key.clone()).or_default();
+            for (revision, load) in revisions {
+                let previous = before
+                    .get(key)
+                    .and_then(|(r, _)| r.get(revision))
+                    .map_or(0, |l| l.arrivals);
+                // A counter that went down restarted: all it says now is new.
+                let delta = if load.arrivals >= previous {
+                    load.arrivals - previous
+                } else {
+                    load.arrivals
+                };
+                *total.entry(revision.clone()).or_default() += delta;
+            }
+        }
+        loads.insert(pod.to_string(), now);
+    }
+
     /// Forget pods that are gone.
     fn keep(&self, pods: &[String]) {
         self.last
             .lock()
             .expect("poisoned")
             .retain(|uid, _| pods.contains(uid));
+        self.loads
+            .lock()
+            .expect("poisoned")
+            .retain(|uid, _| pods.contains(uid));
     }
 
-    /// Collect every second while numbers are wanted, until the process ends.
+    /// Collect every half second while numbers are wanted, until the process ends.
     pub async fn run(&self, client: Client, routers: RouterPods) {
         let pods: Api<Pod> = Api::namespaced(client, &routers.namespace);
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(800))
+            .timeout(Duration::from_millis(400))
             .no_proxy()
             .build()
             .expect("an HTTP client builds");
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             if !self.wanted() {
@@ -194,6 +271,15 @@ mod tests {
             )]),
             rewards: Rewards::new(),
             shadow: ShadowCounts::default(),
+            load: BTreeMap::from([(
+                "iris-a".to_string(),
+                Load {
+                    in_flight: requests % 7,
+                    held: 0,
+                    arrivals: requests,
+                },
+            )]),
+            held: 1,
         }]
     }
 
@@ -210,5 +296,9 @@ mod tests {
         collector.keep(&["router-1".to_string()]);
         collector.observe("router-2", numbers(4));
         assert_eq!(collector.totals("ns", "iris").0["iris-a"].requests, 37);
+        // Arrivals add up as the requests do; the gauges are each pod's latest, summed.
+        let (load, held) = collector.load("ns", "iris");
+        assert_eq!(load["iris-a"].arrivals, 37);
+        assert_eq!((load["iris-a"].in_flight, held), (25 % 7 + 4, 2));
     }
 }

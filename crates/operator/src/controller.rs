@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     /// The router pods' numbers, and each service's analysis window.
     pub(crate) collector: Arc<crate::collect::Collector>,
     pub(crate) windows: Mutex<ferry_core::analysis::Windows<(String, String)>>,
+    /// Ferry's autoscaler per service (samples of the collected load).
+    pub(crate) autoscalers: Mutex<ferry_core::autoscale::Autoscalers<(String, String)>>,
 }
 
 /// How long a write of the operator's own is remembered (watch delivery is far quicker).
@@ -182,6 +184,7 @@ pub async fn run(context: Context) {
         recent: Mutex::default(),
         collector,
         windows: Mutex::default(),
+        autoscalers: Mutex::default(),
     });
     // The controller is triggered by the very streams that fill the caches (a reflector updates
     // its store before it passes an object on): a reconcile never reads a cache older than its

@@ -23,6 +23,7 @@
 mod apply;
 pub mod collect;
 mod controller;
+pub mod demand;
 pub mod lease;
 mod observe;
 mod owned;

@@ -116,7 +116,23 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     } else {
         (None, Default::default(), Default::default())
     };
+    let autoscale = if isvc.spec.predictor.ferry_autoscaled() {
+        let (loads, held) = shared.collector.load(&key.0, &key.1);
+        let load = service::predictor_load(isvc, &loads, held, now);
+        let (ready, size) = service::autoscale_inputs(isvc, &observation);
+        shared.autoscalers.lock().expect("poisoned").decide(
+            &key,
+            &isvc.spec.predictor,
+            load,
+            ready,
+            size,
+            now,
+        )
+    } else {
+        None
+    };
     let signals = Signals {
+        autoscale,
         window: totals.as_ref().map(|current| {
             shared
                 .windows
@@ -182,7 +198,10 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         .rollout
         .as_ref()
         .is_some_and(|r| !r.phase.is_finished());
-    Ok(Action::requeue(if plan.settled {
+    Ok(Action::requeue(if isvc.spec.predictor.ferry_autoscaled() {
+        // The autoscaler decides on every collection of the router's numbers.
+        Duration::from_millis(500)
+    } else if plan.settled {
         Duration::from_secs(300)
     } else if rolling_out {
         // Pauses end and analyses fall due with time, not with an object change.

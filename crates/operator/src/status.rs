@@ -64,7 +64,7 @@ pub(crate) async fn write(
         .patch_status(&name, &params, &Patch::Apply(&apply))
         .await?;
     shared.remember(status_key, status_hash);
-    if let Some(event) = &plan.status_event {
+    for event in plan.autoscale_events.iter().chain(&plan.status_event) {
         shared.event(isvc, event).await;
     }
     Ok(None)

@@ -2,17 +2,20 @@
 //! (the status URL, an alias of the shared router), and when the spec asks, a
 //! HorizontalPodAutoscaler on the latest revision, an Ingress or a Gateway API HTTPRoute.
 
-use ferry_api::{InferenceService, IngressKind, LABEL_REVISION, ScaleMetric};
+use std::collections::BTreeMap;
+
+use ferry_api::{AutoscalingEngine, InferenceService, IngressKind, LABEL_REVISION, ScaleMetric};
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
-    MetricTarget, ResourceMetricSource,
+    CrossVersionObjectReference, ExternalMetricSource, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec, MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
     IngressServiceBackend, IngressSpec, ServiceBackendPort,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::{Deserialize, Serialize};
 
 use crate::{HTTP_ROUTE_API_VERSION, ROUTER_PORT, ROUTER_SERVICE_HOST, Result};
@@ -23,7 +26,8 @@ pub struct ServiceObjects {
     /// `<name>`: the stable in-cluster address (the status URL), every ready predictor pod of
     /// any revision behind it.
     pub service: Service,
-    /// When `scaleMetric` is set: scales the latest revision's Deployment.
+    /// When `autoscaling.engine` is `hpa` (the default for cpu / memory): scales the latest
+    /// revision's Deployment.
     pub autoscaler: Option<HorizontalPodAutoscaler>,
     /// When `spec.ingress` asks for an Ingress.
     pub ingress: Option<Ingress>,
@@ -135,40 +139,28 @@ pub fn render_service(isvc: &InferenceService, latest: &str) -> ServiceObjects {
         }),
         status: None,
     };
-    let autoscaler = predictor.scale_metric.map(|metric| {
-        let resource = match metric {
-            ScaleMetric::Cpu => "cpu",
-            ScaleMetric::Memory => "memory",
-        };
-        let min = predictor.replicas();
-        let count = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
-        HorizontalPodAutoscaler {
-            metadata: metadata.clone(),
-            spec: Some(HorizontalPodAutoscalerSpec {
-                scale_target_ref: CrossVersionObjectReference {
-                    api_version: Some("apps/v1".into()),
-                    kind: "Deployment".into(),
-                    name: latest.to_string(),
-                },
-                min_replicas: Some(count(min)),
-                max_replicas: count(predictor.max_replicas.unwrap_or(min).max(min)),
-                metrics: Some(vec![MetricSpec {
-                    type_: "Resource".into(),
-                    resource: Some(ResourceMetricSource {
-                        name: resource.into(),
-                        target: MetricTarget {
-                            type_: "Utilization".into(),
-                            average_utilization: Some(count(predictor.scale_target())),
-                            ..MetricTarget::default()
-                        },
-                    }),
-                    ..MetricSpec::default()
-                }]),
-                behavior: None,
-            }),
-            status: None,
-        }
-    });
+    let autoscaler = predictor
+        .scale_metric
+        .filter(|_| predictor.autoscaling_engine() == AutoscalingEngine::Hpa)
+        .map(|metric| {
+            let min = predictor.replicas();
+            let count = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+            HorizontalPodAutoscaler {
+                metadata: metadata.clone(),
+                spec: Some(HorizontalPodAutoscalerSpec {
+                    scale_target_ref: CrossVersionObjectReference {
+                        api_version: Some("apps/v1".into()),
+                        kind: "Deployment".into(),
+                        name: latest.to_string(),
+                    },
+                    min_replicas: Some(count(min.max(1))),
+                    max_replicas: count(predictor.max_replicas.unwrap_or(min).max(min)),
+                    metrics: Some(vec![hpa_metric(isvc, metric, predictor.scale_target())]),
+                    behavior: None,
+                }),
+                status: None,
+            }
+        });
     let (mut ingress, mut http_route) = (None, None);
     if let Some(spec) = &isvc.spec.ingress {
         match spec.kind.unwrap_or(IngressKind::Ingress) {
@@ -247,5 +239,55 @@ pub fn render_service(isvc: &InferenceService, latest: &str) -> ServiceObjects {
         autoscaler,
         ingress,
         http_route,
+    }
+}
+
+/// The HPA's metric for `metric`: utilisation of a resource request, or one of Ferry's router
+/// numbers as an External metric (`ferry_concurrency`, ... per replica, selected by the
+/// service's namespace and name) that Ferry serves under `external.metrics.k8s.io`.
+fn hpa_metric(isvc: &InferenceService, metric: ScaleMetric, target: u32) -> MetricSpec {
+    let count = i32::try_from(target).unwrap_or(i32::MAX);
+    if metric.is_resource() {
+        return MetricSpec {
+            type_: "Resource".into(),
+            resource: Some(ResourceMetricSource {
+                name: metric.as_str().into(),
+                target: MetricTarget {
+                    type_: "Utilization".into(),
+                    average_utilization: Some(count),
+                    ..MetricTarget::default()
+                },
+            }),
+            ..MetricSpec::default()
+        };
+    }
+    MetricSpec {
+        type_: "External".into(),
+        external: Some(ExternalMetricSource {
+            metric: MetricIdentifier {
+                name: external_metric_name(metric),
+                selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "serving.ferry.dev/inferenceservice".to_string(),
+                        isvc.metadata.name.clone().unwrap_or_default(),
+                    )])),
+                    ..LabelSelector::default()
+                }),
+            },
+            target: MetricTarget {
+                type_: "AverageValue".into(),
+                average_value: Some(Quantity(target.to_string())),
+                ..MetricTarget::default()
+            },
+        }),
+        ..MetricSpec::default()
+    }
+}
+
+/// The External metric's name for one of the router's metrics.
+pub fn external_metric_name(metric: ScaleMetric) -> String {
+    match metric {
+        ScaleMetric::QueueDepth => "ferry_queue_depth".into(),
+        other => format!("ferry_{}", other.as_str().to_ascii_lowercase()),
     }
 }

@@ -41,10 +41,16 @@ pub(crate) fn error_response(error: &RouterError, grpc: bool) -> Response<Buffer
         }
         return response;
     }
-    json(
+    let mut response = json(
         error.http_status(),
         serde_json::json!({ "error": error.to_string() }).to_string(),
-    )
+    );
+    if let Some(seconds) = error.retry_after() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// A whole response body, with the replica's trailers (gRPC status) when it sent any.

@@ -35,6 +35,24 @@ pub enum RouterError {
     UnknownRequest(String),
     #[error("no ready replica of {service} in namespace {namespace}")]
     NoReadyReplica { namespace: String, service: String },
+    /// A service at zero replicas holds this many requests already.
+    #[error(
+        "cold start of {service} in namespace {namespace}: {held} requests already held (coldStartBuffer.requests); try again shortly"
+    )]
+    ColdStartBufferFull {
+        namespace: String,
+        service: String,
+        held: u64,
+    },
+    /// The request was held for a replica that did not become ready in time.
+    #[error(
+        "cold start of {service} in namespace {namespace}: no replica ready after {seconds}s (coldStartBuffer.timeoutSeconds)"
+    )]
+    ColdStartTimeout {
+        namespace: String,
+        service: String,
+        seconds: u32,
+    },
     /// The replica failed (twice, when a retry was possible).
     #[error("upstream replica {backend} failed: {cause}")]
     Upstream { backend: String, cause: String },
@@ -50,7 +68,9 @@ impl RouterError {
             | RouterError::VariantNotServing { .. }
             | RouterError::UnknownRequest(_) => StatusCode::NOT_FOUND,
             RouterError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RouterError::NoReadyReplica { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            RouterError::NoReadyReplica { .. }
+            | RouterError::ColdStartBufferFull { .. }
+            | RouterError::ColdStartTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             RouterError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -65,7 +85,10 @@ impl RouterError {
             | RouterError::VariantNotServing { .. }
             | RouterError::UnknownRequest(_) => 5, // NOT_FOUND
             RouterError::TooLarge { .. } => 11, // OUT_OF_RANGE
-            RouterError::NoReadyReplica { .. } | RouterError::Upstream { .. } => 14, // UNAVAILABLE
+            RouterError::NoReadyReplica { .. }
+            | RouterError::ColdStartBufferFull { .. }
+            | RouterError::ColdStartTimeout { .. }
+            | RouterError::Upstream { .. } => 14, // UNAVAILABLE
         }
     }
 
@@ -80,7 +103,21 @@ impl RouterError {
             RouterError::UnknownRequest(_) => "unknown_request",
             RouterError::TooLarge { .. } => "too_large",
             RouterError::NoReadyReplica { .. } => "no_ready_replica",
+            RouterError::ColdStartBufferFull { .. } => "cold_start_buffer_full",
+            RouterError::ColdStartTimeout { .. } => "cold_start_timeout",
             RouterError::Upstream { .. } => "upstream",
+        }
+    }
+
+    /// Seconds a client should wait before trying again (`Retry-After`), for the answers
+    /// that say "later".
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            RouterError::ColdStartBufferFull { .. } | RouterError::ColdStartTimeout { .. } => {
+                Some(5)
+            }
+            RouterError::NoReadyReplica { .. } => Some(1),
+            _ => None,
         }
     }
 }

@@ -24,6 +24,7 @@ mod table;
 pub use body::Buffered;
 pub use error::RouterError;
 pub use hooks::{HookFuture, Hooks, MAX_HOLDS, NoBackend, NoHooks, Outcome, RequestInfo};
+pub use proxy::Demand;
 pub use proxy::{Router, RouterConfig};
 pub use serve::{RunningRouter, serve, serve_threads};
 pub use stats::{Accounting, PATH as REVISION_METRICS_PATH, ServiceNumbers};

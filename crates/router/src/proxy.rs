@@ -36,9 +36,11 @@ use crate::stats::Accounting;
 use crate::table::{BackendState, Compiled, InFlight, InFlightGuard, RevisionState, ServiceState};
 
 mod feedback;
+mod hold;
 mod mirror;
 mod pick;
 
+pub use hold::Demand;
 use pick::{pinned, sticky_key, variant_of};
 
 /// Router settings.
@@ -77,6 +79,8 @@ struct Inner {
     shadow_limit: Arc<tokio::sync::Semaphore>,
     config: RouterConfig,
     hooks: Arc<dyn Hooks>,
+    /// Told at once when a request is held for a service at zero (scale from zero).
+    demand: std::sync::OnceLock<Demand>,
 }
 
 impl Router {
@@ -124,8 +128,15 @@ impl Router {
                 shadow_limit: crate::shadow::limit(),
                 config,
                 hooks,
+                demand: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Call `demand` (namespace, service) whenever a request is held for a service with no
+    /// ready replica: the executor starts one at once. Set once; later calls are ignored.
+    pub fn on_demand(&self, demand: Demand) {
+        let _ = self.inner.demand.set(demand);
     }
 
     /// The per-revision numbers since the router started (canary analysis reads them).
@@ -216,6 +227,12 @@ impl Router {
             let service = lookup(&compiled, &info)?;
             if service.has_backends() {
                 break;
+            }
+            // A service that scales to zero holds the request until a replica is ready.
+            if let Some(cold) = service.cold_start {
+                let next = self.hold(&info, service, cold).await?;
+                compiled = next;
+                continue;
             }
             match self
                 .inner
@@ -362,7 +379,9 @@ impl Router {
         attempt: u32,
     ) -> Result<Response<Buffered>, RouterError> {
         let started = Instant::now();
+        let in_flight = revision.stats.begin();
         let result = self.forward(parts, body, revision, backend, grpc).await;
+        drop(in_flight);
         let elapsed = started.elapsed();
         let status = result.as_ref().ok().map(Response::status);
         revision.stats.record(status, elapsed);

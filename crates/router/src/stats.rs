@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::analysis::{BUCKETS, RevisionMetrics, ServiceMetrics, bucket_of};
+use ferry_core::autoscale::Load;
 use ferry_core::experiment::{RewardStats, Rewards, ShadowCounts};
 
 use crate::shadow::ShadowCounters;
@@ -19,6 +20,9 @@ pub const PATH: &str = ferry_core::analysis::NUMBERS_PATH;
 
 /// One revision's counters.
 pub struct RevisionStats {
+    /// Attempts begun (a counter) and not yet ended (a gauge): the autoscaler's load.
+    arrivals: AtomicU64,
+    in_flight: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
     unreachable: AtomicU64,
@@ -28,6 +32,8 @@ pub struct RevisionStats {
 impl Default for RevisionStats {
     fn default() -> Self {
         RevisionStats {
+            arrivals: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             unreachable: AtomicU64::new(0),
@@ -36,7 +42,32 @@ impl Default for RevisionStats {
     }
 }
 
+/// One attempt in flight; it ends on drop.
+pub(crate) struct Attempt<'a>(&'a RevisionStats);
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl RevisionStats {
+    /// An attempt begins: counted as arrived and in flight until the guard drops.
+    pub(crate) fn begin(&self) -> Attempt<'_> {
+        self.arrivals.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Attempt(self)
+    }
+
+    /// Arrivals and requests in flight now.
+    pub fn load(&self) -> Load {
+        Load {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            held: 0,
+            arrivals: self.arrivals.load(Ordering::Relaxed),
+        }
+    }
+
     /// One attempt: `status` `None` when the replica failed before answering.
     pub fn record(&self, status: Option<StatusCode>, elapsed: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -80,6 +111,16 @@ pub struct ServiceNumbers {
     /// The shadow's counters.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub shadow: ShadowCounts,
+    /// Arrivals and requests in flight per revision (the autoscaler's load).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub load: BTreeMap<String, Load>,
+    /// Requests held now while no replica is ready (cold start).
+    #[serde(default, skip_serializing_if = "is_nothing")]
+    pub held: u64,
+}
+
+fn is_nothing(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_zero(counts: &ShadowCounts) -> bool {
@@ -100,6 +141,8 @@ pub struct Accounting {
     rewards: Arc<Mutex<HashMap<RevisionKey, RewardStats>>>,
     /// Shadow counters by (namespace, service).
     shadows: Arc<Mutex<HashMap<ServiceKey, Arc<ShadowCounters>>>>,
+    /// Requests held (cold start) by (namespace, service).
+    held: Arc<Mutex<HashMap<ServiceKey, Arc<AtomicU64>>>>,
 }
 
 impl Accounting {
@@ -120,6 +163,33 @@ impl Accounting {
             ))
             .or_default()
             .clone()
+    }
+
+    /// The held-request gauge of a service (created at first use).
+    pub(crate) fn held(&self, namespace: &str, service: &str) -> Arc<AtomicU64> {
+        self.held
+            .lock()
+            .expect("accounting poisoned")
+            .entry((namespace.to_string(), service.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Every service's load per revision and its held requests, by (namespace, service).
+    pub fn loads(&self) -> BTreeMap<(String, String), (BTreeMap<String, Load>, u64)> {
+        let mut out: BTreeMap<(String, String), (BTreeMap<String, Load>, u64)> = BTreeMap::new();
+        for ((namespace, service, revision), stats) in
+            self.registry.lock().expect("accounting poisoned").iter()
+        {
+            out.entry((namespace.clone(), service.clone()))
+                .or_default()
+                .0
+                .insert(revision.clone(), stats.load());
+        }
+        for (key, held) in self.held.lock().expect("accounting poisoned").iter() {
+            out.entry(key.clone()).or_default().1 = held.load(Ordering::Relaxed);
+        }
+        out
     }
 
     /// Every service's numbers since the router started, by (namespace, service).
@@ -184,18 +254,31 @@ impl Accounting {
     pub fn numbers(&self) -> Vec<ServiceNumbers> {
         let mut rewards = self.rewards();
         let mut shadows = self.shadows();
-        self.snapshot()
+        let mut loads = self.loads();
+        let mut snapshot = self.snapshot();
+        // A service with requests held and none answered yet is listed too.
+        for key in loads.keys() {
+            snapshot.entry(key.clone()).or_default();
+        }
+        snapshot
             .into_iter()
-            .map(|((namespace, service), revisions)| ServiceNumbers {
-                rewards: rewards
+            .map(|((namespace, service), revisions)| {
+                let (load, held) = loads
                     .remove(&(namespace.clone(), service.clone()))
-                    .unwrap_or_default(),
-                shadow: shadows
-                    .remove(&(namespace.clone(), service.clone()))
-                    .unwrap_or_default(),
-                namespace,
-                service,
-                revisions,
+                    .unwrap_or_default();
+                ServiceNumbers {
+                    load,
+                    held,
+                    rewards: rewards
+                        .remove(&(namespace.clone(), service.clone()))
+                        .unwrap_or_default(),
+                    shadow: shadows
+                        .remove(&(namespace.clone(), service.clone()))
+                        .unwrap_or_default(),
+                    namespace,
+                    service,
+                    revisions,
+                }
             })
             .collect()
     }

@@ -77,6 +77,8 @@ pub struct ServiceState {
     pub sticky: Option<ferry_api::StickySpec>,
     /// The shadow: its index in `revisions`, the percent mirrored, its counters.
     pub shadow: Option<(usize, u32, Arc<crate::shadow::ShadowCounters>)>,
+    /// Requests are held while no replica is ready (scale from zero), up to this.
+    pub cold_start: Option<ferry_core::routes::ColdStart>,
 }
 
 impl ServiceState {
@@ -362,6 +364,7 @@ impl InFlight {
                             fallback,
                             sticky: route.sticky.clone(),
                             shadow,
+                            cold_start: route.cold_start,
                         }),
                     );
             }

@@ -365,8 +365,85 @@ spec:
         isvc.spec.predictor.tolerations[0].key.as_deref(),
         Some("dedicated")
     );
-    let rps = text.replace("scaleMetric: cpu", "scaleMetric: rps");
-    assert_eq!(paths(&rps), vec!["spec.predictor.scaleMetric"]);
+    // KServe's Knative metrics convert to Ferry's own autoscaler, scale to zero included.
+    let rps = text
+        .replace("scaleMetric: cpu", "scaleMetric: rps")
+        .replace("minReplicas: 1", "minReplicas: 0");
+    let isvc = parse_manifests(&rps, "default").unwrap().remove(0).isvc;
+    let predictor = &isvc.spec.predictor;
+    assert_eq!(predictor.scale_metric, Some(ferry_api::ScaleMetric::Rps));
+    assert_eq!(predictor.min_replicas, Some(0));
+    assert!(predictor.ferry_autoscaled());
+    let concurrency = text.replace("scaleMetric: cpu", "scaleMetric: concurrency");
+    let isvc = parse_manifests(&concurrency, "default")
+        .unwrap()
+        .remove(0)
+        .isvc;
+    assert_eq!(
+        isvc.spec.predictor.autoscaling_engine(),
+        ferry_api::AutoscalingEngine::Ferry
+    );
+    let unknown = text.replace("scaleMetric: cpu", "scaleMetric: latency");
+    assert_eq!(paths(&unknown), vec!["spec.predictor.scaleMetric"]);
+    // Zero on a CPU HPA cannot wake on a request.
+    let zero_cpu = text.replace("minReplicas: 1", "minReplicas: 0");
+    assert_eq!(paths(&zero_cpu), vec!["spec.predictor.minReplicas"]);
+}
+
+#[test]
+fn autoscaling_settings_are_checked_by_field() {
+    let base = r#"
+apiVersion: ferry.dev/v1alpha1
+kind: InferenceService
+metadata: {name: iris}
+spec:
+  predictor:
+    minReplicas: 0
+    maxReplicas: 6
+    scaleMetric: concurrency
+    scaleTarget: 2
+    autoscaling: AUTOSCALING
+    model: {format: onnx, uri: /models/iris-v1.onnx}
+"#;
+    let with = |autoscaling: &str| base.replace("AUTOSCALING", autoscaling);
+    let isvc = parse_manifests(
+        &with(
+            "{stableWindowSeconds: 6, scaleDownDelaySeconds: 5, coldStartBuffer: {requests: 64}}",
+        ),
+        "default",
+    )
+    .unwrap()
+    .remove(0)
+    .isvc;
+    let spec = isvc.spec.predictor.autoscaling();
+    assert_eq!(
+        (spec.stable_window_seconds(), spec.panic_window_seconds()),
+        (6, 3)
+    );
+    assert_eq!(spec.cold_start_buffer().requests(), 64);
+    assert_eq!(spec.cold_start_buffer().timeout_seconds(), 120);
+    assert_eq!(
+        paths(&with("{stableWindowSeconds: 2, panicWindowSeconds: 5}")),
+        vec!["spec.predictor.autoscaling.panicWindowSeconds"]
+    );
+    assert_eq!(
+        paths(&with("{maxScaleUpRate: 1, coldStartBuffer: {requests: 0}}")),
+        vec![
+            "spec.predictor.autoscaling.maxScaleUpRate",
+            "spec.predictor.autoscaling.coldStartBuffer.requests"
+        ]
+    );
+    // Scale to zero needs Ferry's engine: an HPA cannot wake on a request.
+    assert_eq!(
+        paths(&with("{engine: hpa}")),
+        vec!["spec.predictor.minReplicas"]
+    );
+    let cpu = with("{engine: ferry}")
+        .replace("scaleMetric: concurrency", "scaleMetric: cpu")
+        .replace("minReplicas: 0", "minReplicas: 1")
+        .replace("scaleTarget: 2", "scaleTarget: 50")
+        .replace("model:", "resources: {requests: {cpu: \"1\"}}\n    model:");
+    assert_eq!(paths(&cpu), vec!["spec.predictor.autoscaling.engine"]);
 }
 
 #[test]

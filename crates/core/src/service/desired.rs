@@ -124,6 +124,7 @@ pub(super) fn progressive_decision(
         ingress: None,
         runtime_problem: None,
         rollout: None,
+        wakes_on_request: false,
     };
     let condition = status::latest_revision_condition(&inputs);
     let canary_failure = (!condition.ok && condition.reason.is_failure())

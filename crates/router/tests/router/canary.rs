@@ -28,6 +28,7 @@ async fn canary_router(
         variants: BTreeMap::new(),
         sticky: None,
         shadow: None,
+        cold_start: None,
     }]));
     let (tx, rx) = watch::channel(table);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 mod canary;
+mod coldstart;
 
 fn model_path(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -108,6 +109,7 @@ fn table(namespace: &str, endpoints: Vec<Endpoint>) -> Arc<RouteTable> {
         variants: BTreeMap::new(),
         sticky: None,
         shadow: None,
+        cold_start: None,
     }]))
 }
 
@@ -495,6 +497,7 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         variants: BTreeMap::new(),
         sticky: None,
         shadow: None,
+        cold_start: None,
     }]));
     let (tx, rx) = watch::channel(empty);
     // The plan's weights decide, not the replica counts: two ready replicas of iris-1 weigh
@@ -515,6 +518,7 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         variants: BTreeMap::new(),
         sticky: None,
         shadow: None,
+        cold_start: None,
     }]));
     let hooks = Arc::new(Holding {
         table: std::sync::Mutex::new(Some((tx.clone(), serving))),
@@ -553,6 +557,7 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         variants: BTreeMap::new(),
         sticky: None,
         shadow: None,
+        cold_start: None,
     }])))
     .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
