@@ -99,7 +99,7 @@ pub fn table(items: &[InferenceService], with_namespace: bool, wide: bool) -> St
     }
     header.extend(["NAME", "URL", "READY", "REVISION", "REPLICAS", "AGE"].map(String::from));
     if wide {
-        header.extend(["REASON", "ROLLOUT", "SPLIT"].map(String::from));
+        header.extend(["REASON", "ROLLOUT", "SPLIT", "AUTOSCALE"].map(String::from));
     }
     rows.push(header);
     for item in items {
@@ -115,11 +115,13 @@ pub fn table(items: &[InferenceService], with_namespace: bool, wide: bool) -> St
                 .to_string(),
         );
         row.push(status_text(item, |s| s.latest_revision.as_ref()));
-        row.push(format!(
-            "{}/{}",
-            latest_ready(item),
-            item.spec.predictor.replicas()
-        ));
+        // Ready of the size asked for: the autoscaler's, else minReplicas.
+        let desired = item
+            .status
+            .as_ref()
+            .and_then(|s| s.autoscaling.as_ref())
+            .map_or(item.spec.predictor.replicas(), |a| a.desired_replicas);
+        row.push(format!("{}/{desired}", latest_ready(item)));
         row.push(
             item.metadata
                 .creation_timestamp
@@ -153,10 +155,31 @@ pub fn table(items: &[InferenceService], with_namespace: bool, wide: bool) -> St
             } else {
                 split.join(",")
             });
+            row.push(
+                status
+                    .and_then(|s| s.autoscaling.as_ref())
+                    .map_or("-".to_string(), autoscale_cell),
+            );
         }
         rows.push(row);
     }
     columns(&rows)
+}
+
+/// The AUTOSCALE column: `metric value/target→desired`, with panic, zero or held requests.
+fn autoscale_cell(a: &ferry_api::AutoscalingStatus) -> String {
+    let value = a.value.map_or("?".to_string(), |v| format!("{v:.1}"));
+    let mut cell = format!("{} {value}/{}→{}", a.metric, a.target, a.desired_replicas);
+    if a.panic {
+        cell.push_str(" panic");
+    }
+    if a.scaled_to_zero {
+        cell.push_str(" zero");
+    }
+    if a.held_requests > 0 {
+        cell.push_str(&format!(" held={}", a.held_requests));
+    }
+    cell
 }
 
 /// `ferry experiment status NAME`: one row per variant.
@@ -270,6 +293,24 @@ pub fn describe(isvc: &InferenceService, replicas: &[ReplicaInfo], events: &[Eve
                 analysis.verdict, analysis.time, analysis.message
             );
         }
+    }
+    if let Some(a) = &status.autoscaling {
+        let _ = writeln!(
+            out,
+            "Autoscaling:  {} on {} (target {} per replica): {} desired, {} ready{}{}; {}",
+            a.engine,
+            a.metric,
+            a.target,
+            a.desired_replicas,
+            a.actual_replicas,
+            if a.panic { ", panic" } else { "" },
+            if a.scaled_to_zero {
+                ", scaled to zero"
+            } else {
+                ""
+            },
+            a.message.as_deref().unwrap_or("")
+        );
     }
     let _ = writeln!(out, "Revisions:");
     let mut rows = vec![

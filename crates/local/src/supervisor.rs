@@ -37,7 +37,7 @@ pub struct SupervisorConfig {
 impl Default for SupervisorConfig {
     fn default() -> Self {
         SupervisorConfig {
-            startup_probe_period: Duration::from_millis(100),
+            startup_probe_period: Duration::from_millis(25),
             probe_period: Duration::from_secs(1),
             liveness_failures: 3,
             backoff_base: Duration::from_secs(1),
@@ -285,6 +285,7 @@ async fn replica_task(
                 Probe::Ready => {
                     failed_liveness = 0;
                     if ready_since.is_none() {
+                        tracing::info!(replica = %id, ready_after_ms = started.elapsed().as_millis() as u64, "replica ready");
                         ready_since = Some(Instant::now());
                         set(&observed, &ctx.changed, |o| o.health = ReplicaHealth::Ready);
                     }

@@ -1,6 +1,7 @@
 //! The `ferry` binary's integration tests, one binary (one link): local mode end to end (canary rollouts too), the
 //! OCI image, `ferry fetch`, and the real tritonclient suite against this very build.
 
+mod autoscale;
 mod canary;
 mod experiment;
 mod fetch;
