@@ -154,6 +154,7 @@ async fn a_model_update_through_the_cluster_router_fails_no_request() {
     ns.delete().await;
 }
 
+mod autoscale;
 mod canary;
 mod experiment;
 
@@ -180,9 +181,14 @@ pub(crate) struct RouterLoad {
 
 impl RouterLoad {
     pub(crate) fn start(router_ip: &str, ns: &str) -> RouterLoad {
+        RouterLoad::start_with(router_ip, ns, 4)
+    }
+
+    /// `clients` concurrent closed-loop clients.
+    pub(crate) fn start_with(router_ip: &str, ns: &str, clients: usize) -> RouterLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let http = reqwest::Client::new();
-        let workers = (0..4)
+        let workers = (0..clients)
             .map(|_| {
                 let (http, router_ip, ns, stop) = (
                     http.clone(),

@@ -1,0 +1,290 @@
+//! Ferry's autoscaler on the cluster (engine `ferry`: no HPA object, the operator owns the
+//! Deployment's replicas), on the numbers it collects from the router pod: a concurrency
+//! spike through the router scales out; a revision at zero answers a cold request through
+//! the router; a GPU-asking revision whose pod cannot schedule keeps its Pending pod while a
+//! request waits, and the request gets 503 + Retry-After at the timeout.
+
+use super::*;
+use ferry_testbed_e2e::{apply_in, condition, isvc_json};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+
+fn autoscaled(model: &str, predictor: &str) -> String {
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let path = models.canonicalize().unwrap_or(models).join(model);
+    format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: iris}}\nspec:\n  predictor:\n    model: {{format: onnx, uri: {}}}\n{predictor}",
+        path.display()
+    )
+}
+
+/// The Deployments' `spec.replicas`, summed, and the predictor pods (name, phase).
+async fn scale(client: &kube::Client, ns: &str) -> (i32, Vec<(String, String)>) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let replicas = deployments
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .map(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(-1);
+    let pods = pods
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .map(|p| {
+                    let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+                    (
+                        p.metadata.name.clone().unwrap_or_default(),
+                        phase.unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (replicas, pods)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spike_through_the_cluster_router_scales_the_deployment_with_ferrys_engine() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    apply_deploy("operator.yaml");
+    let router_ip = install_router(&client).await;
+    let ns = TempNamespace::create(&client, "autoscale").await.unwrap();
+    apply_in(
+        &ns.name,
+        &autoscaled(
+            "iris-slow.onnx",
+            "    minReplicas: 1\n    maxReplicas: 4\n    scaleMetric: concurrency\n    scaleTarget: 2\n    autoscaling: {stableWindowSeconds: 6, panicWindowSeconds: 2, scaleDownDelaySeconds: 4}\n",
+        ),
+    );
+    eventually("ready", Duration::from_secs(90), || {
+        let ns = ns.name.clone();
+        async move { latest_ready(&ns) }
+    })
+    .await;
+    let http = reqwest::Client::new();
+    eventually("the router routes", Duration::from_secs(30), || {
+        let (http, router_ip, ns) = (http.clone(), router_ip.clone(), ns.name.clone());
+        async move {
+            let (status, ..) = infer_via_router(&http, &router_ip, &ns, "iris").await?;
+            (status == 200).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(scale(&client, &ns.name).await.0, 1);
+
+    let spike = Instant::now();
+    let load = RouterLoad::start_with(&router_ip, &ns.name, 12);
+    let mut asked = None;
+    let mut most = 0;
+    while spike.elapsed() < Duration::from_secs(15) {
+        let (replicas, _) = scale(&client, &ns.name).await;
+        most = most.max(replicas);
+        if replicas > 1 && asked.is_none() {
+            asked = Some(spike.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let samples = load.finish().await;
+    let asked = asked.expect("the Deployment never scaled out");
+    eprintln!("cluster spike: Deployment scaled out {asked:?} after the spike, {most} at most");
+    assert!(
+        asked <= Duration::from_secs(3),
+        "scaled out only after {asked:?}"
+    );
+    assert!((3..=4).contains(&most), "{most}");
+    let failed: Vec<_> = samples.iter().filter(|s| s.1 != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(3)]
+    );
+    // Ferry's engine owns the replicas: no HPA object.
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        hpas.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let isvc = isvc_json(&ns.name, "iris");
+    let autoscaling = &isvc["status"]["autoscaling"];
+    assert_eq!(autoscaling["engine"], "ferry", "{autoscaling}");
+    assert_eq!(autoscaling["metric"], "concurrency", "{autoscaling}");
+
+    // Back to one once the load is gone.
+    eventually("back to 1", Duration::from_secs(60), || {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        async move { (scale(&client, &ns).await.0 == 1).then_some(()) }
+    })
+    .await;
+    let events = String::from_utf8_lossy(
+        &kubectl(&["get", "events", "-n", &ns.name, "-o", "json"], None).stdout,
+    )
+    .into_owned();
+    assert!(
+        events.contains("ScaledUp") && events.contains("autoscaler:"),
+        "{events}"
+    );
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revision_at_zero_answers_a_cold_request_through_the_cluster_router() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    apply_deploy("operator.yaml");
+    let router_ip = install_router(&client).await;
+    let ns = TempNamespace::create(&client, "zero").await.unwrap();
+    apply_in(
+        &ns.name,
+        &autoscaled(
+            "iris-v1.onnx",
+            "    minReplicas: 0\n    maxReplicas: 2\n    scaleMetric: concurrency\n    autoscaling: {stableWindowSeconds: 4, scaleDownDelaySeconds: 2, scaleToZeroGraceSeconds: 4, coldStartBuffer: {timeoutSeconds: 60}}\n",
+        ),
+    );
+    eventually("scaled to zero", Duration::from_secs(90), || {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        async move {
+            let (replicas, pods) = scale(&client, &ns).await;
+            let isvc = isvc_json(&ns, "iris");
+            let zero = isvc["status"]["autoscaling"]["scaledToZero"] == true;
+            (replicas == 0 && pods.is_empty() && zero).then_some(())
+        }
+    })
+    .await;
+    let isvc = isvc_json(&ns.name, "iris");
+    let (status, reason, _) = condition(&isvc, "Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "ScaledToZero"));
+
+    let http = reqwest::Client::new();
+    let sent = Instant::now();
+    let (status, revision, body) = infer_via_router(&http, &router_ip, &ns.name, "iris")
+        .await
+        .expect("an answer");
+    let latency = sent.elapsed();
+    eprintln!("cluster cold request answered in {latency:?}");
+    assert_eq!(status, 200, "{body}");
+    assert!(revision.starts_with("iris-"), "{revision}");
+    let label = body["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "label")
+        .unwrap()["data"][0]
+        .clone();
+    assert_eq!(label, 0, "{body}");
+    assert_eq!(scale(&client, &ns.name).await.0, 1);
+    // The router stamped its demand on the InferenceService: that woke the operator.
+    let isvc = isvc_json(&ns.name, "iris");
+    assert!(
+        isvc["metadata"]["annotations"]["ferry.dev/demand"].is_string(),
+        "{isvc}"
+    );
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gpu_revision_at_zero_keeps_its_pending_pod_while_a_request_waits_then_503() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    apply_deploy("operator.yaml");
+    let router_ip = install_router(&client).await;
+    let ns = TempNamespace::create(&client, "zero-gpu").await.unwrap();
+    apply_in(
+        &ns.name,
+        &autoscaled(
+            "iris-v1.onnx",
+            "    minReplicas: 0\n    maxReplicas: 1\n    scaleMetric: concurrency\n    resources: {limits: {nvidia.com/gpu: \"1\"}}\n    autoscaling: {stableWindowSeconds: 2, panicWindowSeconds: 1, scaleDownDelaySeconds: 1, scaleToZeroGraceSeconds: 2, coldStartBuffer: {timeoutSeconds: 10}}\n",
+        ),
+    );
+    eventually("at zero", Duration::from_secs(60), || {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        async move {
+            let (replicas, pods) = scale(&client, &ns).await;
+            let zero = isvc_json(&ns, "iris")["status"]["autoscaling"]["scaledToZero"] == true;
+            (replicas == 0 && pods.is_empty() && zero).then_some(())
+        }
+    })
+    .await;
+
+    // A request waits; its replica is created and stays Pending (no node has a free GPU).
+    let http = reqwest::Client::new();
+    let request = {
+        let (http, router_ip, ns) = (http.clone(), router_ip.clone(), ns.name.clone());
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let response = http
+                .post(format!("http://{router_ip}:8080/v2/models/iris/infer"))
+                .header("ferry-namespace", &ns)
+                .json(&ferry_testbed_e2e::iris_body())
+                .send()
+                .await
+                .unwrap();
+            let retry = response.headers().get("retry-after").cloned();
+            (
+                sent.elapsed(),
+                response.status().as_u16(),
+                retry,
+                response.text().await.unwrap_or_default(),
+            )
+        })
+    };
+    let pending = eventually("a Pending pod", Duration::from_secs(8), || {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        async move {
+            let (_, pods) = scale(&client, &ns).await;
+            pods.into_iter()
+                .find(|(_, phase)| phase == "Pending")
+                .map(|(name, _)| name)
+        }
+    })
+    .await;
+    // Past the grace (2 s) while the request waits: the same pod is still there, and the
+    // status names what it waits for.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (replicas, pods) = scale(&client, &ns.name).await;
+    assert_eq!(replicas, 1);
+    assert!(
+        pods.iter().any(|(name, _)| *name == pending),
+        "{pods:?} lost {pending}"
+    );
+    let isvc = isvc_json(&ns.name, "iris");
+    let (_, reason, message) = condition(&isvc, "LatestRevisionReady");
+    assert_eq!(reason, "Unschedulable", "{message}");
+    assert!(message.contains("nvidia.com/gpu"), "{message}");
+    assert!(
+        isvc["status"]["autoscaling"]["heldRequests"].as_u64() >= Some(1),
+        "{isvc}"
+    );
+
+    let (waited, status, retry, body) = request.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry.unwrap(), "5");
+    assert!(body.contains("no replica ready after 10s"), "{body}");
+    assert!(waited >= Duration::from_secs(9), "{waited:?}");
+    // Nothing waits any more: back to zero after the grace.
+    eventually("back to zero", Duration::from_secs(30), || {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        async move { (scale(&client, &ns).await.0 == 0).then_some(()) }
+    })
+    .await;
+    ns.delete().await;
+}
