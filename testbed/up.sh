@@ -52,6 +52,17 @@ subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubern
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   )
 fi
+# The aggregation layer's front proxy: its own CA and the apiserver's client certificate towards
+# aggregated APIs (Ferry's external.metrics.k8s.io), as kubeadm makes them.
+if [ ! -f "$PKI/front-proxy-client.crt" ]; then
+  (
+    cd "$PKI"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout front-proxy-ca.key -out front-proxy-ca.crt -days 3650 -subj "/CN=ferry-testbed-front-proxy-ca" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -keyout front-proxy-client.key -out front-proxy-client.csr -subj "/CN=front-proxy-client" 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' > front-proxy-client.ext
+    openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial -out front-proxy-client.crt -days 3650 -extfile front-proxy-client.ext 2>/dev/null
+  )
+fi
 kubeconfig() { # file user
   cat > "$1" <<KC
 apiVersion: v1
@@ -106,7 +117,14 @@ launch kube-apiserver "$BIN/kube-apiserver" \
   --service-account-issuer https://kubernetes.default.svc \
   --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
   --service-cluster-ip-range 10.96.0.0/16 --authorization-mode Node,RBAC --allow-privileged=true \
-  --enable-priority-and-fairness=false
+  --enable-priority-and-fairness=false \
+  --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key"
+# No --enable-aggregator-routing: it resolves an APIService's Service through EndpointSlices,
+# which refuse the loopback pod IPs of this test bed; without it an ExternalName Service (Ferry's
+# operator points it at its own pod IP) is dialled as it is, and no 10.96 ClusterIP ever is.
 wait_for kube-apiserver 60 "$KUBECTL" --kubeconfig "$ADMIN" get --raw /readyz
 
 launch kube-controller-manager "$BIN/kube-controller-manager" \

@@ -121,6 +121,11 @@ struct OperatorArgs {
     /// This replica's identity in the Lease (default: $POD_NAME, else the host name and pid).
     #[arg(long)]
     identity: Option<String>,
+    /// Serve the router's numbers as the `external.metrics.k8s.io` API here (TLS, for the
+    /// apiserver's aggregation layer; `deploy/external-metrics.yaml` registers it), so an HPA
+    /// scales on them (`autoscaling.engine: hpa` on concurrency, rps or queueDepth).
+    #[arg(long)]
+    external_metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -264,6 +269,43 @@ async fn operator(args: OperatorArgs) -> Result<()> {
         "ferry-operator",
         &identity,
     );
+    // Every replica collects the router pods' numbers (only while asked for them), so a
+    // standby answers the External metrics API as the leader does.
+    let collector = std::sync::Arc::new(ferry_operator::collect::Collector::default());
+    {
+        let (collector, client) = (collector.clone(), client.clone());
+        let routers = ferry_operator::collect::RouterPods::default();
+        tokio::spawn(async move { collector.run(client, routers).await });
+    }
+    if let Some(addr) = args.external_metrics_addr {
+        let (client, collector) = (client.clone(), collector.clone());
+        // Until the API is registered (its RBAC, the aggregation layer's CA), try again.
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                match ferry_operator::external_metrics::serve(
+                    addr,
+                    client.clone(),
+                    collector.clone(),
+                )
+                .await
+                {
+                    Ok(bound) => {
+                        tracing::info!(addr = %bound, "serving external.metrics.k8s.io");
+                        break;
+                    }
+                    Err(e) if first => {
+                        tracing::warn!(error = %e, "not serving external.metrics.k8s.io yet; trying again every 10 s");
+                        first = false;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "not serving external.metrics.k8s.io yet")
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            }
+        });
+    }
     tracing::info!(probes = %probes, %identity, lease = %format!("{lease_namespace}/ferry-operator"), "ferry operator: waiting for the leader lease");
     tokio::select! {
         _ = election.acquire() => {}
@@ -271,12 +313,26 @@ async fn operator(args: OperatorArgs) -> Result<()> {
     }
     metrics.leader.set(1);
     tracing::info!("ferry operator: leading; reconciling InferenceServices");
+    // The External metrics API follows the leader: its Service names this replica.
+    if let Some(addr) = args.external_metrics_addr {
+        let addr = if addr.ip().is_unspecified() {
+            let ip = std::env::var("POD_IP").ok().and_then(|ip| ip.parse().ok());
+            std::net::SocketAddr::new(ip.unwrap_or(addr.ip()), addr.port())
+        } else {
+            addr
+        };
+        if let Err(e) =
+            ferry_operator::external_metrics::advertise(&client, &lease_namespace, addr).await
+        {
+            tracing::warn!(error = %e, "cannot point the external metrics Service at this replica");
+        }
+    }
     let reporter = ferry_operator::Reporter {
         controller: "ferry-operator".to_string(),
         instance: Some(identity.clone()),
     };
     let lost = tokio::select! {
-        _ = ferry_operator::run(ferry_operator::Context { client, render, metrics: metrics.clone(), reporter, routers: ferry_operator::collect::RouterPods::default() }) => None,
+        _ = ferry_operator::run(ferry_operator::Context { client, render, metrics: metrics.clone(), reporter, collector }) => None,
         lost = election.hold() => Some(lost),
     };
     metrics.leader.set(0);

@@ -642,7 +642,11 @@ fn autoscaling_events(
 /// an experiment's or a shadow's figures): an executor collects them only then.
 pub fn needs_router_numbers(isvc: &InferenceService) -> bool {
     crate::progressive::is_progressive(isvc.spec.rollout.as_ref())
-        || isvc.spec.predictor.ferry_autoscaled()
+        || isvc
+            .spec
+            .predictor
+            .scale_metric
+            .is_some_and(|m| m.from_router())
         || isvc.spec.predictor.canary_traffic_percent.is_some()
         || isvc.spec.experiment.is_some()
         || isvc.spec.shadow.is_some()

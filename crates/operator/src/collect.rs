@@ -58,6 +58,9 @@ struct ServiceNumbers {
     held: u64,
 }
 
+/// (when, requests in flight + held, arrivals so far), oldest first.
+type History = std::collections::VecDeque<(Instant, u64, u64)>;
+
 /// One pod's load of one service: per revision, and held.
 type PodLoad = (BTreeMap<String, Load>, u64);
 
@@ -72,7 +75,13 @@ pub struct Collector {
     arrivals: Mutex<HashMap<ServiceKey, BTreeMap<String, u64>>>,
     /// When a reconcile last asked for numbers: the collector sleeps when nobody does.
     wanted: Mutex<Option<Instant>>,
+    /// Per service, after each collection: (when, in flight + held, arrivals so far) — what
+    /// the External metrics are averaged over.
+    history: Mutex<HashMap<ServiceKey, History>>,
 }
+
+/// How far back an External metric looks (the HPA reads it every 15 s).
+pub const EXTERNAL_WINDOW: Duration = Duration::from_secs(5);
 
 impl Collector {
     /// The totals of one service (every router pod's numbers and rewards added), asking for
@@ -91,7 +100,11 @@ impl Collector {
     /// pod said last, and the arrivals counted, asking for collection.
     pub fn load(&self, namespace: &str, service: &str) -> (BTreeMap<String, Load>, u64) {
         *self.wanted.lock().expect("poisoned") = Some(Instant::now());
-        let key = (namespace.to_string(), service.to_string());
+        self.current(&(namespace.to_string(), service.to_string()))
+    }
+
+    fn current(&self, key: &ServiceKey) -> (BTreeMap<String, Load>, u64) {
+        let key = key.clone();
         let mut per_revision: BTreeMap<String, Load> = BTreeMap::new();
         let mut held = 0;
         for pods in self.loads.lock().expect("poisoned").values() {
@@ -110,11 +123,72 @@ impl Collector {
         (per_revision, held)
     }
 
+    /// One of the router's metrics for a service as an HPA's External metric reads it: the
+    /// whole service's value averaged over [`EXTERNAL_WINDOW`] — requests in flight and held
+    /// (`concurrency`), arriving per second (`rps`), held (`queueDepth`). Asks for
+    /// collection; `None` before two collections.
+    pub fn external(
+        &self,
+        namespace: &str,
+        service: &str,
+        metric: ferry_api::ScaleMetric,
+    ) -> Option<f64> {
+        *self.wanted.lock().expect("poisoned") = Some(Instant::now());
+        let history = self.history.lock().expect("poisoned");
+        let samples = history.get(&(namespace.to_string(), service.to_string()))?;
+        let last = samples.back()?;
+        let window: Vec<&(Instant, u64, u64)> = samples
+            .iter()
+            .filter(|(at, _, _)| last.0.duration_since(*at) <= EXTERNAL_WINDOW)
+            .collect();
+        let first = window.first()?;
+        match metric {
+            ferry_api::ScaleMetric::Concurrency => {
+                Some(window.iter().map(|s| s.1 as f64).sum::<f64>() / window.len() as f64)
+            }
+            ferry_api::ScaleMetric::Rps => {
+                let span = last.0.duration_since(first.0).as_secs_f64();
+                (span > 0.0).then(|| last.2.saturating_sub(first.2) as f64 / span)
+            }
+            ferry_api::ScaleMetric::QueueDepth => Some(
+                self.current(&(namespace.to_string(), service.to_string()))
+                    .1 as f64,
+            ),
+            _ => None,
+        }
+    }
+
+    /// After a collection: one history sample per service.
+    fn sample(&self) {
+        let keys: Vec<ServiceKey> = self
+            .arrivals
+            .lock()
+            .expect("poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        for key in keys {
+            let (load, held) = self.current(&key);
+            let demand = load.values().map(|l| l.in_flight).sum::<u64>() + held;
+            let arrivals = load.values().map(|l| l.arrivals).sum::<u64>();
+            let mut history = self.history.lock().expect("poisoned");
+            let samples = history.entry(key).or_default();
+            samples.push_back((now, demand, arrivals));
+            while samples
+                .front()
+                .is_some_and(|(at, _, _)| now.duration_since(*at) > EXTERNAL_WINDOW * 2)
+            {
+                samples.pop_front();
+            }
+        }
+    }
+
     fn wanted(&self) -> bool {
         self.wanted
             .lock()
             .expect("poisoned")
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(30))
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
     }
 
     /// Add what `pod` reports now beyond what it reported last.
@@ -247,6 +321,7 @@ impl Collector {
                 }
             }
             self.keep(&seen);
+            self.sample();
         }
     }
 }

@@ -51,8 +51,9 @@ pub struct Context {
     pub metrics: Arc<crate::probes::Metrics>,
     /// Who reports events (`ferry-operator`, and the pod's name as instance).
     pub reporter: Reporter,
-    /// Where the router pods are, for canary analysis.
-    pub routers: crate::collect::RouterPods,
+    /// The router pods' numbers (its task runs beside the controller, see
+    /// [`crate::collect::Collector::run`]).
+    pub collector: Arc<crate::collect::Collector>,
 }
 
 /// The caches and helpers of a running controller.
@@ -164,12 +165,7 @@ pub async fn run(context: Context) {
     .reflect(runtimes_writer)
     .touched_objects();
     let recorder = Recorder::new(client.clone(), context.reporter.clone());
-    let collector = Arc::new(crate::collect::Collector::default());
-    {
-        let (collector, client, routers) =
-            (collector.clone(), client.clone(), context.routers.clone());
-        tokio::spawn(async move { collector.run(client, routers).await });
-    }
+    let collector = context.collector.clone();
     let shared = Arc::new(Shared {
         context,
         recorder,

@@ -24,6 +24,7 @@ mod apply;
 pub mod collect;
 mod controller;
 pub mod demand;
+pub mod external_metrics;
 pub mod lease;
 mod observe;
 mod owned;

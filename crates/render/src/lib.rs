@@ -22,7 +22,7 @@ pub mod runtime_pod;
 pub mod service;
 
 pub use revision::{RevisionObjects, render};
-pub use service::{HttpRoute, ServiceObjects, render_service};
+pub use service::{HttpRoute, ServiceObjects, external_metric_name, render_service};
 
 /// Ports of Ferry's model server in a pod.
 pub const HTTP_PORT: u16 = 8080;

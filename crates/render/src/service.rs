@@ -268,7 +268,7 @@ fn hpa_metric(isvc: &InferenceService, metric: ScaleMetric, target: u32) -> Metr
                 name: external_metric_name(metric),
                 selector: Some(LabelSelector {
                     match_labels: Some(BTreeMap::from([(
-                        "serving.ferry.dev/inferenceservice".to_string(),
+                        ferry_api::LABEL_SERVICE.to_string(),
                         isvc.metadata.name.clone().unwrap_or_default(),
                     )])),
                     ..LabelSelector::default()

@@ -288,3 +288,113 @@ async fn a_gpu_revision_at_zero_keeps_its_pending_pod_while_a_request_waits_then
     .await;
     ns.delete().await;
 }
+
+/// `kubectl get --raw PATH` as JSON (`Null` when it fails).
+fn raw(path: &str) -> Value {
+    serde_json::from_slice(&kubectl(&["get", "--raw", path], None).stdout).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_hpa_on_ferrys_external_metric_scales_through_the_real_hpa_controller() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    apply_deploy("operator.yaml");
+    apply_deploy("external-metrics.yaml");
+    let router_ip = install_router(&client).await;
+    // The aggregation layer reaches an operator pod and finds the API there.
+    eventually(
+        "the APIService is Available",
+        Duration::from_secs(90),
+        || async {
+            let service =
+                raw("/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.external.metrics.k8s.io");
+            let available = service["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Available" && c["status"] == "True");
+            available.then_some(())
+        },
+    )
+    .await;
+    let ns = TempNamespace::create(&client, "hpa-external")
+        .await
+        .unwrap();
+    apply_in(
+        &ns.name,
+        &autoscaled(
+            "iris-slow.onnx",
+            "    minReplicas: 1\n    maxReplicas: 4\n    scaleMetric: concurrency\n    scaleTarget: 2\n    autoscaling: {engine: hpa}\n",
+        ),
+    );
+    eventually("ready", Duration::from_secs(90), || {
+        let ns = ns.name.clone();
+        async move { latest_ready(&ns) }
+    })
+    .await;
+    // The HPA the operator made reads Ferry's External metric.
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns.name);
+    let hpa = eventually("the HPA", Duration::from_secs(30), || {
+        let hpas = hpas.clone();
+        async move { hpas.get_opt("iris").await.ok().flatten() }
+    })
+    .await;
+    let metric = &hpa.spec.as_ref().unwrap().metrics.as_ref().unwrap()[0];
+    assert_eq!(metric.type_, "External");
+    assert_eq!(
+        metric.external.as_ref().unwrap().metric.name,
+        "ferry_concurrency"
+    );
+    let http = reqwest::Client::new();
+    eventually("the router routes", Duration::from_secs(30), || {
+        let (http, router_ip, ns) = (http.clone(), router_ip.clone(), ns.name.clone());
+        async move {
+            let (status, ..) = infer_via_router(&http, &router_ip, &ns, "iris").await?;
+            (status == 200).then_some(())
+        }
+    })
+    .await;
+
+    let spike = Instant::now();
+    let load = RouterLoad::start_with(&router_ip, &ns.name, 12);
+    // Through the apiserver, as the HPA controller reads it.
+    let path = format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/ferry_concurrency?labelSelector=ferry.dev%2Finferenceservice%3Diris",
+        ns.name
+    );
+    let value = eventually("the metric reads the load", Duration::from_secs(30), || {
+        let path = path.clone();
+        async move {
+            let list = raw(&path);
+            let value = list["items"][0]["value"].as_str()?.to_string();
+            let milli: f64 = value.trim_end_matches('m').parse().ok()?;
+            let units = if value.ends_with('m') {
+                milli / 1000.0
+            } else {
+                milli
+            };
+            (units >= 6.0).then_some(units)
+        }
+    })
+    .await;
+    let scaled = eventually(
+        "the HPA scales the Deployment",
+        Duration::from_secs(90),
+        || {
+            let (client, ns) = (client.clone(), ns.name.clone());
+            async move { (scale(&client, &ns).await.0 > 1).then(|| spike.elapsed()) }
+        },
+    )
+    .await;
+    let samples = load.finish().await;
+    eprintln!(
+        "HPA on ferry_concurrency ({value:.1} in flight): scaled out {scaled:?} after the spike"
+    );
+    let failed = samples.iter().filter(|s| s.1 != 200).count();
+    assert_eq!(failed, 0, "{failed} of {} failed", samples.len());
+    let hpa = hpas.get("iris").await.unwrap();
+    let status = hpa.status.unwrap();
+    assert!(status.desired_replicas > 1, "{status:?}");
+    ns.delete().await;
+}
