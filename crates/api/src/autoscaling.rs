@@ -267,7 +267,14 @@ pub(crate) fn check(predictor: &crate::PredictorSpec, errors: &mut Vec<FieldErro
                 m.as_str()
             ),
         )),
-        (AutoscalingEngine::Ferry, _) | (AutoscalingEngine::Hpa | AutoscalingEngine::Keda, _) => {}
+        (AutoscalingEngine::Keda, m) if !m.from_router() => errors.push(FieldError::new(
+            "spec.predictor.autoscaling.engine",
+            format!(
+                "Unsupported value: \"keda\": KEDA scales on the router's concurrency, rps or queueDepth here, not {} (engine hpa scales cpu and memory)",
+                m.as_str()
+            ),
+        )),
+        _ => {}
     }
     if predictor.min_replicas == Some(0)
         && !(metric.from_router() && engine == AutoscalingEngine::Ferry)

@@ -244,10 +244,19 @@ async fn operator(args: OperatorArgs) -> Result<()> {
         image: args.image,
         node_selector: node_selector(&args.node_selector)?,
     };
+    // Every replica collects the router pods' numbers (only while asked for them), so a
+    // standby answers the External metrics API (and KEDA) as the leader does.
+    let collector = std::sync::Arc::new(ferry_operator::collect::Collector::default());
+    {
+        let (collector, client) = (collector.clone(), client.clone());
+        let routers = ferry_operator::collect::RouterPods::default();
+        tokio::spawn(async move { collector.run(client, routers).await });
+    }
     let metrics = std::sync::Arc::new(ferry_operator::probes::Metrics::default());
-    let probes = ferry_operator::probes::serve(args.metrics_addr, metrics.clone())
-        .await
-        .with_context(|| format!("cannot listen on {} (--metrics-addr)", args.metrics_addr))?;
+    let probes =
+        ferry_operator::probes::serve(args.metrics_addr, metrics.clone(), collector.clone())
+            .await
+            .with_context(|| format!("cannot listen on {} (--metrics-addr)", args.metrics_addr))?;
     let identity = args
         .identity
         .or_else(|| std::env::var("POD_NAME").ok())
@@ -269,14 +278,6 @@ async fn operator(args: OperatorArgs) -> Result<()> {
         "ferry-operator",
         &identity,
     );
-    // Every replica collects the router pods' numbers (only while asked for them), so a
-    // standby answers the External metrics API as the leader does.
-    let collector = std::sync::Arc::new(ferry_operator::collect::Collector::default());
-    {
-        let (collector, client) = (collector.clone(), client.clone());
-        let routers = ferry_operator::collect::RouterPods::default();
-        tokio::spawn(async move { collector.run(client, routers).await });
-    }
     if let Some(addr) = args.external_metrics_addr {
         let (client, collector) = (client.clone(), collector.clone());
         // Until the API is registered (its RBAC, the aggregation layer's CA), try again.

@@ -60,6 +60,10 @@ reasons! {
     Unschedulable = "Unschedulable", failure = true;
     /// Replicas cannot even be created (a ResourceQuota, an admission webhook).
     FailedCreate = "FailedCreate", failure = true;
+    /// AutoscalerReady: KEDA's ScaledObject exists.
+    ScaledObjectCreated = "ScaledObjectCreated", failure = false;
+    /// The spec asks KEDA to scale where the cluster has no KEDA (no ScaledObject CRD).
+    KedaMissing = "KEDAMissing", failure = true;
     /// The spec asks for an HTTPRoute where the cluster serves no Gateway API.
     GatewayApiMissing = "GatewayAPIMissing", failure = true;
     /// The ServingRuntime the predictor names does not exist.

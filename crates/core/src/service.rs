@@ -67,6 +67,9 @@ pub struct Observation<'a> {
     pub creation_failure: Option<String>,
     /// The IngressReady condition, when the spec asks for an external entry point.
     pub ingress: Option<ConditionState>,
+    /// The AutoscalerReady condition, when an engine outside Ferry scales the predictor
+    /// (`KEDAMissing` where the cluster has no KEDA).
+    pub autoscaler: Option<ConditionState>,
     /// Why no server can run the latest revision: nothing changes until that is fixed.
     pub runtime_problem: Option<RuntimeProblem>,
     pub entry: EntryPoint,
@@ -309,6 +312,7 @@ pub fn plan(
         revision_order: &order,
         creation_failure: observed.creation_failure.clone(),
         ingress: observed.ingress.clone(),
+        autoscaler: observed.autoscaler.clone(),
         runtime_problem: observed.runtime_problem.clone(),
         rollout: progressive.as_ref().map(|d| &d.status).or(finished),
         wakes_on_request: predictor.ferry_autoscaled() && predictor.replicas() == 0,

@@ -82,6 +82,8 @@ pub const READY: &str = "Ready";
 pub const LATEST_REVISION_READY: &str = "LatestRevisionReady";
 /// Set only when the spec asks for an Ingress or an HTTPRoute.
 pub const INGRESS_READY: &str = "IngressReady";
+/// Set only when KEDA scales the predictor (`autoscaling.engine: keda`).
+pub const AUTOSCALER_READY: &str = "AutoscalerReady";
 
 /// Everything the status is derived from.
 pub struct StatusInputs<'a> {
@@ -100,6 +102,8 @@ pub struct StatusInputs<'a> {
     /// The external entry point, when the spec asks for one, e.g. `GatewayAPIMissing` where
     /// the cluster does not serve HTTPRoutes.
     pub ingress: Option<ConditionState>,
+    /// The AutoscalerReady condition, when an engine outside Ferry scales the predictor.
+    pub autoscaler: Option<ConditionState>,
     /// Why no server can run the latest revision's model (cluster mode's ServingRuntimes): its
     /// replicas are not even rendered.
     pub runtime_problem: Option<crate::runtime::RuntimeProblem>,
@@ -300,6 +304,9 @@ pub fn derive(
     ];
     if let Some(ingress) = &inputs.ingress {
         conditions.push(condition(INGRESS_READY, ingress, previous, now));
+    }
+    if let Some(autoscaler) = &inputs.autoscaler {
+        conditions.push(condition(AUTOSCALER_READY, autoscaler, previous, now));
     }
     InferenceServiceStatus {
         observed_generation: Some(inputs.generation),
@@ -512,6 +519,7 @@ mod tests {
             revision_order: &order,
             creation_failure: None,
             ingress: None,
+            autoscaler: None,
             runtime_problem,
         };
         derive(&observed, None, "2026-11-28T00:00:00Z")

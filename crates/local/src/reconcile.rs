@@ -148,6 +148,7 @@ impl Reconciler {
                 scale: &scale,
                 creation_failure: None,
                 ingress: None,
+                autoscaler: None,
                 runtime_problem: None,
                 entry: EntryPoint::Local {
                     router_port: self.router_addr.port(),

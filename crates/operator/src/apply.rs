@@ -167,12 +167,47 @@ pub(crate) async fn ingress_condition(
     }
 }
 
+/// The AutoscalerReady condition when KEDA scales the predictor, and the ScaledObject
+/// resource where the cluster serves it.
+pub(crate) async fn autoscaler_condition(
+    isvc: &InferenceService,
+    shared: &Shared,
+) -> (Option<ConditionState>, Option<ApiResource>) {
+    let predictor = &isvc.spec.predictor;
+    if predictor.autoscaling_engine() != ferry_api::AutoscalingEngine::Keda {
+        return (None, None);
+    }
+    let name = isvc.name_any();
+    match shared.scaled_object_api().await {
+        Some(resource) => (
+            Some(ConditionState::new(
+                true,
+                Reason::ScaledObjectCreated,
+                format!(
+                    "KEDA's ScaledObject {name} scales the latest revision on the router's {}",
+                    predictor.scale_metric.map_or("", |m| m.as_str())
+                ),
+            )),
+            Some(resource),
+        ),
+        None => (
+            Some(ConditionState::new(
+                false,
+                Reason::KedaMissing,
+                "autoscaling.engine keda, but this cluster serves no keda.sh/v1alpha1 ScaledObject: install KEDA, or use engine ferry or hpa; the predictor keeps its current size",
+            )),
+            None,
+        ),
+    }
+}
+
 /// What the stable Service's hash covers: every optional object, so a change of any
 /// re-applies them all.
 #[derive(Serialize)]
 struct ServiceObjectsHash<'a> {
     service: &'a Service,
     autoscaler: Option<&'a HorizontalPodAutoscaler>,
+    scaled_object: Option<&'a ferry_render::keda::ScaledObject>,
     ingress: Option<&'a Ingress>,
     route: Option<&'a ferry_render::HttpRoute>,
 }
@@ -184,6 +219,7 @@ pub(crate) async fn apply_service_objects(
     latest: &str,
     shared: &Shared,
     route_api: Option<ApiResource>,
+    keda_api: Option<ApiResource>,
     force: bool,
 ) -> Result<(), Error> {
     let client = &shared.context.client;
@@ -205,9 +241,13 @@ pub(crate) async fn apply_service_objects(
     if objects.http_route.is_some() && route_api.is_some() {
         extras.insert("httproute");
     }
+    if objects.scaled_object.is_some() && keda_api.is_some() {
+        extras.insert("scaledobject");
+    }
     let hash = applied_hash(&ServiceObjectsHash {
         service: &objects.service,
         autoscaler: objects.autoscaler.as_ref(),
+        scaled_object: keda_api.as_ref().and(objects.scaled_object.as_ref()),
         ingress: objects.ingress.as_ref(),
         route: route_api.as_ref().and(objects.http_route.as_ref()),
     });
@@ -267,6 +307,33 @@ pub(crate) async fn apply_service_objects(
             &name,
             route.as_ref(),
             had.contains("httproute"),
+            params,
+        )
+        .await?;
+    }
+    // Without KEDA there is no ScaledObject to apply, nor one to remove.
+    if let Some(resource) = match &keda_api {
+        Some(resource) => Some(resource.clone()),
+        None if had.contains("scaledobject") => shared.scaled_object_api().await,
+        None => None,
+    } {
+        let api = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &resource);
+        let scaled = match keda_api.as_ref().and(objects.scaled_object.as_ref()) {
+            Some(scaled) => {
+                let mut object = DynamicObject::new(&name, &resource).within(&namespace);
+                object.metadata = scaled.metadata.clone();
+                let mut data = serde_json::Map::new();
+                data.insert("spec".into(), serde_json::to_value(&scaled.spec)?);
+                object.data = serde_json::Value::Object(data);
+                Some(object)
+            }
+            None => None,
+        };
+        apply_or_remove(
+            &api,
+            &name,
+            scaled.as_ref(),
+            had.contains("scaledobject"),
             params,
         )
         .await?;

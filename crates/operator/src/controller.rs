@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     pub(crate) owned_pods: Arc<Owned>,
     /// Whether the cluster serves HTTPRoutes, and when that was last asked.
     pub(crate) gateway_api: Mutex<Option<(Instant, Option<ApiResource>)>>,
+    /// Whether the cluster serves KEDA's ScaledObject, and when that was last asked.
+    pub(crate) keda_api: Mutex<Option<(Instant, Option<ApiResource>)>>,
     /// When each InferenceService's objects were last applied in full, hash or not: changes
     /// made to them by hand are undone within [`REAPPLY_EVERY`].
     pub(crate) applied_in_full:
@@ -176,6 +178,7 @@ pub async fn run(context: Context) {
         owned_deployments,
         owned_pods,
         gateway_api: Mutex::new(None),
+        keda_api: Mutex::new(None),
         applied_in_full: Mutex::default(),
         recent: Mutex::default(),
         collector,
@@ -358,17 +361,31 @@ impl Shared {
 
     /// The HTTPRoute resource, when the cluster serves the Gateway API (asked at most every 30 s).
     pub(crate) async fn http_route_api(&self) -> Option<ApiResource> {
-        if let Some((at, known)) = self.gateway_api.lock().expect("poisoned").as_ref()
+        let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+        self.discover(&self.gateway_api, &gvk).await
+    }
+
+    /// KEDA's ScaledObject resource, where the cluster serves it (asked at most every 30 s).
+    pub(crate) async fn scaled_object_api(&self) -> Option<ApiResource> {
+        let gvk = GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");
+        self.discover(&self.keda_api, &gvk).await
+    }
+
+    async fn discover(
+        &self,
+        cache: &Mutex<Option<(Instant, Option<ApiResource>)>>,
+        gvk: &GroupVersionKind,
+    ) -> Option<ApiResource> {
+        if let Some((at, known)) = cache.lock().expect("poisoned").as_ref()
             && at.elapsed() < Duration::from_secs(30)
         {
             return known.clone();
         }
-        let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
-        let found = kube::discovery::pinned_kind(&self.context.client, &gvk)
+        let found = kube::discovery::pinned_kind(&self.context.client, gvk)
             .await
             .ok()
             .map(|(resource, _)| resource);
-        *self.gateway_api.lock().expect("poisoned") = Some((Instant::now(), found.clone()));
+        *cache.lock().expect("poisoned") = Some((Instant::now(), found.clone()));
         found
     }
 }

@@ -81,12 +81,53 @@ impl Metrics {
     }
 }
 
-/// Serve `/healthz` and `/metrics` on `addr` (in the background).
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+/// One service's value of a router metric, as KEDA's `metrics-api` trigger reads it.
+#[derive(serde::Serialize)]
+struct MetricValue {
+    value: f64,
+}
+
+/// Serve `/healthz`, `/metrics` and (for KEDA) `/ferry/v1/metrics/{namespace}/{service}/
+/// {concurrency|rps|queueDepth}` on `addr` (in the background).
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    collector: Arc<crate::collect::Collector>,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/ferry/v1/metrics/{namespace}/{service}/{metric}",
+            get(
+                move |axum::extract::Path((namespace, service, metric)): axum::extract::Path<(
+                    String,
+                    String,
+                    String,
+                )>| {
+                    let collector = collector.clone();
+                    async move {
+                        let metric = match metric.as_str() {
+                            "concurrency" => ferry_api::ScaleMetric::Concurrency,
+                            "rps" => ferry_api::ScaleMetric::Rps,
+                            "queueDepth" => ferry_api::ScaleMetric::QueueDepth,
+                            other => {
+                                return (
+                                    axum::http::StatusCode::NOT_FOUND,
+                                    format!("no metric {other:?}: concurrency, rps or queueDepth"),
+                                )
+                                    .into_response();
+                            }
+                        };
+                        let value = collector
+                            .external(&namespace, &service, metric)
+                            .unwrap_or(0.0);
+                        axum::Json(MetricValue { value }).into_response()
+                    }
+                },
+            ),
+        )
         .route(
             "/metrics",
             get(move || {

@@ -95,6 +95,13 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     let history: Vec<String> = std::iter::once(latest.clone())
         .chain(observed.scale.keys().filter(|r| **r != latest).cloned())
         .collect();
+    let (autoscaler, keda_api) = if runtime_problem.is_some() {
+        (None, None)
+    } else {
+        crate::apply::autoscaler_condition(isvc, shared).await
+    };
+    // KEDA may be installed any time: look again soon while it is missing.
+    let keda_missing = autoscaler.as_ref().is_some_and(|c| !c.ok);
     let observation = Observation {
         generation: isvc.metadata.generation.unwrap_or(0),
         previous_status: isvc.status.as_ref(),
@@ -103,6 +110,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         scale: &observed.scale,
         creation_failure: observed.creation_failure(&latest),
         ingress,
+        autoscaler,
         runtime_problem,
         entry: EntryPoint::Cluster,
     };
@@ -178,7 +186,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         // The revisions' objects and the service-wide ones do not depend on each other.
         tokio::try_join!(
             crate::apply::apply_revisions(isvc, &observed, &writes, runtime, shared, force),
-            crate::apply::apply_service_objects(isvc, &latest, shared, route_api, force)
+            crate::apply::apply_service_objects(isvc, &latest, shared, route_api, keda_api, force)
         )?;
         if force {
             shared
@@ -201,6 +209,8 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     Ok(Action::requeue(if isvc.spec.predictor.ferry_autoscaled() {
         // The autoscaler decides on every collection of the router's numbers.
         Duration::from_millis(500)
+    } else if keda_missing {
+        Duration::from_secs(30)
     } else if plan.settled {
         Duration::from_secs(300)
     } else if rolling_out {

@@ -124,6 +124,7 @@ mod tests {
             scale: &scale,
             creation_failure: None,
             ingress: None,
+            autoscaler: None,
             runtime_problem: problem.then(|| ferry_core::runtime::RuntimeProblem {
                 reason: Reason::RuntimeNotFound,
                 message: "no such runtime".into(),

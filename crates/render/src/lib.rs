@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use ferry_api::{InferenceService, LABEL_REVISION, LABEL_SERVICE};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
+pub mod keda;
 pub mod revision;
 pub mod runtime_pod;
 pub mod service;

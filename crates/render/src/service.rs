@@ -29,6 +29,8 @@ pub struct ServiceObjects {
     /// When `autoscaling.engine` is `hpa` (the default for cpu / memory): scales the latest
     /// revision's Deployment.
     pub autoscaler: Option<HorizontalPodAutoscaler>,
+    /// When `autoscaling.engine` is `keda`: KEDA's ScaledObject for the latest revision.
+    pub scaled_object: Option<crate::keda::ScaledObject>,
     /// When `spec.ingress` asks for an Ingress.
     pub ingress: Option<Ingress>,
     /// When `spec.ingress` asks for an HTTPRoute.
@@ -41,6 +43,9 @@ impl ServiceObjects {
         let mut values = vec![serde_json::to_value(&self.service)?];
         if let Some(hpa) = &self.autoscaler {
             values.push(serde_json::to_value(hpa)?);
+        }
+        if let Some(scaled) = &self.scaled_object {
+            values.push(serde_json::to_value(scaled)?);
         }
         if let Some(ingress) = &self.ingress {
             values.push(serde_json::to_value(ingress)?);
@@ -161,6 +166,7 @@ pub fn render_service(isvc: &InferenceService, latest: &str) -> ServiceObjects {
                 status: None,
             }
         });
+    let scaled_object = crate::keda::scaled_object(isvc, latest, metadata.clone());
     let (mut ingress, mut http_route) = (None, None);
     if let Some(spec) = &isvc.spec.ingress {
         match spec.kind.unwrap_or(IngressKind::Ingress) {
@@ -237,6 +243,7 @@ pub fn render_service(isvc: &InferenceService, latest: &str) -> ServiceObjects {
     ServiceObjects {
         service,
         autoscaler,
+        scaled_object,
         ingress,
         http_route,
     }

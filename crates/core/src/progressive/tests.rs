@@ -113,6 +113,7 @@ impl Sim {
             scale: &scale,
             creation_failure: None,
             ingress: None,
+            autoscaler: None,
             runtime_problem: None,
             entry: EntryPoint::Local { router_port: 8080 },
         };
@@ -423,6 +424,7 @@ fn a_new_revision_that_cannot_start_is_rolled_back_at_once() {
         scale: &scale,
         creation_failure: None,
         ingress: None,
+        autoscaler: None,
         runtime_problem: None,
         entry: EntryPoint::Local { router_port: 8080 },
     };

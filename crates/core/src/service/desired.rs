@@ -122,6 +122,7 @@ pub(super) fn progressive_decision(
         revision_order: history,
         creation_failure: observed.creation_failure.clone(),
         ingress: None,
+        autoscaler: None,
         runtime_problem: None,
         rollout: None,
         wakes_on_request: false,

@@ -398,3 +398,198 @@ async fn an_hpa_on_ferrys_external_metric_scales_through_the_real_hpa_controller
     assert!(status.desired_replicas > 1, "{status:?}");
     ns.delete().await;
 }
+
+/// KEDA's real CRDs, from the `kedacore/keda` Go module (its config/crd/bases).
+fn keda_crd(file: &str) -> std::path::PathBuf {
+    let out = std::process::Command::new("go")
+        .args([
+            "mod",
+            "download",
+            "-json",
+            "github.com/kedacore/keda/v2@v2.17.0",
+        ])
+        .output()
+        .expect("go runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let module: Value = serde_json::from_slice(&out.stdout).unwrap();
+    std::path::Path::new(module["Dir"].as_str().unwrap())
+        .join("config/crd/bases")
+        .join(file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn engine_keda_says_when_keda_is_missing_and_emits_a_scaled_object_its_crd_accepts() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    apply_deploy("operator.yaml");
+    let crd = keda_crd("keda.sh_scaledobjects.yaml");
+    let _ = kubectl(
+        &[
+            "delete",
+            "crd",
+            "scaledobjects.keda.sh",
+            "--ignore-not-found",
+            "--wait=true",
+        ],
+        None,
+    );
+    let ns = TempNamespace::create(&client, "keda").await.unwrap();
+    let manifest = autoscaled(
+        "iris-v1.onnx",
+        "    minReplicas: 1\n    maxReplicas: 5\n    scaleMetric: rps\n    scaleTarget: 20\n    autoscaling: {engine: keda, scaleDownDelaySeconds: 45}\n",
+    );
+    apply_in(&ns.name, &manifest);
+    // No KEDA: the condition says so, the revision serves at its minimum.
+    eventually("KEDAMissing", Duration::from_secs(60), || {
+        let ns = ns.name.clone();
+        async move {
+            let (status, reason, message) = condition(&isvc_json(&ns, "iris"), "AutoscalerReady");
+            (status == "False" && reason == "KEDAMissing").then_some(message)
+        }
+    })
+    .await;
+    eventually("ready without KEDA", Duration::from_secs(90), || {
+        let ns = ns.name.clone();
+        async move { latest_ready(&ns) }
+    })
+    .await;
+
+    // KEDA's real CRD: the ScaledObject `ferry render` prints passes the apiserver's strict
+    // server-side dry-run against it, and the operator applies the same object.
+    let installed = kubectl(
+        &["apply", "--server-side", "-f", crd.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        installed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    let _ = kubectl(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/scaledobjects.keda.sh",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    let ferry = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../run/bin/ferry");
+    let dir = std::env::temp_dir().join(format!("keda-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("isvc.yaml");
+    std::fs::write(&file, &manifest).unwrap();
+    let rendered = std::process::Command::new(ferry)
+        .args(["render", "-f", file.to_str().unwrap(), "-n", &ns.name])
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let text = String::from_utf8_lossy(&rendered.stdout).into_owned();
+    let scaled: String = text
+        .split("\n---\n")
+        .find(|doc| doc.contains("kind: ScaledObject"))
+        .unwrap_or_else(|| panic!("no ScaledObject in\n{text}"))
+        .to_string();
+    assert!(
+        scaled.contains("metrics-api") && scaled.contains("ferry-operator-metrics"),
+        "{scaled}"
+    );
+    let dry = kubectl(
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--validate=strict",
+            "-n",
+            &ns.name,
+            "-f",
+            "-",
+        ],
+        Some(&scaled),
+    );
+    assert!(
+        dry.status.success(),
+        "{}\n{scaled}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let applied = eventually(
+        "the operator applies the ScaledObject",
+        Duration::from_secs(90),
+        || {
+            let ns = ns.name.clone();
+            async move {
+                let out = kubectl(
+                    &[
+                        "get",
+                        "scaledobjects.keda.sh",
+                        "iris",
+                        "-n",
+                        &ns,
+                        "-o",
+                        "json",
+                    ],
+                    None,
+                );
+                out.status
+                    .success()
+                    .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        applied["spec"]["scaleTargetRef"]["name"],
+        isvc_json(&ns.name, "iris")["status"]["latestRevision"]
+    );
+    assert_eq!(applied["spec"]["cooldownPeriod"], 45);
+    assert_eq!(
+        applied["spec"]["triggers"][0]["metadata"]["targetValue"],
+        "20"
+    );
+    let (status, reason, _) = condition(&isvc_json(&ns.name, "iris"), "AutoscalerReady");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "ScaledObjectCreated")
+    );
+    // KEDA owns the scaling: Ferry makes no HPA of its own.
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        hpas.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // The value KEDA's trigger reads, from an operator pod's probes port.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "ferry-system");
+    let operator = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=ferry-operator"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find_map(|p| p.status?.pod_ip)
+        .unwrap();
+    let value: Value = reqwest::get(format!(
+        "http://{operator}:8081/ferry/v1/metrics/{}/iris/rps",
+        ns.name
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert!(value["value"].is_number(), "{value}");
+    let _ = std::fs::remove_dir_all(&dir);
+    ns.delete().await;
+}
