@@ -268,16 +268,22 @@ def main():
     parser.add_argument("--baseline", type=float, default=45.0, help="seconds of one client first")
     parser.add_argument("--limit", type=float, default=180.0, help="seconds to wait for full capacity")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    parser.add_argument("--only", default="ferry,hpa,cold", help="which parts, comma-separated")
     args = parser.parse_args()
     api = Api()
     ip = router_ip(api)
     suffix = str(os.getpid())
-    ferry = spike(api, ip, "ferry", f"bench-autoscale-ferry-{suffix}", args.baseline, args.limit)
-    print(json.dumps(ferry), flush=True)
-    hpa = spike(api, ip, "hpa", f"bench-autoscale-hpa-{suffix}", args.baseline, args.limit)
-    print(json.dumps(hpa), flush=True)
-    start = cold(api, ip, f"bench-autoscale-cold-{suffix}")
-    print(json.dumps(start), flush=True)
+    parts = args.only.split(",")
+    ferry = hpa = start = None
+    if "ferry" in parts:
+        ferry = spike(api, ip, "ferry", f"bench-autoscale-ferry-{suffix}", args.baseline, args.limit)
+        print(json.dumps(ferry), flush=True)
+    if "hpa" in parts:
+        hpa = spike(api, ip, "hpa", f"bench-autoscale-hpa-{suffix}", args.baseline, args.limit)
+        print(json.dumps(hpa), flush=True)
+    if "cold" in parts:
+        start = cold(api, ip, f"bench-autoscale-cold-{suffix}")
+        print(json.dumps(start), flush=True)
     os.makedirs(args.out, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with open(os.path.join(args.out, f"autoscale-{stamp}.json"), "w") as f:
@@ -287,13 +293,15 @@ def main():
           f" (1 → {MAX} clients, target 1 in flight per replica, max {MAX}) through the router pod.\n")
     print("| engine | more asked (s) | 2nd replica serves (s) | full capacity (s) | requests | failed | 503 | p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for r in (ferry, hpa):
+    for r in (r for r in (ferry, hpa) if r):
         print(f"| {r['engine']} | {show(r['asked_s'])} | {show(r['second_serving_s'])} | "
               f"{show(r['full_capacity_s'])} | {r['requests']} | {r['failed']} | {r['status_503']} | "
               f"{show(r['p50_ms'])} | {show(r['p99_ms'])} |")
-    if ferry["full_capacity_s"] and hpa["full_capacity_s"]:
+    if ferry and hpa and ferry["full_capacity_s"] and hpa["full_capacity_s"]:
         print(f"\nFull capacity: Ferry's engine {hpa['full_capacity_s'] / ferry['full_capacity_s']:.1f}×"
               " faster than the HPA on the same metric.")
+    if not start:
+        return
     print(f"\nCold start from zero: HTTP {start['status']}, first byte after {show(start['first_byte_s'], ' s')};"
           f" the replica's process listened {show(start['request_to_process_listening_s'], ' s')} after the request,"
           f" its model was ready {show(start['model_ready_after_listening_ms'], ' ms')} later, and the answer's first byte came"

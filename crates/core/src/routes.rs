@@ -52,6 +52,11 @@ pub struct RevisionRoute {
     /// The experiment variant it serves (`control` for the predictor's own revisions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// Replicas still starting (not ready, not leaving), of a service that scales to zero: a
+    /// router holding requests probes them itself and answers from the first whose model is
+    /// ready, before its readiness reaches the table (a kubelet probes every second at best).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warming: Vec<Upstream>,
 }
 
 /// Where one service's traffic goes.
@@ -223,25 +228,41 @@ pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
                 claimed.clone_from(&service.namespace);
             }
         }
-        let mut revisions: BTreeMap<&str, Vec<Upstream>> = BTreeMap::new();
-        for endpoint in service.endpoints.iter().filter(|e| e.replica.ready()) {
-            revisions
-                .entry(endpoint.replica.revision.as_str())
-                .or_default()
-                .push(Upstream {
-                    id: endpoint.replica.id.clone(),
-                    addrs: endpoint.addrs.clone(),
-                });
+        let mut revisions: BTreeMap<&str, (Vec<Upstream>, Vec<Upstream>)> = BTreeMap::new();
+        for endpoint in &service.endpoints {
+            let upstream = || Upstream {
+                id: endpoint.replica.id.clone(),
+                addrs: endpoint.addrs.clone(),
+            };
+            let replica = &endpoint.replica;
+            if replica.ready() {
+                revisions
+                    .entry(replica.revision.as_str())
+                    .or_default()
+                    .0
+                    .push(upstream());
+            } else if service.cold_start.is_some()
+                && !replica.terminating
+                && matches!(replica.health, crate::ReplicaHealth::Starting { .. })
+            {
+                revisions
+                    .entry(replica.revision.as_str())
+                    .or_default()
+                    .1
+                    .push(upstream());
+            }
         }
         let revisions = revisions
             .into_iter()
-            .map(|(revision, mut backends)| {
+            .map(|(revision, (mut backends, mut warming))| {
                 backends.sort_by(|a, b| a.id.cmp(&b.id));
+                warming.sort_by(|a, b| a.id.cmp(&b.id));
                 RevisionRoute {
                     revision: revision.to_string(),
                     weight: service.weights.get(revision).copied().unwrap_or(0),
                     backends,
                     variant: service.variants.get(revision).cloned(),
+                    warming,
                 }
             })
             .collect();

@@ -223,6 +223,7 @@ impl Router {
 
         // 3. pick a revision, 4. pick a replica; with none, the `on_no_backend` hook decides.
         let mut holds = 0;
+        let mut warm = None;
         loop {
             let service = lookup(&compiled, &info)?;
             if service.has_backends() {
@@ -230,8 +231,12 @@ impl Router {
             }
             // A service that scales to zero holds the request until a replica is ready.
             if let Some(cold) = service.cold_start {
-                let next = self.hold(&info, service, cold).await?;
-                compiled = next;
+                let released = self.hold(&info, service, cold).await?;
+                compiled = released.table;
+                warm = released.warm;
+                if warm.is_some() {
+                    break;
+                }
                 continue;
             }
             match self
@@ -251,6 +256,14 @@ impl Router {
         let service = lookup(&compiled, &info)?;
         let answered = async {
         let pin = pinned(&parts.headers);
+        // A held request whose own probe found a starting replica ready goes there.
+        let warm = warm.and_then(|(name, backend)| {
+            let revision = service.revisions.iter().find(|r| r.revision == name)?;
+            Some((revision, backend))
+        });
+        let (revision, backend) = if let Some(found) = warm {
+            found
+        } else {
         let revision =
             match pin {
                 // `ferry-revision: REV` pins the revision (a blue-green preview, a canary's debug).
@@ -282,6 +295,8 @@ impl Router {
         let backend = revision
             .pick_replica(None)
             .ok_or_else(|| no_replica(service))?;
+        (revision, backend)
+        };
 
         // 5. forward, 6. on error: retry once on another replica (the replica failed before
         //    answering, and inference calls are pure functions of their input); 7. record.

@@ -63,6 +63,8 @@ pub struct RevisionState {
     /// The experiment variant it serves, and that name as a header value.
     pub variant: Option<Arc<str>>,
     pub variant_header: Option<http::HeaderValue>,
+    /// Replicas still starting, which a held request probes itself.
+    pub warming: Vec<Arc<BackendState>>,
 }
 
 /// One service's compiled route.
@@ -296,24 +298,24 @@ impl InFlight {
                     .revisions
                     .iter()
                     .map(|r| {
-                        let backends = r
-                            .backends
-                            .iter()
-                            .map(|b| {
-                                let state = match registry.get(&b.id) {
-                                    Some(existing) if existing.backend == *b => existing.clone(),
-                                    _ => Arc::new(BackendState {
-                                        backend: b.clone(),
-                                        inflight: AtomicUsize::new(0),
-                                        pools: (0..workers)
-                                            .map(|_| crate::pool::Pool::default())
-                                            .collect(),
-                                    }),
-                                };
-                                seen.insert(b.id.clone(), state.clone());
-                                state
-                            })
-                            .collect();
+                        let mut known = |b: &Upstream| {
+                            let state = match registry.get(&b.id) {
+                                Some(existing) if existing.backend == *b => existing.clone(),
+                                _ => Arc::new(BackendState {
+                                    backend: b.clone(),
+                                    inflight: AtomicUsize::new(0),
+                                    pools: (0..workers)
+                                        .map(|_| crate::pool::Pool::default())
+                                        .collect(),
+                                }),
+                            };
+                            seen.insert(b.id.clone(), state.clone());
+                            state
+                        };
+                        let warming: Vec<Arc<BackendState>> =
+                            r.warming.iter().map(&mut known).collect();
+                        let backends: Vec<Arc<BackendState>> =
+                            r.backends.iter().map(&mut known).collect();
                         let labels = RevisionLabels {
                             namespace: namespace.clone(),
                             service: route.service.clone(),
@@ -332,6 +334,7 @@ impl InFlight {
                                 .variant
                                 .as_deref()
                                 .and_then(|v| http::HeaderValue::from_str(v).ok()),
+                            warming,
                         }
                     })
                     .collect();

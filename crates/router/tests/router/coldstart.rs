@@ -139,3 +139,33 @@ async fn a_request_held_past_the_timeout_gets_503_with_retry_after() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_request_is_answered_by_a_starting_replica_its_own_probe_finds_ready() {
+    let cold = ColdStart {
+        requests: 8,
+        timeout_seconds: 30,
+    };
+    // The table knows the replica only as starting (its readiness has not reached the
+    // executor yet); the held request probes it and is answered by it.
+    let server = replica("iris-v1.onnx").await;
+    let mut starting = endpoint("a", "iris-1", server.http_addr, server.grpc_addr);
+    starting.replica.health = ReplicaHealth::Starting { for_seconds: 0 };
+    let (_tx, rx) = watch::channel(at_zero(vec![starting], cold));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let running = serve(
+        tokio::net::TcpListener::from_std(listener).unwrap(),
+        Router::new(rx, RouterConfig::default()),
+    )
+    .unwrap();
+    let sent = Instant::now();
+    let response = infer(&reqwest::Client::new(), running.addr).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["ferry-revision"], "iris-1");
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        sent.elapsed()
+    );
+}
