@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 /// What the router(s) count of one service's load at one instant, summed over the revisions
 /// that serve the predictor (and over router replicas).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Load {
     /// Requests being forwarded to a replica now.
     pub in_flight: u64,
@@ -31,6 +31,10 @@ pub struct Load {
     pub held: u64,
     /// Requests arrived since counting began (a counter: it only grows, but for a restart).
     pub arrivals: u64,
+    /// GPU utilisation in percent summed over the replicas that report one (NVML), when any
+    /// does: `gpuUtilization` scales on it; without it that metric is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_percent: Option<f64>,
 }
 
 impl Load {
@@ -38,6 +42,10 @@ impl Load {
         self.in_flight += other.in_flight;
         self.held += other.held;
         self.arrivals += other.arrivals;
+        self.gpu_percent = match (self.gpu_percent, other.gpu_percent) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -166,8 +174,14 @@ impl Autoscaler {
                 };
                 Some(arrived as f64 / span)
             }
+            // The replicas' utilisation summed: ready × mean ÷ target per replica, as an HPA
+            // sizes on utilisation; unavailable while no replica reports one.
+            ScaleMetric::GpuUtilization => {
+                let reported: Vec<f64> = window.iter().filter_map(|(_, l)| l.gpu_percent).collect();
+                (!reported.is_empty()).then(|| reported.iter().sum::<f64>() / reported.len() as f64)
+            }
             // Not the router's: an HPA scales on them.
-            ScaleMetric::Cpu | ScaleMetric::Memory | ScaleMetric::GpuUtilization => None,
+            ScaleMetric::Cpu | ScaleMetric::Memory => None,
         }
     }
 
@@ -196,7 +210,11 @@ impl Autoscaler {
                 panic: false,
                 scaled_to_zero: false,
                 held,
-                message: "no numbers from the router yet: holding the current size".into(),
+                message: if settings.metric == ScaleMetric::GpuUtilization {
+                    "gpuUtilization is unavailable (no replica reports an NVML GPU): holding the current size".into()
+                } else {
+                    "no numbers from the router yet: holding the current size".into()
+                },
             };
         };
         let steady = size_for(stable, settings.target);
@@ -268,6 +286,7 @@ impl Autoscaler {
             ScaleMetric::Concurrency => "requests in flight",
             ScaleMetric::Rps => "requests/s",
             ScaleMetric::QueueDepth => "requests queued",
+            ScaleMetric::GpuUtilization => "% GPU (summed over replicas)",
             _ => "",
         };
         let message = if scaled_to_zero {

@@ -352,6 +352,7 @@ mod tests {
                     in_flight: requests % 7,
                     held: 0,
                     arrivals: requests,
+                    gpu_percent: None,
                 },
             )]),
             held: 1,

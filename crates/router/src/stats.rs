@@ -65,6 +65,7 @@ impl RevisionStats {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             held: 0,
             arrivals: self.arrivals.load(Ordering::Relaxed),
+            gpu_percent: None,
         }
     }
 

@@ -82,12 +82,14 @@ fn simulate(
                 in_flight: 0,
                 held: clients,
                 arrivals: arrivals as u64,
+                gpu_percent: None,
             }
         } else {
             Load {
                 in_flight: clients,
                 held: 0,
                 arrivals: arrivals as u64,
+                gpu_percent: None,
             }
         };
         scaler.observe(at(t), sample);
@@ -282,6 +284,7 @@ fn held_requests_keep_a_replica_that_never_gets_ready() {
                 in_flight: 0,
                 held: 1,
                 arrivals: 1,
+                gpu_percent: None,
             },
         );
         let d = scaler.decide(&settings, 0, desired, at(t));
@@ -348,6 +351,7 @@ fn queue_depth_counts_what_waits_beyond_the_inference_threads() {
                 in_flight: 10,
                 held: 0,
                 arrivals: 0,
+                gpu_percent: None,
             },
         );
     }
@@ -377,4 +381,50 @@ fn only_ferrys_engine_on_router_metrics_gets_settings() {
         AutoscalingSpec::default(),
     );
     assert_eq!(Settings::of(&ferry).unwrap().stable_window, 30.0);
+}
+
+#[test]
+fn gpu_utilization_maps_like_an_hpa_and_holds_while_unavailable() {
+    let p = predictor(ScaleMetric::GpuUtilization, 60, 1, 8, spec(4, 4, 60));
+    let settings = Settings::of(&p).unwrap();
+    // No replica reports a GPU: the size holds, and says why.
+    let mut scaler = Autoscaler::default();
+    for i in 0..10 {
+        scaler.observe(
+            at(f64::from(i) * TICK),
+            Load {
+                in_flight: 3,
+                ..Load::default()
+            },
+        );
+    }
+    let d = scaler.decide(&settings, 3, 3, at(4.5));
+    assert_eq!((d.desired, d.value), (3, None));
+    assert!(
+        d.message.contains("gpuUtilization is unavailable"),
+        "{}",
+        d.message
+    );
+    // 3 replicas at 90 % each (270 summed) for a target of 60 %: ceil(3 × 90 / 60) = 5.
+    let mut scaler = Autoscaler::default();
+    for i in 0..10 {
+        let load = Load {
+            gpu_percent: Some(270.0),
+            ..Load::default()
+        };
+        scaler.observe(at(f64::from(i) * TICK), load);
+    }
+    let d = scaler.decide(&settings, 3, 3, at(4.5));
+    assert_eq!((d.desired, d.value), (5, Some(270.0)), "{d:?}");
+    // Two router replicas' numbers add up.
+    let mut a = Load {
+        gpu_percent: Some(90.0),
+        ..Load::default()
+    };
+    a.merge(&Load {
+        gpu_percent: Some(45.0),
+        in_flight: 1,
+        ..Load::default()
+    });
+    assert_eq!((a.gpu_percent, a.in_flight), (Some(135.0), 1));
 }

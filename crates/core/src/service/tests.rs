@@ -374,3 +374,57 @@ fn a_replica_that_vanished_is_replaced_and_traffic_avoids_the_leaving() {
     });
     assert_eq!(ready_weights(&replicas, &[]), [(V1.to_string(), 1)].into());
 }
+
+#[test]
+fn during_a_canary_the_autoscaler_sizes_the_pool_as_a_whole_and_the_weight_splits_it() {
+    // Stable v1 at 2 ready replicas; a canary of v2 at 25 %; the autoscaler asks for 8.
+    let service = crate::testing::isvc(
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: iris, namespace: default}\nspec:\n  predictor:\n    minReplicas: 2\n    maxReplicas: 8\n    scaleMetric: concurrency\n    scaleTarget: 2\n    model: {format: onnx, uri: /m/iris.onnx}\n  rollout: {strategy: canary, steps: [{weight: 25, pause: untilPromoted}]}\n",
+    );
+    let replicas = vec![
+        replica("a", V1, ReplicaHealth::Ready),
+        replica("b", V1, ReplicaHealth::Ready),
+    ];
+    let scale = BTreeMap::from([(V1.to_string(), 2)]);
+    let observed = observation(V2, &replicas, &scale);
+    let decision = crate::autoscale::Decision {
+        desired: 8,
+        value: Some(16.0),
+        panic: true,
+        scaled_to_zero: false,
+        held: 0,
+        message: "panic: 16.0 requests in flight".into(),
+    };
+    let signals = Signals {
+        autoscale: Some(decision),
+        ..Signals::default()
+    };
+    let history = vec![V2.to_string(), V1.to_string()];
+    let plan = super::plan(&service, &history, &observed, &signals, now());
+    // The whole pool is 8: the stable revision carries it all until the canary is ready, and
+    // the canary's 25 % (2 replicas) start beside it.
+    assert_eq!(plan.scale.get(V1), Some(&8), "{:?}", plan.scale);
+    assert_eq!(plan.scale.get(V2), Some(&2), "{:?}", plan.scale);
+    // The next look: 8 + 2 ready, the canary at 25 % of the traffic: the stable revision
+    // gives up its share (6 of 8).
+    let replicas: Vec<ReplicaView> = (0..8)
+        .map(|i| replica(&format!("s{i}"), V1, ReplicaHealth::Ready))
+        .chain((0..2).map(|i| replica(&format!("c{i}"), V2, ReplicaHealth::Ready)))
+        .collect();
+    let scale = BTreeMap::from([(V1.to_string(), 8), (V2.to_string(), 2)]);
+    let mut second = observation(V2, &replicas, &scale);
+    second.previous_status = Some(&plan.status);
+    let next = super::plan(&service, &history, &second, &signals, now());
+    assert_eq!(next.weights.get(V2), Some(&25), "{:?}", next.weights);
+    assert_eq!(next.scale.get(V1), Some(&6), "{:?}", next.scale);
+    assert_eq!(next.scale.get(V2), Some(&2), "{:?}", next.scale);
+    let status = plan.status.autoscaling.expect("status.autoscaling");
+    assert_eq!((status.desired_replicas, status.panic), (8, true));
+    assert!(
+        plan.autoscale_events
+            .iter()
+            .any(|e| e.reason == Reason::PanicMode && e.note.starts_with("panic on")),
+        "{:?}",
+        plan.autoscale_events
+    );
+}
