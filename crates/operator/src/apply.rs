@@ -292,14 +292,7 @@ pub(crate) async fn apply_service_objects(
     } {
         let routes = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &resource);
         let route = match route_api.as_ref().and(objects.http_route.as_ref()) {
-            Some(route) => {
-                let mut object = DynamicObject::new(&name, &resource).within(&namespace);
-                object.metadata = route.metadata.clone();
-                let mut data = serde_json::Map::new();
-                data.insert("spec".into(), serde_json::to_value(&route.spec)?);
-                object.data = serde_json::Value::Object(data);
-                Some(object)
-            }
+            Some(route) => Some(dynamic(&resource, &route.metadata, &route.spec)?),
             None => None,
         };
         apply_or_remove(
@@ -319,14 +312,7 @@ pub(crate) async fn apply_service_objects(
     } {
         let api = Api::<DynamicObject>::namespaced_with(client.clone(), &namespace, &resource);
         let scaled = match keda_api.as_ref().and(objects.scaled_object.as_ref()) {
-            Some(scaled) => {
-                let mut object = DynamicObject::new(&name, &resource).within(&namespace);
-                object.metadata = scaled.metadata.clone();
-                let mut data = serde_json::Map::new();
-                data.insert("spec".into(), serde_json::to_value(&scaled.spec)?);
-                object.data = serde_json::Value::Object(data);
-                Some(object)
-            }
+            Some(scaled) => Some(dynamic(&resource, &scaled.metadata, &scaled.spec)?),
             None => None,
         };
         apply_or_remove(
@@ -355,6 +341,20 @@ pub(crate) async fn apply_service_objects(
     .await?;
     shared.remember(key, hash);
     Ok(())
+}
+
+/// A custom resource's typed object (`metadata` + `spec`) as the dynamic object its API takes.
+fn dynamic(
+    resource: &ApiResource,
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    spec: &impl Serialize,
+) -> Result<DynamicObject, serde_json::Error> {
+    let mut object = DynamicObject::new(metadata.name.as_deref().unwrap_or_default(), resource);
+    object.metadata = metadata.clone();
+    let mut data = serde_json::Map::new();
+    data.insert("spec".into(), serde_json::to_value(spec)?);
+    object.data = serde_json::Value::Object(data);
+    Ok(object)
 }
 
 /// Apply a Service; when the apiserver refuses it as invalid because a field it cannot change

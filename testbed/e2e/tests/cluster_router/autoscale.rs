@@ -17,6 +17,29 @@ fn autoscaled(model: &str, predictor: &str) -> String {
     )
 }
 
+/// The CRDs, the operator and the router installed, and a new namespace.
+async fn bed(prefix: &str) -> Option<(kube::Client, String, TempNamespace)> {
+    let client = admin_client().await?;
+    install_crds(&client).await.unwrap();
+    apply_deploy("operator.yaml");
+    let router_ip = install_router(&client).await;
+    let ns = TempNamespace::create(&client, prefix).await.unwrap();
+    Some((client, router_ip, ns))
+}
+
+/// Wait until the router pod answers for iris in `ns`.
+async fn routed(router_ip: &str, ns: &str) {
+    let http = reqwest::Client::new();
+    eventually("the router routes", Duration::from_secs(30), || {
+        let (http, router_ip, ns) = (http.clone(), router_ip.to_string(), ns.to_string());
+        async move {
+            let (status, ..) = infer_via_router(&http, &router_ip, &ns, "iris").await?;
+            (status == 200).then_some(())
+        }
+    })
+    .await;
+}
+
 /// The Deployments' `spec.replicas`, summed, and the predictor pods (name, phase).
 async fn scale(client: &kube::Client, ns: &str) -> (i32, Vec<(String, String)>) {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -53,13 +76,9 @@ async fn scale(client: &kube::Client, ns: &str) -> (i32, Vec<(String, String)>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_spike_through_the_cluster_router_scales_the_deployment_with_ferrys_engine() {
-    let Some(client) = admin_client().await else {
+    let Some((client, router_ip, ns)) = bed("autoscale").await else {
         return;
     };
-    install_crds(&client).await.unwrap();
-    apply_deploy("operator.yaml");
-    let router_ip = install_router(&client).await;
-    let ns = TempNamespace::create(&client, "autoscale").await.unwrap();
     apply_in(
         &ns.name,
         &autoscaled(
@@ -72,15 +91,7 @@ async fn a_spike_through_the_cluster_router_scales_the_deployment_with_ferrys_en
         async move { latest_ready(&ns) }
     })
     .await;
-    let http = reqwest::Client::new();
-    eventually("the router routes", Duration::from_secs(30), || {
-        let (http, router_ip, ns) = (http.clone(), router_ip.clone(), ns.name.clone());
-        async move {
-            let (status, ..) = infer_via_router(&http, &router_ip, &ns, "iris").await?;
-            (status == 200).then_some(())
-        }
-    })
-    .await;
+    routed(&router_ip, &ns.name).await;
     assert_eq!(scale(&client, &ns.name).await.0, 1);
 
     let spike = Instant::now();
@@ -144,13 +155,9 @@ async fn a_spike_through_the_cluster_router_scales_the_deployment_with_ferrys_en
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revision_at_zero_answers_a_cold_request_through_the_cluster_router() {
-    let Some(client) = admin_client().await else {
+    let Some((client, router_ip, ns)) = bed("zero").await else {
         return;
     };
-    install_crds(&client).await.unwrap();
-    apply_deploy("operator.yaml");
-    let router_ip = install_router(&client).await;
-    let ns = TempNamespace::create(&client, "zero").await.unwrap();
     apply_in(
         &ns.name,
         &autoscaled(
@@ -201,13 +208,9 @@ async fn a_revision_at_zero_answers_a_cold_request_through_the_cluster_router() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gpu_revision_at_zero_keeps_its_pending_pod_while_a_request_waits_then_503() {
-    let Some(client) = admin_client().await else {
+    let Some((client, router_ip, ns)) = bed("zero-gpu").await else {
         return;
     };
-    install_crds(&client).await.unwrap();
-    apply_deploy("operator.yaml");
-    let router_ip = install_router(&client).await;
-    let ns = TempNamespace::create(&client, "zero-gpu").await.unwrap();
     apply_in(
         &ns.name,
         &autoscaled(
@@ -346,15 +349,7 @@ async fn an_hpa_on_ferrys_external_metric_scales_through_the_real_hpa_controller
         metric.external.as_ref().unwrap().metric.name,
         "ferry_concurrency"
     );
-    let http = reqwest::Client::new();
-    eventually("the router routes", Duration::from_secs(30), || {
-        let (http, router_ip, ns) = (http.clone(), router_ip.clone(), ns.name.clone());
-        async move {
-            let (status, ..) = infer_via_router(&http, &router_ip, &ns, "iris").await?;
-            (status == 200).then_some(())
-        }
-    })
-    .await;
+    routed(&router_ip, &ns.name).await;
 
     let spike = Instant::now();
     let load = RouterLoad::start_with(&router_ip, &ns.name, 12);
