@@ -318,6 +318,21 @@ impl Autoscaler {
     }
 }
 
+/// Local mode has no HPA and no KEDA: there Ferry's engine stands in for them on the router's
+/// metrics (the same manifest scales in both modes). cpu and memory stay an HPA's, so do
+/// nothing locally.
+pub fn local_stand_in(isvc: &mut ferry_api::InferenceService) {
+    let predictor = &mut isvc.spec.predictor;
+    if predictor.scale_metric.is_some_and(|m| m.from_router())
+        && predictor.autoscaling_engine() != ferry_api::AutoscalingEngine::Ferry
+    {
+        predictor
+            .autoscaling
+            .get_or_insert_with(Default::default)
+            .engine = Some(ferry_api::AutoscalingEngine::Ferry);
+    }
+}
+
 /// The executors' autoscalers, one per service key, kept in memory.
 #[derive(Debug, Default)]
 pub struct Autoscalers<K> {

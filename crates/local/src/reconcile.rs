@@ -63,7 +63,11 @@ impl Reconciler {
 
     /// One pass over everything.
     pub fn reconcile(&self) -> Result<()> {
-        let services = self.store.services()?;
+        let mut services = self.store.services()?;
+        // No HPA or KEDA here: Ferry's engine scales on the router's metrics in their place.
+        for service in services.iter_mut() {
+            ferry_core::autoscale::local_stand_in(&mut service.isvc);
+        }
         let mut rows = self.store.replicas()?;
         let observed = self.supervisor.observed();
         let by_key: HashMap<(String, String), &ServiceRow> = services

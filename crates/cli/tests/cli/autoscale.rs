@@ -243,3 +243,32 @@ async fn a_service_at_zero_answers_a_cold_request_and_fifty_arriving_together() 
         .expect("a ColdStart event");
     assert!(cold.1.contains("requests held"), "{cold:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locally_an_hpa_or_keda_manifest_is_scaled_by_ferrys_engine() {
+    let daemon = Daemon::start("autoscale-keda");
+    // The cluster manifest as it is: engine keda (no KEDA here, nor an HPA).
+    let manifest = autoscaled(
+        "gitops",
+        "iris-slow.onnx",
+        "    minReplicas: 1\n    maxReplicas: 3\n    scaleMetric: concurrency\n    scaleTarget: 2\n    autoscaling: {engine: keda, stableWindowSeconds: 4, panicWindowSeconds: 2}\n",
+    );
+    let applied = daemon.apply(&manifest, &["--wait"]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let load = Load::start(&daemon.router, "gitops", 8);
+    eventually("scaled out", Duration::from_secs(10), || async {
+        counts(&daemon, "gitops").await.0 > 1
+    })
+    .await;
+    let samples = load.finish().await;
+    assert!(summarize(&samples).0.is_empty(), "no failed request");
+    let status = autoscaling(&daemon, "gitops").await.unwrap();
+    assert_eq!(
+        (status.engine.as_str(), status.metric.as_str()),
+        ("ferry", "concurrency")
+    );
+    // What was applied is kept as written.
+    let isvc = daemon.client().get("default", "gitops").await.unwrap();
+    let engine = isvc.spec.predictor.autoscaling.unwrap().engine;
+    assert_eq!(engine, Some(ferry_api::AutoscalingEngine::Keda));
+}

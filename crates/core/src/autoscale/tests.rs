@@ -428,3 +428,25 @@ fn gpu_utilization_maps_like_an_hpa_and_holds_while_unavailable() {
     });
     assert_eq!((a.gpu_percent, a.in_flight), (Some(135.0), 1));
 }
+
+#[test]
+fn locally_ferrys_engine_stands_in_for_an_hpa_or_keda_on_the_routers_metrics() {
+    let manifest = |metric: &str, engine: &str| {
+        crate::testing::isvc(&format!(
+            "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: iris}}\nspec:\n  predictor:\n    maxReplicas: 4\n    scaleMetric: {metric}\n    resources: {{requests: {{cpu: \"1\"}}}}\n    autoscaling: {{engine: {engine}, stableWindowSeconds: 9}}\n    model: {{format: onnx, uri: /m.onnx}}\n"
+        ))
+    };
+    for engine in ["hpa", "keda"] {
+        let mut isvc = manifest("concurrency", engine);
+        assert!(Settings::of(&isvc.spec.predictor).is_none());
+        local_stand_in(&mut isvc);
+        let settings = Settings::of(&isvc.spec.predictor).expect("Ferry's engine locally");
+        assert_eq!(settings.stable_window, 9.0, "the other settings are kept");
+    }
+    let mut cpu = manifest("cpu", "hpa");
+    local_stand_in(&mut cpu);
+    assert_eq!(
+        cpu.spec.predictor.autoscaling_engine(),
+        ferry_api::AutoscalingEngine::Hpa
+    );
+}
