@@ -163,6 +163,37 @@ where
     }
 }
 
+/// What a namespace holds, for a failure's message: its InferenceServices (with status),
+/// Deployments, ReplicaSets, Pods and Events, and the operator pods.
+pub fn dump(ns: &str) -> String {
+    let text = |args: &[&str]| String::from_utf8_lossy(&kubectl(args, None).stdout).into_owned();
+    format!(
+        "--- {ns}:\n{}\n{}\n{}\n--- ferry-system:\n{}",
+        text(&["get", "isvc,deploy,rs,pods", "-n", ns, "-o", "wide"]),
+        text(&["get", "isvc", "-n", ns, "-o", "jsonpath={.items[*].status}"]),
+        text(&["get", "events", "-n", ns]),
+        text(&["get", "pods", "-n", "ferry-system", "-o", "wide"]),
+    )
+}
+
+/// As [`eventually`], and on a timeout the failure shows what `ns` holds ([`dump`]).
+pub async fn eventually_in<T, F, Fut>(ns: &str, what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for: {what}\n{}", dump(ns));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Apply `deploy/<file>` with server-side apply, as a user installs Ferry.
 pub fn apply_deploy(file: &str) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -49,11 +49,12 @@ async fn a_model_update_through_the_cluster_router_fails_no_request() {
         Some(&manifest("iris-v1.onnx")),
     );
     assert!(applied.status.success());
-    let first = eventually("v1 ready", Duration::from_secs(90), || {
-        let ns = ns.name.clone();
-        async move { latest_ready(&ns) }
-    })
-    .await;
+    let first =
+        ferry_testbed_e2e::eventually_in(&ns.name, "v1 ready", Duration::from_secs(150), || {
+            let ns = ns.name.clone();
+            async move { latest_ready(&ns) }
+        })
+        .await;
     let http = reqwest::Client::new();
     eventually("the router routes to v1", Duration::from_secs(30), || {
         let (http, router_ip, ns) = (http.clone(), router_ip.clone(), ns.name.clone());
@@ -231,7 +232,7 @@ pub(crate) async fn serving_v1(router_ip: &str, ns: &str) -> String {
         Some(&manifest("iris-v1.onnx")),
     );
     assert!(applied.status.success());
-    let first = eventually("v1 ready", Duration::from_secs(90), || {
+    let first = ferry_testbed_e2e::eventually_in(ns, "v1 ready", Duration::from_secs(150), || {
         let ns = ns.to_string();
         async move { latest_ready(&ns) }
     })
