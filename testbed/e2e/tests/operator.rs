@@ -27,6 +27,7 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
     let Some(client) = admin_client().await else {
         return;
     };
+    let _leader = ONE_KILL_AT_A_TIME.lock().await;
     // The operator runs as two pods on the process node (one leads through the Lease), with
     // its ServiceAccount and exactly the RBAC of deploy/operator.yaml (never the admin
     // kubeconfig).
@@ -401,6 +402,11 @@ async fn an_inference_service_is_reconciled_rolled_and_garbage_collected() {
     ns.delete().await;
 }
 
+/// The tests that kill the leading operator share it: one at a time, so that each asserts
+/// on its own takeover (two kills seconds apart once left a new leader a view it acted on
+/// before the second kill, and the canary test saw its step taken twice).
+static ONE_KILL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// kill -9 of the process of the operator pod that leads.
 async fn kill_leader(client: &kube::Client) -> String {
     let operator = operator_leader(client).await;
@@ -424,6 +430,7 @@ async fn a_canary_resumes_at_the_same_step_after_kill_9_of_the_leading_operator(
     let Some(client) = admin_client().await else {
         return;
     };
+    let _leader = ONE_KILL_AT_A_TIME.lock().await;
     install_operator(&client).await;
     let ns = TempNamespace::create(&client, "canary-leader")
         .await
