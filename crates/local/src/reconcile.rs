@@ -166,13 +166,15 @@ impl Reconciler {
                 .expect("windows poisoned")
                 .window(&key, &current, at);
             let (load, held) = loads.get(&key).cloned().unwrap_or_default();
-            let load = service::predictor_load(&service.isvc, &load, held, at);
-            let (ready, size) = service::autoscale_inputs(&service.isvc, &observation);
-            let autoscale = self
-                .autoscalers
-                .lock()
-                .expect("autoscalers poisoned")
-                .decide(&key, &service.isvc.spec.predictor, load, ready, size, at);
+            let autoscale = service::autoscale(
+                &mut self.autoscalers.lock().expect("autoscalers poisoned"),
+                &key,
+                &service.isvc,
+                &observation,
+                &load,
+                held,
+                at,
+            );
             let signals = Signals {
                 window: Some(window),
                 totals: current.clone(),

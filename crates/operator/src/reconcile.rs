@@ -126,14 +126,13 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     };
     let autoscale = if isvc.spec.predictor.ferry_autoscaled() {
         let (loads, held) = shared.collector.load(&key.0, &key.1);
-        let load = service::predictor_load(isvc, &loads, held, now);
-        let (ready, size) = service::autoscale_inputs(isvc, &observation);
-        shared.autoscalers.lock().expect("poisoned").decide(
+        service::autoscale(
+            &mut shared.autoscalers.lock().expect("poisoned"),
             &key,
-            &isvc.spec.predictor,
-            load,
-            ready,
-            size,
+            isvc,
+            &observation,
+            &loads,
+            held,
             now,
         )
     } else {

@@ -148,19 +148,12 @@ impl TempNamespace {
 }
 
 /// Poll `check` until it returns `Some`, or fail with `what`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll(what, timeout, check, String::new).await
 }
 
 /// What a namespace holds, for a failure's message: its InferenceServices (with status),
@@ -177,7 +170,22 @@ pub fn dump(ns: &str) -> String {
 }
 
 /// As [`eventually`], and on a timeout the failure shows what `ns` holds ([`dump`]).
-pub async fn eventually_in<T, F, Fut>(ns: &str, what: &str, timeout: Duration, mut check: F) -> T
+pub async fn eventually_in<T, F, Fut>(ns: &str, what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll(what, timeout, check, || dump(ns)).await
+}
+
+/// Poll `check` every 200 ms until it returns `Some`; past `timeout`, fail with `what` and
+/// what `context` says.
+async fn poll<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+    context: impl Fn() -> String,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -188,7 +196,7 @@ where
             return value;
         }
         if Instant::now() >= deadline {
-            panic!("timed out waiting for: {what}\n{}", dump(ns));
+            panic!("timed out waiting for: {what}\n{}", context());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
