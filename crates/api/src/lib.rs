@@ -13,6 +13,7 @@ pub mod crd;
 mod experiment;
 pub mod kserve;
 pub mod manifest;
+mod model_uri;
 mod progressive;
 pub mod quantity;
 pub mod revision;
@@ -30,6 +31,7 @@ pub use manifest::{
     ClusterManifests, DocumentErrors, Manifest, ParseError, parse_cluster_manifests,
     parse_manifests,
 };
+pub use model_uri::{ModelUri, OciReference};
 pub use progressive::*;
 pub use revision::{Revision, revision_name, revision_name_with_runtime};
 pub use servingruntime::*;

@@ -66,6 +66,7 @@ mod tests {
                 uri: uri.into(),
                 name: None,
                 runtime_version: None,
+                secret_name: None,
             },
             runtime: None,
             min_replicas: Some(replicas),

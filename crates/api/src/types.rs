@@ -128,8 +128,16 @@ pub struct PredictorSpec {
 pub struct ModelSpec {
     /// Model format; `onnx` is served by Ferry's own server.
     pub format: String,
-    /// `file:///abs/path`, a plain path, or `http(s)://...`.
+    /// Where the model is: a plain path or `file:///abs/path`, `http(s)://...`, `s3://bucket/key`,
+    /// `gs://bucket/key`, `pvc://claim/path` (cluster mode) or `oci://registry/repo:tag`. A key
+    /// ending in `/` is a directory (model, tokenizer, config).
     pub uri: String,
+    /// Cluster mode: a Secret of the namespace whose keys are given to the model's fetch as
+    /// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`,
+    /// `AWS_REGION`, `GOOGLE_SERVICE_ACCOUNT`, ...). Local mode reads them from `ferry up`'s own
+    /// environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
     /// The model's name in the inference protocol (default: the InferenceService's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -307,13 +315,13 @@ impl ModelSpec {
     }
 }
 
-/// The file a model URI names, for `file://` URIs and plain paths; `None` for `http(s)://` (the
-/// model has to be fetched first).
+/// The file a model URI names, for `file://` URIs and plain paths; `None` for every other scheme
+/// (the model has to be fetched or mounted first).
 pub fn local_model_path(uri: &str) -> Option<&str> {
     if let Some(path) = uri.strip_prefix("file://") {
         return Some(path);
     }
-    (!uri.starts_with("http://") && !uri.starts_with("https://")).then_some(uri)
+    (!uri.contains("://")).then_some(uri)
 }
 
 impl PredictorSpec {

@@ -54,6 +54,20 @@ pub fn is_dns_label(name: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// A DNS-1123 subdomain (the names of Secrets and most other objects).
+pub fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && !part.ends_with('-')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
 /// A model format name such as `onnx`, `pytorch` or `tensorrt`.
 fn is_format_name(format: &str) -> bool {
     !format.is_empty()
@@ -79,6 +93,23 @@ fn unsupported_format(format: &str) -> FieldError {
 pub fn builtin_runtime_errors(isvc: &InferenceService) -> Vec<FieldError> {
     let predictor = &isvc.spec.predictor;
     let mut errors = Vec::new();
+    if let Ok(crate::ModelUri::Pvc { claim, .. }) = crate::ModelUri::parse(&predictor.model.uri) {
+        errors.push(FieldError::new(
+            "spec.predictor.model.uri",
+            format!(
+                "Unsupported value: {:?}: pvc:// names a PersistentVolumeClaim {claim:?}, which only a cluster has; local mode reads a path or file://, or fetches http(s)://, s3://, gs://, oci://",
+                predictor.model.uri
+            ),
+        ));
+    }
+    if let Some(secret) = &predictor.model.secret_name {
+        errors.push(FieldError::new(
+            "spec.predictor.model.secretName",
+            format!(
+                "Unsupported value: {secret:?}: local mode has no Secrets; it gives the model's fetch the environment of `ferry up` (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...)"
+            ),
+        ));
+    }
     if !predictor.needs_serving_runtime() {
         return errors;
     }
@@ -209,6 +240,14 @@ pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
     }
     if let Err(message) = check_uri(&model.uri) {
         errors.push(FieldError::new("spec.predictor.model.uri", message));
+    }
+    if let Some(secret) = &model.secret_name
+        && !is_dns_subdomain(secret)
+    {
+        errors.push(FieldError::new(
+            "spec.predictor.model.secretName",
+            format!("Invalid value: {secret:?}: a Secret name (lower-case DNS subdomain)"),
+        ));
     }
     if let Some(name) = model.name.as_deref()
         && (name.is_empty()
@@ -371,20 +410,7 @@ fn is_label_value(value: &str) -> bool {
 }
 
 fn check_uri(uri: &str) -> Result<(), String> {
-    if uri.trim().is_empty() {
-        return Err("Required value".into());
-    }
-    match uri.split_once("://") {
-        None => Ok(()),
-        Some(("file", rest)) if rest.starts_with('/') => Ok(()),
-        Some(("file", _)) => Err(format!(
-            "Invalid value: {uri:?}: a file:// URI needs an absolute path (file:///...)"
-        )),
-        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(()),
-        Some((scheme, _)) => Err(format!(
-            "Unsupported value: {uri:?}: scheme {scheme:?} is not supported (file://, a path, http://, https://)"
-        )),
-    }
+    crate::ModelUri::parse(uri).map(|_| ())
 }
 
 fn check_resources(resources: &crate::Resources, errors: &mut Vec<FieldError>) {

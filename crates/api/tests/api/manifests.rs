@@ -56,7 +56,7 @@ spec:
   predictor:
     model:
       format: pytorch
-      uri: s3://bucket/model
+      uri: ftp://bucket/model
       name: "bad name"
     runtime: triton
     minReplicas: 3
@@ -247,7 +247,7 @@ spec:
     containerConcurrency: 4
     model:
       modelFormat: {name: sklearn}
-      storageUri: gs://bucket/model
+      storageUri: ftp://bucket/model
 "#;
     let mut found = paths(text);
     found.sort();

@@ -21,6 +21,7 @@ fn predictor(
             uri: "/m.onnx".into(),
             name: None,
             runtime_version: None,
+            secret_name: None,
         },
         runtime: None,
         min_replicas: Some(min),
