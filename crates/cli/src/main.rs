@@ -81,10 +81,17 @@ struct CrdArgs {
 
 #[derive(Args)]
 struct FetchArgs {
-    /// The model's `http://` or `https://` URL.
+    /// The model's URI: `s3://`, `gs://`, `http(s)://`, `oci://` (a path is copied).
     url: String,
-    /// Where to put it (the directory must exist); the file appears only once complete.
-    file: PathBuf,
+    /// Where to put it: the file (or, for a directory model, the directory); it appears only
+    /// once complete. Omit it to only fill the cache and print the cached path.
+    file: Option<PathBuf>,
+    /// The model cache (shared by the node's fetches); default: a directory beside FILE.
+    #[arg(long, env = "FERRY_MODEL_CACHE", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// The cache's size limit (a quantity: 20Gi).
+    #[arg(long, env = "FERRY_MODEL_CACHE_SIZE", value_name = "QUANTITY", value_parser = server::parse_size)]
+    cache_size: Option<u64>,
 }
 
 #[derive(Args)]
@@ -348,13 +355,37 @@ async fn operator(args: OperatorArgs) -> Result<()> {
 }
 
 async fn fetch(args: FetchArgs) -> Result<()> {
-    if !ferry_server::fetch::is_url(std::path::Path::new(&args.url)) {
-        anyhow::bail!("{:?}: not an http:// or https:// URL", args.url);
+    let cache_dir = match (&args.cache_dir, &args.file) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(file)) => file
+            .parent()
+            .map_or_else(|| PathBuf::from("."), PathBuf::from)
+            .join(".ferry-model-cache"),
+        (None, None) => std::env::temp_dir().join("ferry-model-cache"),
+    };
+    let limit = args
+        .cache_size
+        .unwrap_or(ferry_storage::DEFAULT_LIMIT_BYTES);
+    let fetcher = ferry_storage::Fetcher::new(ferry_storage::Cache::new(&cache_dir, limit));
+    let fetched = fetcher.fetch(&args.url).await.map_err(anyhow::Error::msg)?;
+    let how = if fetched.cache_hit {
+        "found in the cache".to_string()
+    } else {
+        format!("{} bytes downloaded", fetched.bytes)
+    };
+    match &args.file {
+        Some(dest) => {
+            ferry_storage::layout::place(&fetched.path, dest)
+                .with_context(|| format!("cannot put the model at {}", dest.display()))?;
+            println!(
+                "fetched {} to {} ({how}, {} files)",
+                args.url,
+                dest.display(),
+                fetched.files
+            );
+        }
+        None => println!("fetched {} to {} ({how})", args.url, fetched.path.display()),
     }
-    ferry_server::fetch::download_to(&args.url, &args.file)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    println!("fetched {} to {}", args.url, args.file.display());
     Ok(())
 }
 

@@ -39,6 +39,13 @@ pub struct ServerArgs {
     /// port 0 learns the ports.
     #[arg(long, value_name = "FILE")]
     addr_file: Option<std::path::PathBuf>,
+    /// Where models fetched from a store (s3://, gs://, http(s)://, oci://) are cached; every
+    /// server on the node naming the same directory shares one copy.
+    #[arg(long, env = "FERRY_MODEL_CACHE", value_name = "DIR")]
+    model_cache: Option<std::path::PathBuf>,
+    /// The model cache's size limit (a quantity: 20Gi); least recently used models go beyond it.
+    #[arg(long, env = "FERRY_MODEL_CACHE_SIZE", value_name = "QUANTITY", value_parser = parse_size)]
+    model_cache_size: Option<u64>,
     /// Exit with status 3 when a --model fails to load, quoting why on stderr (a container's
     /// restart back-off then says so), instead of staying up with the model unavailable.
     #[arg(long)]
@@ -56,6 +63,12 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     if let Some(n) = args.compute_threads {
         config.compute_threads = n.max(1);
+    }
+    if let Some(dir) = args.model_cache {
+        config.model_cache = dir;
+    }
+    if let Some(bytes) = args.model_cache_size {
+        config.model_cache_bytes = bytes;
     }
     for spec in &args.models {
         config.models.push(ModelConfig::parse(spec)?);
@@ -110,6 +123,14 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A byte quantity (`20Gi`, `500M`, `1e9`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    ferry_api::quantity::parse(text)
+        .filter(|v| *v >= 0.0)
+        .map(|v| v as u64)
+        .ok_or_else(|| format!("{text:?} is not a quantity of bytes (e.g. 20Gi)"))
 }
 
 pub async fn shutdown_signal() {

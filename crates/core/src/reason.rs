@@ -54,6 +54,9 @@ reasons! {
     CrashLoopBackOff = "CrashLoopBackOff", failure = true;
     /// The model server runs but says the model cannot serve.
     ModelNotReady = "ModelNotReady", failure = true;
+    /// The model could not be fetched from its store (the message names the URI and the
+    /// store's answer).
+    ModelFetchFailed = "ModelFetchFailed", failure = true;
     /// A replica has been starting for longer than `startupTimeoutSeconds`.
     ProgressDeadlineExceeded = "ProgressDeadlineExceeded", failure = true;
     /// The scheduler cannot place a replica.

@@ -136,6 +136,22 @@ pub fn latest_revision_condition(inputs: &StatusInputs<'_>) -> ConditionState {
     if ready >= target.replicas {
         return ConditionState::new(true, Reason::RevisionReady, progress());
     }
+    // A replica that could not fetch its model says so in its words (the server's load error,
+    // a pod's termination message): the reason is named, the store's answer kept.
+    for replica in &latest {
+        let words = match &replica.health {
+            ReplicaHealth::CrashLoop { last_exit, .. } => Some(last_exit),
+            ReplicaHealth::ModelNotReady { reason, .. } => Some(reason),
+            _ => None,
+        };
+        if let Some(failure) = words.and_then(|w| fetch_failure(w)) {
+            return ConditionState::new(
+                false,
+                Reason::ModelFetchFailed,
+                format!("replica {}: {failure}", replica.id),
+            );
+        }
+    }
     for replica in &latest {
         if let ReplicaHealth::CrashLoop {
             restarts,
@@ -345,6 +361,16 @@ fn condition(
     }
 }
 
+/// The part of a replica's words after `ModelFetchFailed: ` (what `ferry-storage` writes): the
+/// URI and the store's answer, up to the end of that line.
+pub fn fetch_failure(words: &str) -> Option<&str> {
+    let marker = "ModelFetchFailed: ";
+    let start = words.find(marker)? + marker.len();
+    let rest = &words[start..];
+    let line = rest.split('\n').next().unwrap_or(rest).trim();
+    (!line.is_empty()).then_some(line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,6 +549,35 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec!["iris-2", "iris-1"]
         );
+    }
+
+    #[test]
+    fn a_model_that_cannot_be_fetched_is_named_in_both_modes_words() {
+        let answer = "s3://models/iris.onnx: 403 SignatureDoesNotMatch";
+        for health in [
+            // Local mode: the server's readiness answer.
+            ReplicaHealth::ModelNotReady {
+                reason: format!("ModelFetchFailed: {answer}"),
+                for_seconds: 1,
+            },
+            // A pod: the termination message of `ferry server --exit-on-load-failure`.
+            ReplicaHealth::CrashLoop {
+                restarts: 2,
+                last_exit: format!(
+                    "exit code 3: ferry server: model iris failed to load: ModelFetchFailed: {answer}\n"
+                ),
+            },
+        ] {
+            let s = status_of(&[
+                view("a", "iris-1", ReplicaHealth::Ready),
+                view("c", "iris-2", health),
+            ]);
+            let latest = find(&s, LATEST_REVISION_READY);
+            assert_eq!(latest.reason, "ModelFetchFailed");
+            assert_eq!(latest.message, format!("replica c: {answer}"));
+            assert_eq!(find(&s, READY).status, "True", "the stable revision serves");
+        }
+        assert_eq!(fetch_failure("warm-up failed"), None);
     }
 
     #[test]

@@ -449,6 +449,13 @@ async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Addres
             args.extend([flag.to_string(), socket.display().to_string()]);
         }
     }
+    // Every replica shares the state dir's model cache: a restart or a second replica of a
+    // model fetched from a store downloads nothing. (The store's credentials come from this
+    // daemon's environment, which replicas inherit.)
+    args.extend([
+        "--model-cache".to_string(),
+        ctx.dirs.root.join("model-cache").display().to_string(),
+    ]);
     let env = [
         (ENV_STATE_DIR, ctx.dirs.root.display().to_string()),
         (ENV_REPLICA_ID, id.to_string()),

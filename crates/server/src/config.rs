@@ -185,6 +185,10 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Threads that may run inference at once (the bounded compute pool).
     pub compute_threads: usize,
+    /// Where remote models are cached (shared by every server on the node that names it).
+    pub model_cache: std::path::PathBuf,
+    /// The cache's size limit; least recently used entries go beyond it.
+    pub model_cache_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -199,6 +203,8 @@ impl Default for ServerConfig {
             compute_threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            model_cache: std::env::temp_dir().join("ferry-model-cache"),
+            model_cache_bytes: ferry_storage::DEFAULT_LIMIT_BYTES,
         }
     }
 }

@@ -54,6 +54,15 @@ pub struct Metrics {
     pub batch_size: Family<ModelLabels, Histogram, fn() -> Histogram>,
     pub load_seconds: Family<ModelLabels, Gauge<f64, AtomicU64>>,
     pub ready: Family<ModelLabels, Gauge>,
+    /// Model fetches by model and result (`hit`: found in the node's cache, `miss`: downloaded).
+    pub fetches: Family<FetchLabels, Counter>,
+    pub fetch_bytes: Family<ModelLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct FetchLabels {
+    pub model: String,
+    pub result: String,
 }
 
 impl Default for Metrics {
@@ -101,6 +110,18 @@ impl Metrics {
             load_seconds.clone(),
         );
         registry.register("model_ready", "1 when the model is ready", ready.clone());
+        let fetches = Family::<FetchLabels, Counter>::default();
+        let fetch_bytes = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "model_fetches",
+            "Model fetches from a store, by result: hit (the node's cache had it) or miss (downloaded)",
+            fetches.clone(),
+        );
+        registry.register(
+            "model_fetch_bytes",
+            "Bytes downloaded from a store for a model",
+            fetch_bytes.clone(),
+        );
         Self {
             registry,
             requests,
@@ -109,7 +130,26 @@ impl Metrics {
             batch_size,
             load_seconds,
             ready,
+            fetches,
+            fetch_bytes,
         }
+    }
+
+    /// One fetch of a model from its store.
+    pub fn model_fetched(&self, model: &str, version: &str, cache_hit: bool, bytes: u64) {
+        let result = if cache_hit { "hit" } else { "miss" };
+        self.fetches
+            .get_or_create(&FetchLabels {
+                model: model.into(),
+                result: result.into(),
+            })
+            .inc();
+        self.fetch_bytes
+            .get_or_create(&ModelLabels {
+                model: model.into(),
+                version: version.into(),
+            })
+            .inc_by(bytes);
     }
 
     /// The Prometheus text exposition.

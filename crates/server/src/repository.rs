@@ -118,14 +118,21 @@ pub struct Repository {
     entries: RwLock<HashMap<String, Entry>>,
     compute: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    fetcher: ferry_storage::Fetcher,
 }
 
 impl Repository {
-    pub fn new(compute_threads: usize, metrics: Arc<Metrics>) -> Self {
+    /// `fetcher` brings remote models (s3://, oci://, ...) into the node's cache.
+    pub fn new(
+        compute_threads: usize,
+        metrics: Arc<Metrics>,
+        fetcher: ferry_storage::Fetcher,
+    ) -> Self {
         Self {
             entries: RwLock::new(HashMap::new()),
             compute: Arc::new(Semaphore::new(compute_threads.max(1))),
             metrics,
+            fetcher,
         }
     }
 
@@ -243,21 +250,22 @@ impl Repository {
         let started = Instant::now();
         let outcome = async {
             let mut local = config.clone();
-            let fetched = crate::fetch::is_url(&config.path);
-            if fetched {
-                let dir = std::env::temp_dir().join("ferry-models");
-                let url = config.path.to_string_lossy().to_string();
-                local.path = crate::fetch::download(&url, &dir, name).await?;
+            let uri = config.path.to_string_lossy().to_string();
+            if ferry_api::ModelUri::parse(&uri).is_ok_and(|u| u.is_remote()) {
+                let fetched = self.fetcher.fetch(&uri).await.map_err(|e| e.to_string())?;
+                self.metrics
+                    .model_fetched(name, &config.version, fetched.cache_hit, fetched.bytes);
+                local.path = fetched.path;
             }
-            let file = local.path.clone();
-            let built = tokio::task::spawn_blocking(move || build_and_warm_up(&local))
+            // A directory (fetched or local) holds the model and maybe its tokenizer.
+            let (file, tokenizer) = ferry_storage::layout::model_files(&local.path)?;
+            local.path = file;
+            if local.tokenizer.is_none() {
+                local.tokenizer = tokenizer;
+            }
+            tokio::task::spawn_blocking(move || build_and_warm_up(&local))
                 .await
-                .unwrap_or_else(|e| Err(format!("loader task failed: {e}")));
-            if fetched {
-                // The backend holds the model in memory now: the download is not kept.
-                let _ = std::fs::remove_file(&file);
-            }
-            built
+                .unwrap_or_else(|e| Err(format!("loader task failed: {e}")))
         }
         .await;
         let load_time = started.elapsed();

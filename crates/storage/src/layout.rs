@@ -91,6 +91,34 @@ pub fn single_file(dir: &Path) -> Option<PathBuf> {
     }
 }
 
+/// Puts the model at `from` (a file or a directory) at `to`: hard links where the two share a
+/// file system, else copies; through a temporary name renamed at the end, so `to` appears only
+/// complete. An existing `to` is replaced.
+pub fn place(from: &Path, to: &Path) -> std::io::Result<()> {
+    fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+        if from.is_dir() {
+            std::fs::create_dir_all(to)?;
+            for entry in std::fs::read_dir(from)? {
+                let entry = entry?;
+                link_or_copy(&entry.path(), &to.join(entry.file_name()))?;
+            }
+            Ok(())
+        } else {
+            std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ()))
+        }
+    }
+    let name = to
+        .file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+    let partial = to.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial).or_else(|_| std::fs::remove_file(&partial));
+    link_or_copy(from, &partial)?;
+    if to.is_dir() {
+        std::fs::remove_dir_all(to)?;
+    }
+    std::fs::rename(&partial, to)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +139,11 @@ mod tests {
         std::fs::write(dir.join("b.onnx"), b"b").unwrap();
         let error = model_files(&dir).unwrap_err();
         assert!(error.contains("a.onnx, b.onnx"), "{error}");
+        let placed = dir.with_extension("placed");
+        place(&dir, &placed).unwrap();
+        assert_eq!(std::fs::read(placed.join("1/model.onnx")).unwrap(), b"m");
+        assert_eq!(count_files(&placed), 5);
+        std::fs::remove_dir_all(&placed).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

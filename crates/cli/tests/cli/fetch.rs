@@ -1,6 +1,7 @@
-//! `ferry fetch URL FILE`, the init step of a ServingRuntime's pod for models named by URLs: the
-//! real binary downloads from a real HTTP server on loopback; a missing model fails the step with
-//! the HTTP status, and no partial file is left where the runtime would look.
+//! `ferry fetch URI FILE`, the init step of a ServingRuntime's pod for remote models: the real
+//! binary downloads from a real HTTP server on loopback through the node's cache (a second fetch
+//! downloads nothing); a missing model fails the step with the store's answer, and no partial
+//! file is left where the runtime would look.
 
 use axum::Router;
 use axum::routing::get;
@@ -16,9 +17,12 @@ async fn serve(body: Vec<u8>) -> String {
 }
 
 async fn fetch(url: &str, file: &std::path::Path) -> std::process::Output {
+    let cache = std::env::temp_dir().join(format!("ferry-fetch-cache-{}", std::process::id()));
     Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["fetch", url])
         .arg(file)
+        .arg("--cache-dir")
+        .arg(cache)
         .output()
         .await
         .expect("ferry runs")
@@ -42,12 +46,27 @@ async fn fetch_downloads_a_model_and_fails_by_the_http_status() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read(&file).unwrap(), model);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bytes downloaded"));
+    // A second replica's init step on the node: the cache has it.
+    let second = dir.join("second.onnx");
+    let out = fetch(&format!("{origin}/iris.onnx"), &second).await;
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("found in the cache"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(std::fs::read(&second).unwrap(), model);
+    std::fs::remove_file(&second).unwrap();
 
     let missing = dir.join("gone.onnx");
     let out = fetch(&format!("{origin}/gone.onnx"), &missing).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("HTTP 404"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("ModelFetchFailed: {origin}/gone.onnx: 404")),
+        "{stderr}"
+    );
     assert!(!missing.exists());
     let left: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -55,8 +74,8 @@ async fn fetch_downloads_a_model_and_fails_by_the_http_status() {
         .collect();
     assert_eq!(left, ["iris.onnx"], "no partial download left");
 
-    let out = fetch("/models/iris.onnx", &dir.join("x")).await;
+    let out = fetch("ftp://models/iris.onnx", &dir.join("x")).await;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not an http:// or https:// URL"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scheme \"ftp\" is not supported"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

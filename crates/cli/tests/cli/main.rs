@@ -9,3 +9,4 @@ mod image;
 mod interop;
 mod local;
 mod shadow;
+mod storage;

@@ -63,6 +63,12 @@ impl Daemon {
 
     /// `ferry up EXTRA...` on `dir`, run from the repository root.
     pub fn start_with(dir: PathBuf, extra: &[&str]) -> Daemon {
+        Daemon::start_env(dir, extra, &[])
+    }
+
+    /// As [`Daemon::start_with`], with `env` added to the daemon's (and so its replicas')
+    /// environment.
+    pub fn start_env(dir: PathBuf, extra: &[&str], env: &[(String, String)]) -> Daemon {
         let dirs = StateDir::new(&dir);
         let _ = std::fs::remove_file(dirs.api_file());
         std::fs::create_dir_all(&dir).unwrap();
@@ -87,6 +93,7 @@ impl Daemon {
             .current_dir(repo())
             .env("FERRY_LOG", "info,ferry_local=debug")
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
