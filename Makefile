@@ -5,20 +5,30 @@ VENV ?= $(HOME)/.cache/ferry-venv
 PY := $(VENV)/bin/python
 FUZZ_SECONDS ?= 20
 
-.PHONY: test deps tools lint rust-test interop fuzz-smoke serve minilm bench testbed-up testbed-down
+.PHONY: test deps tools storage-tools lint rust-test interop fuzz-smoke serve minilm bench testbed-up testbed-down
 
 test: deps lint rust-test fuzz-smoke
 
-deps: $(VENV)/.ferry-deps tools
+deps: $(VENV)/.ferry-deps tools storage-tools
 
-# Command-line tools the tests and the test bed call (curl: the quick start's printed command;
-# openssl: the test bed's PKI; skopeo and umoci: the OCI image test). Installed from Debian when
-# missing.
+# Command-line tools the tests and the test bed call (curl: the quick start's printed command and
+# the S3 uploads; openssl: the test bed's PKI; skopeo and umoci: the OCI image tests;
+# docker-registry: a real OCI registry for oci:// models). Installed from Debian when missing.
 tools:
-	@missing=""; for t in curl openssl unshare skopeo umoci; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in curl openssl unshare skopeo umoci docker-registry; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  pkgs=$$(echo "$$missing" | sed 's/unshare/util-linux/'); \
 	  apt-get update -qq && apt-get install -y -qq $$pkgs; fi
+
+# A real S3-compatible server for s3:// models: MinIO (AGPL-3.0, a test-only server, never a
+# dependency of Ferry) built from the Go module proxy once (~4 min), cached beside the test bed.
+STORAGE_BIN = $(HOME)/.cache/ferry-storage-test/bin
+MINIO_VERSION = v0.0.0-20260212201848-7aac2a2c5b7c
+storage-tools: $(STORAGE_BIN)/minio-$(MINIO_VERSION)
+$(STORAGE_BIN)/minio-$(MINIO_VERSION):
+	mkdir -p $(STORAGE_BIN)
+	GOBIN=$(STORAGE_BIN) GOFLAGS=-mod=mod go install github.com/minio/minio@$(MINIO_VERSION)
+	touch $@
 
 $(VENV)/.ferry-deps: models/requirements.txt tests/interop/requirements.txt
 	python3 -m venv $(VENV)
@@ -35,7 +45,7 @@ ORT_LIB = $(shell $(PY) -c "import glob, os, onnxruntime; print(sorted(glob.glob
 
 # One build for every Rust test, the optional ONNX Runtime backend included; the tritonclient
 # suite (tests/interop) runs from crates/cli/tests/cli/interop.rs against this very `ferry` binary.
-TEST_ENV = FERRY_REQUIRE_OCI=1 FERRY_REQUIRE_MINILM=1 FERRY_REQUIRE_INTEROP=1 FERRY_INTEROP_PYTHON=$(PY) ORT_DYLIB_PATH=$(ORT_LIB)
+TEST_ENV = FERRY_REQUIRE_OCI=1 FERRY_REQUIRE_STORAGE=1 FERRY_REQUIRE_MINILM=1 FERRY_REQUIRE_INTEROP=1 FERRY_INTEROP_PYTHON=$(PY) ORT_DYLIB_PATH=$(ORT_LIB)
 
 # The cluster tests (testbed/e2e) need the test bed: it is built or reused, brought up before
 # the one test run and taken down after it, also when a test fails.

@@ -108,6 +108,10 @@ struct RenderArgs {
     /// Extra node selector for every pod, KEY=VALUE (repeatable).
     #[arg(long = "node-selector", value_name = "KEY=VALUE")]
     node_selector: Vec<String>,
+    /// A node directory every predictor pod on a node shares as its model cache (hostPath;
+    /// must be writable by UID 65532). Default: an emptyDir per pod.
+    #[arg(long, value_name = "DIR")]
+    model_cache_host_path: Option<String>,
 }
 
 #[derive(Args)]
@@ -118,6 +122,10 @@ struct OperatorArgs {
     /// Extra node selector for every predictor pod, KEY=VALUE (repeatable).
     #[arg(long = "node-selector", value_name = "KEY=VALUE")]
     node_selector: Vec<String>,
+    /// A node directory every predictor pod on a node shares as its model cache (hostPath;
+    /// must be writable by UID 65532). Default: an emptyDir per pod, so each pod downloads.
+    #[arg(long, env = "FERRY_MODEL_CACHE_HOST_PATH", value_name = "DIR")]
+    model_cache_host_path: Option<String>,
     /// Address of `/healthz` and `/metrics`.
     #[arg(long, default_value = "0.0.0.0:8081")]
     metrics_addr: SocketAddr,
@@ -250,6 +258,7 @@ async fn operator(args: OperatorArgs) -> Result<()> {
     let render = ferry_render::RenderOptions {
         image: args.image,
         node_selector: node_selector(&args.node_selector)?,
+        model_cache_host_path: args.model_cache_host_path,
     };
     // Every replica collects the router pods' numbers (only while asked for them), so a
     // standby answers the External metrics API (and KEDA) as the leader does.
@@ -396,6 +405,7 @@ fn render(args: RenderArgs) -> Result<()> {
     let options = ferry_render::RenderOptions {
         image: args.image,
         node_selector,
+        model_cache_host_path: args.model_cache_host_path,
     };
     print!("{}", ferry_render::documents(&parsed, &options)?);
     Ok(())

@@ -14,6 +14,7 @@ fn default_options() -> RenderOptions {
     RenderOptions {
         image: concat!("ghcr.io/ferry-dev/ferry:", env!("CARGO_PKG_VERSION")).into(),
         node_selector: BTreeMap::new(),
+        model_cache_host_path: None,
     }
 }
 
@@ -56,6 +57,7 @@ fn options_and_owner_references_render_as_before() {
             ("ferry.dev/process-node".to_string(), "true".to_string()),
             ("zone".to_string(), "a".to_string()),
         ]),
+        model_cache_host_path: None,
     };
     assert!(documents(&manifests, &options).unwrap() == read("iris-options.out.yaml"));
 

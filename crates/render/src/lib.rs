@@ -21,6 +21,7 @@ pub mod keda;
 pub mod revision;
 pub mod runtime_pod;
 pub mod service;
+pub mod storage;
 
 pub use revision::{RevisionObjects, render};
 pub use service::{HttpRoute, ServiceObjects, external_metric_name, render_service};
@@ -51,6 +52,9 @@ pub struct RenderOptions {
     pub image: String,
     /// Extra node selector for every pod (the test bed pins pods to its process node).
     pub node_selector: BTreeMap<String, String>,
+    /// The node directory every pod on a node shares as its model cache (opt-in; default: an
+    /// emptyDir per pod). It must be writable by UID 65532.
+    pub model_cache_host_path: Option<String>,
 }
 
 /// Why manifests cannot be rendered.

@@ -271,8 +271,15 @@ fn ferry_pod(
 ) -> PodSpec {
     let predictor = &isvc.spec.predictor;
     let model = isvc.model_name();
+    let access = crate::storage::ModelAccess::of(isvc, options);
     let mut args =
-        ferry_core::runtime::server_args(&model, &predictor.model.uri, predictor.compute_threads());
+        ferry_core::runtime::server_args(&model, &access.path, predictor.compute_threads());
+    if access.remote {
+        args.extend([
+            "--model-cache".to_string(),
+            crate::storage::CACHE_DIR.to_string(),
+        ]);
+    }
     args.extend([
         // A model that cannot load is a crash the kubelet restarts with back-off, its log tail
         // the termination message (FallbackToLogsOnError): the status can quote why.
@@ -322,22 +329,31 @@ fn ferry_pod(
                 capabilities: no_capabilities(),
                 ..SecurityContext::default()
             }),
-            // The one writable place: models named by http(s) URLs are fetched there at start.
-            volume_mounts: Some(vec![VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            }]),
+            env_from: (!access.env_from.is_empty()).then(|| access.env_from.clone()),
+            // Writable: /tmp, and the model cache a remote model is fetched into at start.
+            volume_mounts: Some(
+                std::iter::once(VolumeMount {
+                    name: "tmp".into(),
+                    mount_path: "/tmp".into(),
+                    ..VolumeMount::default()
+                })
+                .chain(access.mounts.iter().cloned())
+                .collect(),
+            ),
             startup_probe: Some(probes.startup),
             readiness_probe: Some(probes.readiness),
             liveness_probe: Some(probes.liveness),
             ..Container::default()
         }],
-        volumes: Some(vec![Volume {
-            name: "tmp".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        }]),
+        volumes: Some(
+            std::iter::once(Volume {
+                name: "tmp".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            })
+            .chain(access.volumes)
+            .collect(),
+        ),
         ..PodSpec::default()
     }
 }

@@ -7,8 +7,10 @@
 //! - ports named `http` and `grpc`, and the pod annotations the router reads them from;
 //! - probes by protocol: OIP v2 model-ready / live, or for v1-only runtimes
 //!   `/v1/models/<name>` and a TCP check;
-//! - for `http(s)://` models, an init container running `ferry fetch` into an emptyDir at
-//!   [`MODEL_DIR`] (non-root, read-only root filesystem), mounted read-only for the runtime.
+//! - for remote models (`s3://`, `gs://`, `http(s)://`, `oci://`), an init container running
+//!   `ferry fetch` through the model cache ([`crate::storage`]) into an emptyDir at
+//!   [`MODEL_DIR`] (non-root, read-only root filesystem), mounted read-only for the runtime;
+//!   for `pvc://`, the claim mounted read-only.
 
 use ferry_api::{InferenceService, ServingRuntime};
 use k8s_openapi::api::core::v1::{
@@ -31,17 +33,16 @@ pub(crate) fn pod(
     let model = isvc.model_name();
     let spec = &runtime.spec;
     let uri = predictor.model.uri.as_str();
-    let fetched = uri.starts_with("http://") || uri.starts_with("https://");
+    let access = crate::storage::ModelAccess::of(isvc, options);
+    let fetched = access.remote;
     let model_path = if fetched {
-        let file = uri
-            .split(['?', '#'])
-            .next()
-            .and_then(|u| u.rsplit('/').next())
-            .filter(|f| !f.is_empty() && !f.contains(':'))
-            .unwrap_or("model");
+        let file = ferry_api::ModelUri::parse(uri)
+            .ok()
+            .and_then(|u| u.file_name().map(str::to_string))
+            .unwrap_or_else(|| "model".into());
         format!("{MODEL_DIR}/{file}")
     } else {
-        ferry_api::local_model_path(uri).unwrap_or(uri).to_string()
+        access.path.clone()
     };
     let model_dir = std::path::Path::new(&model_path)
         .parent()
@@ -143,6 +144,14 @@ pub(crate) fn pod(
             capabilities: no_capabilities(),
             ..SecurityContext::default()
         });
+    if !fetched && !access.mounts.is_empty() {
+        // pvc://: the claim, read-only, where FERRY_MODEL_PATH points.
+        first
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .extend(access.mounts.iter().cloned());
+        pod.volumes = Some(access.volumes.clone());
+    }
     if fetched {
         first
             .volume_mounts
@@ -156,7 +165,14 @@ pub(crate) fn pod(
         pod.init_containers = Some(vec![Container {
             name: "fetch-model".into(),
             image: Some(options.image.clone()),
-            args: Some(vec!["fetch".into(), uri.to_string(), model_path]),
+            args: Some(vec![
+                "fetch".into(),
+                uri.to_string(),
+                model_path,
+                "--cache-dir".into(),
+                crate::storage::CACHE_DIR.into(),
+            ]),
+            env_from: (!access.env_from.is_empty()).then(|| access.env_from.clone()),
             termination_message_policy: Some("FallbackToLogsOnError".into()),
             security_context: Some(SecurityContext {
                 run_as_non_root: Some(true),
@@ -167,18 +183,26 @@ pub(crate) fn pod(
                 capabilities: no_capabilities(),
                 ..SecurityContext::default()
             }),
-            volume_mounts: Some(vec![VolumeMount {
-                name: "ferry-model".into(),
-                mount_path: MODEL_DIR.into(),
-                ..VolumeMount::default()
-            }]),
+            volume_mounts: Some(
+                std::iter::once(VolumeMount {
+                    name: "ferry-model".into(),
+                    mount_path: MODEL_DIR.into(),
+                    ..VolumeMount::default()
+                })
+                .chain(access.mounts.iter().cloned())
+                .collect(),
+            ),
             ..Container::default()
         }]);
-        pod.volumes = Some(vec![Volume {
-            name: "ferry-model".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        }]);
+        pod.volumes = Some(
+            std::iter::once(Volume {
+                name: "ferry-model".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            })
+            .chain(access.volumes.iter().cloned())
+            .collect(),
+        );
         pod.security_context = Some(PodSecurityContext {
             fs_group: Some(NON_ROOT_ID),
             ..PodSecurityContext::default()

@@ -18,6 +18,7 @@ fn options() -> RenderOptions {
     RenderOptions {
         image: "ghcr.io/ferry-dev/ferry:0.1.0".into(),
         node_selector: BTreeMap::new(),
+        model_cache_host_path: None,
     }
 }
 
@@ -323,7 +324,9 @@ fn a_runtime_model_from_a_url_is_fetched_by_an_init_step() {
         json!([
             "fetch",
             "https://models.example/iris/model.onnx?v=2",
-            "/mnt/models/model.onnx"
+            "/mnt/models/model.onnx",
+            "--cache-dir",
+            "/var/cache/ferry/models"
         ])
     );
     assert_eq!(init["securityContext"]["readOnlyRootFilesystem"], true);
@@ -353,4 +356,36 @@ fn a_runtime_model_from_a_url_is_fetched_by_an_init_step() {
     );
     let s = serde_json::to_value(&objects.service).unwrap();
     assert_eq!(s["spec"]["ports"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_node_model_cache_is_one_host_path_every_pod_shares() {
+    let mut isvc = isvc("");
+    isvc.spec.predictor.model.uri = "oci://registry.example/models/iris:v1".into();
+    let shared = RenderOptions {
+        model_cache_host_path: Some("/var/lib/ferry/model-cache".into()),
+        ..options()
+    };
+    for (options, expected) in [
+        (
+            options(),
+            json!({"name": "ferry-model-cache", "emptyDir": {}}),
+        ),
+        (
+            shared,
+            json!({"name": "ferry-model-cache", "hostPath": {"path": "/var/lib/ferry/model-cache", "type": "DirectoryOrCreate"}}),
+        ),
+    ] {
+        let objects = render(&isvc, "iris-abc123", 1, &options, None);
+        let d = serde_json::to_value(&objects.deployment).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["volumes"][1], expected);
+        let args = pod["containers"][0]["args"].as_array().unwrap();
+        let at = args.iter().position(|a| a == "--model-cache").unwrap();
+        assert_eq!(args[at + 1], crate::storage::CACHE_DIR);
+        assert!(
+            args.iter()
+                .any(|a| a == "iris=oci://registry.example/models/iris:v1")
+        );
+    }
 }

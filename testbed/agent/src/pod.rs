@@ -34,6 +34,34 @@ fn image_name(image: &str) -> &str {
 
 /// Program and arguments of a container: the image `ferry` (any registry; tag `latest` or the
 /// workspace's version) is the workspace's `ferry` binary; its entrypoint is the binary itself.
+/// The directories `container`'s volume mounts bind: an emptyDir is a directory of the pod's
+/// own (removed with the pod's directory), a hostPath the node's path (created for
+/// `DirectoryOrCreate`). Other volume kinds are not mounted on a process node.
+fn volume_binds(
+    ctx: &Ctx,
+    uid: &str,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    container: &Container,
+) -> Result<Vec<(PathBuf, String)>, String> {
+    let mut binds = Vec::new();
+    for mount in container.volume_mounts.iter().flatten() {
+        let Some(volume) = spec.volumes.iter().flatten().find(|v| v.name == mount.name) else {
+            return Err(format!("volume mount {:?} names no volume", mount.name));
+        };
+        let source = if volume.empty_dir.is_some() {
+            ctx.pods_dir.join(uid).join("volumes").join(&volume.name)
+        } else if let Some(host) = &volume.host_path {
+            PathBuf::from(&host.path)
+        } else {
+            continue;
+        };
+        std::fs::create_dir_all(&source)
+            .map_err(|e| format!("volume {:?} at {}: {e}", volume.name, source.display()))?;
+        binds.push((source, mount.mount_path.clone()));
+    }
+    Ok(binds)
+}
+
 fn program(
     ctx: &Ctx,
     container: &Container,
@@ -133,14 +161,18 @@ pub async fn run(
                 .map_err(|e| e.to_string())
                 .and_then(|vars| program(&ctx, container, &vars).map(|p| (p, vars))),
         };
-        let launch = launch.map(|((program, args), env)| {
+        let launch = launch.and_then(|((program, args), env)| {
+            let mut binds = volume_binds(&ctx, &uid, &spec, container)?;
             if refresher.is_some() {
-                (
-                    crate::serviceaccount::wrap(&program, &args, &credentials_dir),
-                    env,
-                )
+                binds.push((
+                    credentials_dir.clone(),
+                    crate::serviceaccount::MOUNT_PATH.to_string(),
+                ));
+            }
+            if binds.is_empty() {
+                Ok(((program, args), env))
             } else {
-                ((program, args), env)
+                Ok((crate::serviceaccount::wrap(&program, &args, &binds), env))
             }
         });
         match launch {

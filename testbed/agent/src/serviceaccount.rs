@@ -95,11 +95,27 @@ pub async fn project(
     }))
 }
 
-/// Wrap `program args` so it runs in a private mount namespace with `dir` bound at
-/// [`MOUNT_PATH`] (`unshare` execs in place: the pid stays the container's).
-pub fn wrap(program: &Path, args: &[String], dir: &Path) -> (PathBuf, Vec<String>) {
-    let script =
-        format!("mkdir -p {MOUNT_PATH} && mount --bind \"$0\" {MOUNT_PATH} && exec \"$@\"");
+/// Wrap `program args` so it runs in a private mount namespace with each `(source, target)`
+/// directory bound at its target (the ServiceAccount credentials at [`MOUNT_PATH`], the pod's
+/// emptyDir and hostPath volumes at their mount paths); `unshare` execs in place, so the pid
+/// stays the container's.
+pub fn wrap(
+    program: &Path,
+    args: &[String],
+    binds: &[(PathBuf, String)],
+) -> (PathBuf, Vec<String>) {
+    fn quote(text: &str) -> String {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+    let mut script = String::new();
+    for (source, target) in binds {
+        let target = quote(target);
+        script.push_str(&format!(
+            "mkdir -p {target} && mount --bind {} {target} && ",
+            quote(&source.display().to_string())
+        ));
+    }
+    script.push_str("exec \"$@\"");
     let mut wrapped = vec![
         "--mount".to_string(),
         "--propagation".to_string(),
@@ -108,7 +124,7 @@ pub fn wrap(program: &Path, args: &[String], dir: &Path) -> (PathBuf, Vec<String
         "/bin/sh".to_string(),
         "-c".to_string(),
         script,
-        dir.display().to_string(),
+        "container".to_string(),
         program.display().to_string(),
     ];
     wrapped.extend(args.iter().cloned());
