@@ -4,11 +4,15 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{InferenceService, ServingRuntime};
+use crate::{ClusterServingRuntime, InferenceService, ServingRuntime};
 
 /// Every CRD, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![InferenceService::crd(), ServingRuntime::crd()]
+    vec![
+        InferenceService::crd(),
+        ServingRuntime::crd(),
+        ClusterServingRuntime::crd(),
+    ]
 }
 
 /// File name of a CRD under `deploy/crds/`: `<group>_<plural>.yaml`.

@@ -106,11 +106,11 @@ pub fn convert(doc: &Value) -> Result<Value, Vec<FieldError>> {
         }
     };
     if let Some(protocol) = model.get("protocolVersion")
-        && !matches!(protocol.as_str(), Some("v1" | "v2"))
+        && !matches!(protocol.as_str(), Some("v1" | "v2" | "grpc-v2"))
     {
         errors.push(FieldError::new(
             &join(model_path, "protocolVersion"),
-            format!("Unsupported value: {protocol}: supported values: \"v1\", \"v2\" (Ferry serves both)"),
+            format!("Unsupported value: {protocol}: supported values: \"v1\", \"v2\", \"grpc-v2\" (Ferry's router serves them all on one port)"),
         ));
     }
     let uri = match model.get("storageUri").and_then(Value::as_str) {
@@ -145,6 +145,11 @@ pub fn convert(doc: &Value) -> Result<Value, Vec<FieldError>> {
     let mut ferry_predictor = json!({
         "model": { "format": format, "uri": uri },
     });
+    match model.get("modelFormat").and_then(|f| f.get("version")) {
+        Some(Value::Number(n)) => ferry_predictor["model"]["formatVersion"] = n.to_string().into(),
+        Some(version) => ferry_predictor["model"]["formatVersion"] = version.clone(),
+        None => {}
+    }
     if let Some(version) = model.get("runtimeVersion") {
         ferry_predictor["model"]["runtimeVersion"] = version.clone();
     }
@@ -183,6 +188,7 @@ pub fn source_path(ferry_path: &str, used_onnx_form: bool) -> String {
         return match rest {
             "uri" => format!("{model}.storageUri"),
             "format" => format!("{model}.modelFormat.name"),
+            "formatVersion" => format!("{model}.modelFormat.version"),
             other => format!("{model}.{other}"),
         };
     }

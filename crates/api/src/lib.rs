@@ -12,6 +12,7 @@ mod autoscaling;
 pub mod crd;
 mod experiment;
 pub mod kserve;
+pub mod kserve_runtime;
 pub mod manifest;
 mod model_uri;
 mod progressive;

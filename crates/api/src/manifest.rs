@@ -9,7 +9,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::validate::{FieldError, builtin_runtime_errors, validate};
-use crate::{InferenceService, ServingRuntime, kserve, schema_check};
+use crate::{
+    ClusterServingRuntime, InferenceService, ServingRuntime, kserve, kserve_runtime, schema_check,
+};
 
 /// Which form a manifest was written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +81,24 @@ pub fn parse_manifests(text: &str, default_namespace: &str) -> Result<Vec<Manife
 pub struct ClusterManifests {
     pub services: Vec<Manifest>,
     pub runtimes: Vec<ServingRuntime>,
+    pub cluster_runtimes: Vec<ClusterServingRuntime>,
+    /// The ferry.dev documents KServe runtime documents converted to (what to apply instead).
+    pub converted: Vec<Value>,
+}
+
+impl ClusterManifests {
+    /// Every runtime as the resolver takes them (cluster ones with no namespace).
+    pub fn all_runtimes(&self) -> Vec<ServingRuntime> {
+        self.runtimes
+            .iter()
+            .cloned()
+            .chain(
+                self.cluster_runtimes
+                    .iter()
+                    .map(ClusterServingRuntime::as_runtime),
+            )
+            .collect()
+    }
 }
 
 /// Parse and validate every document of `text` as cluster mode takes them: ServingRuntime
@@ -97,6 +117,8 @@ fn parse_all(
 ) -> Result<ClusterManifests, ParseError> {
     let mut manifests = Vec::new();
     let mut runtimes = Vec::new();
+    let mut cluster_runtimes = Vec::new();
+    let mut converted_docs = Vec::new();
     let mut problems = Vec::new();
     for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let number = index + 1;
@@ -113,13 +135,39 @@ fn parse_all(
                 break;
             }
         };
-        let runtime_document = value.get("kind").and_then(Value::as_str) == Some("ServingRuntime")
-            && value.get("apiVersion").and_then(Value::as_str) == Some(crate::API_VERSION);
-        let result = match (runtime_document, cluster) {
-            (true, true) => parse_runtime(&value, default_namespace).map(|r| runtimes.push(r)),
+        let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+        let api = value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let runtime_kind = matches!(kind, "ServingRuntime" | "ClusterServingRuntime")
+            && (api == crate::API_VERSION || api == kserve_runtime::KSERVE_RUNTIME_API_VERSION);
+        let result = match (runtime_kind, cluster) {
+            (true, true) => {
+                let kserve = api == kserve_runtime::KSERVE_RUNTIME_API_VERSION;
+                let converted = if kserve {
+                    kserve_runtime::convert(&value, kind)
+                } else {
+                    Ok(value.clone())
+                };
+                converted.and_then(|doc| {
+                    let parsed =
+                        parse_runtime(&doc, default_namespace, kind == "ClusterServingRuntime")?;
+                    match parsed {
+                        Ok(r) => runtimes.push(r),
+                        Err(r) => cluster_runtimes.push(r),
+                    }
+                    if kserve {
+                        converted_docs.push(doc);
+                    }
+                    Ok(())
+                })
+            }
             (true, false) => Err(vec![FieldError::new(
                 "kind",
-                "Unsupported value: ServingRuntime: runtimes run in cluster mode (ferry operator); local mode runs Ferry's own server",
+                format!(
+                    "Unsupported value: {kind}: runtimes run in cluster mode (ferry operator); local mode runs Ferry's own server"
+                ),
             )]),
             (false, _) => {
                 parse_isvc(&value, default_namespace, !cluster).map(|m| manifests.push(m))
@@ -137,6 +185,8 @@ fn parse_all(
         Ok(ClusterManifests {
             services: manifests,
             runtimes,
+            cluster_runtimes,
+            converted: converted_docs,
         })
     } else {
         Err(ParseError(problems))
@@ -163,15 +213,28 @@ where
     Ok(object)
 }
 
-/// One ServingRuntime document: its fields typed, its name and containers checked.
+/// One ServingRuntime (or, `cluster`, ClusterServingRuntime) document: its fields typed, its
+/// name and containers checked.
 fn parse_runtime(
     value: &Value,
     default_namespace: &str,
-) -> Result<ServingRuntime, Vec<FieldError>> {
+    cluster: bool,
+) -> Result<Result<ServingRuntime, ClusterServingRuntime>, Vec<FieldError>> {
+    if cluster {
+        let mut runtime: ClusterServingRuntime =
+            typed(value.clone(), default_namespace).map_err(|e| vec![e])?;
+        runtime.metadata.namespace = None;
+        let errors = crate::validate::validate_runtime(&runtime.as_runtime());
+        return if errors.is_empty() {
+            Ok(Err(runtime))
+        } else {
+            Err(errors)
+        };
+    }
     let runtime: ServingRuntime = typed(value.clone(), default_namespace).map_err(|e| vec![e])?;
     let errors = crate::validate::validate_runtime(&runtime);
     if errors.is_empty() {
-        Ok(runtime)
+        Ok(Ok(runtime))
     } else {
         Err(errors)
     }

@@ -67,6 +67,7 @@ mod tests {
                 name: None,
                 runtime_version: None,
                 secret_name: None,
+                format_version: None,
             },
             runtime: None,
             min_replicas: Some(replicas),
@@ -113,6 +114,10 @@ mod tests {
             }],
             http_port: None,
             grpc_port: None,
+            disabled: None,
+            annotations: Default::default(),
+            volumes: vec![],
+            image_pull_secrets: vec![],
         };
         assert_eq!(
             revision_name("iris", &p),

@@ -128,6 +128,10 @@ pub struct PredictorSpec {
 pub struct ModelSpec {
     /// Model format; `onnx` is served by Ferry's own server.
     pub format: String,
+    /// The format's version (KServe's `modelFormat.version`): a ServingRuntime chosen for the
+    /// model must list it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format_version: Option<String>,
     /// Where the model is: a plain path or `file:///abs/path`, `http(s)://...`, `s3://bucket/key`,
     /// `gs://bucket/key`, `pvc://claim/path` (cluster mode) or `oci://registry/repo:tag`. A key
     /// ending in `/` is a directory (model, tokenizer, config).

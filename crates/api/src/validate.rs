@@ -173,10 +173,12 @@ pub fn validate_runtime(runtime: &crate::ServingRuntime) -> Vec<FieldError> {
         }
     }
     for (i, protocol) in spec.protocol_versions.iter().enumerate() {
-        if !matches!(protocol.as_str(), "v1" | "v2") {
+        if !matches!(protocol.as_str(), "v1" | "v2" | "grpc-v2") {
             errors.push(FieldError::new(
                 &format!("spec.protocolVersions[{i}]"),
-                format!("Unsupported value: {protocol:?}: supported values: \"v1\", \"v2\""),
+                format!(
+                    "Unsupported value: {protocol:?}: supported values: \"v1\", \"v2\", \"grpc-v2\""
+                ),
             ));
         }
     }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_api::{InferenceService, LABEL_SERVICE, ServingRuntime};
+use ferry_api::{ClusterServingRuntime, InferenceService, LABEL_SERVICE, ServingRuntime};
 use ferry_core::reason::PlannedEvent;
 use ferry_render::RenderOptions;
 use futures_util::{StreamExt, TryStreamExt};
@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) pods: Store<Pod>,
     /// Every namespace's ServingRuntimes.
     pub(crate) runtimes: Store<ServingRuntime>,
+    /// The ClusterServingRuntimes.
+    pub(crate) cluster_runtimes: Store<ClusterServingRuntime>,
     /// The names of each InferenceService's cached Deployments and Pods.
     pub(crate) owned_deployments: Arc<Owned>,
     pub(crate) owned_pods: Arc<Owned>,
@@ -166,6 +168,15 @@ pub async fn run(context: Context) {
     .modify(|r| r.managed_fields_mut().clear())
     .reflect(runtimes_writer)
     .touched_objects();
+    let (cluster_runtimes, cluster_runtimes_writer) = reflector::store::<ClusterServingRuntime>();
+    let cluster_runtime_events = watcher(
+        Api::<ClusterServingRuntime>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|r| r.managed_fields_mut().clear())
+    .reflect(cluster_runtimes_writer)
+    .touched_objects();
     let recorder = Recorder::new(client.clone(), context.reporter.clone());
     let collector = context.collector.clone();
     let shared = Arc::new(Shared {
@@ -175,6 +186,7 @@ pub async fn run(context: Context) {
         services,
         pods,
         runtimes,
+        cluster_runtimes,
         owned_deployments,
         owned_pods,
         gateway_api: Mutex::new(None),
@@ -201,8 +213,14 @@ pub async fn run(context: Context) {
     Controller::for_stream(isvc_events, isvcs)
         .watches_stream(deployment_events, owner)
         .watches_stream(pod_events, owner)
-        .watches_stream(runtime_events, move |runtime| {
-            runtime_users(&users, &runtime)
+        .watches_stream(runtime_events, {
+            let users = users.clone();
+            move |runtime| {
+                runtime_users(&users, runtime.namespace().as_deref(), &runtime.name_any())
+            }
+        })
+        .watches_stream(cluster_runtime_events, move |runtime| {
+            runtime_users(&users, None, &runtime.name_any())
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, shared)
@@ -214,18 +232,18 @@ pub async fn run(context: Context) {
         .await;
 }
 
-/// The InferenceServices a change of `runtime` may concern: those of its namespace that name
-/// it, or that name no runtime and have a format Ferry's own server does not run.
+/// The InferenceServices a change of a runtime named `name` may concern: those of its
+/// namespace (of every namespace for a ClusterServingRuntime: `namespace` None) that name it,
+/// or that name no runtime and have a format Ferry's own server does not run.
 fn runtime_users(
     isvcs: &Store<InferenceService>,
-    runtime: &ServingRuntime,
+    namespace: Option<&str>,
+    name: &str,
 ) -> Vec<ObjectRef<InferenceService>> {
-    let namespace = runtime.namespace();
-    let name = runtime.name_any();
     isvcs
         .state()
         .iter()
-        .filter(|isvc| isvc.namespace() == namespace)
+        .filter(|isvc| namespace.is_none() || isvc.namespace().as_deref() == namespace)
         .filter(|isvc| {
             let predictor = &isvc.spec.predictor;
             predictor.needs_serving_runtime()

@@ -55,6 +55,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         // is missing (its watch never lists) still serves everything on Ferry's own server.
         if isvc.spec.predictor.needs_serving_runtime() {
             let _ = shared.runtimes.wait_until_ready().await;
+            let _ = shared.cluster_runtimes.wait_until_ready().await;
         }
     })
     .await;
@@ -77,12 +78,23 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
 
     // Observe. Which server runs the model; without one, nothing of the new revision is
     // rendered and what serves keeps serving, while the status names the problem.
-    let runtimes = shared.runtimes.state();
-    let (runtime, runtime_problem) =
-        match ferry_core::runtime::resolve(isvc, runtimes.iter().map(AsRef::as_ref)) {
-            Ok(runtime) => (runtime, None),
-            Err(problem) => (None, Some(problem)),
-        };
+    let runtimes: Vec<ferry_api::ServingRuntime> = shared
+        .runtimes
+        .state()
+        .iter()
+        .map(|r| (**r).clone())
+        .chain(
+            shared
+                .cluster_runtimes
+                .state()
+                .iter()
+                .map(|c| c.as_runtime()),
+        )
+        .collect();
+    let (runtime, runtime_problem) = match ferry_core::runtime::resolve(isvc, &runtimes) {
+        Ok(runtime) => (runtime, None),
+        Err(problem) => (None, Some(problem)),
+    };
     let latest = ferry_core::runtime::revision(isvc, runtime);
     let now = Timestamp::now();
     let observed = Observed::read(isvc, shared, now);

@@ -149,17 +149,21 @@ pub fn documents(
     manifests: &ferry_api::ClusterManifests,
     options: &RenderOptions,
 ) -> Result<String> {
+    // KServe's runtime documents first, as the ferry.dev ones to apply in their place.
     let mut documents = Vec::new();
+    for converted in &manifests.converted {
+        documents.push(serde_norway::to_string(converted)?);
+    }
+    let runtimes = manifests.all_runtimes();
     for manifest in &manifests.services {
         let isvc = &manifest.isvc;
-        let runtime = ferry_core::runtime::resolve(isvc, &manifests.runtimes).map_err(|p| {
-            Error::Runtime {
+        let runtime =
+            ferry_core::runtime::resolve(isvc, &runtimes).map_err(|p| Error::Runtime {
                 namespace: isvc.namespace_or_default(),
                 name: isvc.metadata.name.clone().unwrap_or_default(),
                 reason: p.reason,
                 message: p.message,
-            }
-        })?;
+            })?;
         let revision = ferry_core::runtime::revision(isvc, runtime);
         let objects = render(
             isvc,

@@ -80,14 +80,20 @@ pub fn render(
             },
         ],
         Some((http, grpc)) => {
-            template_metadata.annotations = Some(BTreeMap::from([
+            // The runtime's own pod annotations (KServe's prometheus.kserve.io/*), then the
+            // router's.
+            let mut annotations = runtime
+                .map(|r| r.spec.annotations.clone())
+                .unwrap_or_default();
+            annotations.extend([
                 (ANNOTATION_HTTP_PORT.to_string(), http.to_string()),
                 // A runtime without gRPC: gRPC calls reach its REST port and fail there.
                 (
                     ANNOTATION_GRPC_PORT.to_string(),
                     grpc.unwrap_or(http).to_string(),
                 ),
-            ]));
+            ]);
+            template_metadata.annotations = Some(annotations);
             let mut ports = vec![service_port("http", http, IntOrString::Int(http.into()))];
             if let Some(grpc) = grpc {
                 ports.push(ServicePort {

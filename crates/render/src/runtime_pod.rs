@@ -54,6 +54,21 @@ pub(crate) fn pod(
         ..PodSpec::default()
     };
     let mut containers = spec.containers.clone();
+    // KServe's placeholders ({{.Labels.modelClass}}, ...) from the InferenceService.
+    for container in &mut containers {
+        let fill = |text: &mut String| *text = ferry_api::kserve_runtime::fill(text, isvc);
+        container.args.iter_mut().flatten().for_each(fill);
+        container.command.iter_mut().flatten().for_each(fill);
+        for var in container.env.iter_mut().flatten() {
+            var.value.iter_mut().for_each(fill);
+        }
+    }
+    if !spec.volumes.is_empty() {
+        pod.volumes = Some(spec.volumes.clone());
+    }
+    if !spec.image_pull_secrets.is_empty() {
+        pod.image_pull_secrets = Some(spec.image_pull_secrets.clone());
+    }
     let Some(first) = containers.first_mut() else {
         // Validation refuses a runtime without containers; nothing to serve with.
         return (pod, None);
@@ -150,7 +165,9 @@ pub(crate) fn pod(
             .volume_mounts
             .get_or_insert_with(Vec::new)
             .extend(access.mounts.iter().cloned());
-        pod.volumes = Some(access.volumes.clone());
+        pod.volumes
+            .get_or_insert_with(Vec::new)
+            .extend(access.volumes.iter().cloned());
     }
     if fetched {
         first
@@ -194,14 +211,13 @@ pub(crate) fn pod(
             ),
             ..Container::default()
         }]);
-        pod.volumes = Some(
+        pod.volumes.get_or_insert_with(Vec::new).extend(
             std::iter::once(Volume {
                 name: "ferry-model".into(),
                 empty_dir: Some(EmptyDirVolumeSource::default()),
                 ..Volume::default()
             })
-            .chain(access.volumes.iter().cloned())
-            .collect(),
+            .chain(access.volumes.iter().cloned()),
         );
         pod.security_context = Some(PodSecurityContext {
             fs_group: Some(NON_ROOT_ID),

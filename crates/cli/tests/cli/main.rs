@@ -7,6 +7,7 @@ mod experiment;
 mod fetch;
 mod image;
 mod interop;
+mod kserve_shapes;
 mod local;
 mod shadow;
 mod storage;

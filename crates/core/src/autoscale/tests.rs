@@ -22,6 +22,7 @@ fn predictor(
             name: None,
             runtime_version: None,
             secret_name: None,
+            format_version: None,
         },
         runtime: None,
         min_replicas: Some(min),
