@@ -108,9 +108,17 @@ pub(crate) fn pod_view(pod: &Pod, now: Timestamp) -> Option<(ReplicaView, Option
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let containers = status
-        .and_then(|s| s.container_statuses.as_deref())
-        .unwrap_or_default();
+    // Init containers first: a model fetch that fails in the init step is the pod's problem.
+    let containers: Vec<&k8s_openapi::api::core::v1::ContainerStatus> = status
+        .and_then(|s| s.init_container_statuses.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .chain(
+            status
+                .and_then(|s| s.container_statuses.as_deref())
+                .unwrap_or_default(),
+        )
+        .collect();
     let crash = containers.iter().find_map(|c| {
         let waiting = c.state.as_ref()?.waiting.as_ref()?;
         (waiting.reason.as_deref() == Some("CrashLoopBackOff")).then(|| {

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-/// Everything of the pod a `fieldRef` may name.
+/// Everything of the pod a `fieldRef` may name, and the Secrets its `envFrom`s name (read
+/// before its containers start; a missing one is absent).
 pub struct PodFacts<'a> {
     pub pod: &'a Pod,
     pub pod_ip: &'a str,
     pub host_ip: &'a str,
+    pub secrets: &'a BTreeMap<String, BTreeMap<String, String>>,
 }
 
 fn field(facts: &PodFacts<'_>, path: &str) -> Result<String> {
@@ -90,6 +92,22 @@ pub fn environment(
         "HOSTNAME".to_string(),
         facts.pod.metadata.name.clone().unwrap_or_default(),
     );
+    // envFrom first (as the kubelet does): each key of the Secret, under its prefix.
+    for from in container.env_from.iter().flatten() {
+        let Some(secret) = &from.secret_ref else {
+            bail!("envFrom: only secretRef is supported on process nodes");
+        };
+        match facts.secrets.get(&secret.name) {
+            Some(data) => {
+                let prefix = from.prefix.clone().unwrap_or_default();
+                for (key, value) in data {
+                    vars.insert(format!("{prefix}{key}"), value.clone());
+                }
+            }
+            None if secret.optional == Some(true) => {}
+            None => bail!("secret {:?} not found", secret.name),
+        }
+    }
     for var in container.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
             (Some(value), _) => expand(value, &vars),

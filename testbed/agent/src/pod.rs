@@ -125,10 +125,12 @@ pub async fn run(
         .unwrap_or_else(|| "Always".into());
     let grace =
         Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
+    let secrets = env_secrets(&ctx.client, &namespace, &spec).await;
     let facts = PodFacts {
         pod: &pod,
         pod_ip: &pod_ip,
         host_ip: "127.0.0.1",
+        secrets: &secrets,
     };
     let start_time = now();
     let changed = Arc::new(Notify::new());
@@ -150,64 +152,66 @@ pub async fn run(
             Err(e) => credentials_error = Some(format!("{e:#}")),
         }
     }
-    let mut views = Vec::new();
-    let mut tasks = Vec::new();
-    for container in &spec.containers {
-        let view = Arc::new(Mutex::new(ContainerView::default()));
-        views.push((container.clone(), view.clone()));
-        let launch = match &credentials_error {
+    let launch_of = |container: &Container, restart_policy: &str| -> Result<Launch, String> {
+        let ((program, args), env) = match &credentials_error {
             Some(e) => Err(format!("ServiceAccount credentials: {e}")),
             None => environment(container, &facts, (&ctx.apiserver.0, ctx.apiserver.1))
                 .map_err(|e| e.to_string())
                 .and_then(|vars| program(&ctx, container, &vars).map(|p| (p, vars))),
-        };
-        let launch = launch.and_then(|((program, args), env)| {
-            let mut binds = volume_binds(&ctx, &uid, &spec, container)?;
-            if refresher.is_some() {
-                binds.push((
-                    credentials_dir.clone(),
-                    crate::serviceaccount::MOUNT_PATH.to_string(),
-                ));
-            }
-            if binds.is_empty() {
-                Ok(((program, args), env))
-            } else {
-                Ok((crate::serviceaccount::wrap(&program, &args, &binds), env))
-            }
-        });
-        match launch {
-            Ok(((program, args), env)) => {
-                let launch = Launch {
-                    container: container.clone(),
-                    program,
-                    args,
-                    env,
-                    log: ctx
-                        .logs
-                        .join(format!("{namespace}_{name}_{}.log", container.name)),
-                    pod_ip: pod_ip.clone(),
-                    restart_policy: restart_policy.clone(),
-                    grace,
-                    node: ctx.node.clone(),
-                };
-                tasks.push(tokio::spawn(container::run(
-                    launch,
-                    view,
-                    changed.clone(),
-                    stop_rx.clone(),
-                )));
-            }
-            Err(reason) => {
-                tracing::warn!(pod = %name, container = %container.name, %reason, "cannot run container");
-                view.lock().expect("view poisoned").waiting = Some(("ErrImagePull".into(), reason));
-            }
+        }?;
+        let mut binds = volume_binds(&ctx, &uid, &spec, container)?;
+        if refresher.is_some() {
+            binds.push((
+                credentials_dir.clone(),
+                crate::serviceaccount::MOUNT_PATH.to_string(),
+            ));
         }
+        let (program, args) = if binds.is_empty() {
+            (program, args)
+        } else {
+            crate::serviceaccount::wrap(&program, &args, &binds)
+        };
+        Ok(Launch {
+            container: container.clone(),
+            program,
+            args,
+            env,
+            log: ctx
+                .logs
+                .join(format!("{namespace}_{name}_{}.log", container.name)),
+            pod_ip: pod_ip.clone(),
+            restart_policy: restart_policy.to_string(),
+            grace,
+            node: ctx.node.clone(),
+        })
+    };
+    // Init containers run one after the other to completion (restarted on failure unless the
+    // pod's policy is Never), then the containers start.
+    let init_policy = if restart_policy == "Never" {
+        "Never"
+    } else {
+        "OnFailure"
+    };
+    let mut init_views = Vec::new();
+    let mut init = Vec::new();
+    for container in spec.init_containers.iter().flatten() {
+        let view = Arc::new(Mutex::new(ContainerView::default()));
+        init_views.push((container.clone(), view.clone()));
+        init.push((launch_of(container, init_policy), view));
     }
-
+    let mut views = Vec::new();
+    let mut main = Vec::new();
+    for container in &spec.containers {
+        let view = Arc::new(Mutex::new(ContainerView::default()));
+        views.push((container.clone(), view.clone()));
+        main.push((launch_of(container, &restart_policy), view));
+    }
+    let starter = tokio::spawn(start(init, main, changed.clone(), stop_rx.clone()));
     let mut last_status = Value::Null;
     let mut ready_since: Option<(bool, String)> = None;
     loop {
         let status = pod_status(
+            &init_views,
             &views,
             &pod_ip,
             &start_time,
@@ -237,9 +241,7 @@ pub async fn run(
     }
     // Graceful deletion: every container gets SIGTERM, SIGKILL after the grace period.
     let _ = stop_tx.send(true);
-    for task in tasks {
-        let _ = task.await;
-    }
+    let _ = starter.await;
     if let Some(refresher) = refresher {
         refresher.abort();
     }
@@ -260,13 +262,146 @@ pub async fn run(
     tracing::info!(pod = %name, namespace = %namespace, "pod stopped");
 }
 
+/// The Secrets the pod's containers take `envFrom`, decoded (those that cannot be read are
+/// left out: the container that needs one fails to start, naming it).
+async fn env_secrets(
+    client: &kube::Client,
+    namespace: &str,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
+    let mut secrets = BTreeMap::new();
+    let names = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .flat_map(|c| c.env_from.iter().flatten())
+        .filter_map(|f| f.secret_ref.as_ref().map(|s| s.name.clone()));
+    for name in names {
+        if secrets.contains_key(&name) {
+            continue;
+        }
+        if let Ok(secret) = api.get(&name).await {
+            let data = secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                .chain(secret.string_data.unwrap_or_default())
+                .collect();
+            secrets.insert(name, data);
+        }
+    }
+    secrets
+}
+
+type Planned = Vec<(Result<Launch, String>, Arc<Mutex<ContainerView>>)>;
+
+/// Runs the init containers in order, each to a successful exit, then every container; returns
+/// once all have stopped (after `stop`).
+async fn start(init: Planned, main: Planned, changed: Arc<Notify>, stop: watch::Receiver<bool>) {
+    let mut tasks = Vec::new();
+    let run = |launch: Result<Launch, String>, view: Arc<Mutex<ContainerView>>| match launch {
+        Ok(launch) => Some(tokio::spawn(container::run(
+            launch,
+            view,
+            changed.clone(),
+            stop.clone(),
+        ))),
+        Err(reason) => {
+            tracing::warn!(%reason, "cannot run container");
+            view.lock().expect("view poisoned").waiting = Some(("ErrImagePull".into(), reason));
+            changed.notify_one();
+            None
+        }
+    };
+    for (launch, view) in init {
+        let Some(task) = run(launch, view.clone()) else {
+            let _ = stop.clone().wait_for(|s| *s).await;
+            return;
+        };
+        tasks.push(task);
+        loop {
+            if *stop.borrow() {
+                for task in tasks {
+                    let _ = task.await;
+                }
+                return;
+            }
+            let done = view
+                .lock()
+                .expect("view poisoned")
+                .terminated
+                .as_ref()
+                .map(|t| t.exit_code == 0);
+            match done {
+                Some(true) => break,
+                // Failed for good (restartPolicy Never): the pod goes no further.
+                Some(false) => {
+                    let _ = stop.clone().wait_for(|s| *s).await;
+                    for task in tasks {
+                        let _ = task.await;
+                    }
+                    return;
+                }
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    for (launch, view) in main {
+        tasks.extend(run(launch, view));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+fn container_status(container: &Container, v: &ContainerView, waiting: &str) -> Value {
+    let state = if let Some(since) = &v.running_since {
+        json!({"running": {"startedAt": since}})
+    } else if let Some(t) = &v.terminated {
+        json!({"terminated": terminated(t)})
+    } else {
+        let (reason, message) = v.waiting.clone().unwrap_or((waiting.into(), String::new()));
+        json!({"waiting": {"reason": reason, "message": message}})
+    };
+    let mut status = json!({
+        "name": container.name,
+        "image": container.image.clone().unwrap_or_default(),
+        "imageID": "",
+        "ready": v.ready,
+        "started": v.started,
+        "restartCount": v.restarts,
+        "state": state,
+        "lastState": v.last_terminated.as_ref().map_or(json!({}), |t| json!({"terminated": terminated(t)})),
+    });
+    if let Some(pid) = v.pid {
+        status["containerID"] = json!(format!("process://{pid}"));
+    }
+    status
+}
+
 fn pod_status(
+    init_views: &[(Container, Arc<Mutex<ContainerView>>)],
     views: &[(Container, Arc<Mutex<ContainerView>>)],
     pod_ip: &str,
     start_time: &str,
     restart_policy: &str,
     ready_since: &mut Option<(bool, String)>,
 ) -> Value {
+    let mut init_statuses = Vec::new();
+    let mut initialized = true;
+    for (container, view) in init_views {
+        let v = view.lock().expect("view poisoned").clone();
+        initialized &= v.terminated.as_ref().is_some_and(|t| t.exit_code == 0);
+        init_statuses.push(container_status(container, &v, "PodInitializing"));
+    }
+    let waiting = if initialized {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
     let mut statuses = Vec::new();
     let mut all_ready = !views.is_empty();
     let mut any_running = false;
@@ -274,36 +409,16 @@ fn pod_status(
     let mut all_succeeded = true;
     for (container, view) in views {
         let v = view.lock().expect("view poisoned").clone();
-        let state = if let Some(since) = &v.running_since {
+        if v.running_since.is_some() {
             any_running = true;
             all_terminated = false;
-            json!({"running": {"startedAt": since}})
         } else if let Some(t) = &v.terminated {
             all_succeeded &= t.exit_code == 0;
-            json!({"terminated": terminated(t)})
         } else {
             all_terminated = false;
-            let (reason, message) = v
-                .waiting
-                .clone()
-                .unwrap_or(("ContainerCreating".into(), String::new()));
-            json!({"waiting": {"reason": reason, "message": message}})
-        };
-        all_ready &= v.ready;
-        let mut status = json!({
-            "name": container.name,
-            "image": container.image.clone().unwrap_or_default(),
-            "imageID": "",
-            "ready": v.ready,
-            "started": v.started,
-            "restartCount": v.restarts,
-            "state": state,
-            "lastState": v.last_terminated.as_ref().map_or(json!({}), |t| json!({"terminated": terminated(t)})),
-        });
-        if let Some(pid) = v.pid {
-            status["containerID"] = json!(format!("process://{pid}"));
         }
-        statuses.push(status);
+        all_ready &= v.ready;
+        statuses.push(container_status(container, &v, waiting));
     }
     let phase = if any_running {
         "Running"
@@ -330,12 +445,13 @@ fn pod_status(
         "startTime": start_time,
         "conditions": [
             {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": start_time},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": start_time},
+            {"type": "Initialized", "status": bool_text(initialized), "lastTransitionTime": start_time},
             {"type": "ContainersReady", "status": bool_text(ready), "lastTransitionTime": since},
             {"type": "Ready", "status": bool_text(ready), "lastTransitionTime": since},
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": start_time},
         ],
         "containerStatuses": statuses,
+        "initContainerStatuses": init_statuses,
     })
 }
 

@@ -8,6 +8,12 @@
 //! service becomes Ready and answers through the router, over REST and gRPC; editing the runtime
 //! rolls the service out as a new revision; a format the runtime does not list, and a format
 //! no runtime lists, are named in the status.
+//!
+//! Models from stores, through the operator: a real docker-registry (an image pushed by skopeo)
+//! and a real MinIO on loopback. Ferry's server pod fetches `oci://` itself; a runtime's pod
+//! fetches it in its init step (`ferry fetch` into the emptyDir at /mnt/models); an `s3://`
+//! model takes its credentials from the Secret `secretName` names; a missing object is named
+//! `ModelFetchFailed` in the status.
 
 use std::time::Duration;
 
@@ -206,5 +212,127 @@ async fn a_serving_runtime_serves_through_the_router_and_rolls_out_when_edited()
     apply_in(&ns.name, &service("sk", "sklearn", None));
     let message = latest_reason(&ns.name, "sk", "NoRuntimeForFormat").await;
     assert!(message.contains("\"sklearn\""), "{message}");
+    ns.delete().await;
+}
+
+fn remote(name: &str, uri: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {{name: {name}}}\nspec:\n  predictor:\n    model: {{format: onnx, uri: \"{uri}\"{extra}}}\n"
+    )
+}
+
+fn secret(minio: &ferry_storage::testing::Minio) -> String {
+    let data: Vec<String> = minio
+        .env()
+        .into_iter()
+        .map(|(k, v)| format!("  {k}: \"{v}\""))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: s3-credentials}}\nstringData:\n{}\n",
+        data.join("\n")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_from_a_registry_and_s3_serve_through_the_operator() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    let (Some(registry), Some(minio)) = (
+        ferry_storage::testing::Registry::start(),
+        ferry_storage::testing::Minio::start(),
+    ) else {
+        return;
+    };
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let image = registry.push_modelcar(
+        &repo,
+        &repo.join("models/iris-v2.onnx"),
+        "models/iris",
+        "v2",
+    );
+    minio.make_bucket("models");
+    minio.put(
+        "models",
+        "iris/iris.onnx",
+        &repo.join("models/iris-v1.onnx"),
+    );
+    install_operator(&client).await;
+    let router_ip = install_router(&client).await;
+    let ns = TempNamespace::create(&client, "storage").await.unwrap();
+    let http = reqwest::Client::new();
+    let answers = |name: &'static str| {
+        let (http, router_ip, ns) = (http.clone(), router_ip.clone(), ns.name.clone());
+        async move {
+            let (status, _, answer) = infer_via_router(&http, &router_ip, &ns, name).await?;
+            (status == 200 && answer["outputs"][0]["data"] == serde_json::json!([0])).then_some(())
+        }
+    };
+
+    // Ferry's own server pod fetches the image into its model cache.
+    apply_in(&ns.name, &remote("car", &image, ""));
+    ready_revision(&ns.name, "car", "").await;
+    eventually("car answers", Duration::from_secs(30), || answers("car")).await;
+
+    // A runtime's pod: the init step fetches it where FERRY_MODEL_PATH points.
+    apply_in(&ns.name, &runtime(""));
+    let manifest = remote("initstep", &image, "").replace(
+        "\nspec:\n  predictor:\n",
+        "\nspec:\n  predictor:\n    runtime: alt\n",
+    );
+    apply_in(&ns.name, &manifest);
+    let revision = ready_revision(&ns.name, "initstep", "").await;
+    eventually("initstep answers", Duration::from_secs(30), || {
+        answers("initstep")
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let pod = deployments
+        .get(&revision)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let init = &pod.init_containers.unwrap()[0];
+    assert_eq!(
+        init.args.as_ref().unwrap()[0..2],
+        ["fetch".to_string(), image.clone()]
+    );
+
+    // S3 with the credentials of a Secret; then a key that is not there, named in the status
+    // while the revision that works keeps serving.
+    apply_in(&ns.name, &secret(&minio));
+    apply_in(
+        &ns.name,
+        &remote(
+            "s3",
+            "s3://models/iris/iris.onnx",
+            ", secretName: s3-credentials",
+        ),
+    );
+    let serving = ready_revision(&ns.name, "s3", "").await;
+    eventually("s3 answers", Duration::from_secs(30), || answers("s3")).await;
+    apply_in(
+        &ns.name,
+        &remote(
+            "s3",
+            "s3://models/iris/missing.onnx",
+            ", secretName: s3-credentials",
+        ),
+    );
+    let message = latest_reason(&ns.name, "s3", "ModelFetchFailed").await;
+    assert!(
+        message.contains("s3://models/iris/missing.onnx: 404"),
+        "{message}"
+    );
+    let object = isvc_json(&ns.name, "s3");
+    assert_eq!(condition(&object, "Ready").0, "True", "{object}");
+    let (status, revision, _) = infer_via_router(&http, &router_ip, &ns.name, "s3")
+        .await
+        .unwrap();
+    assert_eq!((status, revision), (200, serving));
     ns.delete().await;
 }
