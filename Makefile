@@ -20,14 +20,20 @@ tools:
 	  pkgs=$$(echo "$$missing" | sed 's/unshare/util-linux/'); \
 	  apt-get update -qq && apt-get install -y -qq $$pkgs; fi
 
-# A real S3-compatible server for s3:// models: MinIO (AGPL-3.0, a test-only server, never a
-# dependency of Ferry) built from the Go module proxy once (~4 min), cached beside the test bed.
+# Real stores for s3:// and gs:// models, built from the Go module proxy once (~5 min), cached
+# beside the test bed: MinIO (AGPL-3.0) and fake-gcs-server (BSD-2), test-only servers, never
+# dependencies of Ferry.
 STORAGE_BIN = $(HOME)/.cache/ferry-storage-test/bin
 MINIO_VERSION = v0.0.0-20260212201848-7aac2a2c5b7c
-storage-tools: $(STORAGE_BIN)/minio-$(MINIO_VERSION)
+FAKE_GCS_VERSION = v1.56.1
+storage-tools: $(STORAGE_BIN)/minio-$(MINIO_VERSION) $(STORAGE_BIN)/fake-gcs-server-$(FAKE_GCS_VERSION)
 $(STORAGE_BIN)/minio-$(MINIO_VERSION):
 	mkdir -p $(STORAGE_BIN)
 	GOBIN=$(STORAGE_BIN) GOFLAGS=-mod=mod go install github.com/minio/minio@$(MINIO_VERSION)
+	touch $@
+$(STORAGE_BIN)/fake-gcs-server-$(FAKE_GCS_VERSION):
+	mkdir -p $(STORAGE_BIN)
+	GOBIN=$(STORAGE_BIN) GOFLAGS=-mod=mod go install github.com/fsouza/fake-gcs-server@$(FAKE_GCS_VERSION)
 	touch $@
 
 $(VENV)/.ferry-deps: models/requirements.txt tests/interop/requirements.txt

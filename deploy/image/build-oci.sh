@@ -38,39 +38,15 @@ layer=$work/layer.tar
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=posix \
     --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
     -C "$root" -cf "$layer" .
-diff_id=$(sha256sum "$layer" | cut -d' ' -f1)
-gzip -n -6 "$layer"
-rm -rf "$out" && mkdir -p "$out/blobs/sha256"
-blob() { # file -> digest; moves it into the blob store
-  local d; d=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" "$out/blobs/sha256/$d"; echo "$d"
-}
-layer_size=$(stat -c %s "$layer.gz")
-layer_digest=$(blob "$layer.gz")
-
 cat > "$work/config.json" <<JSON
 {"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z",
  "config":{"User":"65532:65532","Entrypoint":["/usr/local/bin/ferry"],"Cmd":["--help"],
   "Env":["PATH=/usr/local/bin:/usr/bin:/bin","SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"],
   "WorkingDir":"/",
   "Labels":{"org.opencontainers.image.title":"ferry","org.opencontainers.image.version":"$tag","org.opencontainers.image.licenses":"Apache-2.0"}},
- "rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]},
+ "rootfs":{"type":"layers","diff_ids":["sha256:DIFF_ID"]},
  "history":[{"created":"1970-01-01T00:00:00Z","created_by":"deploy/image/build-oci.sh"}]}
 JSON
-config_size=$(stat -c %s "$work/config.json")
-config_digest=$(blob "$work/config.json")
-
-cat > "$work/manifest.json" <<JSON
-{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
- "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:$config_digest","size":$config_size},
- "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:$layer_digest","size":$layer_size}]}
-JSON
-manifest_size=$(stat -c %s "$work/manifest.json")
-manifest_digest=$(blob "$work/manifest.json")
-
-echo '{"imageLayoutVersion":"1.0.0"}' > "$out/oci-layout"
-cat > "$out/index.json" <<JSON
-{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",
- "manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$manifest_digest","size":$manifest_size,
-  "annotations":{"org.opencontainers.image.ref.name":"$tag"}}]}
-JSON
-echo "build-oci.sh: $out:$tag (manifest sha256:$manifest_digest, layer $(( layer_size / 1024 )) KiB)" >&2
+. "$(dirname "$0")/oci-layout.sh"
+printf 'build-oci.sh: ' >&2
+oci_layout "$out" "$tag" "$layer" "$work/config.json"

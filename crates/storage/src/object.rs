@@ -41,6 +41,17 @@ fn retry() -> RetryConfig {
     }
 }
 
+/// The store's configuration keys among `env`'s `PREFIX*` variables (as the builders' own
+/// `from_env` reads the process environment).
+fn configs<'a, K: std::str::FromStr>(
+    env: &'a Env,
+    prefix: &'a str,
+) -> impl Iterator<Item = (K, &'a String)> + 'a {
+    env.iter()
+        .filter(move |(k, _)| k.starts_with(prefix))
+        .filter_map(|(k, v)| Some((k.to_ascii_lowercase().parse().ok()?, v)))
+}
+
 fn any_env(env: &Env, names: &[&str]) -> bool {
     names
         .iter()
@@ -49,13 +60,12 @@ fn any_env(env: &Env, names: &[&str]) -> bool {
 
 impl Remote {
     pub(crate) fn s3(env: &Env, uri: &str, bucket: &str, key: &str) -> Result<Remote, FetchError> {
-        let mut builder = object_store::aws::AmazonS3Builder::new();
-        for (name, value) in env.iter().filter(|(k, _)| k.starts_with("AWS_")) {
-            if let Ok(config) = name.to_ascii_lowercase().parse() {
-                builder = builder.with_config(config, value);
-            }
-        }
-        let mut builder = builder.with_bucket_name(bucket).with_retry(retry());
+        let mut builder = configs(env, "AWS_")
+            .fold(object_store::aws::AmazonS3Builder::new(), |b, (k, v)| {
+                b.with_config(k, v)
+            })
+            .with_bucket_name(bucket)
+            .with_retry(retry());
         // KServe's storage initializer reads S3_ENDPOINT (and S3_USE_HTTPS); the AWS SDKs
         // AWS_ENDPOINT_URL, which from_env has already taken.
         let endpoint = env
@@ -104,13 +114,13 @@ impl Remote {
     }
 
     pub(crate) fn gs(env: &Env, uri: &str, bucket: &str, key: &str) -> Result<Remote, FetchError> {
-        let mut builder = object_store::gcp::GoogleCloudStorageBuilder::new();
-        for (name, value) in env.iter().filter(|(k, _)| k.starts_with("GOOGLE_")) {
-            if let Ok(config) = name.to_ascii_lowercase().parse() {
-                builder = builder.with_config(config, value);
-            }
-        }
-        let mut builder = builder.with_bucket_name(bucket).with_retry(retry());
+        let mut builder = configs(env, "GOOGLE_")
+            .fold(
+                object_store::gcp::GoogleCloudStorageBuilder::new(),
+                |b, (k, v)| b.with_config(k, v),
+            )
+            .with_bucket_name(bucket)
+            .with_retry(retry());
         if !any_env(
             env,
             &[

@@ -1,6 +1,7 @@
-//! Real stores for tests and the benchmark (feature `testing`): a MinIO server (S3) and a
-//! Debian `docker-registry` (OCI distribution), each on a free loopback port in its own
-//! directory, stopped on drop. Objects go in with `curl --aws-sigv4` and images with `skopeo`,
+//! Real stores for tests and the benchmark (feature `testing`): a MinIO server (S3), a
+//! fake-gcs-server (GCS's JSON and download APIs, built from the Go module proxy) and a Debian
+//! `docker-registry` (OCI distribution), each on a free loopback port in its own directory,
+//! stopped on drop. Objects go in with `curl --aws-sigv4` and images with `skopeo`,
 //! real clients, not this crate.
 //!
 //! MinIO is `$FERRY_MINIO`, else `~/.cache/ferry-storage-test/bin/minio` (`make storage-tools`
@@ -165,6 +166,84 @@ impl Minio {
 }
 
 impl Drop for Minio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A fake-gcs-server holding `bucket/key` objects from a directory at start.
+pub struct Gcs {
+    child: Child,
+    dir: PathBuf,
+    pub endpoint: String,
+}
+
+impl Gcs {
+    /// Starts it with every `(bucket, key, file)` in `objects`.
+    pub fn start(objects: &[(&str, &str, &Path)]) -> Option<Gcs> {
+        let binary = std::env::var_os("HOME")
+            .map(|h| Path::new(&h).join(".cache/ferry-storage-test/bin/fake-gcs-server"))
+            .filter(|p| p.exists());
+        let Some(binary) = binary else {
+            skip("fake-gcs-server");
+            return None;
+        };
+        let dir = temp_dir("gcs");
+        for (bucket, key, file) in objects {
+            let target = dir.join("data").join(bucket).join(key);
+            std::fs::create_dir_all(target.parent().expect("a parent")).expect("data dir");
+            std::fs::copy(file, &target).expect("copy an object");
+        }
+        let port = free_port();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let mut child = Command::new(binary)
+            .args([
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                &port.to_string(),
+            ])
+            .args([
+                "-public-host",
+                &format!("127.0.0.1:{port}"),
+                "-log-level",
+                "warn",
+            ])
+            .arg("-data")
+            .arg(dir.join("data"))
+            .args(["-backend", "memory"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("gcs.log")).expect("log"))
+            .spawn()
+            .expect("start fake-gcs-server");
+        wait_for(
+            &format!("{endpoint}/storage/v1/b"),
+            &mut child,
+            "fake-gcs-server",
+        );
+        Some(Gcs {
+            child,
+            dir,
+            endpoint,
+        })
+    }
+
+    /// The environment a fetch from this server reads: a service-account key that points the
+    /// client at it, without OAuth.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let key = format!(
+            r#"{{"private_key":"","private_key_id":"","client_email":"test@example.invalid","gcs_base_url":"{}","disable_oauth":true}}"#,
+            self.endpoint
+        );
+        vec![("GOOGLE_SERVICE_ACCOUNT_KEY".into(), key)]
+    }
+}
+
+impl Drop for Gcs {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

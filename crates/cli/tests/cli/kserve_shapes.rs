@@ -67,21 +67,7 @@ fn shapes() -> Vec<Shape> {
 }
 
 fn render(text: &str) -> std::process::Output {
-    use std::io::Write;
-    let mut child = std::process::Command::new(FERRY)
-        .args(["render", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    ferry_with_stdin(&["render", "-f", "-"], &[], text)
 }
 
 /// Every document of a YAML stream, as JSON.
@@ -209,13 +195,7 @@ async fn every_kserve_shape_gives_its_outcome_in_both_modes() {
                     .display()
                     .to_string(),
             );
-        let applied = daemon.apply(&text, &["--wait", "--timeout", "120"]);
-        assert!(
-            applied.status.success(),
-            "{file}: {}{}",
-            stdout(&applied),
-            stderr(&applied)
-        );
+        daemon.apply_and_wait(&text);
         for manifest in manifests {
             let name = manifest.isvc.metadata.name.clone().unwrap();
             let response = reqwest::Client::new()

@@ -88,16 +88,7 @@ async fn models_in_s3_serve_locally_and_other_replicas_or_a_restart_download_not
         }
     }
     let daemon = Daemon::start_env(state_dir("s3"), &[], &minio.env());
-    let applied = daemon.apply(
-        &remote_manifest("iris", "s3://models/iris/iris.onnx", 2),
-        &["--wait", "--timeout", "120"],
-    );
-    assert!(
-        applied.status.success(),
-        "{}{}",
-        stdout(&applied),
-        stderr(&applied)
-    );
+    daemon.apply_and_wait(&remote_manifest("iris", "s3://models/iris/iris.onnx", 2));
     let answer = infer(&daemon.router, "iris", &iris_request()).await;
     assert_eq!(answer["outputs"][0]["data"], json!([0]), "{answer}");
 
@@ -146,16 +137,7 @@ async fn models_in_s3_serve_locally_and_other_replicas_or_a_restart_download_not
 
     // A directory (model + tokenizer) is a sentence-embedding model.
     if with_minilm {
-        let applied = daemon.apply(
-            &remote_manifest("minilm", "s3://models/minilm/", 1),
-            &["--wait", "--timeout", "180"],
-        );
-        assert!(
-            applied.status.success(),
-            "{}{}",
-            stdout(&applied),
-            stderr(&applied)
-        );
+        daemon.apply_and_wait(&remote_manifest("minilm", "s3://models/minilm/", 1));
         let request = json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["models from where users keep them"]}]});
         let answer = infer(&daemon.router, "minilm", &request).await;
         assert_eq!(answer["outputs"][0]["shape"], json!([1, 384]), "{answer}");
@@ -224,16 +206,7 @@ async fn an_oci_modelcar_pushed_by_skopeo_serves_locally() {
         "v2",
     );
     let daemon = Daemon::start_env(state_dir("oci"), &[], &[]);
-    let applied = daemon.apply(
-        &remote_manifest("iris", &uri, 1),
-        &["--wait", "--timeout", "120"],
-    );
-    assert!(
-        applied.status.success(),
-        "{}{}",
-        stdout(&applied),
-        stderr(&applied)
-    );
+    daemon.apply_and_wait(&remote_manifest("iris", &uri, 1));
     let answer = infer(&daemon.router, "iris", &iris_request()).await;
     assert_eq!(answer["outputs"][0]["data"], json!([0]), "{answer}");
     let (http, _) = ready_replicas(&daemon, "iris").await.remove(0);

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ferry_storage::testing::{Minio, Registry};
+use ferry_storage::testing::{Gcs, Minio, Registry};
 use ferry_storage::{Cache, Env, Fetcher, Kind};
 
 fn repo_root() -> PathBuf {
@@ -153,5 +153,45 @@ async fn an_oci_modelcar_pushed_by_skopeo_is_its_models_directory() {
         .unwrap_err();
     assert_eq!(missing.kind, Kind::NotFound, "{missing}");
     assert!(missing.to_string().contains(":v9: 404"), "{missing}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcs_objects_and_prefixes_come_from_a_gcs_compatible_server() {
+    let (v1, v2, expected) = (
+        model("iris-v1.onnx"),
+        model("iris-v2.onnx"),
+        model("expected.json"),
+    );
+    let Some(gcs) = Gcs::start(&[
+        ("models", "iris/iris.onnx", &v1),
+        ("models", "pair/model.onnx", &v2),
+        ("models", "pair/config.json", &expected),
+    ]) else {
+        return;
+    };
+    let dir = cache_dir("gcs");
+    let fetcher = fetcher(&dir, gcs.env());
+    let file = fetcher.fetch("gs://models/iris/iris.onnx").await.unwrap();
+    assert!(!file.cache_hit);
+    assert_eq!(
+        std::fs::read(&file.path).unwrap(),
+        std::fs::read(&v1).unwrap()
+    );
+    assert!(
+        fetcher
+            .fetch("gs://models/iris/iris.onnx")
+            .await
+            .unwrap()
+            .cache_hit
+    );
+    let pair = fetcher.fetch("gs://models/pair/").await.unwrap();
+    assert_eq!(pair.files, 2);
+    let missing = fetcher.fetch("gs://models/nope.onnx").await.unwrap_err();
+    assert_eq!(missing.kind, Kind::NotFound, "{missing}");
+    assert!(
+        missing.to_string().contains("gs://models/nope.onnx: 404"),
+        "{missing}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -131,23 +131,26 @@ impl Daemon {
 
     /// `ferry apply -f -` with `manifest` on stdin.
     pub fn apply(&self, manifest: &str, extra: &[&str]) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(FERRY)
-            .args(["apply", "-f", "-"])
-            .args(extra)
-            .env("FERRY_STATE_DIR", &self.dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(manifest.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let args: Vec<&str> = ["apply", "-f", "-"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        ferry_with_stdin(
+            &args,
+            &[("FERRY_STATE_DIR", self.dir.as_os_str())],
+            manifest,
+        )
+    }
+
+    /// Applies `manifest` with `--wait`, asserting that the rollout completes.
+    pub fn apply_and_wait(&self, manifest: &str) {
+        let applied = self.apply(manifest, &["--wait", "--timeout", "300"]);
+        assert!(
+            applied.status.success(),
+            "{}{}",
+            stdout(&applied),
+            stderr(&applied)
+        );
     }
 
     pub fn kill9(&mut self) {
@@ -287,6 +290,26 @@ pub fn summarize(samples: &[Sample]) -> (Vec<&Sample>, BTreeMap<String, usize>) 
         *by_revision.entry(s.revision.clone()).or_insert(0) += 1;
     }
     (failures, by_revision)
+}
+
+/// The `ferry` CLI with `input` on its stdin.
+pub fn ferry_with_stdin(args: &[&str], env: &[(&str, &std::ffi::OsStr)], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(FERRY)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 pub fn stdout(output: &Output) -> String {
