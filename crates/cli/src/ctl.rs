@@ -328,12 +328,32 @@ async fn wait_rollout(
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
+    let mut fetch_lines = std::collections::BTreeSet::new();
     loop {
         let isvc = client.get(namespace, name).await?;
         let progress = ferry_core::status::rollout_progress(&isvc);
         if progress.message != last {
             println!("{namespace}/{name}: {}", progress.message);
             last = progress.message.clone();
+        }
+        // A starting replica that fetches its model says how far it is.
+        if !progress.done {
+            for replica in client.replicas(namespace, name).await.unwrap_or_default() {
+                let fetching = replica
+                    .last_log_lines
+                    .iter()
+                    .rev()
+                    .find(|l| l.contains("fetching ") && l.contains(" MB"));
+                if let Some(line) = fetching
+                    && fetch_lines.insert(line.clone())
+                {
+                    let text = line.split("fetching ").nth(1).unwrap_or(line);
+                    println!(
+                        "{namespace}/{name}: replica {}: fetching {text}",
+                        replica.id
+                    );
+                }
+            }
         }
         if progress.done {
             return Ok(());

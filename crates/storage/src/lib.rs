@@ -173,11 +173,16 @@ impl Fetcher {
             .map(|o| format!("{}:{}:{}", o.rel, o.size, o.etag.as_deref().unwrap_or("")))
             .collect();
         let key = cache::key(uri, &version.join("\n"));
+        let total = objects.iter().map(|o| o.size).sum();
         self.locked(uri, &key, |staging| async move {
             let content = staging.join("content");
             let mut bytes = 0;
+            let mut progress = Progress::new(uri, total);
+            progress.log();
             for object in &objects {
-                bytes += remote.download(object, &content.join(&object.rel)).await?;
+                bytes += remote
+                    .download(object, &content.join(&object.rel), &mut progress)
+                    .await?;
             }
             let model = if directory {
                 String::new()
@@ -200,7 +205,12 @@ impl Fetcher {
         let key = cache::key(uri, &resolved.digest);
         self.locked(uri, &key, |staging| async move {
             let content = staging.join("content");
-            let bytes = client.download(&resolved, &staging, &content).await?;
+            let total = resolved.layers.iter().map(|l| l.size.max(0) as u64).sum();
+            let mut progress = Progress::new(uri, total);
+            progress.log();
+            let bytes = client
+                .download(&resolved, &staging, &content, &mut progress)
+                .await?;
             let root = oci::model_root(&content);
             let files = layout::count_files(&root);
             // One file and nothing else: the model is that file.
@@ -218,6 +228,52 @@ impl Fetcher {
             Ok((meta, files))
         })
         .await
+    }
+}
+
+/// Logs a download's progress: at the start, then at most once a second (`ferry fetch` shows
+/// these lines; `ferry apply --wait` shows a starting replica's latest one).
+pub(crate) struct Progress {
+    uri: String,
+    total: u64,
+    done: u64,
+    started: Instant,
+    logged: Option<Instant>,
+}
+
+impl Progress {
+    pub(crate) fn new(uri: &str, total: u64) -> Progress {
+        Progress {
+            uri: uri.to_string(),
+            total,
+            done: 0,
+            started: Instant::now(),
+            logged: None,
+        }
+    }
+
+    pub(crate) fn add(&mut self, bytes: u64) {
+        self.done += bytes;
+        if self
+            .logged
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            self.log();
+        }
+    }
+
+    pub(crate) fn log(&mut self) {
+        self.logged = Some(Instant::now());
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
+        let mb = |b: u64| b as f64 / 1e6;
+        tracing::info!(
+            uri = %self.uri,
+            "fetching {:.1} of {:.1} MB ({}%, {:.0} MB/s)",
+            mb(self.done),
+            mb(self.total),
+            (self.done * 100).checked_div(self.total).unwrap_or(100),
+            mb(self.done) / seconds
+        );
     }
 }
 

@@ -251,7 +251,12 @@ impl Remote {
     }
 
     /// Downloads `object` to `file`, checking its size and (single-part S3) MD5.
-    pub(crate) async fn download(&self, object: &Object, file: &Path) -> Result<u64, FetchError> {
+    pub(crate) async fn download(
+        &self,
+        object: &Object,
+        file: &Path,
+        progress: &mut crate::Progress,
+    ) -> Result<u64, FetchError> {
         let disk = |e: std::io::Error| {
             FetchError::new(
                 &self.uri,
@@ -281,6 +286,7 @@ impl Remote {
             })?;
             md5.update(&chunk);
             bytes += chunk.len() as u64;
+            progress.add(chunk.len() as u64);
             out.write_all(&chunk).await.map_err(disk)?;
         }
         out.flush().await.map_err(disk)?;

@@ -156,6 +156,7 @@ impl Oci {
         resolved: &Resolved,
         staging: &Path,
         content: &Path,
+        progress: &mut crate::Progress,
     ) -> Result<u64, FetchError> {
         let disk = |e: std::io::Error| FetchError::new(&self.uri, Kind::Disk, e.to_string());
         tokio::fs::create_dir_all(content).await.map_err(disk)?;
@@ -183,6 +184,7 @@ impl Oci {
                 ));
             }
             bytes += size;
+            progress.add(size);
             let (uri, media, title) = (
                 self.uri.clone(),
                 layer.media_type.clone(),

@@ -137,7 +137,17 @@ async fn models_in_s3_serve_locally_and_other_replicas_or_a_restart_download_not
 
     // A directory (model + tokenizer) is a sentence-embedding model.
     if with_minilm {
-        daemon.apply_and_wait(&remote_manifest("minilm", "s3://models/minilm/", 1));
+        let applied = daemon.apply(
+            &remote_manifest("minilm", "s3://models/minilm/", 1),
+            &["--wait", "--timeout", "300"],
+        );
+        let shown = stdout(&applied);
+        assert!(applied.status.success(), "{shown}{}", stderr(&applied));
+        // `apply --wait` shows the download's progress, from the replica's own log.
+        assert!(
+            shown.contains(": fetching ") && shown.contains(" of 90."),
+            "{shown}"
+        );
         let request = json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["models from where users keep them"]}]});
         let answer = infer(&daemon.router, "minilm", &request).await;
         assert_eq!(answer["outputs"][0]["shape"], json!([1, 384]), "{answer}");
