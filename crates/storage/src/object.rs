@@ -329,6 +329,58 @@ fn md5_etag(etag: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn bytes_that_differ_from_what_the_store_said_are_refused() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        store
+            .put(
+                &StorePath::from("m/iris.onnx"),
+                b"onnx bytes".to_vec().into(),
+            )
+            .await
+            .unwrap();
+        let remote = Remote {
+            store,
+            key: "m/iris.onnx".into(),
+            uri: "s3://b/m/iris.onnx".into(),
+            single_only: false,
+        };
+        let (objects, directory) = remote.list().await.unwrap();
+        assert!(!directory);
+        let dir = std::env::temp_dir().join(format!("ferry-object-{}", std::process::id()));
+        let mut progress = crate::Progress::new("s3://b/m/iris.onnx", 10);
+        let file = dir.join("iris.onnx");
+        let good = Object {
+            etag: Some("\"8d0b2b8e4d7d7b1b0b5b7c1b6d8a3f10\"".into()),
+            ..objects[0].clone()
+        };
+        let e = remote
+            .download(&good, &file, &mut progress)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, Kind::Corrupt);
+        assert!(e.answer.contains("differs from the store's ETag"), "{e}");
+        let short = Object {
+            size: 99,
+            etag: None,
+            ..objects[0].clone()
+        };
+        let e = remote
+            .download(&short, &file, &mut progress)
+            .await
+            .unwrap_err();
+        assert!(e.answer.contains("got 10 bytes, the store said 99"), "{e}");
+        let plain = Object {
+            etag: None,
+            ..objects[0].clone()
+        };
+        assert_eq!(
+            remote.download(&plain, &file, &mut progress).await.unwrap(),
+            10
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn only_single_part_etags_state_an_md5() {
         assert_eq!(

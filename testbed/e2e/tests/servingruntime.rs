@@ -274,11 +274,27 @@ async fn models_from_a_registry_and_s3_serve_through_the_operator() {
     ready_revision(&ns.name, "car", "").await;
     eventually("car answers", Duration::from_secs(30), || answers("car")).await;
 
-    // A runtime's pod: the init step fetches it where FERRY_MODEL_PATH points.
-    apply_in(&ns.name, &runtime(""));
+    // A runtime's pod: the init step fetches it where FERRY_MODEL_PATH points. The runtime is
+    // a ClusterServingRuntime (every namespace's), named by the service.
+    let cluster_runtime = runtime("").replace(
+        "kind: ServingRuntime\nmetadata: {name: alt}",
+        &format!(
+            "kind: ClusterServingRuntime\nmetadata: {{name: {}-alt}}",
+            ns.name
+        ),
+    );
+    let applied = ferry_testbed_e2e::kubectl(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&cluster_runtime),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
     let manifest = remote("initstep", &image, "").replace(
         "\nspec:\n  predictor:\n",
-        "\nspec:\n  predictor:\n    runtime: alt\n",
+        &format!("\nspec:\n  predictor:\n    runtime: {}-alt\n", ns.name),
     );
     apply_in(&ns.name, &manifest);
     let revision = ready_revision(&ns.name, "initstep", "").await;
@@ -334,5 +350,13 @@ async fn models_from_a_registry_and_s3_serve_through_the_operator() {
         .await
         .unwrap();
     assert_eq!((status, revision), (200, serving));
+    ferry_testbed_e2e::kubectl(
+        &[
+            "delete",
+            "clusterservingruntime",
+            &format!("{}-alt", ns.name),
+        ],
+        None,
+    );
     ns.delete().await;
 }
