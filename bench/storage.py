@@ -6,9 +6,11 @@ MinIO on 127.0.0.1 holds models/minilm/ (model.onnx, 90 MB, and tokenizer.json).
                process start until the model is ready (download + load), and the download alone
                (the server's own "model fetched" log line: ms, bytes -> MB/s);
   ferry warm   the same on the cache the cold run filled: nothing downloaded (hit) + load;
-  kserve       KServe's storage initializer (kserve_storage.Storage.download_files, the code its
+  kserve       KServe's storage initializer (kserve_storage.Storage.download, the code its
                init container runs) into an empty directory, then `ferry server` loading it;
-  aws s3 cp    `aws s3 cp --recursive` into an empty directory, then the same load.
+  aws s3 cp    `aws s3 cp --recursive` into an empty directory, then the same load;
+  curl         the floor: `curl --aws-sigv4` GETs of the two objects into files (loopback + disk).
+The peers' download times include their interpreter's start (as an init container's would).
 Medians of --rounds rounds (default 3), with the download's MB/s.
 """
 
@@ -115,7 +117,7 @@ def main():
     env = s3_env(endpoint)
     aws = [os.path.join(os.path.dirname(sys.executable), "aws"), "--endpoint-url", endpoint]
     results = {k: [] for k in ("ferry_cold", "ferry_fetch", "ferry_warm", "kserve", "kserve_fetch",
-                               "aws", "aws_fetch")}
+                               "aws", "aws_fetch", "curl_fetch")}
     try:
         wait_http(f"{endpoint}/minio/health/live")
         subprocess.run(aws + ["s3", "mb", "s3://models"], env=env, check=True, stdout=subprocess.DEVNULL)
@@ -136,7 +138,7 @@ def main():
             out = os.path.join(work, f"kserve-{round_}")
             fetch = timed([sys.executable, "-c",
                            "import sys; from kserve_storage import Storage; "
-                           "Storage.download_files(sys.argv[1], sys.argv[2])",
+                           "Storage.download(sys.argv[1], sys.argv[2])",
                            "s3://models/minilm/", out], env)
             ready, _ = serve(out, env, os.path.join(work, "unused"))
             results["kserve_fetch"].append(fetch)
@@ -148,7 +150,15 @@ def main():
             ready, _ = serve(out, env, os.path.join(work, "unused"))
             results["aws_fetch"].append(fetch)
             results["aws"].append(fetch + ready)
-            for d in (cache, os.path.join(work, f"kserve-{round_}"), out):
+            floor = os.path.join(work, f"curl-{round_}")
+            os.makedirs(floor)
+            started = time.time()
+            for f in ("model.onnx", "tokenizer.json"):
+                subprocess.run(["curl", "-sSf", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user",
+                                f"{KEY}:{SECRET}", "-o", os.path.join(floor, f),
+                                f"{endpoint}/models/minilm/{f}"], check=True)
+            results["curl_fetch"].append(time.time() - started)
+            for d in (cache, os.path.join(work, f"kserve-{round_}"), out, floor):
                 shutil.rmtree(d, ignore_errors=True)
     finally:
         minio.terminate()
@@ -161,15 +171,18 @@ def main():
     rows = [("ferry cold (fetch + load)", "ferry_cold", "ferry_fetch"),
             ("ferry warm (cache hit + load)", "ferry_warm", None),
             ("kserve-storage + load", "kserve", "kserve_fetch"),
-            ("aws s3 cp + load", "aws", "aws_fetch")]
+            ("aws s3 cp + load", "aws", "aws_fetch"),
+            ("curl (download only)", None, "curl_fetch")]
     for label, total, fetch in rows:
         rate = f"{mb / med[fetch]:8.0f}" if fetch else f"{'-':>8}"
         dl = f"{med[fetch]:12.2f}" if fetch else f"{'0 (hit)':>12}"
-        print(f"{label:28}{med[total]:9.2f}{dl}{rate}")
+        ready = f"{med[total]:9.2f}" if total else f"{'-':>9}"
+        print(f"{label:28}{ready}{dl}{rate}")
     print(f"cold ready: kserve-storage/ferry {med['kserve'] / med['ferry_cold']:.2f}x, "
           f"aws/ferry {med['aws'] / med['ferry_cold']:.2f}x; "
           f"download: kserve-storage/ferry {med['kserve_fetch'] / med['ferry_fetch']:.2f}x; "
-          f"warm/cold {med['ferry_warm'] / med['ferry_cold']:.2f}")
+          f"warm/cold {med['ferry_warm'] / med['ferry_cold']:.2f}; "
+          f"ferry's download at {med['curl_fetch'] / med['ferry_fetch']:.2f}x curl's speed")
     print(json.dumps({k: round(v, 3) for k, v in med.items()}))
 
 

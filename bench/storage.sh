@@ -12,4 +12,5 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet kserve-storage==0.21.0 awscli==1.46.2
 fi
-"$venv/bin/python" bench/storage.py "$@"
+# -P: bench/ holds operator.py, which would shadow the standard library's operator module.
+"$venv/bin/python" -P bench/storage.py "$@"

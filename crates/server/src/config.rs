@@ -204,7 +204,7 @@ impl Default for ServerConfig {
                 .map(|n| n.get())
                 .unwrap_or(2),
             model_cache: std::env::temp_dir().join("ferry-model-cache"),
-            model_cache_bytes: ferry_storage::DEFAULT_LIMIT_BYTES,
+            model_cache_bytes: 20 << 30,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod batcher;
 pub mod config;
 pub mod error;
+pub mod fetch;
 pub mod grpc;
 pub mod metrics;
 pub mod protocol;

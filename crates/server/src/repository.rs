@@ -118,7 +118,7 @@ pub struct Repository {
     entries: RwLock<HashMap<String, Entry>>,
     compute: Arc<Semaphore>,
     metrics: Arc<Metrics>,
-    fetcher: ferry_storage::Fetcher,
+    fetcher: crate::fetch::Fetcher,
 }
 
 impl Repository {
@@ -126,7 +126,7 @@ impl Repository {
     pub fn new(
         compute_threads: usize,
         metrics: Arc<Metrics>,
-        fetcher: ferry_storage::Fetcher,
+        fetcher: crate::fetch::Fetcher,
     ) -> Self {
         Self {
             entries: RwLock::new(HashMap::new()),
@@ -250,18 +250,14 @@ impl Repository {
         let started = Instant::now();
         let outcome = async {
             let mut local = config.clone();
-            let uri = config.path.to_string_lossy().to_string();
-            if ferry_api::ModelUri::parse(&uri).is_ok_and(|u| u.is_remote()) {
-                let fetched = self.fetcher.fetch(&uri).await.map_err(|e| e.to_string())?;
+            let resolved = self.fetcher.resolve(&config.path).await?;
+            if let Some((cache_hit, bytes)) = resolved.fetched {
                 self.metrics
-                    .model_fetched(name, &config.version, fetched.cache_hit, fetched.bytes);
-                local.path = fetched.path;
+                    .model_fetched(name, &config.version, cache_hit, bytes);
             }
-            // A directory (fetched or local) holds the model and maybe its tokenizer.
-            let (file, tokenizer) = ferry_storage::layout::model_files(&local.path)?;
-            local.path = file;
+            local.path = resolved.file;
             if local.tokenizer.is_none() {
-                local.tokenizer = tokenizer;
+                local.tokenizer = resolved.tokenizer;
             }
             tokio::task::spawn_blocking(move || build_and_warm_up(&local))
                 .await

@@ -54,10 +54,7 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
 /// Binds both listeners, starts serving, and loads every configured model in the background.
 pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let metrics = Arc::new(Metrics::new());
-    let fetcher = ferry_storage::Fetcher::new(ferry_storage::Cache::new(
-        &config.model_cache,
-        config.model_cache_bytes,
-    ));
+    let fetcher = crate::fetch::Fetcher::new(&config.model_cache, config.model_cache_bytes);
     let repo = Arc::new(Repository::new(config.compute_threads, metrics, fetcher));
     for model in &config.models {
         repo.register(model.clone());

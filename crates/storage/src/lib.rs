@@ -18,6 +18,7 @@ mod error;
 pub mod layout;
 mod object;
 mod oci;
+mod sink;
 #[cfg(feature = "testing")]
 pub mod testing;
 

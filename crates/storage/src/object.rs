@@ -7,10 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use md5::Digest as _;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, RetryConfig};
-use tokio::io::AsyncWriteExt;
 
 use crate::Env;
 use crate::error::{FetchError, Kind, chain, store_answer};
@@ -273,8 +271,7 @@ impl Remote {
             .await
             .map_err(|e| self.failed(&e))?;
         let mut stream = got.into_stream();
-        let mut out = tokio::fs::File::create(file).await.map_err(disk)?;
-        let mut md5 = md5::Md5::new();
+        let sink = crate::sink::Sink::create(file).map_err(disk)?;
         let mut bytes = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
@@ -284,13 +281,13 @@ impl Remote {
                     format!("download of {} broke off: {}", object.key, chain(&e)),
                 )
             })?;
-            md5.update(&chunk);
             bytes += chunk.len() as u64;
             progress.add(chunk.len() as u64);
-            out.write_all(&chunk).await.map_err(disk)?;
+            if sink.write(chunk).await.is_err() {
+                break; // the writer failed: finish() says why
+            }
         }
-        out.flush().await.map_err(disk)?;
-        out.sync_all().await.map_err(disk)?;
+        let md5 = sink.finish().await.map_err(disk)?;
         if bytes != object.size {
             return Err(FetchError::new(
                 &self.uri,
@@ -302,7 +299,7 @@ impl Remote {
             ));
         }
         if let Some(expected) = object.etag.as_deref().and_then(md5_etag) {
-            let actual: String = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            let actual = md5;
             if actual != expected {
                 return Err(FetchError::new(
                     &self.uri,

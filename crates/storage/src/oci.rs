@@ -163,14 +163,15 @@ impl Oci {
         let mut bytes = 0u64;
         for layer in &resolved.layers {
             let blob = staging.join(layer.digest.replace(':', "-"));
-            let mut out = tokio::fs::File::create(&blob).await.map_err(disk)?;
+            let file = tokio::fs::File::create(&blob).await.map_err(disk)?;
+            let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
             self.client
                 .pull_blob(&self.reference, layer, &mut out)
                 .await
                 .map_err(|e| self.failed(&e))?;
             // A tokio File finishes its writes on a blocking thread: wait for them.
             out.flush().await.map_err(disk)?;
-            out.sync_all().await.map_err(disk)?;
+            out.get_ref().sync_all().await.map_err(disk)?;
             drop(out);
             let size = tokio::fs::metadata(&blob).await.map_err(disk)?.len();
             if i64::try_from(size).ok() != Some(layer.size) {

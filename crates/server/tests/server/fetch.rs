@@ -1,5 +1,6 @@
-//! Models named by http URLs: fetched from a real HTTP server (following a redirect), then
-//! served, the download deleted; a missing one is UNAVAILABLE with the HTTP status quoted.
+//! Models named by http URLs: fetched from a real HTTP server (following a redirect) into the
+//! model cache, then served, the fetch counted; a missing one is UNAVAILABLE with the store's
+//! answer quoted.
 
 use super::common;
 
@@ -46,13 +47,25 @@ async fn a_model_url_is_fetched_then_served() {
         )
         .await;
     assert!(answer["outputs"].is_array(), "{answer}");
-    let download = std::env::temp_dir()
-        .join("ferry-models")
-        .join(format!("iris-{}.onnx", std::process::id()));
-    assert!(!download.exists(), "the download is deleted once loaded");
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ferry_server_model_fetches_total{model=\"iris\",result=\"miss\"} 1"),
+        "{metrics}"
+    );
 
     let gone = server.server.repo.view("gone").unwrap();
     assert_eq!(gone.state.name(), "UNAVAILABLE");
     let reason = gone.state.reason().unwrap_or_default().to_string();
-    assert!(reason.contains("HTTP 404"), "{reason}");
+    assert!(
+        reason.contains(&format!("ModelFetchFailed: {origin}/models/gone.onnx: 404")),
+        "{reason}"
+    );
 }
