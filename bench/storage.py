@@ -9,7 +9,9 @@ MinIO on 127.0.0.1 holds models/minilm/ (model.onnx, 90 MB, and tokenizer.json).
   kserve       KServe's storage initializer (kserve_storage.Storage.download, the code its
                init container runs) into an empty directory, then `ferry server` loading it;
   aws s3 cp    `aws s3 cp --recursive` into an empty directory, then the same load;
-  curl         the floor: `curl --aws-sigv4` GETs of the two objects into files (loopback + disk).
+  curl         the floor: `curl --aws-sigv4` GETs of the two objects into files (loopback + disk),
+               and the same followed by an fsync of both files (Ferry syncs a download before it
+               renames it into the cache; the peers do not).
 The peers' download times include their interpreter's start (as an init container's would).
 Medians of --rounds rounds (default 3), with the download's MB/s.
 """
@@ -117,7 +119,7 @@ def main():
     env = s3_env(endpoint)
     aws = [os.path.join(os.path.dirname(sys.executable), "aws"), "--endpoint-url", endpoint]
     results = {k: [] for k in ("ferry_cold", "ferry_fetch", "ferry_warm", "kserve", "kserve_fetch",
-                               "aws", "aws_fetch", "curl_fetch")}
+                               "aws", "aws_fetch", "curl_fetch", "curl_sync_fetch")}
     try:
         wait_http(f"{endpoint}/minio/health/live")
         subprocess.run(aws + ["s3", "mb", "s3://models"], env=env, check=True, stdout=subprocess.DEVNULL)
@@ -158,6 +160,18 @@ def main():
                                 f"{KEY}:{SECRET}", "-o", os.path.join(floor, f),
                                 f"{endpoint}/models/minilm/{f}"], check=True)
             results["curl_fetch"].append(time.time() - started)
+            shutil.rmtree(floor)
+            os.makedirs(floor)
+            started = time.time()
+            for f in ("model.onnx", "tokenizer.json"):
+                path = os.path.join(floor, f)
+                subprocess.run(["curl", "-sSf", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user",
+                                f"{KEY}:{SECRET}", "-o", path,
+                                f"{endpoint}/models/minilm/{f}"], check=True)
+                fd = os.open(path, os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+            results["curl_sync_fetch"].append(time.time() - started)
             for d in (cache, os.path.join(work, f"kserve-{round_}"), out, floor):
                 shutil.rmtree(d, ignore_errors=True)
     finally:
@@ -167,22 +181,24 @@ def main():
     med = {k: statistics.median(v) for k, v in results.items()}
     mb = size / 1e6
     print(f"MiniLM from MinIO on loopback: {mb:.1f} MB, median of {args.rounds} rounds")
-    print(f"{'':28}{'ready s':>9}{'download s':>12}{'MB/s':>8}")
+    print(f"{'':30}{'ready s':>9}{'download s':>12}{'MB/s':>8}")
     rows = [("ferry cold (fetch + load)", "ferry_cold", "ferry_fetch"),
             ("ferry warm (cache hit + load)", "ferry_warm", None),
             ("kserve-storage + load", "kserve", "kserve_fetch"),
             ("aws s3 cp + load", "aws", "aws_fetch"),
-            ("curl (download only)", None, "curl_fetch")]
+            ("curl (download only)", None, "curl_fetch"),
+            ("curl + fsync (download only)", None, "curl_sync_fetch")]
     for label, total, fetch in rows:
         rate = f"{mb / med[fetch]:8.0f}" if fetch else f"{'-':>8}"
         dl = f"{med[fetch]:12.2f}" if fetch else f"{'0 (hit)':>12}"
         ready = f"{med[total]:9.2f}" if total else f"{'-':>9}"
-        print(f"{label:28}{ready}{dl}{rate}")
+        print(f"{label:30}{ready}{dl}{rate}")
     print(f"cold ready: kserve-storage/ferry {med['kserve'] / med['ferry_cold']:.2f}x, "
           f"aws/ferry {med['aws'] / med['ferry_cold']:.2f}x; "
           f"download: kserve-storage/ferry {med['kserve_fetch'] / med['ferry_fetch']:.2f}x; "
           f"warm/cold {med['ferry_warm'] / med['ferry_cold']:.2f}; "
-          f"ferry's download at {med['curl_fetch'] / med['ferry_fetch']:.2f}x curl's speed")
+          f"ferry's download (synced) at {med['curl_sync_fetch'] / med['ferry_fetch']:.2f}x the speed "
+          f"of curl + fsync, {med['curl_fetch'] / med['ferry_fetch']:.2f}x of curl unsynced")
     print(json.dumps({k: round(v, 3) for k, v in med.items()}))
 
 
