@@ -337,7 +337,9 @@ pub fn derive(
     }
 }
 
+mod fetch;
 mod progress;
+pub use fetch::fetch_failure;
 pub use progress::{RolloutProgress, rollout_progress};
 
 fn condition(
@@ -359,16 +361,6 @@ fn condition(
         message: state.message.clone(),
         last_transition_time,
     }
-}
-
-/// The part of a replica's words after `ModelFetchFailed: ` (what `ferry-storage` writes): the
-/// URI and the store's answer, up to the end of that line.
-pub fn fetch_failure(words: &str) -> Option<&str> {
-    let marker = "ModelFetchFailed: ";
-    let start = words.find(marker)? + marker.len();
-    let rest = &words[start..];
-    let line = rest.split('\n').next().unwrap_or(rest).trim();
-    (!line.is_empty()).then_some(line)
 }
 
 #[cfg(test)]
