@@ -37,6 +37,7 @@ use crate::table::{BackendState, Compiled, InFlight, InFlightGuard, RevisionStat
 
 mod feedback;
 mod hold;
+mod linger;
 mod mirror;
 mod pick;
 
@@ -354,11 +355,12 @@ impl Router {
     }
 
     /// The whole request body, refused with 413 past the limit (before reading it when its
-    /// length says so).
+    /// length says so; the rest is then read and dropped in the background, so that the client
+    /// gets the answer: [`linger`]).
     async fn read_body(
         &self,
         parts: &http::request::Parts,
-        body: Incoming,
+        mut body: Incoming,
     ) -> Result<Bytes, RouterError> {
         let limit = self.inner.config.max_body_bytes;
         if parts
@@ -368,11 +370,13 @@ impl Router {
             .and_then(|v| v.parse::<usize>().ok())
             .is_some_and(|len| len > limit)
         {
+            linger::linger(body);
             return Err(RouterError::TooLarge { limit });
         }
-        match Limited::new(body, limit).collect().await {
+        match Limited::new(&mut body, limit).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                linger::linger(body);
                 Err(RouterError::TooLarge { limit })
             }
             Err(e) => Err(RouterError::BadRequest(format!(

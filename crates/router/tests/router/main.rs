@@ -276,6 +276,23 @@ async fn routes_by_model_and_namespace_and_names_the_revision() {
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
+    // And delivered to a client that writes its whole body (8 MiB: more than the socket
+    // buffers hold) before it reads, as urllib and tritonclient do: not a reset connection.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+        let body = vec![b' '; 8 << 20];
+        let head = format!(
+            "POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = stream.read(&mut answer).await.unwrap();
+        let text = String::from_utf8_lossy(&answer[..n]);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    }
 
     // The table moves: team-a now serves iris, default has it with no ready replica → 503.
     let mut unready = endpoint("v2-a", "iris-bbbbbb", v2.http_addr, v2.grpc_addr);

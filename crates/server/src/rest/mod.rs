@@ -2,6 +2,7 @@
 //! `:predict`, and `/metrics`. Built by [`app`] so tests can drive it without a socket.
 
 pub mod codec;
+pub mod linger;
 mod v1;
 
 use std::sync::Arc;
@@ -103,18 +104,22 @@ async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response
     )
 }
 
-/// Reads a body up to `limit` bytes; a declared or actual larger body is 413 before it is read.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Error> {
+/// Reads a body up to `limit` bytes; a declared or actual larger body is 413 before it is read
+/// (the rest is then read and dropped in the background, so that the client gets the answer:
+/// [`linger`]).
+pub async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, Error> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        linger::linger(body);
         return Err(Error::PayloadTooLarge { limit_bytes: limit });
     }
-    match Limited::new(body, limit).collect().await {
+    match Limited::new(&mut body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            linger::linger(body);
             Err(Error::PayloadTooLarge { limit_bytes: limit })
         }
         Err(e) => Err(Error::invalid(format!("cannot read request body: {e}"))),

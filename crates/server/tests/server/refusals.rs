@@ -156,6 +156,61 @@ async fn oversized_bodies_get_413_before_being_read() {
     assert!(err.message().contains("65536"), "{err}");
 }
 
+/// What urllib, requests and tritonclient do: write the whole request, body included, and only
+/// then read the answer. A body over the limit (8 MiB here, more than the socket buffers hold)
+/// still gets its 413, not a reset connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_writes_its_whole_oversized_body_first_still_gets_the_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(ServerConfig {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        models: vec![model("iris-v1", "iris-v1.onnx")],
+        max_body_bytes: 64 * 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let addr = server
+        .url("/")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    for chunked in [false, true] {
+        let body = vec![b' '; 8 << 20];
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = if chunked {
+            "POST /v2/models/iris-v1/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_string()
+        } else {
+            format!(
+                "POST /v2/models/iris-v1/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+        };
+        stream.write_all(head.as_bytes()).await.unwrap();
+        if chunked {
+            for piece in body.chunks(64 * 1024) {
+                stream
+                    .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                    .await
+                    .unwrap();
+                stream.write_all(piece).await.unwrap();
+                stream.write_all(b"\r\n").await.unwrap();
+            }
+            stream.write_all(b"0\r\n\r\n").await.unwrap();
+        } else {
+            stream.write_all(&body).await.unwrap();
+        }
+        let mut answer = vec![0u8; 4096];
+        let n = stream.read(&mut answer).await.unwrap();
+        let text = String::from_utf8_lossy(&answer[..n]);
+        assert!(
+            text.starts_with("HTTP/1.1 413"),
+            "chunked={chunked}: {text}"
+        );
+        assert!(text.contains("65536 bytes"), "{text}");
+    }
+}
+
 fn futures_stream(
     chunks: Vec<Result<Vec<u8>, std::io::Error>>,
 ) -> impl tokio_stream::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
