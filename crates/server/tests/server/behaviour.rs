@@ -249,15 +249,7 @@ async fn batched_results_equal_unbatched_ones() {
         }
     }
     // And batching really happened: some executed batch held more than one request.
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let count_line = metrics
         .lines()
         .find(|l| l.starts_with("ferry_server_batch_size_count{model=\"batched\""))

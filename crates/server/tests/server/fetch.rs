@@ -47,15 +47,7 @@ async fn a_model_url_is_fetched_then_served() {
         )
         .await;
     assert!(answer["outputs"].is_array(), "{answer}");
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("ferry_server_model_fetches_total{model=\"iris\",result=\"miss\"} 1"),
         "{metrics}"

@@ -275,15 +275,7 @@ async fn full_queue_answers_429_and_resource_exhausted_at_once() {
     for h in held {
         assert_eq!(h.await.unwrap(), 200, "admitted requests are answered");
     }
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(metrics.contains(r#"ferry_server_requests_total{model="iris-v1",version="1",protocol="rest",status="429"} 1"#), "{metrics}");
     assert!(
         metrics.contains(r#"protocol="grpc",status="ResourceExhausted"} 1"#),

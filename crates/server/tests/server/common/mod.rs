@@ -84,6 +84,16 @@ impl TestServer {
             .expect("JSON answer")
     }
 
+    /// The server's Prometheus text (`/metrics`).
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await;
+        response
+            .expect("request sent")
+            .text()
+            .await
+            .expect("a text answer")
+    }
+
     /// GETs `path` and returns the JSON answer, whatever its status.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         let response = self.http.get(self.url(path)).send().await;
