@@ -100,15 +100,7 @@ impl Remote {
         ) {
             builder = builder.with_skip_signature(true);
         }
-        let store = builder
-            .build()
-            .map_err(|e| FetchError::new(uri, Kind::Unsupported, chain(&e)))?;
-        Ok(Remote {
-            store: Arc::new(store),
-            key: key.to_string(),
-            uri: uri.to_string(),
-            single_only: false,
-        })
+        Remote::listing(uri, key, builder.build())
     }
 
     pub(crate) fn gs(env: &Env, uri: &str, bucket: &str, key: &str) -> Result<Remote, FetchError> {
@@ -131,9 +123,16 @@ impl Remote {
         ) {
             builder = builder.with_skip_signature(true);
         }
-        let store = builder
-            .build()
-            .map_err(|e| FetchError::new(uri, Kind::Unsupported, chain(&e)))?;
+        Remote::listing(uri, key, builder.build())
+    }
+
+    /// A store that lists (S3, GCS), once its builder has built it.
+    fn listing(
+        uri: &str,
+        key: &str,
+        built: object_store::Result<impl ObjectStore>,
+    ) -> Result<Remote, FetchError> {
+        let store = built.map_err(|e| FetchError::new(uri, Kind::Unsupported, chain(&e)))?;
         Ok(Remote {
             store: Arc::new(store),
             key: key.to_string(),
