@@ -20,6 +20,7 @@ pub mod quantity;
 pub mod revision;
 mod schema_check;
 mod servingruntime;
+mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod types;
@@ -36,6 +37,7 @@ pub use model_uri::{ModelUri, OciReference};
 pub use progressive::*;
 pub use revision::{Revision, revision_name, revision_name_with_runtime};
 pub use servingruntime::*;
+pub use tenancy::{API_KEY_PREFIX, RateLimitSpec, api_key_hash, api_key_id};
 pub use types::*;
 pub use validate::{FieldError, ValidationErrors};
 

@@ -41,6 +41,10 @@ pub struct InferenceServiceSpec {
     /// (cluster mode; local mode serves every service on its router already).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+    /// Requests per second the router lets through to this service (a token bucket, shared by
+    /// every client; beyond it 429 with `Retry-After`). Changing it makes no new revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::RateLimitSpec>,
 }
 
 /// An Ingress or an HTTPRoute for the service's stable Service (`<name>` in its namespace).

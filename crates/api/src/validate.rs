@@ -306,6 +306,9 @@ pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
     if let Some(ingress) = &isvc.spec.ingress {
         check_ingress(ingress, &mut errors);
     }
+    if let Some(limit) = &isvc.spec.rate_limit {
+        limit.check("spec.rateLimit", &mut errors);
+    }
 
     crate::progressive::check_canary_percent(isvc, &mut errors);
     crate::experiment::check_experiment(isvc, &mut errors);

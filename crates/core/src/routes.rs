@@ -78,6 +78,54 @@ pub struct ServiceRoute {
     /// Hold requests while no replica is ready (a service that scales to zero), up to this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold_start: Option<ColdStart>,
+    /// The service's own rate limit (`spec.rateLimit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Limit>,
+}
+
+/// A token bucket as the router keeps it: one request per `interval_nanos`, `burst` at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limit {
+    pub interval_nanos: u64,
+    pub burst: u32,
+    /// The limit as its owner wrote it (`50/s (burst 5)`), for the 429's message.
+    pub text: String,
+    /// Requests per second, rounded up (the `RateLimit-Limit` header).
+    pub per_second: u64,
+}
+
+impl Limit {
+    /// The bucket `spec` describes, with its share of `routers` router replicas (each keeps
+    /// its own bucket: the limit is divided among them).
+    pub fn of(spec: &ferry_api::RateLimitSpec, routers: u32) -> Limit {
+        let routers = f64::from(routers.max(1));
+        let rate = spec.requests_per_second / routers;
+        let burst = (f64::from(spec.burst()) / routers).ceil().max(1.0) as u32;
+        Limit {
+            interval_nanos: (1e9 / rate).round().clamp(1.0, u64::MAX as f64) as u64,
+            burst,
+            text: spec.to_string(),
+            per_second: rate.ceil() as u64,
+        }
+    }
+}
+
+/// One API key as the router checks it: never the key itself, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// The key's public ID (`fry_<id>_…`).
+    pub id: String,
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// SHA-256 of the whole key, lower-case hex ([`ferry_api::api_key_hash`]).
+    pub hash: String,
+    /// The key's own rate limit (`--rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Limit>,
+    /// Unix seconds after which the key is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix: Option<i64>,
 }
 
 /// How many requests a router holds for a service with no ready replica, and how long.
@@ -125,9 +173,26 @@ pub struct RouteTable {
     /// namespace. A host claimed in several namespaces goes to the first by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hosts: BTreeMap<String, String>,
+    /// API keys by namespace: a namespace listed here takes only requests with one of its keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, Vec<ApiKey>>,
 }
 
 impl RouteTable {
+    /// With these API keys (each under its namespace).
+    pub fn with_keys(mut self, keys: impl IntoIterator<Item = ApiKey>) -> Self {
+        for key in keys {
+            self.keys
+                .entry(key.namespace.clone())
+                .or_default()
+                .push(key);
+        }
+        for keys in self.keys.values_mut() {
+            keys.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        self
+    }
+
     pub fn lookup(&self, namespace: &str, model: &str) -> Option<&ServiceRoute> {
         self.namespaces.get(namespace)?.get(model)
     }
@@ -170,6 +235,9 @@ pub struct ServiceEndpoints {
     /// [`ServiceRoute::cold_start`], from the spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold_start: Option<ColdStart>,
+    /// [`ServiceRoute::rate_limit`], from the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Limit>,
 }
 
 impl ServiceEndpoints {
@@ -192,7 +260,14 @@ impl ServiceEndpoints {
             sticky: isvc.spec.experiment.as_ref().and_then(|e| e.sticky.clone()),
             shadow: None,
             cold_start: ColdStart::of(isvc),
+            rate_limit: isvc.spec.rate_limit.as_ref().map(|l| Limit::of(l, 1)),
         }
+    }
+
+    /// With the rate limit divided among `routers` router replicas (each keeps its own bucket).
+    pub fn shared_by(mut self, routers: u32, isvc: &ferry_api::InferenceService) -> Self {
+        self.rate_limit = isvc.spec.rate_limit.as_ref().map(|l| Limit::of(l, routers));
+        self
     }
 
     /// With the shadow revision and its percent.
@@ -280,6 +355,7 @@ pub fn build(services: &[ServiceEndpoints]) -> RouteTable {
                     sticky: service.sticky.clone(),
                     shadow: service.shadow.clone(),
                     cold_start: service.cold_start,
+                    rate_limit: service.rate_limit.clone(),
                 },
             );
     }
@@ -336,6 +412,7 @@ mod tests {
             sticky: None,
             shadow: None,
             cold_start: None,
+            rate_limit: None,
         };
         let table = build(&[service]);
         let route = table.lookup("default", "iris").unwrap();
@@ -374,6 +451,7 @@ mod tests {
             sticky: None,
             shadow: None,
             cold_start: None,
+            rate_limit: None,
         };
         let table = build(&[
             service("team-b", &["shared.example.com", "b.example.com"]),

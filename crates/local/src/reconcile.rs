@@ -152,6 +152,7 @@ impl Reconciler {
                 scale: &scale,
                 creation_failure: None,
                 ingress: None,
+                rate_limit: None,
                 autoscaler: None,
                 runtime_problem: None,
                 entry: EntryPoint::Local {

@@ -32,6 +32,10 @@ pub(crate) fn error_response(error: &RouterError, grpc: bool) -> Response<Buffer
             HeaderValue::from_static("application/grpc"),
         );
         headers.insert("grpc-status", HeaderValue::from(error.grpc_code()));
+        error.headers(headers);
+        if let Some(seconds) = error.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Ok(message) = HeaderValue::from_str(
             &error
                 .to_string()
@@ -45,10 +49,10 @@ pub(crate) fn error_response(error: &RouterError, grpc: bool) -> Response<Buffer
         error.http_status(),
         serde_json::json!({ "error": error.to_string() }).to_string(),
     );
+    let headers = response.headers_mut();
+    error.headers(headers);
     if let Some(seconds) = error.retry_after() {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }

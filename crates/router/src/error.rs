@@ -53,12 +53,83 @@ pub enum RouterError {
         service: String,
         seconds: u32,
     },
+    /// The namespace takes only requests with one of its API keys.
+    #[error("namespace {namespace:?} requires an API key: {failure}")]
+    Unauthenticated {
+        namespace: String,
+        failure: AuthFailure,
+    },
+    /// A valid key, of another namespace.
+    #[error("API key {id} is not a key of namespace {namespace:?}")]
+    Forbidden { namespace: String, id: String },
+    /// The router's own numbers name every tenant's services: not for API keys.
+    #[error("the router's metrics need the router's admin token while namespaces have API keys")]
+    AdminOnly,
+    /// A bucket (the key's, the service's) is empty.
+    #[error("rate limit of {what} ({limit}) exceeded; retry after {retry_after}s")]
+    RateLimited {
+        what: String,
+        limit: String,
+        per_second: u64,
+        retry_after: u32,
+        reset: u32,
+    },
     /// The replica failed (twice, when a retry was possible).
     #[error("upstream replica {backend} failed: {cause}")]
     Upstream { backend: String, cause: String },
 }
 
+/// Why a request to a namespace with API keys was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    /// Unknown, forged or revoked.
+    Invalid,
+    Expired,
+}
+
+impl std::fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthFailure::Missing => {
+                "none given (send it as `Authorization: Bearer KEY` or `x-api-key: KEY`)"
+            }
+            AuthFailure::Invalid => "the key given is not valid (unknown or revoked)",
+            AuthFailure::Expired => "the key given has expired",
+        })
+    }
+}
+
 impl RouterError {
+    /// Headers the answer carries besides its status: `WWW-Authenticate` on a 401, the
+    /// `RateLimit-*` fields on a 429 (`Retry-After` comes from [`RouterError::retry_after`]).
+    pub fn headers(&self, headers: &mut http::HeaderMap) {
+        use http::HeaderValue;
+        match self {
+            RouterError::Unauthenticated { failure, .. } => {
+                let value = match failure {
+                    AuthFailure::Missing => r#"Bearer realm="ferry""#,
+                    AuthFailure::Invalid => r#"Bearer realm="ferry", error="invalid_token""#,
+                    AuthFailure::Expired => {
+                        r#"Bearer realm="ferry", error="invalid_token", error_description="expired""#
+                    }
+                };
+                headers.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(value),
+                );
+            }
+            RouterError::RateLimited {
+                per_second, reset, ..
+            } => {
+                headers.insert("ratelimit-limit", HeaderValue::from(*per_second));
+                headers.insert("ratelimit-remaining", HeaderValue::from(0));
+                headers.insert("ratelimit-reset", HeaderValue::from(*reset));
+            }
+            _ => {}
+        }
+    }
+
     pub fn http_status(&self) -> StatusCode {
         match self {
             RouterError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -68,6 +139,9 @@ impl RouterError {
             | RouterError::VariantNotServing { .. }
             | RouterError::UnknownRequest(_) => StatusCode::NOT_FOUND,
             RouterError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RouterError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            RouterError::Forbidden { .. } | RouterError::AdminOnly => StatusCode::FORBIDDEN,
+            RouterError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             RouterError::NoReadyReplica { .. }
             | RouterError::ColdStartBufferFull { .. }
             | RouterError::ColdStartTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -85,6 +159,9 @@ impl RouterError {
             | RouterError::VariantNotServing { .. }
             | RouterError::UnknownRequest(_) => 5, // NOT_FOUND
             RouterError::TooLarge { .. } => 11, // OUT_OF_RANGE
+            RouterError::Unauthenticated { .. } => 16, // UNAUTHENTICATED
+            RouterError::Forbidden { .. } | RouterError::AdminOnly => 7, // PERMISSION_DENIED
+            RouterError::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
             RouterError::NoReadyReplica { .. }
             | RouterError::ColdStartBufferFull { .. }
             | RouterError::ColdStartTimeout { .. }
@@ -102,6 +179,10 @@ impl RouterError {
             RouterError::VariantNotServing { .. } => "variant_not_serving",
             RouterError::UnknownRequest(_) => "unknown_request",
             RouterError::TooLarge { .. } => "too_large",
+            RouterError::Unauthenticated { .. } => "unauthenticated",
+            RouterError::Forbidden { .. } => "forbidden",
+            RouterError::AdminOnly => "admin_only",
+            RouterError::RateLimited { .. } => "rate_limited",
             RouterError::NoReadyReplica { .. } => "no_ready_replica",
             RouterError::ColdStartBufferFull { .. } => "cold_start_buffer_full",
             RouterError::ColdStartTimeout { .. } => "cold_start_timeout",
@@ -117,6 +198,7 @@ impl RouterError {
                 Some(5)
             }
             RouterError::NoReadyReplica { .. } => Some(1),
+            RouterError::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

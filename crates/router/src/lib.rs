@@ -9,10 +9,12 @@
 //! it, in a cluster `ferry router` builds it from its watches of InferenceServices and Pods
 //! (`ferry_operator::routes::feed`). Both build it with `ferry_core::routes::build`.
 
+mod access;
 mod body;
 mod classify;
 mod error;
 mod hooks;
+mod limit;
 mod metrics;
 mod pool;
 mod proxy;

@@ -2,7 +2,8 @@
 //!
 //! 1. **classify** — REST path or gRPC message → model; `ferry-namespace` header or host →
 //!    namespace; the router's own health and metrics endpoints answer here;
-//! 2. **authorize / limit** — a placeholder today (API keys and rate limits go here);
+//! 2. **authorize / limit** — before the body is read: the namespace's API key (401 / 403),
+//!    the key's and the service's token buckets (429 + `Retry-After`); `access.rs`;
 //! 3. **pick revision** — weighted by the plan's traffic weights;
 //! 4. **pick replica** — power of two choices on outstanding requests; when the service has
 //!    no replica to take the request, the [`Hooks::on_no_backend`] hook decides (today: 503);
@@ -26,6 +27,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
+use crate::access;
 use crate::body::{Buffered, error_response, json};
 use crate::classify::{RequestKind, classify, grpc_model_name, namespace};
 use crate::error::RouterError;
@@ -53,6 +55,10 @@ pub struct RouterConfig {
     pub connect_timeout: Duration,
     /// Router threads [`crate::serve_threads`] runs (upstream connections are pooled per thread).
     pub worker_threads: usize,
+    /// The bearer token that reads the router's own numbers (`/metrics`, the per-revision
+    /// JSON) while any namespace has API keys: they name every tenant's services. Without
+    /// one, they are refused (403) then.
+    pub admin_token: Option<String>,
 }
 
 impl Default for RouterConfig {
@@ -61,6 +67,7 @@ impl Default for RouterConfig {
             max_body_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(1),
             worker_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            admin_token: None,
         }
     }
 }
@@ -99,19 +106,28 @@ impl Router {
         let metrics = Arc::new(Metrics::default());
         let accounting = Accounting::default();
         let inflight = InFlight::default();
+        let limiters = crate::limit::Limiters::default();
         let workers = config.worker_threads.max(1);
-        let first = inflight.compile(&table.borrow_and_update(), &metrics, &accounting, workers);
+        let first = inflight.compile(
+            &table.borrow_and_update(),
+            &metrics,
+            &accounting,
+            &limiters,
+            workers,
+        );
         let (compiled_tx, compiled) = watch::channel(Arc::new(first));
         {
             let inflight = inflight.clone();
             let metrics = metrics.clone();
             let accounting = accounting.clone();
+            let limiters = limiters.clone();
             tokio::spawn(async move {
                 while table.changed().await.is_ok() {
                     let next = inflight.compile(
                         &table.borrow_and_update(),
                         &metrics,
                         &accounting,
+                        &limiters,
                         workers,
                     );
                     if compiled_tx.send(Arc::new(next)).is_err() {
@@ -188,11 +204,14 @@ impl Router {
             RequestKind::Health => {
                 return Ok(json(StatusCode::OK, r#"{"live":true,"ready":true}"#.into()));
             }
-            RequestKind::Metrics => return Ok(self.metrics_response()),
-            RequestKind::RevisionMetrics => {
-                let numbers =
-                    serde_json::to_string(&self.inner.accounting.numbers()).unwrap_or_default();
-                return Ok(json(StatusCode::OK, numbers));
+            RequestKind::Metrics | RequestKind::RevisionMetrics
+                if self.inner.compiled.borrow().access.any() =>
+            {
+                access::admin(self.inner.config.admin_token.as_deref(), request.headers())?;
+                return Ok(self.own_numbers(&kind));
+            }
+            RequestKind::Metrics | RequestKind::RevisionMetrics => {
+                return Ok(self.own_numbers(&kind));
             }
             RequestKind::Unknown => {
                 return Err(RouterError::NoRoute(request.uri().path().to_string()));
@@ -201,23 +220,34 @@ impl Router {
             RequestKind::Grpc { .. } => None,
         };
         let grpc = model.is_none();
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        let mut compiled = self.inner.compiled.borrow().clone();
+        let namespace = namespace(&parts.headers, &compiled);
+
+        // 2. authorize / limit, before the body is read: the API key, its bucket, and (REST
+        //    names its model in the path) the service's bucket.
+        if let Err(refused) = self.admit(&compiled, &namespace, model.as_deref(), &mut parts) {
+            linger::linger(body);
+            return Err(refused);
+        }
         let body = self.read_body(&parts, body).await?;
         let model = match model {
             Some(model) => Some(model),
-            None => grpc_model_name(&body),
+            None => {
+                // gRPC names its model in the message: the service's bucket now.
+                let model = grpc_model_name(&body);
+                if let Some(model) = &model {
+                    service_bucket(&compiled, &namespace, model)?;
+                }
+                model
+            }
         };
-        let mut compiled = self.inner.compiled.borrow().clone();
-        let namespace = namespace(&parts.headers, &compiled);
         let info = RequestInfo {
             namespace: &namespace,
             model: model.as_deref(),
             grpc,
             headers: &parts.headers,
         };
-
-        // 2. authorize / limit: nothing is refused yet (API keys and rate limits come here).
-        authorize(&info)?;
         if feedback {
             return self.feedback(&compiled, &info, &body);
         }
@@ -343,6 +373,16 @@ impl Router {
             self.mirror(service, &parts, &body, response, grpc);
         }
         answered
+    }
+
+    /// `/metrics` or the per-revision JSON.
+    fn own_numbers(&self, kind: &RequestKind) -> Response<Buffered> {
+        if *kind == RequestKind::RevisionMetrics {
+            let numbers =
+                serde_json::to_string(&self.inner.accounting.numbers()).unwrap_or_default();
+            return json(StatusCode::OK, numbers);
+        }
+        self.metrics_response()
     }
 
     fn metrics_response(&self) -> Response<Buffered> {
@@ -516,8 +556,41 @@ impl Router {
     }
 }
 
-/// Phase 2: whether the request may go on. Everything may, until API keys and rate limits.
-fn authorize(_request: &RequestInfo<'_>) -> Result<(), RouterError> {
+impl Router {
+    /// Phase 2: the namespace's API key (401 / 403), the key's bucket and, when the model is
+    /// known, the service's (429). The key is removed from what replicas see.
+    fn admit(
+        &self,
+        compiled: &Compiled,
+        namespace: &str,
+        model: Option<&str>,
+        parts: &mut http::request::Parts,
+    ) -> Result<(), RouterError> {
+        if let Some(key) = compiled.access.authorize(namespace, &parts.headers)? {
+            if let Some(limiter) = &key.limiter {
+                access::take(limiter, || format!("API key {}", key.key.id))?;
+            }
+            access::strip_credentials(&mut parts.headers);
+        }
+        if let Some(model) = model {
+            service_bucket(compiled, namespace, model)?;
+        }
+        Ok(())
+    }
+}
+
+/// The service's own bucket (`spec.rateLimit`), when it has one.
+fn service_bucket(compiled: &Compiled, namespace: &str, model: &str) -> Result<(), RouterError> {
+    if let Some(service) = compiled.lookup(namespace, model)
+        && let Some(limiter) = &service.limiter
+    {
+        access::take(limiter, || {
+            format!(
+                "service {} in namespace {} (spec.rateLimit)",
+                service.service, service.namespace
+            )
+        })?;
+    }
     Ok(())
 }
 
@@ -536,10 +609,12 @@ fn lookup<'a>(
                     model: model.to_string(),
                 })
         }
-        None => compiled.any().ok_or_else(|| RouterError::NoReadyReplica {
-            namespace: request.namespace.to_string(),
-            service: "any service".into(),
-        }),
+        None => compiled
+            .any(request.namespace)
+            .ok_or_else(|| RouterError::NoReadyReplica {
+                namespace: request.namespace.to_string(),
+                service: "any service".into(),
+            }),
     }
 }
 

@@ -81,6 +81,8 @@ pub struct ServiceState {
     pub shadow: Option<(usize, u32, Arc<crate::shadow::ShadowCounters>)>,
     /// Requests are held while no replica is ready (scale from zero), up to this.
     pub cold_start: Option<ferry_core::routes::ColdStart>,
+    /// The service's bucket (`spec.rateLimit`).
+    pub limiter: Option<Arc<crate::limit::Limiter>>,
 }
 
 impl ServiceState {
@@ -225,6 +227,8 @@ pub struct Compiled {
     services: HashMap<String, HashMap<String, Arc<ServiceState>>>,
     /// External host → namespace ([`ferry_core::routes::RouteTable::hosts`]).
     hosts: HashMap<String, String>,
+    /// API keys by ID, and the namespaces that require one.
+    pub access: crate::access::Access,
 }
 
 impl Compiled {
@@ -249,12 +253,21 @@ impl Compiled {
         self.services.get(namespace)?.get(model)
     }
 
-    /// Any service with a ready backend, for server-level gRPC calls.
-    pub fn any(&self) -> Option<&Arc<ServiceState>> {
+    /// A service with a ready backend, for server-level gRPC calls: one of `namespace`'s, else
+    /// (while no namespace has API keys) any.
+    pub fn any(&self, namespace: &str) -> Option<&Arc<ServiceState>> {
+        let ready = |s: &&Arc<ServiceState>| s.revisions.iter().any(|r| !r.backends.is_empty());
+        let own = self
+            .services
+            .get(namespace)
+            .and_then(|models| models.values().find(ready));
+        if own.is_some() || self.access.any() {
+            return own;
+        }
         self.services
             .values()
             .flat_map(|models| models.values())
-            .find(|s| s.revisions.iter().any(|r| !r.backends.is_empty()))
+            .find(ready)
     }
 }
 
@@ -280,16 +293,19 @@ impl InFlight {
         table: &RouteTable,
         metrics: &Metrics,
         accounting: &crate::stats::Accounting,
+        limiters: &crate::limit::Limiters,
         workers: usize,
     ) -> Compiled {
         let mut registry = self.registry.lock().expect("in-flight registry poisoned");
         let mut seen = HashMap::new();
+        let mut buckets = HashMap::new();
         let mut compiled = Compiled {
             hosts: table
                 .hosts
                 .iter()
                 .map(|(h, ns)| (h.clone(), ns.clone()))
                 .collect(),
+            access: crate::access::Access::compile(table, limiters, &mut buckets),
             ..Compiled::default()
         };
         for (namespace, models) in &table.namespaces {
@@ -368,6 +384,13 @@ impl InFlight {
                             sticky: route.sticky.clone(),
                             shadow,
                             cold_start: route.cold_start,
+                            limiter: route.rate_limit.as_ref().map(|limit| {
+                                limiters.get(
+                                    &mut buckets,
+                                    format!("service/{namespace}/{}", route.service),
+                                    limit,
+                                )
+                            }),
                         }),
                     );
             }
@@ -379,6 +402,7 @@ impl InFlight {
             }
         }
         *registry = seen;
+        limiters.retain(buckets);
         compiled
     }
 }

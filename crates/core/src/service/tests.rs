@@ -42,6 +42,7 @@ fn observation<'a>(
         scale,
         creation_failure: None,
         ingress: None,
+        rate_limit: None,
         autoscaler: None,
         runtime_problem: None,
         entry: EntryPoint::Local { router_port: 8080 },

@@ -29,6 +29,7 @@ async fn canary_router(
         sticky: None,
         shadow: None,
         cold_start: None,
+        rate_limit: None,
     }]));
     let (tx, rx) = watch::channel(table);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -21,6 +21,7 @@ fn at_zero(endpoints: Vec<Endpoint>, cold: ColdStart) -> Arc<RouteTable> {
         sticky: None,
         shadow: None,
         cold_start: Some(cold),
+        rate_limit: None,
     }]))
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 mod canary;
 mod coldstart;
+mod tenancy;
 
 fn model_path(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -110,6 +111,7 @@ fn table(namespace: &str, endpoints: Vec<Endpoint>) -> Arc<RouteTable> {
         sticky: None,
         shadow: None,
         cold_start: None,
+        rate_limit: None,
     }]))
 }
 
@@ -515,6 +517,7 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         sticky: None,
         shadow: None,
         cold_start: None,
+        rate_limit: None,
     }]));
     let (tx, rx) = watch::channel(empty);
     // The plan's weights decide, not the replica counts: two ready replicas of iris-1 weigh
@@ -536,6 +539,7 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         sticky: None,
         shadow: None,
         cold_start: None,
+        rate_limit: None,
     }]));
     let hooks = Arc::new(Holding {
         table: std::sync::Mutex::new(Some((tx.clone(), serving))),
@@ -575,6 +579,7 @@ async fn hooks_hold_a_request_until_a_replica_appears_and_see_every_answer() {
         sticky: None,
         shadow: None,
         cold_start: None,
+        rate_limit: None,
     }])))
     .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
