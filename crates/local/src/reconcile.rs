@@ -152,7 +152,6 @@ impl Reconciler {
                 scale: &scale,
                 creation_failure: None,
                 ingress: None,
-                rate_limit: None,
                 autoscaler: None,
                 runtime_problem: None,
                 entry: EntryPoint::Local {

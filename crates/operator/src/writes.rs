@@ -124,7 +124,6 @@ mod tests {
             scale: &scale,
             creation_failure: None,
             ingress: None,
-            rate_limit: None,
             autoscaler: None,
             runtime_problem: problem.then(|| ferry_core::runtime::RuntimeProblem {
                 reason: Reason::RuntimeNotFound,

@@ -42,7 +42,6 @@ fn observation<'a>(
         scale,
         creation_failure: None,
         ingress: None,
-        rate_limit: None,
         autoscaler: None,
         runtime_problem: None,
         entry: EntryPoint::Local { router_port: 8080 },

@@ -90,7 +90,6 @@ fn status_with(
         revision_order: &order,
         creation_failure: None,
         ingress: None,
-        rate_limit: None,
         autoscaler: None,
         runtime_problem,
     };
