@@ -16,8 +16,8 @@ use crate::validate::FieldError;
 pub struct RateLimitSpec {
     /// Sustained requests per second (may be fractional: 0.5 is one request every 2 s).
     pub requests_per_second: f64,
-    /// Requests that may arrive at once above the sustained rate (default: a tenth of a
-    /// second's worth, at least 1).
+    /// Requests that may arrive at once (the bucket's size; default: one second's worth, at
+    /// least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
 }
@@ -34,7 +34,7 @@ impl RateLimitSpec {
     /// The burst, with its default.
     pub fn burst(&self) -> u32 {
         self.burst
-            .unwrap_or_else(|| (self.requests_per_second / 10.0).ceil().clamp(1.0, 1e6) as u32)
+            .unwrap_or_else(|| self.requests_per_second.ceil().clamp(1.0, 1e7) as u32)
             .max(1)
     }
 
@@ -156,8 +156,8 @@ mod tests {
     }
 
     #[test]
-    fn the_default_burst_is_a_tenth_of_a_second_at_least_one() {
-        assert_eq!(RateLimitSpec::per_second(50.0).burst(), 5);
+    fn the_default_burst_is_a_second_at_least_one() {
+        assert_eq!(RateLimitSpec::per_second(50.0).burst(), 50);
         assert_eq!(RateLimitSpec::per_second(0.5).burst(), 1);
         let explicit = RateLimitSpec {
             requests_per_second: 50.0,

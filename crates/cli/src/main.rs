@@ -7,6 +7,7 @@
 //!
 //! This crate only parses flags, prints, and wires the library crates.
 
+mod apikey;
 mod cluster;
 mod ctl;
 mod doctor;
@@ -56,6 +57,9 @@ enum Command {
     /// A/B experiments: per-variant figures.
     #[command(subcommand)]
     Experiment(ctl::ExperimentCommand),
+    /// API keys per namespace: create (printed once), list, revoke.
+    #[command(subcommand)]
+    Apikey(apikey::ApiKeyCommand),
     /// Print Ferry's CustomResourceDefinitions (InferenceService, ServingRuntime) as YAML.
     Crd(CrdArgs),
     /// Print the Kubernetes objects the operator would create for manifests (GitOps review).
@@ -212,6 +216,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Predict(args) => runtime.block_on(predict::predict(args)),
         Command::Rollout(command) => runtime.block_on(ctl::rollout(command)),
         Command::Experiment(command) => runtime.block_on(ctl::experiment(command)),
+        Command::Apikey(command) => runtime.block_on(apikey::run(command)),
         Command::Doctor(DoctorCommand::Kube(args)) => runtime.block_on(doctor::run(args)),
         Command::Fetch(args) => runtime.block_on(fetch(args)),
         Command::Crd(args) => crd(args),

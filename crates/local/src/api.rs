@@ -9,6 +9,8 @@
 //! | GET | `.../{name}/events`, `/revisions`, `/replicas`, `/logs?tail=N` | details |
 //! | POST | `.../{name}/rollback` | `{"revision": NAME?}`: the predictor of an earlier revision |
 //! | POST | `.../{name}/rollout` | `{"promote": {"full": B}}`, `"abort"`, `"pause"`, `"resume"`: control a canary |
+//! | GET / POST | `/v1/namespaces/{ns}/apikeys` | list (never the keys) / create (`{"name", "rate", "expires"}`: the key, shown once) |
+//! | DELETE | `/v1/namespaces/{ns}/apikeys/{id}` | revoke: refused by the router when this returns |
 
 use std::sync::Arc;
 
@@ -39,6 +41,9 @@ pub struct ApiState {
     pub dirs: StateDir,
     pub token: Arc<str>,
     pub changed: Arc<tokio::sync::Notify>,
+    /// API keys, published to the router with every table.
+    pub keys: Arc<crate::apikeys::KeyRing>,
+    pub router: ferry_router::Router,
 }
 
 impl IntoResponse for Error {
@@ -70,6 +75,14 @@ pub fn app(state: ApiState) -> Router {
         .route(&format!("{ns}/logs"), get(logs))
         .route(&format!("{ns}/rollback"), post(rollback))
         .route(&format!("{ns}/rollout"), post(control_rollout))
+        .route(
+            "/v1/namespaces/{namespace}/apikeys",
+            get(list_keys).post(create_key),
+        )
+        .route(
+            "/v1/namespaces/{namespace}/apikeys/{id}",
+            axum::routing::delete(revoke_key),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -87,6 +100,46 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
         return Error::Unauthorized.into_response();
     }
     next.run(request).await
+}
+
+async fn list_keys(
+    State(state): State<ApiState>,
+    Path(namespace): Path<String>,
+) -> Result<Json<Items<crate::wire::ApiKeyInfo>>> {
+    let items = state.store.api_keys(Some(&namespace))?;
+    Ok(Json(Items {
+        items: items.into_iter().map(|k| k.info).collect(),
+    }))
+}
+
+async fn create_key(
+    State(state): State<ApiState>,
+    Path(namespace): Path<String>,
+    Json(request): Json<crate::wire::CreateApiKey>,
+) -> Result<Json<crate::wire::CreatedApiKey>> {
+    let created = crate::apikeys::create(&state.store, &namespace, request)?;
+    state.keys.reload(&state.store)?;
+    state.router.caught_up().await;
+    Ok(Json(created))
+}
+
+async fn revoke_key(
+    State(state): State<ApiState>,
+    Path((namespace, id)): Path<(String, String)>,
+) -> Result<Json<Deleted>> {
+    if !state.store.revoke_api_key(&namespace, &id)? {
+        return Err(Error::NotFound {
+            kind: "API key",
+            namespace,
+            name: id,
+        });
+    }
+    state.keys.reload(&state.store)?;
+    state.router.caught_up().await;
+    tracing::info!(namespace = %namespace, id = %id, "API key revoked");
+    Ok(Json(Deleted {
+        deleted: format!("apikey {namespace}/{id}"),
+    }))
 }
 
 async fn apply(

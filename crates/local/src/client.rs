@@ -220,4 +220,39 @@ impl Client {
         )
         .await
     }
+
+    /// `ferry apikey create`: the key, shown this once.
+    pub async fn create_api_key(
+        &self,
+        namespace: &str,
+        request: &crate::wire::CreateApiKey,
+    ) -> Result<crate::wire::CreatedApiKey, ClientError> {
+        self.json(
+            reqwest::Method::POST,
+            &format!("/v1/namespaces/{namespace}/apikeys"),
+            Some(request),
+        )
+        .await
+    }
+
+    /// `ferry apikey list`.
+    pub async fn api_keys(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<crate::wire::ApiKeyInfo>, ClientError> {
+        let items: Items<crate::wire::ApiKeyInfo> = self
+            .get_json(&format!("/v1/namespaces/{namespace}/apikeys"))
+            .await?;
+        Ok(items.items)
+    }
+
+    /// `ferry apikey revoke`.
+    pub async fn revoke_api_key(&self, namespace: &str, id: &str) -> Result<Deleted, ClientError> {
+        self.json(
+            reqwest::Method::DELETE,
+            &format!("/v1/namespaces/{namespace}/apikeys/{id}"),
+            None::<&()>,
+        )
+        .await
+    }
 }

@@ -54,7 +54,15 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let token: Arc<str> = Arc::from(dirs.ensure_token()?);
 
     let (routes_tx, routes_rx) = watch::channel(Arc::new(RouteTable::default()));
-    let router = Router::new(routes_rx, RouterConfig::default());
+    // While namespaces have API keys, the router's own numbers need the control token.
+    let router = Router::new(
+        routes_rx,
+        RouterConfig {
+            admin_token: Some(token.to_string()),
+            ..RouterConfig::default()
+        },
+    );
+    let keys = Arc::new(crate::apikeys::KeyRing::new(&store, routes_tx)?);
     // Thread per core, each with its own SO_REUSEPORT listener and upstream connections (the
     // request path never crosses threads), like `ferry router` in a cluster.
     let running_router =
@@ -119,6 +127,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         dirs: dirs.clone(),
         token,
         changed: changed.clone(),
+        keys: keys.clone(),
+        router: router.clone(),
     });
     let mut api_stop = stop_rx.clone();
     let api_task = tokio::spawn(async move {
@@ -141,7 +151,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let reconciler = Reconciler {
         store: store.clone(),
         supervisor: supervisor.clone(),
-        routes: routes_tx,
+        keys,
         changed,
         router_addr,
         accounting: router.accounting(),

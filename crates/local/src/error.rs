@@ -9,6 +9,9 @@ pub enum Error {
     /// The manifests were refused: every problem with its field path.
     #[error("{0}")]
     Invalid(#[from] ferry_api::ParseError),
+    /// A request part is wrong (its message names the field).
+    #[error("{0}")]
+    BadRequest(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{kind} {namespace}/{name} not found")]
@@ -40,7 +43,7 @@ impl Error {
 
     pub fn http_status(&self) -> StatusCode {
         match self {
-            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::Invalid(_) | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -15,6 +15,7 @@
 //! - [`daemon`]: wires the above with the router (`ferry_router`) into `ferry up`.
 
 pub mod api;
+pub mod apikeys;
 pub mod client;
 pub mod daemon;
 pub mod error;

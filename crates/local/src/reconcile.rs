@@ -34,7 +34,8 @@ struct Traffic {
 pub struct Reconciler {
     pub store: Arc<Store>,
     pub supervisor: Supervisor,
-    pub routes: watch::Sender<Arc<RouteTable>>,
+    /// Publishes route tables to the router, with the API keys.
+    pub keys: Arc<crate::apikeys::KeyRing>,
     pub changed: Arc<Notify>,
     /// The router's address, for `status.url`.
     pub router_addr: SocketAddr,
@@ -254,15 +255,8 @@ impl Reconciler {
         }
 
         // Publish the route table before anything is stopped: a draining replica is out of it.
-        let table = Arc::new(self.route_table(&services, &rows, &observed, &mut weights));
-        self.routes.send_if_modified(|current| {
-            if **current == *table {
-                false
-            } else {
-                *current = table.clone();
-                true
-            }
-        });
+        self.keys
+            .publish(self.route_table(&services, &rows, &observed, &mut weights));
         for id in &to_stop {
             self.supervisor.stop(id);
         }

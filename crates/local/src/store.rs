@@ -55,7 +55,19 @@ CREATE TABLE IF NOT EXISTS events (
     reason TEXT NOT NULL,
     message TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    rate TEXT,
+    expires_at TEXT,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
 ";
+
+pub mod keys;
 
 /// The current time, RFC 3339.
 pub fn now() -> String {

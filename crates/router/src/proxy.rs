@@ -80,6 +80,8 @@ pub struct Router {
 
 struct Inner {
     compiled: watch::Receiver<Arc<Compiled>>,
+    /// The executor's latest table (what [`Router::caught_up`] waits for).
+    tables: watch::Receiver<Arc<RouteTable>>,
     inflight: InFlight,
     metrics: Arc<Metrics>,
     accounting: Accounting,
@@ -116,6 +118,7 @@ impl Router {
             workers,
         );
         let (compiled_tx, compiled) = watch::channel(Arc::new(first));
+        let tables = table.clone();
         {
             let inflight = inflight.clone();
             let metrics = metrics.clone();
@@ -139,6 +142,7 @@ impl Router {
         Router {
             inner: Arc::new(Inner {
                 compiled,
+                tables,
                 inflight,
                 metrics,
                 accounting,
@@ -154,6 +158,25 @@ impl Router {
     /// ready replica: the executor starts one at once. Set once; later calls are ignored.
     pub fn on_demand(&self, demand: Demand) {
         let _ = self.inner.demand.set(demand);
+    }
+
+    /// Wait (up to 2 s) until the router routes by the latest table its executor published:
+    /// a revoked API key is refused once this returns.
+    pub async fn caught_up(&self) {
+        let mut compiled = self.inner.compiled.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let latest = self.inner.tables.borrow().clone();
+            if Arc::ptr_eq(&compiled.borrow_and_update().source, &latest) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, compiled.changed())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 
     /// The per-revision numbers since the router started (canary analysis reads them).

@@ -229,6 +229,8 @@ pub struct Compiled {
     hosts: HashMap<String, String>,
     /// API keys by ID, and the namespaces that require one.
     pub access: crate::access::Access,
+    /// The table this was compiled from ([`crate::Router::caught_up`] compares it).
+    pub source: Arc<RouteTable>,
 }
 
 impl Compiled {
@@ -290,7 +292,7 @@ impl InFlight {
     /// Compile `table`, reusing the counters of backends already known.
     pub(crate) fn compile(
         &self,
-        table: &RouteTable,
+        table: &Arc<RouteTable>,
         metrics: &Metrics,
         accounting: &crate::stats::Accounting,
         limiters: &crate::limit::Limiters,
@@ -306,6 +308,7 @@ impl InFlight {
                 .map(|(h, ns)| (h.clone(), ns.clone()))
                 .collect(),
             access: crate::access::Access::compile(table, limiters, &mut buckets),
+            source: table.clone(),
             ..Compiled::default()
         };
         for (namespace, models) in &table.namespaces {

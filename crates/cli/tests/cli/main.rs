@@ -11,3 +11,4 @@ mod kserve_shapes;
 mod local;
 mod shadow;
 mod storage;
+mod tenancy;
