@@ -152,6 +152,54 @@ struct RouterArgs {
     /// Address to serve inference traffic on (REST and gRPC).
     #[arg(long, default_value = "0.0.0.0:8080")]
     addr: SocketAddr,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// With TLS: plain HTTP too, on this address (e.g. for in-cluster clients).
+    #[arg(long, value_name = "ADDR")]
+    plain_addr: Option<SocketAddr>,
+}
+
+/// TLS at the router: `--tls-cert` / `--tls-key` pairs, in order; the first pair is the
+/// default, the others are served to clients whose SNI names them.
+#[derive(Args, Clone)]
+struct TlsArgs {
+    /// A certificate chain (PEM); repeat for more certificates (chosen by SNI).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FERRY_TLS_CERT",
+        value_delimiter = ','
+    )]
+    tls_cert: Vec<PathBuf>,
+    /// The private key (PEM) of the `--tls-cert` at the same position.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FERRY_TLS_KEY",
+        value_delimiter = ','
+    )]
+    tls_key: Vec<PathBuf>,
+}
+
+impl TlsArgs {
+    fn pairs(&self) -> Result<Vec<ferry_router::CertPair>> {
+        if self.tls_cert.len() != self.tls_key.len() {
+            anyhow::bail!(
+                "--tls-cert given {} times and --tls-key {} times: give one key per certificate, in the same order",
+                self.tls_cert.len(),
+                self.tls_key.len()
+            );
+        }
+        Ok(self
+            .tls_cert
+            .iter()
+            .zip(&self.tls_key)
+            .map(|(cert, key)| ferry_router::CertPair {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .collect())
+    }
 }
 
 #[derive(Subcommand)]
@@ -180,6 +228,11 @@ struct UpArgs {
     /// Manifests to apply once running (file, directory or `-`); prints a ready-to-run curl.
     #[arg(short = 'f', long = "filename")]
     files: Vec<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// With TLS: plain HTTP too, on this address.
+    #[arg(long, value_name = "ADDR")]
+    router_plain_addr: Option<SocketAddr>,
 }
 
 fn main() {
@@ -245,14 +298,31 @@ async fn cluster_router(args: RouterArgs) -> Result<()> {
     let router = ferry_router::Router::new(table, ferry_router::RouterConfig::default());
     // A request held for a service at zero stamps it: the operator's watch wakes at once.
     router.on_demand(ferry_operator::demand::waker(client.clone()));
-    let running = ferry_router::serve_threads(args.addr, router)
+    let pairs = args.tls.pairs()?;
+    let tls = if pairs.is_empty() {
+        None
+    } else {
+        Some(ferry_router::Tls::load(pairs)?)
+    };
+    let plain = match args.plain_addr {
+        Some(addr) if tls.is_some() => Some(
+            ferry_router::serve_threads(addr, router.clone())
+                .with_context(|| format!("cannot listen on {addr} (--plain-addr)"))?,
+        ),
+        _ => None,
+    };
+    let secure = tls.is_some();
+    let running = ferry_router::serve_threads_tls(args.addr, router, tls)
         .with_context(|| format!("cannot listen on {}", args.addr))?;
-    tracing::info!(addr = %running.addr, "ferry router: serving");
+    tracing::info!(addr = %running.addr, tls = secure, "ferry router: serving");
     tokio::select! {
         _ = ferry_operator::routes::feed(client, routes) => tracing::warn!("the watches ended"),
         _ = server::shutdown_signal() => {}
     }
     running.shutdown(std::time::Duration::from_secs(10)).await;
+    if let Some(plain) = plain {
+        plain.shutdown(std::time::Duration::from_secs(10)).await;
+    }
     Ok(())
 }
 
@@ -456,6 +526,8 @@ async fn up(args: UpArgs) -> Result<()> {
             backoff_base: std::time::Duration::from_millis(args.restart_backoff_ms),
             ..Default::default()
         },
+        tls: args.tls.pairs()?,
+        plain_router_addr: args.router_plain_addr,
     };
     ferry_local::daemon::run(config, server::shutdown_signal()).await?;
     Ok(())

@@ -23,8 +23,9 @@ use crate::status::{self, StatusInputs};
 /// Where clients reach a service: its `status.url`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryPoint {
-    /// Local mode's router on loopback: `default` by path, other namespaces by host.
-    Local { router_port: u16 },
+    /// Local mode's router on loopback: `default` by path, other namespaces by host; https
+    /// when the router terminates TLS.
+    Local { router_port: u16, tls: bool },
     /// In a cluster: the stable Service's DNS name.
     Cluster,
 }
@@ -36,11 +37,15 @@ impl EntryPoint {
         let name = isvc.metadata.name.clone().unwrap_or_default();
         let model = isvc.model_name();
         match self {
-            EntryPoint::Local { router_port } if namespace == "default" => {
-                format!("http://127.0.0.1:{router_port}/v2/models/{model}")
-            }
-            EntryPoint::Local { router_port } => {
-                format!("http://{name}.{namespace}.localhost:{router_port}/v2/models/{model}")
+            EntryPoint::Local { router_port, tls } => {
+                let scheme = if tls { "https" } else { "http" };
+                if namespace == "default" {
+                    format!("{scheme}://127.0.0.1:{router_port}/v2/models/{model}")
+                } else {
+                    format!(
+                        "{scheme}://{name}.{namespace}.localhost:{router_port}/v2/models/{model}"
+                    )
+                }
             }
             EntryPoint::Cluster => format!("http://{name}.{namespace}.svc/v2/models/{model}"),
         }

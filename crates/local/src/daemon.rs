@@ -30,6 +30,10 @@ pub struct DaemonConfig {
     /// The program replicas run (`ferry`, with the `server` subcommand).
     pub program: PathBuf,
     pub supervisor: SupervisorConfig,
+    /// TLS at the router: certificate / key pairs, the first the default (empty: plain HTTP).
+    pub tls: Vec<ferry_router::CertPair>,
+    /// With TLS, plain HTTP too on this address (only when asked).
+    pub plain_router_addr: Option<SocketAddr>,
 }
 
 /// Run until `shutdown` completes, then drain and stop everything.
@@ -65,17 +69,37 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let keys = Arc::new(crate::apikeys::KeyRing::new(&store, routes_tx)?);
     // Thread per core, each with its own SO_REUSEPORT listener and upstream connections (the
     // request path never crosses threads), like `ferry router` in a cluster.
-    let running_router =
-        ferry_router::serve_threads(config.router_addr, router.clone()).map_err(|e| {
-            Error::io(
-                format!(
-                    "cannot listen for the router on {} (--router-addr)",
-                    config.router_addr
-                ),
-                e,
-            )
-        })?;
+    let tls = if config.tls.is_empty() {
+        None
+    } else {
+        Some(
+            ferry_router::Tls::load(config.tls.clone())
+                .map_err(|e| Error::BadRequest(e.to_string()))?,
+        )
+    };
+    let secure = tls.is_some();
+    let running_router = ferry_router::serve_threads_tls(config.router_addr, router.clone(), tls)
+        .map_err(|e| {
+        Error::io(
+            format!(
+                "cannot listen for the router on {} (--router-addr)",
+                config.router_addr
+            ),
+            e,
+        )
+    })?;
     let router_addr = running_router.addr;
+    let plain_router = match config.plain_router_addr {
+        Some(addr) if secure => Some(ferry_router::serve_threads(addr, router.clone()).map_err(
+            |e| {
+                Error::io(
+                    format!("cannot listen for plain HTTP on {addr} (--router-plain-addr)"),
+                    e,
+                )
+            },
+        )?),
+        _ => None,
+    };
 
     let changed = Arc::new(Notify::new());
     // A request held for a service at zero wakes the reconcile loop at once.
@@ -143,6 +167,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         &serde_json::json!({
             "api": api_addr.to_string(),
             "router": router_addr.to_string(),
+            "routerTls": secure,
+            "routerPlain": plain_router.as_ref().map(|r| r.addr.to_string()),
             "pid": std::process::id(),
         })
         .to_string(),
@@ -154,6 +180,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         keys,
         changed,
         router_addr,
+        tls: secure,
         accounting: router.accounting(),
         windows: Default::default(),
         autoscalers: Default::default(),
@@ -167,6 +194,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let _ = stop_tx.send(true);
     let _ = reconcile_task.await;
     running_router.shutdown(Duration::from_secs(10)).await;
+    if let Some(plain) = plain_router {
+        plain.shutdown(Duration::from_secs(10)).await;
+    }
     supervisor.stop_all().await;
     let _ = api_task.await;
     let _ = std::fs::remove_file(dirs.api_file());

@@ -39,6 +39,8 @@ pub struct Reconciler {
     pub changed: Arc<Notify>,
     /// The router's address, for `status.url`.
     pub router_addr: SocketAddr,
+    /// Whether the router terminates TLS (`status.url` is https).
+    pub tls: bool,
     /// The router's per-revision numbers, read in-process for canary analysis.
     pub accounting: ferry_router::Accounting,
     /// Per service: when its analysis window began, and the numbers then.
@@ -157,6 +159,7 @@ impl Reconciler {
                 runtime_problem: None,
                 entry: EntryPoint::Local {
                     router_port: self.router_addr.port(),
+                    tls: self.tls,
                 },
             };
             let key = (namespace.clone(), name.clone());

@@ -22,12 +22,14 @@ mod serve;
 mod shadow;
 mod stats;
 mod table;
+mod tls;
 
 pub use body::Buffered;
 pub use error::RouterError;
 pub use hooks::{HookFuture, Hooks, MAX_HOLDS, NoBackend, NoHooks, Outcome, RequestInfo};
 pub use proxy::Demand;
 pub use proxy::{Router, RouterConfig};
-pub use serve::{RunningRouter, serve, serve_threads};
+pub use serve::{RunningRouter, serve, serve_threads, serve_threads_tls};
 pub use stats::{Accounting, PATH as REVISION_METRICS_PATH, ServiceNumbers};
 pub use table::InFlight;
+pub use tls::{CertPair, Tls, TlsError};

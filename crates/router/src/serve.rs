@@ -35,7 +35,7 @@ pub fn serve(listener: TcpListener, router: Router) -> std::io::Result<RunningRo
     let (stop, stop_rx) = watch::channel(false);
     let (done_tx, done) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        accept_loop(listener, router, stop_rx).await;
+        accept_loop(listener, router, stop_rx, None).await;
         let _ = done_tx.send(());
     });
     Ok(RunningRouter {
@@ -50,6 +50,15 @@ pub fn serve(listener: TcpListener, router: Router) -> std::io::Result<RunningRo
 /// kernel spreads connections): a connection, its upstream connections and its requests stay
 /// on one thread, as in nginx's worker model.
 pub fn serve_threads(addr: SocketAddr, router: Router) -> std::io::Result<RunningRouter> {
+    serve_threads_tls(addr, router, None)
+}
+
+/// As [`serve_threads`], over TLS when `tls` is given (HTTP/2 or HTTP/1.1 by ALPN).
+pub fn serve_threads_tls(
+    addr: SocketAddr,
+    router: Router,
+    tls: Option<crate::Tls>,
+) -> std::io::Result<RunningRouter> {
     let threads = router.worker_threads().max(1);
     // A socket bound to `at`; with SO_REUSEPORT for the threads' listeners.
     let socket = |at: SocketAddr, reuse_port: bool| -> std::io::Result<tokio::net::TcpSocket> {
@@ -93,13 +102,14 @@ pub fn serve_threads(addr: SocketAddr, router: Router) -> std::io::Result<Runnin
     for (index, (runtime, listener)) in listening.into_iter().enumerate() {
         let router = router.clone();
         let stop_rx = stop_rx.clone();
+        let tls = tls.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         done.push(done_rx);
         std::thread::Builder::new()
             .name(format!("ferry-router-{index}"))
             .spawn(move || {
                 crate::pool::set_worker(index);
-                runtime.block_on(accept_loop(listener, router, stop_rx));
+                runtime.block_on(accept_loop(listener, router, stop_rx, tls));
                 let _ = done_tx.send(());
             })?;
     }
@@ -110,7 +120,15 @@ pub fn serve_threads(addr: SocketAddr, router: Router) -> std::io::Result<Runnin
     })
 }
 
-async fn accept_loop(listener: TcpListener, router: Router, mut stop: watch::Receiver<bool>) {
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+    tls: Option<crate::Tls>,
+) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -123,11 +141,32 @@ async fn accept_loop(listener: TcpListener, router: Router, mut stop: watch::Rec
                     let router = router.clone();
                     async move { Ok::<_, Infallible>(router.handle(request).await) }
                 });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
+                match &tls {
+                    None => {
+                        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                        let connection = graceful.watch(connection);
+                        tokio::spawn(async move {
+                            let _ = connection.await;
+                        });
+                    }
+                    Some(tls) => {
+                        let acceptor = tls.acceptor.clone();
+                        let builder = builder.clone();
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move {
+                            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(error = %error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                            let _ = watcher.watch(connection).await;
+                        });
+                    }
+                }
             }
             _ = stop.changed() => break,
         }

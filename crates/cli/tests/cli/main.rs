@@ -12,3 +12,4 @@ mod local;
 mod shadow;
 mod storage;
 mod tenancy;
+mod tls;

@@ -120,7 +120,9 @@ async fn api_keys_wall_namespaces_off_through_the_router_and_the_control_api() {
     );
     let a1_id = ferry_api::api_key_id(&a1).unwrap().to_string();
     assert!(
-        lines.iter().any(|l| l.starts_with(&a1_id) && l.contains(" ci ")),
+        lines
+            .iter()
+            .any(|l| l.starts_with(&a1_id) && l.contains(" ci ")),
         "{text}"
     );
 

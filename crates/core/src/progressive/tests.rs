@@ -115,7 +115,10 @@ impl Sim {
             ingress: None,
             autoscaler: None,
             runtime_problem: None,
-            entry: EntryPoint::Local { router_port: 8080 },
+            entry: EntryPoint::Local {
+                router_port: 8080,
+                tls: false,
+            },
         };
         let signals = Signals {
             window: Some(self.window.clone()),
@@ -426,7 +429,10 @@ fn a_new_revision_that_cannot_start_is_rolled_back_at_once() {
         ingress: None,
         autoscaler: None,
         runtime_problem: None,
-        entry: EntryPoint::Local { router_port: 8080 },
+        entry: EntryPoint::Local {
+            router_port: 8080,
+            tls: false,
+        },
     };
     let history = [V2.to_string(), V1.to_string()];
     let plan = service::plan(&sim.isvc, &history, &observed, &Signals::default(), sim.now);

@@ -44,7 +44,10 @@ fn observation<'a>(
         ingress: None,
         autoscaler: None,
         runtime_problem: None,
-        entry: EntryPoint::Local { router_port: 8080 },
+        entry: EntryPoint::Local {
+            router_port: 8080,
+            tls: false,
+        },
     }
 }
 
@@ -286,7 +289,11 @@ fn entry_points_name_the_namespace() {
     let mut service = isvc("");
     service.metadata.namespace = Some("team-a".into());
     assert_eq!(
-        EntryPoint::Local { router_port: 9090 }.url(&service),
+        EntryPoint::Local {
+            router_port: 9090,
+            tls: false
+        }
+        .url(&service),
         "http://iris.team-a.localhost:9090/v2/models/iris"
     );
     assert_eq!(timestamp(now()), "2026-12-01T10:00:00Z");
