@@ -37,7 +37,10 @@ pub use model_uri::{ModelUri, OciReference};
 pub use progressive::*;
 pub use revision::{Revision, revision_name, revision_name_with_runtime};
 pub use servingruntime::*;
-pub use tenancy::{API_KEY_PREFIX, RateLimitSpec, api_key_hash, api_key_id};
+pub use tenancy::{
+    API_KEY_PREFIX, API_KEY_SECRET_TYPE, ApiKeyRecord, LABEL_API_KEY, RateLimitSpec, api_key_hash,
+    api_key_id,
+};
 pub use types::*;
 pub use validate::{FieldError, ValidationErrors};
 

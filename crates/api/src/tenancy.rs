@@ -128,6 +128,97 @@ pub fn api_key_hash(key: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Label on the Secret that holds one API key's hash, in a cluster (the router watches them).
+pub const LABEL_API_KEY: &str = "ferry.dev/api-key";
+/// The `type` of such a Secret.
+pub const API_KEY_SECRET_TYPE: &str = "ferry.dev/api-key";
+
+/// One API key as it is kept: never the key, only its SHA-256 ([`api_key_hash`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub hash: String,
+    pub rate: Option<RateLimitSpec>,
+    /// RFC 3339.
+    pub expires: Option<String>,
+    /// RFC 3339.
+    pub created: String,
+}
+
+impl ApiKeyRecord {
+    /// The Secret name of key `id`.
+    pub fn secret_name(id: &str) -> String {
+        format!("ferry-apikey-{id}")
+    }
+
+    /// The Secret that holds it in a cluster: in the key's namespace, labelled for the router.
+    pub fn to_secret(&self) -> k8s_openapi::api::core::v1::Secret {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let mut data = std::collections::BTreeMap::new();
+        data.insert("id".to_string(), self.id.clone());
+        data.insert("hash".to_string(), self.hash.clone());
+        data.insert("created".to_string(), self.created.clone());
+        if !self.name.is_empty() {
+            data.insert("name".to_string(), self.name.clone());
+        }
+        if let Some(rate) = &self.rate {
+            data.insert(
+                "rate".to_string(),
+                serde_json::to_string(rate).expect("serializes"),
+            );
+        }
+        if let Some(expires) = &self.expires {
+            data.insert("expires".to_string(), expires.clone());
+        }
+        k8s_openapi::api::core::v1::Secret {
+            metadata: ObjectMeta {
+                name: Some(Self::secret_name(&self.id)),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(
+                    [
+                        (LABEL_API_KEY.to_string(), "true".to_string()),
+                        (
+                            "app.kubernetes.io/managed-by".to_string(),
+                            "ferry".to_string(),
+                        ),
+                    ]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            type_: Some(API_KEY_SECRET_TYPE.to_string()),
+            string_data: Some(data),
+            ..Default::default()
+        }
+    }
+
+    /// The key a Secret holds; `None` when it is not an API key Secret or is malformed.
+    pub fn from_secret(secret: &k8s_openapi::api::core::v1::Secret) -> Option<ApiKeyRecord> {
+        if secret.type_.as_deref() != Some(API_KEY_SECRET_TYPE) {
+            return None;
+        }
+        let data = secret.data.as_ref()?;
+        let text = |key: &str| {
+            data.get(key)
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        };
+        let id = text("id")?;
+        let hash = text("hash")?;
+        (id.len() == 16 && hash.len() == 64).then_some(())?;
+        Some(ApiKeyRecord {
+            id,
+            namespace: secret.metadata.namespace.clone()?,
+            name: text("name").unwrap_or_default(),
+            hash,
+            rate: text("rate").and_then(|r| serde_json::from_str(&r).ok()),
+            expires: text("expires"),
+            created: text("created").unwrap_or_default(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +255,37 @@ mod tests {
             burst: Some(20),
         };
         assert_eq!(explicit.burst(), 20);
+    }
+
+    #[test]
+    fn a_key_round_trips_through_its_secret() {
+        let record = ApiKeyRecord {
+            id: "0123456789abcdef".into(),
+            namespace: "team-a".into(),
+            name: "ci".into(),
+            hash: "ab".repeat(32),
+            rate: Some(RateLimitSpec::per_second(5.0)),
+            expires: Some("2030-01-01T00:00:00Z".into()),
+            created: "2026-12-01T00:00:00Z".into(),
+        };
+        let mut secret = record.to_secret();
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some("ferry-apikey-0123456789abcdef")
+        );
+        // What the API server hands back: data, not stringData.
+        secret.data = Some(
+            secret
+                .string_data
+                .take()
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| (k, k8s_openapi::ByteString(v.into_bytes())))
+                .collect(),
+        );
+        assert_eq!(ApiKeyRecord::from_secret(&secret), Some(record));
+        secret.type_ = Some("Opaque".into());
+        assert_eq!(ApiKeyRecord::from_secret(&secret), None);
     }
 
     #[test]

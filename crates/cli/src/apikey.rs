@@ -5,7 +5,8 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 use ferry_api::RateLimitSpec;
 use ferry_api::k8s_openapi::jiff;
-use ferry_local::wire::{ApiKeyInfo, CreateApiKey};
+use ferry_local::wire::{ApiKeyInfo, CreateApiKey, CreatedApiKey};
+use std::path::PathBuf;
 
 use crate::ctl::Common;
 
@@ -34,12 +35,17 @@ pub struct CreateArgs {
     /// time.
     #[arg(long, value_parser = parse_expiry)]
     expires: Option<String>,
+    /// In the cluster this kubeconfig names (a Secret the router watches) instead of local mode.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct ListArgs {
     #[command(flatten)]
     common: Common,
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -48,6 +54,8 @@ pub struct RevokeArgs {
     common: Common,
     /// The key's ID (first column of `ferry apikey list`).
     id: String,
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 fn parse_rate(text: &str) -> Result<RateLimitSpec, String> {
@@ -89,11 +97,33 @@ pub async fn run(command: ApiKeyCommand) -> Result<()> {
                 rate: args.rate,
                 expires: args.expires,
             };
-            let created = args
-                .common
-                .client()?
-                .create_api_key(&args.common.namespace, &request)
-                .await?;
+            let namespace = &args.common.namespace;
+            let created = match &args.kubeconfig {
+                Some(kubeconfig) => {
+                    ferry_local::apikeys::check(namespace, &request)?;
+                    let (id, key) = ferry_local::apikeys::generate()?;
+                    let record = ferry_api::ApiKeyRecord {
+                        id,
+                        namespace: namespace.clone(),
+                        name: request.name,
+                        hash: ferry_api::api_key_hash(&key),
+                        rate: request.rate,
+                        expires: request.expires,
+                        created: jiff::Timestamp::now().to_string(),
+                    };
+                    crate::cluster::create_api_key(kubeconfig, &record).await?;
+                    CreatedApiKey {
+                        info: info(&record),
+                        key,
+                    }
+                }
+                None => {
+                    args.common
+                        .client()?
+                        .create_api_key(namespace, &request)
+                        .await?
+                }
+            };
             eprintln!(
                 "API key {} for namespace {} (shown once: store it now)",
                 created.info.id, created.info.namespace
@@ -101,25 +131,48 @@ pub async fn run(command: ApiKeyCommand) -> Result<()> {
             println!("{}", created.key);
         }
         ApiKeyCommand::List(args) => {
-            let keys = args
-                .common
-                .client()?
-                .api_keys(&args.common.namespace)
-                .await?;
+            let namespace = &args.common.namespace;
+            let keys = match &args.kubeconfig {
+                Some(kubeconfig) => crate::cluster::api_keys(kubeconfig, namespace)
+                    .await?
+                    .iter()
+                    .map(info)
+                    .collect(),
+                None => args.common.client()?.api_keys(namespace).await?,
+            };
             print!("{}", table(&keys));
         }
         ApiKeyCommand::Revoke(args) => {
             if ferry_api::api_key_id(&args.id).is_some() {
                 bail!("give the key's ID (ferry apikey list), not the key itself");
             }
-            args.common
-                .client()?
-                .revoke_api_key(&args.common.namespace, &args.id)
-                .await?;
+            let namespace = &args.common.namespace;
+            match &args.kubeconfig {
+                Some(kubeconfig) => {
+                    crate::cluster::revoke_api_key(kubeconfig, namespace, &args.id).await?
+                }
+                None => {
+                    args.common
+                        .client()?
+                        .revoke_api_key(namespace, &args.id)
+                        .await?;
+                }
+            }
             println!("apikey {}/{} revoked", args.common.namespace, args.id);
         }
     }
     Ok(())
+}
+
+fn info(record: &ferry_api::ApiKeyRecord) -> ApiKeyInfo {
+    ApiKeyInfo {
+        id: record.id.clone(),
+        namespace: record.namespace.clone(),
+        name: record.name.clone(),
+        rate: record.rate,
+        expires: record.expires.clone(),
+        created: record.created.clone(),
+    }
 }
 
 fn table(keys: &[ApiKeyInfo]) -> String {

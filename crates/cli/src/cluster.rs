@@ -66,3 +66,52 @@ pub async fn control_rollout(
         .await
         .with_context(|| format!("cannot annotate InferenceService {namespace}/{name}"))
 }
+
+/// `ferry apikey create --kubeconfig`: the key's Secret in its namespace (the router watches it).
+pub async fn create_api_key(kubeconfig: &Path, record: &ferry_api::ApiKeyRecord) -> Result<()> {
+    let secrets: Api<ferry_api::k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client(kubeconfig).await?, &record.namespace);
+    secrets
+        .create(&kube::api::PostParams::default(), &record.to_secret())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot create the API key Secret in namespace {}",
+                record.namespace
+            )
+        })?;
+    Ok(())
+}
+
+/// `ferry apikey list --kubeconfig`: the namespace's API key Secrets.
+pub async fn api_keys(kubeconfig: &Path, namespace: &str) -> Result<Vec<ferry_api::ApiKeyRecord>> {
+    let secrets: Api<ferry_api::k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client(kubeconfig).await?, namespace);
+    let list = secrets
+        .list(&kube::api::ListParams::default().labels(ferry_api::LABEL_API_KEY))
+        .await
+        .with_context(|| format!("cannot list the API key Secrets of namespace {namespace}"))?;
+    let mut records: Vec<_> = list
+        .items
+        .iter()
+        .filter_map(ferry_api::ApiKeyRecord::from_secret)
+        .collect();
+    records.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+    Ok(records)
+}
+
+/// `ferry apikey revoke --kubeconfig`: delete the key's Secret (only an API key Secret).
+pub async fn revoke_api_key(kubeconfig: &Path, namespace: &str, id: &str) -> Result<()> {
+    let secrets: Api<ferry_api::k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client(kubeconfig).await?, namespace);
+    let name = ferry_api::ApiKeyRecord::secret_name(id);
+    match secrets.get_opt(&name).await? {
+        Some(secret) if ferry_api::ApiKeyRecord::from_secret(&secret).is_some() => {}
+        _ => anyhow::bail!("API key {namespace}/{id} not found"),
+    }
+    secrets
+        .delete(&name, &kube::api::DeleteParams::default())
+        .await
+        .with_context(|| format!("cannot delete Secret {namespace}/{name}"))?;
+    Ok(())
+}

@@ -157,6 +157,14 @@ struct RouterArgs {
     /// With TLS: plain HTTP too, on this address (e.g. for in-cluster clients).
     #[arg(long, value_name = "ADDR")]
     plain_addr: Option<SocketAddr>,
+    /// Router replicas that share each rate limit: every replica keeps its own buckets, at
+    /// this share of the limit (keep it equal to the Deployment's replicas).
+    #[arg(long, env = "FERRY_ROUTER_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    replicas: u32,
+    /// The bearer token that reads this router's own numbers while namespaces have API keys
+    /// (the operator's collector sends the same one).
+    #[arg(long, env = "FERRY_ROUTER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 /// TLS at the router: `--tls-cert` / `--tls-key` pairs, in order; the first pair is the
@@ -295,7 +303,13 @@ async fn cluster_router(args: RouterArgs) -> Result<()> {
         .await
         .context("no Kubernetes credentials (in-cluster or kubeconfig)")?;
     let (routes, table) = tokio::sync::watch::channel(std::sync::Arc::new(Default::default()));
-    let router = ferry_router::Router::new(table, ferry_router::RouterConfig::default());
+    let router = ferry_router::Router::new(
+        table,
+        ferry_router::RouterConfig {
+            admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+            ..ferry_router::RouterConfig::default()
+        },
+    );
     // A request held for a service at zero stamps it: the operator's watch wakes at once.
     router.on_demand(ferry_operator::demand::waker(client.clone()));
     let pairs = args.tls.pairs()?;
@@ -316,7 +330,7 @@ async fn cluster_router(args: RouterArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     tracing::info!(addr = %running.addr, tls = secure, "ferry router: serving");
     tokio::select! {
-        _ = ferry_operator::routes::feed(client, routes) => tracing::warn!("the watches ended"),
+        _ = ferry_operator::routes::feed(client, routes, args.replicas) => tracing::warn!("the watches ended"),
         _ = server::shutdown_signal() => {}
     }
     running.shutdown(std::time::Duration::from_secs(10)).await;

@@ -128,6 +128,24 @@ pub struct ApiKey {
     pub expires_unix: Option<i64>,
 }
 
+impl ApiKey {
+    /// The router's view of a stored key, its rate divided among `routers` router replicas.
+    pub fn of(record: &ferry_api::ApiKeyRecord, routers: u32) -> ApiKey {
+        ApiKey {
+            id: record.id.clone(),
+            namespace: record.namespace.clone(),
+            name: record.name.clone(),
+            hash: record.hash.clone(),
+            rate_limit: record.rate.as_ref().map(|r| Limit::of(r, routers)),
+            expires_unix: record
+                .expires
+                .as_deref()
+                .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                .map(|t| t.as_second()),
+        }
+    }
+}
+
 /// How many requests a router holds for a service with no ready replica, and how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ColdStart {

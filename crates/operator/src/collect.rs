@@ -26,6 +26,9 @@ pub struct RouterPods {
     pub selector: String,
     /// The port their REST listener is on.
     pub port: u16,
+    /// The routers' admin token (`FERRY_ROUTER_ADMIN_TOKEN`, from the same Secret in both
+    /// Deployments): their numbers need it while namespaces have API keys.
+    pub token: Option<String>,
 }
 
 impl Default for RouterPods {
@@ -34,6 +37,9 @@ impl Default for RouterPods {
             namespace: "ferry-system".into(),
             selector: "app.kubernetes.io/name=ferry-router".into(),
             port: 8080,
+            token: std::env::var("FERRY_ROUTER_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
         }
     }
 }
@@ -304,7 +310,11 @@ impl Collector {
                 };
                 let uid = pod.uid().unwrap_or_else(|| pod.name_any());
                 let url = format!("http://{ip}:{}{}", routers.port, analysis::NUMBERS_PATH);
-                match http.get(&url).send().await {
+                let mut request = http.get(&url);
+                if let Some(token) = &routers.token {
+                    request = request.bearer_auth(token);
+                }
+                match request.send().await {
                     Ok(response) if response.status().is_success() => {
                         match response.json::<Vec<ServiceNumbers>>().await {
                             Ok(numbers) => {

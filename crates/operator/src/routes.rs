@@ -1,5 +1,6 @@
-//! The cluster feed of the router: InferenceServices and their predictor Pods (podIP, Ready,
-//! deletionTimestamp) watched through reflectors; on every change the route table is rebuilt by
+//! The cluster feed of the router: InferenceServices, their predictor Pods (podIP, Ready,
+//! deletionTimestamp) and the API key Secrets (label `ferry.dev/api-key`) watched through
+//! reflectors; on every change the route table is rebuilt by
 //! the same `ferry_core::routes::build` local mode uses. EndpointSlices are not used: they refuse
 //! loopback pod IPs on the test bed, and Pods carry everything the table needs.
 
@@ -8,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_api::{InferenceService, LABEL_SERVICE};
-use ferry_core::routes::{Endpoint, RouteTable, ServiceEndpoints, build};
+use ferry_core::routes::{ApiKey, Endpoint, RouteTable, ServiceEndpoints, build};
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -18,7 +19,12 @@ use tokio::sync::watch;
 
 use crate::observe::pod_view;
 
-fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
+fn table(
+    isvcs: &Store<InferenceService>,
+    pods: &Store<Pod>,
+    secrets: &Store<Secret>,
+    routers: u32,
+) -> RouteTable {
     // One pass over the pods, grouped by (namespace, InferenceService): linear in the objects,
     // not their product.
     let mut by_service: HashMap<(String, String), Vec<Endpoint>> = HashMap::new();
@@ -60,13 +66,21 @@ fn table(isvcs: &Store<InferenceService>, pods: &Store<Pod>) -> RouteTable {
                 .map(|(percent, _, revision)| (revision, percent));
             Some(
                 ServiceEndpoints::of(isvc, endpoints, weights)
+                    .shared_by(routers, isvc)
                     .with_fallback(fallback)
                     .with_variants(variants)
                     .with_shadow(shadow),
             )
         })
         .collect();
-    build(&services)
+    // API keys: one Secret each, labelled for Ferry, in the key's namespace.
+    let keys = secrets
+        .state()
+        .iter()
+        .filter_map(|secret| ferry_api::ApiKeyRecord::from_secret(secret))
+        .map(|record| ApiKey::of(&record, routers))
+        .collect::<Vec<_>>();
+    build(&services).with_keys(keys)
 }
 
 /// A progressive rollout's traffic as the operator's plan decided it (`status.revisions[]
@@ -120,10 +134,22 @@ fn variant_names(
         .collect()
 }
 
-/// Keep `routes` current until the watches end.
-pub async fn feed(client: Client, routes: watch::Sender<Arc<RouteTable>>) {
+/// Keep `routes` current until the watches end. Rate limits are divided among `routers`
+/// router replicas: each keeps its own buckets.
+pub async fn feed(client: Client, routes: watch::Sender<Arc<RouteTable>>, routers: u32) {
     let (isvc_store, isvc_writer) = reflector::store::<InferenceService>();
     let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let (secret_store, secret_writer) = reflector::store::<Secret>();
+    let secret_events = reflector::reflector(
+        secret_writer,
+        watcher(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels(ferry_api::LABEL_API_KEY),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .map(|_| ());
     let isvc_events = reflector::reflector(
         isvc_writer,
         watcher(
@@ -141,7 +167,10 @@ pub async fn feed(client: Client, routes: watch::Sender<Arc<RouteTable>>) {
             .default_backoff()
             .touched_objects()
             .map(|_| ());
-    let mut events = std::pin::pin!(futures_util::stream::select(isvc_events, pod_events));
+    let mut events = std::pin::pin!(futures_util::stream::select(
+        futures_util::stream::select(isvc_events, pod_events),
+        secret_events
+    ));
     while events.next().await.is_some() {
         // Coalesce a burst (a rollout, a relist): rebuild once it pauses for 10 ms, at the
         // latest 50 ms after its first event.
@@ -153,7 +182,7 @@ pub async fn feed(client: Client, routes: watch::Sender<Arc<RouteTable>>) {
                 Err(_) => break,
             }
         }
-        let next = Arc::new(table(&isvc_store, &pod_store));
+        let next = Arc::new(table(&isvc_store, &pod_store, &secret_store, routers));
         routes.send_if_modified(|current| {
             if **current == *next {
                 false

@@ -111,10 +111,27 @@ pub fn environment(
     for var in container.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
             (Some(value), _) => expand(value, &vars),
-            (None, Some(from)) => match &from.field_ref {
-                Some(field_ref) => field(facts, &field_ref.field_path)?,
-                None => bail!(
-                    "env {}: only value and fieldRef are supported on process nodes",
+            (None, Some(from)) => match (&from.field_ref, &from.secret_key_ref) {
+                (Some(field_ref), _) => field(facts, &field_ref.field_path)?,
+                (None, Some(key_ref)) => {
+                    let value = facts
+                        .secrets
+                        .get(&key_ref.name)
+                        .and_then(|data| data.get(&key_ref.key));
+                    match value {
+                        Some(value) => value.clone(),
+                        // An optional key that is not there leaves the variable unset.
+                        None if key_ref.optional == Some(true) => continue,
+                        None => bail!(
+                            "env {}: secret {:?} has no key {:?}",
+                            var.name,
+                            key_ref.name,
+                            key_ref.key
+                        ),
+                    }
+                }
+                (None, None) => bail!(
+                    "env {}: only value, fieldRef and secretKeyRef are supported on process nodes",
                     var.name
                 ),
             },

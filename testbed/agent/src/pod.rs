@@ -276,8 +276,18 @@ async fn env_secrets(
         .iter()
         .flatten()
         .chain(&spec.containers)
-        .flat_map(|c| c.env_from.iter().flatten())
-        .filter_map(|f| f.secret_ref.as_ref().map(|s| s.name.clone()));
+        .flat_map(|c| {
+            let from = c
+                .env_from
+                .iter()
+                .flatten()
+                .filter_map(|f| f.secret_ref.as_ref().map(|s| s.name.clone()));
+            let keys = c.env.iter().flatten().filter_map(|v| {
+                let from = v.value_from.as_ref()?.secret_key_ref.as_ref()?;
+                Some(from.name.clone())
+            });
+            from.chain(keys).collect::<Vec<_>>()
+        });
     for name in names {
         if secrets.contains_key(&name) {
             continue;

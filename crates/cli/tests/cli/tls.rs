@@ -166,14 +166,14 @@ async fn the_router_terminates_tls_with_sni_and_takes_renewed_certificates_live(
     // tritonclient over TLS, HTTP and gRPC.
     if let Some(python) = std::env::var_os("FERRY_INTEROP_PYTHON") {
         let script = r#"
-import functools, sys
+import sys
 import numpy as np
 import gevent.ssl
 import tritonclient.http as httpclient
 import tritonclient.grpc as grpcclient
 url, ca = sys.argv[1], sys.argv[2]
 x = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
-http = httpclient.InferenceServerClient(url, ssl=True, ssl_context_factory=functools.partial(gevent.ssl.create_default_context, cafile=ca))
+http = httpclient.InferenceServerClient(url, ssl=True, ssl_options={"ca_certs": ca}, ssl_context_factory=gevent.ssl.create_default_context)
 inp = httpclient.InferInput("input", [1, 4], "FP32"); inp.set_data_from_numpy(x)
 assert http.infer("iris", [inp]).as_numpy("label").tolist() == [0], "http"
 grpc = grpcclient.InferenceServerClient(url, ssl=True, root_certificates=ca)

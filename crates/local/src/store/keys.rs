@@ -2,8 +2,7 @@
 //! (with `revoked_at`) so that its ID is never handed out again.
 
 use ferry_api::RateLimitSpec;
-use ferry_api::k8s_openapi::jiff;
-use ferry_core::routes::{ApiKey, Limit};
+use ferry_core::routes::ApiKey;
 use rusqlite::params;
 
 use super::{Store, now};
@@ -18,21 +17,20 @@ pub struct KeyRow {
 }
 
 impl KeyRow {
-    /// The router's view of the key.
+    /// The router's view of the key (one router: the whole rate).
     pub fn to_route(&self) -> ApiKey {
-        ApiKey {
-            id: self.info.id.clone(),
-            namespace: self.info.namespace.clone(),
-            name: self.info.name.clone(),
-            hash: self.hash.clone(),
-            rate_limit: self.info.rate.as_ref().map(|r| Limit::of(r, 1)),
-            expires_unix: self
-                .info
-                .expires
-                .as_deref()
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .map(|t| t.as_second()),
-        }
+        ApiKey::of(
+            &ferry_api::ApiKeyRecord {
+                id: self.info.id.clone(),
+                namespace: self.info.namespace.clone(),
+                name: self.info.name.clone(),
+                hash: self.hash.clone(),
+                rate: self.info.rate,
+                expires: self.info.expires.clone(),
+                created: self.info.created.clone(),
+            },
+            1,
+        )
     }
 }
 
