@@ -202,12 +202,40 @@ where
     }
 }
 
+/// The admin token of the test bed's routers (Secret `ferry-system/ferry-router-admin`).
+pub const ROUTER_ADMIN_TOKEN: &str = "testbed-router-admin-token";
+
+/// The `ferry` binary the test bed runs (testbed/up.sh copies it).
+pub fn ferry_binary() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../run/bin/ferry")
+}
+
 /// Apply `deploy/<file>` with server-side apply, as a user installs Ferry.
 pub fn apply_deploy(file: &str) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../deploy")
         .join(file);
     let text = std::fs::read_to_string(&path).expect("deploy/ file reads");
+    // The routers' admin token, before their pods start (router and operator read it from
+    // this optional Secret): the router's numbers stay readable while namespaces have keys.
+    let admin = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ferry-system}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: ferry-router-admin, namespace: ferry-system}}\nstringData: {{token: {ROUTER_ADMIN_TOKEN}}}\n"
+    );
+    let applied = kubectl(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=ferry-testbed",
+            "-f",
+            "-",
+        ],
+        Some(&admin),
+    );
+    assert!(
+        applied.status.success(),
+        "the admin token Secret: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
     let applied = kubectl(&["apply", "--server-side", "-f", "-"], Some(&text));
     assert!(
         applied.status.success(),

@@ -158,6 +158,7 @@ async fn a_model_update_through_the_cluster_router_fails_no_request() {
 mod autoscale;
 mod canary;
 mod experiment;
+mod tenancy;
 
 /// `iris_manifest(model)` with a progressive `rollout` instead of the rolling bounds.
 pub(crate) fn canary_manifest(model: &str, rollout: &str) -> String {

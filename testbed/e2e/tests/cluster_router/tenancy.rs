@@ -1,0 +1,185 @@
+//! Tenancy through the router pod: API keys kept as Secrets (made by `ferry apikey create
+//! --kubeconfig`, watched by the router) wall a namespace off; a key of another namespace is
+//! refused; a revoked key stops working; `spec.rateLimit` holds; the router's own numbers
+//! need its admin token while keys exist.
+
+use std::time::Duration;
+
+use ferry_testbed_e2e::{
+    ROUTER_ADMIN_TOKEN, TempNamespace, admin_client, apply_deploy, eventually, ferry_binary,
+    install_crds, install_router, iris_body, kubectl,
+};
+
+use super::serving_v1;
+
+fn ferry(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(ferry_binary())
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(std::env::var_os("FERRY_TESTBED_KUBECONFIG").expect("FERRY_TESTBED_KUBECONFIG"))
+        .output()
+        .expect("ferry runs")
+}
+
+async fn status(http: &reqwest::Client, router_ip: &str, ns: &str, key: Option<&str>) -> u16 {
+    let mut request = http
+        .post(format!("http://{router_ip}:8080/v2/models/iris/infer"))
+        .header("ferry-namespace", ns)
+        .json(&iris_body());
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.send().await.map_or(0, |r| r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_keys_from_secrets_and_rate_limits_hold_at_the_cluster_router() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    apply_deploy("operator.yaml");
+    let router_ip = install_router(&client).await;
+    let ns = TempNamespace::create(&client, "tenancy").await.unwrap();
+    let other = TempNamespace::create(&client, "tenancy-other")
+        .await
+        .unwrap();
+    serving_v1(&router_ip, &ns.name).await;
+    let http = reqwest::Client::new();
+
+    let created = ferry(&["apikey", "create", "-n", &ns.name, "--name", "ci"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let key = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let id = ferry_api::api_key_id(&key).expect("a key").to_string();
+    let foreign = ferry(&["apikey", "create", "-n", &other.name]);
+    assert!(foreign.status.success());
+    let foreign = String::from_utf8_lossy(&foreign.stdout).trim().to_string();
+    // Only the hash is in the cluster.
+    let secret = kubectl(
+        &[
+            "get",
+            "secret",
+            "-n",
+            &ns.name,
+            &format!("ferry-apikey-{id}"),
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&secret.stdout);
+    assert!(
+        secret.status.success() && !text.contains(&key[20..]),
+        "{text}"
+    );
+
+    eventually("the router requires a key", Duration::from_secs(30), || {
+        let (http, router_ip, ns) = (http.clone(), router_ip.clone(), ns.name.clone());
+        async move { (status(&http, &router_ip, &ns, None).await == 401).then_some(()) }
+    })
+    .await;
+    assert_eq!(status(&http, &router_ip, &ns.name, Some(&key)).await, 200);
+    assert_eq!(
+        status(&http, &router_ip, &ns.name, Some(&foreign)).await,
+        403
+    );
+    let listed = ferry(&["apikey", "list", "-n", &ns.name]);
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listing
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with(&id) && l.contains("ci")),
+        "{listing}"
+    );
+
+    // The router's numbers: not with a tenant's key, yes with the admin token.
+    let metrics = |token: &str| {
+        http.get(format!("http://{router_ip}:8080/metrics"))
+            .bearer_auth(token.to_string())
+            .send()
+    };
+    assert_eq!(metrics(&key).await.unwrap().status(), 403);
+    assert_eq!(metrics(ROUTER_ADMIN_TOKEN).await.unwrap().status(), 200);
+
+    // spec.rateLimit: 10 at once on a bucket of 4 (1/s): 4 pass.
+    let patched = kubectl(
+        &[
+            "patch",
+            "isvc",
+            "iris",
+            "-n",
+            &ns.name,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"rateLimit":{"requestsPerSecond":1,"burst":4}}}"#,
+        ],
+        None,
+    );
+    assert!(
+        patched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&patched.stderr)
+    );
+    eventually(
+        "the limit reaches the router",
+        Duration::from_secs(30),
+        || {
+            let (http, router_ip, ns, key) = (
+                http.clone(),
+                router_ip.clone(),
+                ns.name.clone(),
+                key.clone(),
+            );
+            async move {
+                let tasks: Vec<_> = (0..10)
+                    .map(|_| {
+                        let (http, router_ip, ns, key) =
+                            (http.clone(), router_ip.clone(), ns.clone(), key.clone());
+                        tokio::spawn(
+                            async move { status(&http, &router_ip, &ns, Some(&key)).await },
+                        )
+                    })
+                    .collect();
+                let mut answers = Vec::new();
+                for task in tasks {
+                    answers.push(task.await.unwrap_or(0));
+                }
+                let ok = answers.iter().filter(|s| **s == 200).count();
+                let limited = answers.iter().filter(|s| **s == 429).count();
+                (limited > 0 && ok + limited == 10 && ok <= 5).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Revoked: the Secret is gone, the key stops working.
+    let revoked = ferry(&["apikey", "revoke", "-n", &ns.name, &id]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    // Another key keeps the namespace closed, so the revoked one is refused (not let in).
+    let second = ferry(&["apikey", "create", "-n", &ns.name]);
+    assert!(second.status.success());
+    eventually(
+        "the revoked key is refused",
+        Duration::from_secs(30),
+        || {
+            let (http, router_ip, ns, key) = (
+                http.clone(),
+                router_ip.clone(),
+                ns.name.clone(),
+                key.clone(),
+            );
+            async move { (status(&http, &router_ip, &ns, Some(&key)).await == 401).then_some(()) }
+        },
+    )
+    .await;
+}
