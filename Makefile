@@ -73,7 +73,7 @@ interop: deps
 
 fuzz-smoke:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
-	cd fuzz && for t in rest_decode grpc_decode; do \
+	cd fuzz && for t in rest_decode grpc_decode router_classify; do \
 	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 || exit 1; done
 
 serve:

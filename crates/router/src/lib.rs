@@ -13,6 +13,8 @@ mod access;
 mod body;
 mod classify;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hooks;
 mod limit;
 mod metrics;

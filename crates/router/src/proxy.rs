@@ -41,7 +41,7 @@ mod feedback;
 mod hold;
 mod linger;
 mod mirror;
-mod pick;
+pub(crate) mod pick;
 
 pub use hold::Demand;
 use pick::{pinned, sticky_key, variant_of};

@@ -6,7 +6,7 @@ use http::{HeaderMap, header};
 use super::{REVISION_HEADER, VARIANT_HEADER};
 
 /// The variant a request chooses with `ferry-variant`.
-pub(super) fn variant_of(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn variant_of(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(&VARIANT_HEADER)?
         .to_str()
@@ -15,7 +15,7 @@ pub(super) fn variant_of(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// A sticky caller's key: the configured header's value, or the configured cookie's.
-pub(super) fn sticky_key<'a>(
+pub(crate) fn sticky_key<'a>(
     sticky: Option<&ferry_api::StickySpec>,
     headers: &'a HeaderMap,
 ) -> Option<&'a str> {
@@ -40,7 +40,7 @@ pub(super) fn sticky_key<'a>(
 }
 
 /// The revision a request pins with `ferry-revision`.
-pub(super) fn pinned(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn pinned(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(&REVISION_HEADER)?
         .to_str()
