@@ -14,6 +14,8 @@ pub enum RouterError {
     NoRoute(String),
     #[error("request body larger than {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("request path and query longer than {limit} bytes")]
+    UriTooLong { limit: usize },
     #[error(
         "revision {revision:?} (header ferry-revision) of {service} in namespace {namespace} takes no requests: no such revision, or none of its replicas is ready"
     )]
@@ -139,6 +141,7 @@ impl RouterError {
             | RouterError::VariantNotServing { .. }
             | RouterError::UnknownRequest(_) => StatusCode::NOT_FOUND,
             RouterError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RouterError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             RouterError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             RouterError::Forbidden { .. } | RouterError::AdminOnly => StatusCode::FORBIDDEN,
             RouterError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -158,7 +161,7 @@ impl RouterError {
             | RouterError::RevisionNotServing { .. }
             | RouterError::VariantNotServing { .. }
             | RouterError::UnknownRequest(_) => 5, // NOT_FOUND
-            RouterError::TooLarge { .. } => 11, // OUT_OF_RANGE
+            RouterError::TooLarge { .. } | RouterError::UriTooLong { .. } => 11, // OUT_OF_RANGE
             RouterError::Unauthenticated { .. } => 16, // UNAUTHENTICATED
             RouterError::Forbidden { .. } | RouterError::AdminOnly => 7, // PERMISSION_DENIED
             RouterError::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
@@ -179,6 +182,7 @@ impl RouterError {
             RouterError::VariantNotServing { .. } => "variant_not_serving",
             RouterError::UnknownRequest(_) => "unknown_request",
             RouterError::TooLarge { .. } => "too_large",
+            RouterError::UriTooLong { .. } => "uri_too_long",
             RouterError::Unauthenticated { .. } => "unauthenticated",
             RouterError::Forbidden { .. } => "forbidden",
             RouterError::AdminOnly => "admin_only",

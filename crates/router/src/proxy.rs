@@ -55,6 +55,10 @@ pub struct RouterConfig {
     pub connect_timeout: Duration,
     /// Router threads [`crate::serve_threads`] runs (upstream connections are pooled per thread).
     pub worker_threads: usize,
+    /// A client must send its whole request head within this (slow clients are dropped).
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line + headers), in bytes (431 beyond).
+    pub max_header_bytes: usize,
     /// The bearer token that reads the router's own numbers (`/metrics`, the per-revision
     /// JSON) while any namespace has API keys: they name every tenant's services. Without
     /// one, they are refused (403) then.
@@ -68,6 +72,8 @@ impl Default for RouterConfig {
             connect_timeout: Duration::from_secs(1),
             worker_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             admin_token: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 << 10,
         }
     }
 }
@@ -189,6 +195,11 @@ impl Router {
         self.inner.inflight.clone()
     }
 
+    /// The router's settings.
+    pub(crate) fn config(&self) -> &RouterConfig {
+        &self.inner.config
+    }
+
     /// Threads [`crate::serve_threads`] runs (the count its connection pools are made for).
     pub(crate) fn worker_threads(&self) -> usize {
         self.inner.config.worker_threads.max(1)
@@ -196,6 +207,17 @@ impl Router {
 
     /// Handle one request; never fails (router errors become responses).
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Buffered> {
+        if request
+            .uri()
+            .path_and_query()
+            .map_or(0, |p| p.as_str().len())
+            > MAX_URI_BYTES
+        {
+            let error = RouterError::UriTooLong {
+                limit: MAX_URI_BYTES,
+            };
+            return error_response(&error, false);
+        }
         let kind = classify(request.uri(), request.headers());
         let grpc = matches!(kind, RequestKind::Grpc { .. });
         match self.route(request, kind).await {
@@ -655,6 +677,9 @@ fn labels(service: &ServiceState, revision: &RevisionState) -> RevisionLabels {
         revision: revision.revision.to_string(),
     }
 }
+
+/// Longest path + query the router reads (414 beyond): model names are DNS labels.
+const MAX_URI_BYTES: usize = 8 << 10;
 
 const REVISION_HEADER: HeaderName = HeaderName::from_static(ferry_api::HEADER_REVISION);
 const VARIANT_HEADER: HeaderName = HeaderName::from_static(ferry_api::HEADER_VARIANT);

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 mod canary;
 mod coldstart;
+mod edge;
 mod tenancy;
 
 fn model_path(file: &str) -> PathBuf {
