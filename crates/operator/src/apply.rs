@@ -11,7 +11,7 @@ use ferry_render::{render, render_service};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::discovery::ApiResource;
 use kube::{Api, Resource, ResourceExt};
@@ -210,6 +210,7 @@ struct ServiceObjectsHash<'a> {
     scaled_object: Option<&'a ferry_render::keda::ScaledObject>,
     ingress: Option<&'a Ingress>,
     route: Option<&'a ferry_render::HttpRoute>,
+    network_policy: &'a NetworkPolicy,
 }
 
 /// The stable Service, and the autoscaler, Ingress or HTTPRoute the spec asks for (deleting the
@@ -250,6 +251,7 @@ pub(crate) async fn apply_service_objects(
         scaled_object: keda_api.as_ref().and(objects.scaled_object.as_ref()),
         ingress: objects.ingress.as_ref(),
         route: route_api.as_ref().and(objects.http_route.as_ref()),
+        network_policy: &objects.network_policy,
     });
     let cached = shared.cached(&shared.services, &namespace, &name);
     let key = format!("service/{namespace}/{name}");
@@ -275,6 +277,9 @@ pub(crate) async fn apply_service_objects(
         params,
     )
     .await?;
+    // Only Ferry's namespace (the router) reaches the service's pods.
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace);
+    apply_or_remove(&policies, &name, Some(&objects.network_policy), true, params).await?;
     let ingresses = Api::<Ingress>::namespaced(client.clone(), &namespace);
     apply_or_remove(
         &ingresses,

@@ -22,6 +22,15 @@ fn read(name: &str) -> String {
     std::fs::read_to_string(golden().join(name)).unwrap()
 }
 
+/// `expected`'s file, or (with `FERRY_UPDATE_GOLDEN=1`, after a deliberate change) `rendered`
+/// written over it; review the diff before committing.
+fn expect(name: &str, rendered: &str) -> String {
+    if std::env::var_os("FERRY_UPDATE_GOLDEN").is_some() {
+        std::fs::write(golden().join(name), rendered).unwrap();
+    }
+    read(name)
+}
+
 #[test]
 fn every_manifest_renders_as_before() {
     let mut compared = 0;
@@ -33,7 +42,7 @@ fn every_manifest_renders_as_before() {
         }
         let manifests = ferry_api::parse_cluster_manifests(&read(&file), "default").unwrap();
         let rendered = documents(&manifests, &default_options()).unwrap();
-        let expected = read(&file.replace(".yaml", ".out.yaml"));
+        let expected = expect(&file.replace(".yaml", ".out.yaml"), &rendered);
         assert!(
             rendered == expected,
             "{file} renders differently:\n{rendered}"
@@ -59,7 +68,8 @@ fn options_and_owner_references_render_as_before() {
         ]),
         model_cache_host_path: None,
     };
-    assert!(documents(&manifests, &options).unwrap() == read("iris-options.out.yaml"));
+    let rendered = documents(&manifests, &options).unwrap();
+    assert!(rendered == expect("iris-options.out.yaml", &rendered));
 
     // As the operator renders: the InferenceService has a uid, so everything is owned by it.
     let manifests = ferry_api::parse_cluster_manifests(&read("owned.yaml"), "default").unwrap();
@@ -75,5 +85,6 @@ fn options_and_owner_references_render_as_before() {
         .chain(service.to_values().unwrap())
         .map(|v| serde_norway::to_string(&v).unwrap())
         .collect();
-    assert!(documents.join("---\n") == read("owned-by-operator.out.yaml"));
+    let rendered = documents.join("---\n");
+    assert!(rendered == expect("owned-by-operator.out.yaml", &rendered));
 }

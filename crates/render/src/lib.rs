@@ -7,6 +7,8 @@
 //! - [`service`]: per InferenceService, the stable Service `<name>` (an alias of the shared
 //!   router), and when the spec asks, a HorizontalPodAutoscaler on the latest revision, an
 //!   Ingress or a Gateway API HTTPRoute.
+//! - [`isolation`]: the NetworkPolicy that lets only Ferry's namespace reach a service's pods,
+//!   and the pod security fields every predictor pod carries.
 //! - [`documents`]: `ferry render`'s YAML for a set of manifests.
 //!
 //! Labels on everything: `app.kubernetes.io/managed-by=ferry`, `ferry.dev/inferenceservice`,
@@ -17,6 +19,7 @@ use std::collections::BTreeMap;
 use ferry_api::{InferenceService, LABEL_REVISION, LABEL_SERVICE};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
+pub mod isolation;
 pub mod keda;
 pub mod revision;
 pub mod runtime_pod;

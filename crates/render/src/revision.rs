@@ -311,11 +311,14 @@ fn ferry_pod(
     );
     PodSpec {
         termination_grace_period_seconds: Some(30),
+        // Ferry's server never calls the Kubernetes API: no token in the pod.
+        automount_service_account_token: Some(false),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(NON_ROOT_ID),
             run_as_group: Some(NON_ROOT_ID),
             fs_group: Some(NON_ROOT_ID),
+            seccomp_profile: crate::isolation::runtime_default_seccomp(),
             ..PodSecurityContext::default()
         }),
         containers: vec![Container {

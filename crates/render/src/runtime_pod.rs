@@ -219,11 +219,19 @@ pub(crate) fn pod(
             })
             .chain(access.volumes.iter().cloned()),
         );
-        pod.security_context = Some(PodSecurityContext {
-            fs_group: Some(NON_ROOT_ID),
-            ..PodSecurityContext::default()
-        });
+        pod.security_context
+            .get_or_insert_with(PodSecurityContext::default)
+            .fs_group = Some(NON_ROOT_ID);
     }
+    // The runtime's own seccomp choice stands; where it makes none: RuntimeDefault. No
+    // ServiceAccount token: a ServingRuntime (KServe's form too) names no ServiceAccount.
+    let security = pod
+        .security_context
+        .get_or_insert_with(PodSecurityContext::default);
+    if security.seccomp_profile.is_none() {
+        security.seccomp_profile = crate::isolation::runtime_default_seccomp();
+    }
+    pod.automount_service_account_token.get_or_insert(false);
     pod.containers = containers;
     (pod, Some((http_port, grpc_port)))
 }

@@ -11,6 +11,7 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
+    NetworkPolicy,
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
     IngressServiceBackend, IngressSpec, ServiceBackendPort,
 };
@@ -35,6 +36,8 @@ pub struct ServiceObjects {
     pub ingress: Option<Ingress>,
     /// When `spec.ingress` asks for an HTTPRoute.
     pub http_route: Option<HttpRoute>,
+    /// `<name>`: only pods of `ferry-system` (the router) may reach the predictor pods.
+    pub network_policy: NetworkPolicy,
 }
 
 impl ServiceObjects {
@@ -53,6 +56,7 @@ impl ServiceObjects {
         if let Some(route) = &self.http_route {
             values.push(serde_json::to_value(route)?);
         }
+        values.push(serde_json::to_value(&self.network_policy)?);
         Ok(values)
     }
 }
@@ -246,6 +250,7 @@ pub fn render_service(isvc: &InferenceService, latest: &str) -> ServiceObjects {
         scaled_object,
         ingress,
         http_route,
+        network_policy: crate::isolation::network_policy(isvc),
     }
 }
 
