@@ -17,6 +17,7 @@ pub mod manifest;
 mod model_uri;
 mod progressive;
 pub mod quantity;
+pub mod quota;
 pub mod revision;
 mod schema_check;
 mod servingruntime;
@@ -31,7 +32,7 @@ pub use experiment::*;
 pub use k8s_openapi;
 pub use manifest::{
     ClusterManifests, DocumentErrors, Manifest, ParseError, parse_cluster_manifests,
-    parse_manifests,
+    parse_local_manifests, parse_manifests,
 };
 pub use model_uri::{ModelUri, OciReference};
 pub use progressive::*;

@@ -76,6 +76,15 @@ pub fn parse_manifests(text: &str, default_namespace: &str) -> Result<Vec<Manife
     Ok(parsed.services)
 }
 
+/// Parse and validate every document of `text` as local mode takes them: InferenceServices
+/// for Ferry's own server, and ResourceQuotas.
+pub fn parse_local_manifests(
+    text: &str,
+    default_namespace: &str,
+) -> Result<ClusterManifests, ParseError> {
+    parse_all(text, default_namespace, false)
+}
+
 /// What a cluster takes from manifests: InferenceServices, and the ServingRuntimes they may name.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterManifests {
@@ -84,6 +93,8 @@ pub struct ClusterManifests {
     pub cluster_runtimes: Vec<ClusterServingRuntime>,
     /// The ferry.dev documents KServe runtime documents converted to (what to apply instead).
     pub converted: Vec<Value>,
+    /// `v1 ResourceQuota` documents (local mode enforces them; a cluster has its own).
+    pub quotas: Vec<k8s_openapi::api::core::v1::ResourceQuota>,
 }
 
 impl ClusterManifests {
@@ -119,6 +130,7 @@ fn parse_all(
     let mut runtimes = Vec::new();
     let mut cluster_runtimes = Vec::new();
     let mut converted_docs = Vec::new();
+    let mut quotas = Vec::new();
     let mut problems = Vec::new();
     for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let number = index + 1;
@@ -142,7 +154,11 @@ fn parse_all(
             .unwrap_or("");
         let runtime_kind = matches!(kind, "ServingRuntime" | "ClusterServingRuntime")
             && (api == crate::API_VERSION || api == kserve_runtime::KSERVE_RUNTIME_API_VERSION);
+        let quota_kind = kind == "ResourceQuota" && api == "v1";
         let result = match (runtime_kind, cluster) {
+            _ if quota_kind => {
+                crate::quota::parse_quota(&value, default_namespace).map(|q| quotas.push(q))
+            }
             (true, true) => {
                 let kserve = api == kserve_runtime::KSERVE_RUNTIME_API_VERSION;
                 let converted = if kserve {
@@ -187,6 +203,7 @@ fn parse_all(
             runtimes,
             cluster_runtimes,
             converted: converted_docs,
+            quotas,
         })
     } else {
         Err(ParseError(problems))
@@ -195,7 +212,7 @@ fn parse_all(
 
 /// A document as the typed resource `K`: the read-only metadata `get -o yaml` prints and the
 /// status dropped, the namespace defaulted.
-fn typed<K>(mut document: Value, default_namespace: &str) -> Result<K, FieldError>
+pub(crate) fn typed<K>(mut document: Value, default_namespace: &str) -> Result<K, FieldError>
 where
     K: kube::Resource + serde::de::DeserializeOwned,
 {

@@ -279,7 +279,14 @@ pub(crate) async fn apply_service_objects(
     .await?;
     // Only Ferry's namespace (the router) reaches the service's pods.
     let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &namespace);
-    apply_or_remove(&policies, &name, Some(&objects.network_policy), true, params).await?;
+    apply_or_remove(
+        &policies,
+        &name,
+        Some(&objects.network_policy),
+        true,
+        params,
+    )
+    .await?;
     let ingresses = Api::<Ingress>::namespaced(client.clone(), &namespace);
     apply_or_remove(
         &ingresses,

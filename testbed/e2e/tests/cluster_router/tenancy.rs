@@ -183,3 +183,118 @@ async fn api_keys_from_secrets_and_rate_limits_hold_at_the_cluster_router() {
     )
     .await;
 }
+
+/// `kubectl auth can-i --list` of a ServiceAccount in `namespace`: its resource rules, sorted.
+fn can_i(account: &str, namespace: &str) -> Vec<String> {
+    let out = kubectl(
+        &[
+            "auth",
+            "can-i",
+            "--list",
+            "-n",
+            namespace,
+            &format!("--as=system:serviceaccount:ferry-system:{account}"),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rules: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with(' '))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    rules.sort();
+    rules
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_the_operator_creates_is_walled_off_and_rbac_is_the_least_needed() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    apply_deploy("operator.yaml");
+    let router_ip = install_router(&client).await;
+    let ns = TempNamespace::create(&client, "isolation").await.unwrap();
+    serving_v1(&router_ip, &ns.name).await;
+
+    // Only ferry-system reaches the predictor pods.
+    let policy = kubectl(
+        &["get", "networkpolicy", "iris", "-n", &ns.name, "-o", "json"],
+        None,
+    );
+    assert!(
+        policy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&policy.stderr)
+    );
+    let policy: serde_json::Value = serde_json::from_slice(&policy.stdout).unwrap();
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["ferry.dev/inferenceservice"],
+        "iris"
+    );
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "ferry-system"
+    );
+    // The pods: non-root, read-only root, no capabilities, seccomp RuntimeDefault, no token.
+    let pods = kubectl(
+        &[
+            "get",
+            "pods",
+            "-n",
+            &ns.name,
+            "-l",
+            "ferry.dev/inferenceservice=iris",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let pods: serde_json::Value = serde_json::from_slice(&pods.stdout).unwrap();
+    let pod = &pods["items"][0]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let container = &pod["containers"][0]["securityContext"];
+    assert_eq!(container["readOnlyRootFilesystem"], true);
+    assert_eq!(container["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        container["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+
+    // RBAC: what each ServiceAccount may do, in a tenant's namespace and in ferry-system,
+    // against the checked-in expectation.
+    let mut found = String::new();
+    for account in ["ferry-operator", "ferry-router"] {
+        for namespace in ["default", "ferry-system"] {
+            found.push_str(&format!("# {account} in {namespace}\n"));
+            for rule in can_i(account, namespace) {
+                found.push_str(&rule);
+                found.push('\n');
+            }
+        }
+    }
+    let expected_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("expected/rbac.txt");
+    if std::env::var_os("FERRY_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&expected_path, &found).unwrap();
+    }
+    let expected = std::fs::read_to_string(&expected_path).unwrap();
+    assert!(
+        found == expected,
+        "RBAC differs from testbed/e2e/expected/rbac.txt:\n{found}"
+    );
+}
