@@ -60,15 +60,15 @@ pub struct ApplyArgs {
 #[derive(Args)]
 pub struct GetArgs {
     #[command(flatten)]
-    common: Common,
-    /// Kind: inferenceservice(s) or isvc.
-    kind: String,
-    name: Option<String>,
+    pub(crate) common: Common,
+    /// Kind: inferenceservice(s) or isvc, resourcequota(s) or quota.
+    pub(crate) kind: String,
+    pub(crate) name: Option<String>,
     /// Every namespace.
     #[arg(short = 'A', long)]
     all_namespaces: bool,
     #[arg(short, long, value_enum)]
-    output: Option<Output>,
+    pub(crate) output: Option<Output>,
 }
 
 #[derive(Args)]
@@ -190,6 +190,14 @@ pub enum RolloutCommand {
     },
 }
 
+fn outcome(result: Applied) -> &'static str {
+    match result {
+        Applied::Created => "created",
+        Applied::Configured => "configured",
+        Applied::Unchanged => "unchanged",
+    }
+}
+
 fn check_kind(kind: &str) -> Result<()> {
     match kind.to_ascii_lowercase().as_str() {
         "inferenceservice"
@@ -197,7 +205,9 @@ fn check_kind(kind: &str) -> Result<()> {
         | "isvc"
         | "inferenceservice.ferry.dev"
         | "inferenceservices.ferry.dev" => Ok(()),
-        other => bail!("unknown kind {other:?}: known kinds are inferenceservice (isvc)"),
+        other => bail!(
+            "unknown kind {other:?}: known kinds are inferenceservice (isvc) and resourcequota (quota)"
+        ),
     }
 }
 
@@ -309,6 +319,9 @@ pub async fn apply(args: ApplyArgs) -> Result<()> {
         .map_err(refused)?;
     for result in &answer.results {
         print_applied(result);
+    }
+    for quota in &answer.quotas {
+        println!("resourcequota/{} {}", quota.name, outcome(quota.result));
     }
     if args.wait {
         for result in &answer.results {
@@ -434,6 +447,9 @@ pub async fn quick_start(dirs: &StateDir, files: &[PathBuf]) -> Result<()> {
 }
 
 pub async fn get(args: GetArgs) -> Result<()> {
+    if crate::quota::is_quota(&args.kind) {
+        return crate::quota::get(&args).await;
+    }
     check_kind(&args.kind)?;
     let client = args.common.client()?;
     let items: Vec<InferenceService> = match &args.name {
@@ -496,6 +512,11 @@ pub async fn delete(args: DeleteArgs) -> Result<()> {
         let (Some(kind), Some(name)) = (&args.kind, &args.name) else {
             bail!("give KIND NAME or -f FILE");
         };
+        if crate::quota::is_quota(kind) {
+            client.delete_quota(&args.common.namespace, name).await?;
+            println!("resourcequota/{name} deleted");
+            return Ok(());
+        }
         check_kind(kind)?;
         targets.push((args.common.namespace.clone(), name.clone()));
     }

@@ -13,6 +13,7 @@ mod ctl;
 mod doctor;
 mod predict;
 mod print;
+mod quota;
 mod server;
 
 use std::net::SocketAddr;

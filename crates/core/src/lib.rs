@@ -22,6 +22,7 @@ pub mod autoscale;
 pub mod experiment;
 pub mod observe;
 pub mod progressive;
+pub mod quota;
 pub mod reason;
 pub mod rollout;
 pub mod routes;

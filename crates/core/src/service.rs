@@ -78,6 +78,10 @@ pub struct Observation<'a> {
     /// Why no server can run the latest revision: nothing changes until that is fixed.
     pub runtime_problem: Option<RuntimeProblem>,
     pub entry: EntryPoint,
+    /// How many more replicas the namespace's ResourceQuotas leave room for, and the tightest
+    /// quota's name (local mode; a cluster's API server refuses pods itself): a rolling
+    /// update's surge is held to it.
+    pub quota_room: Option<(String, u32)>,
 }
 
 /// What the router measured, for decisions beyond rolling updates: the numbers per revision
@@ -232,8 +236,14 @@ pub fn plan(
     } else if let Some(decision) = &progressive {
         desired::scale_to(latest, &decision.replicas, observed)
     } else {
-        let step = rollout::plan(&target, observed.replicas);
-        let (scale, changes) = scale_after(&target, observed, step.start, &step.stop);
+        let mut step = rollout::plan(&target, observed.replicas);
+        let held = hold_to_room(&mut step, observed);
+        let (scale, mut changes) = scale_after(&target, observed, step.start, &step.stop);
+        if let Some(note) = held {
+            for change in changes.iter_mut().filter(|c| c.revision == target.revision) {
+                change.event.note.push_str(&note);
+            }
+        }
         let start = BTreeMap::from([(latest.to_string(), step.start)]);
         (start, step.stop, scale, changes)
     };
@@ -423,6 +433,21 @@ pub fn plan(
 
 /// The replica counts after a rollout step of `start` new replicas and `stop`ped ones, and
 /// what changed.
+/// Hold the replicas a step starts to the room the namespace's quotas leave (replicas that
+/// are leaving, this step's too, still take theirs until they are gone); the note an event of
+/// the held rollout carries, when it is held.
+fn hold_to_room(step: &mut rollout::Step, observed: &Observation<'_>) -> Option<String> {
+    let (quota, room) = observed.quota_room.as_ref()?;
+    if step.start <= *room {
+        return None;
+    }
+    step.start = *room;
+    Some(format!(
+        " (held by ResourceQuota {quota}: room for {room} more replica{} now; the rest start as others leave)",
+        if *room == 1 { "" } else { "s" }
+    ))
+}
+
 fn scale_after(
     target: &Target,
     observed: &Observation<'_>,

@@ -10,6 +10,7 @@
 //! | POST | `.../{name}/rollback` | `{"revision": NAME?}`: the predictor of an earlier revision |
 //! | POST | `.../{name}/rollout` | `{"promote": {"full": B}}`, `"abort"`, `"pause"`, `"resume"`: control a canary |
 //! | GET / POST | `/v1/namespaces/{ns}/apikeys` | list (never the keys) / create (`{"name", "rate", "expires"}`: the key, shown once) |
+//! | GET / DELETE | `/v1/namespaces/{ns}/quotas[/{name}]` | ResourceQuotas (applied with `/v1/apply`): used / hard |
 //! | DELETE | `/v1/namespaces/{ns}/apikeys/{id}` | revoke: refused by the router when this returns |
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ferry_api::{InferenceService, parse_manifests};
+use ferry_api::InferenceService;
 use ferry_core::reason::{EventType, Reason};
 use serde::Deserialize;
 
@@ -75,6 +76,11 @@ pub fn app(state: ApiState) -> Router {
         .route(&format!("{ns}/logs"), get(logs))
         .route(&format!("{ns}/rollback"), post(rollback))
         .route(&format!("{ns}/rollout"), post(control_rollout))
+        .route("/v1/namespaces/{namespace}/quotas", get(list_quotas))
+        .route(
+            "/v1/namespaces/{namespace}/quotas/{name}",
+            axum::routing::delete(delete_quota),
+        )
         .route(
             "/v1/namespaces/{namespace}/apikeys",
             get(list_keys).post(create_key),
@@ -146,11 +152,22 @@ async fn apply(
     State(state): State<ApiState>,
     Json(request): Json<ApplyRequest>,
 ) -> Result<Json<ApplyResponse>> {
-    let manifests = parse_manifests(&request.manifests, &request.namespace)?;
-    let objects: Vec<InferenceService> = manifests.into_iter().map(|m| m.isvc).collect();
+    let manifests = ferry_api::parse_local_manifests(&request.manifests, &request.namespace)?;
+    let quotas = manifests.quotas;
+    let objects: Vec<InferenceService> = manifests.services.into_iter().map(|m| m.isvc).collect();
     check_model_names(&state.store, &objects)?;
-    let outcomes = state.store.apply_all(&objects)?;
+    crate::quotas::check_apply(&state.store, &objects, &quotas)?;
+    let (outcomes, quota_outcomes) = state.store.apply_with_quotas(&objects, &quotas)?;
     state.changed.notify_one();
+    let quotas = quotas
+        .iter()
+        .zip(quota_outcomes)
+        .map(|(q, result)| crate::wire::QuotaApplied {
+            namespace: q.metadata.namespace.clone().unwrap_or_default(),
+            name: q.metadata.name.clone().unwrap_or_default(),
+            result,
+        })
+        .collect();
     let results = objects
         .iter()
         .zip(outcomes)
@@ -161,7 +178,33 @@ async fn apply(
             revision,
         })
         .collect();
-    Ok(Json(ApplyResponse { results }))
+    Ok(Json(ApplyResponse { results, quotas }))
+}
+
+async fn list_quotas(
+    State(state): State<ApiState>,
+    Path(namespace): Path<String>,
+) -> Result<Json<Items<crate::wire::QuotaInfo>>> {
+    Ok(Json(Items {
+        items: crate::quotas::info(&state.store, &namespace)?,
+    }))
+}
+
+async fn delete_quota(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<Deleted>> {
+    if !state.store.delete_quota(&namespace, &name)? {
+        return Err(Error::NotFound {
+            kind: "ResourceQuota",
+            namespace,
+            name,
+        });
+    }
+    state.changed.notify_one();
+    Ok(Json(Deleted {
+        deleted: format!("resourcequota {namespace}/{name}"),
+    }))
 }
 
 /// Requests are routed by (namespace, model name): two services may not claim the same one.

@@ -255,4 +255,25 @@ impl Client {
         )
         .await
     }
+
+    /// `ferry get quota`.
+    pub async fn quotas(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<crate::wire::QuotaInfo>, ClientError> {
+        let items: Items<crate::wire::QuotaInfo> = self
+            .get_json(&format!("/v1/namespaces/{namespace}/quotas"))
+            .await?;
+        Ok(items.items)
+    }
+
+    /// `ferry delete quota NAME`.
+    pub async fn delete_quota(&self, namespace: &str, name: &str) -> Result<Deleted, ClientError> {
+        self.json(
+            reqwest::Method::DELETE,
+            &format!("/v1/namespaces/{namespace}/quotas/{name}"),
+            None::<&()>,
+        )
+        .await
+    }
 }

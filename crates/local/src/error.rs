@@ -14,6 +14,9 @@ pub enum Error {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// Not allowed: a ResourceQuota does not leave room for it.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{kind} {namespace}/{name} not found")]
     NotFound {
         kind: &'static str,
@@ -45,6 +48,7 @@ impl Error {
         match self {
             Error::Invalid(_) | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::Store(_) | Error::Io { .. } | Error::Internal(_) => {

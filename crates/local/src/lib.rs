@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod error;
 pub mod paths;
 pub mod process;
+pub mod quotas;
 pub mod reconcile;
 pub mod store;
 pub mod supervisor;

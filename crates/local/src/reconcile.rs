@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ferry_api::k8s_openapi::api::core::v1::ResourceQuota;
 use ferry_api::k8s_openapi::jiff::Timestamp;
 use ferry_core::analysis::Windows;
 use ferry_core::autoscale::Autoscalers;
+use ferry_core::quota::Usage;
 use ferry_core::reason::PlannedEvent;
 use ferry_core::routes::{Endpoint, RouteTable, ServiceEndpoints};
 use ferry_core::service::{self, EntryPoint, Observation, Signals};
@@ -117,6 +119,17 @@ impl Reconciler {
         let shadows = self.accounting.shadows();
         let loads = self.accounting.loads();
         let at = Timestamp::now();
+        // ResourceQuotas per namespace, and what each namespace uses now (updated as this
+        // pass starts replicas): a surge is held to the room left.
+        let mut quotas: HashMap<String, Vec<ResourceQuota>> = HashMap::new();
+        for quota in self.store.quotas(None)? {
+            let namespace = quota.metadata.namespace.clone().unwrap_or_default();
+            quotas.entry(namespace).or_default().push(quota);
+        }
+        let mut usage: HashMap<String, Usage> = quotas
+            .keys()
+            .map(|ns| (ns.clone(), crate::quotas::usage(&services, &rows, ns)))
+            .collect();
         for service in &services {
             let (namespace, name) = (service.namespace(), service.name());
             let mine: Vec<&mut ReplicaRow> = rows
@@ -161,6 +174,10 @@ impl Reconciler {
                     router_port: self.router_addr.port(),
                     tls: self.tls,
                 },
+                quota_room: quotas.get(&namespace).and_then(|q| {
+                    let used = usage.get(&namespace).cloned().unwrap_or_default();
+                    ferry_core::quota::room(q, &used, &Usage::replica(&service.isvc))
+                }),
             };
             let key = (namespace.clone(), name.clone());
             let current = numbers.get(&key).cloned().unwrap_or_default();
@@ -239,6 +256,9 @@ impl Reconciler {
                     self.store.insert_replica(&row)?;
                     self.supervisor.run(row.clone(), spec.clone());
                     rows.push(row);
+                    if let Some(used) = usage.get_mut(&namespace) {
+                        *used = used.clone().plus(&Usage::replica(&service.isvc));
+                    }
                 }
             }
             weights.insert(

@@ -55,6 +55,12 @@ CREATE TABLE IF NOT EXISTS events (
     reason TEXT NOT NULL,
     message TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS quotas (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    PRIMARY KEY (namespace, name)
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     namespace TEXT NOT NULL,
@@ -68,6 +74,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 ";
 
 pub mod keys;
+mod quotas;
 
 /// The current time, RFC 3339.
 pub fn now() -> String {
@@ -161,6 +168,9 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
+/// What an apply did: per InferenceService (with its revision), per ResourceQuota.
+pub type ApplyOutcomes = (Vec<(Applied, String)>, Vec<Applied>);
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let conn = Connection::open(path)?;
@@ -179,8 +189,18 @@ impl Store {
 
     /// Apply every object in one transaction: all are stored or none.
     pub fn apply_all(&self, objects: &[InferenceService]) -> Result<Vec<(Applied, String)>> {
+        Ok(self.apply_with_quotas(objects, &[])?.0)
+    }
+
+    /// As [`Store::apply_all`], with ResourceQuotas in the same transaction.
+    pub fn apply_with_quotas(
+        &self,
+        objects: &[InferenceService],
+        quotas: &[ferry_api::k8s_openapi::api::core::v1::ResourceQuota],
+    ) -> Result<ApplyOutcomes> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let quota_outcomes = quotas::store(&tx, quotas)?;
         let mut outcomes = Vec::new();
         let at = now();
         for isvc in objects {
@@ -287,7 +307,7 @@ impl Store {
             outcomes.push((outcome, revision));
         }
         tx.commit()?;
-        Ok(outcomes)
+        Ok((outcomes, quota_outcomes))
     }
 
     /// Every service, deleted ones included (their replicas still have to stop).

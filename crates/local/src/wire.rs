@@ -31,6 +31,25 @@ pub struct ApplyResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApplyResponse {
     pub results: Vec<ApplyResult>,
+    /// What the apply did to each ResourceQuota.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaApplied>,
+}
+
+/// What `apply` did to one ResourceQuota.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaApplied {
+    pub namespace: String,
+    pub name: String,
+    pub result: Applied,
+}
+
+/// One quota as `ferry get quota` shows it: (resource, used, hard) each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaInfo {
+    pub namespace: String,
+    pub name: String,
+    pub resources: Vec<(String, String, String)>,
 }
 
 /// A list answer.

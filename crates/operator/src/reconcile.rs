@@ -125,6 +125,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         autoscaler,
         runtime_problem,
         entry: EntryPoint::Cluster,
+        quota_room: None,
     };
 
     // Plan, on the router pods' numbers while a canary is in progress.

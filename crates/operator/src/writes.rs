@@ -130,6 +130,7 @@ mod tests {
                 message: "no such runtime".into(),
             }),
             entry: EntryPoint::Cluster,
+            quota_room: None,
         };
         let now = "2026-12-01T10:00:00Z".parse().unwrap();
         let plan = ferry_core::service::plan(&isvc(), &[], &observation, &Signals::default(), now);

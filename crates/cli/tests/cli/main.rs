@@ -9,6 +9,7 @@ mod image;
 mod interop;
 mod kserve_shapes;
 mod local;
+mod quota;
 mod shadow;
 mod storage;
 mod tenancy;

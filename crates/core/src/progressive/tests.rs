@@ -119,6 +119,7 @@ impl Sim {
                 router_port: 8080,
                 tls: false,
             },
+            quota_room: None,
         };
         let signals = Signals {
             window: Some(self.window.clone()),
@@ -433,6 +434,7 @@ fn a_new_revision_that_cannot_start_is_rolled_back_at_once() {
             router_port: 8080,
             tls: false,
         },
+        quota_room: None,
     };
     let history = [V2.to_string(), V1.to_string()];
     let plan = service::plan(&sim.isvc, &history, &observed, &Signals::default(), sim.now);

@@ -48,6 +48,7 @@ fn observation<'a>(
             router_port: 8080,
             tls: false,
         },
+        quota_room: None,
     }
 }
 

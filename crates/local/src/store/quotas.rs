@@ -1,0 +1,63 @@
+//! ResourceQuotas in the store: the documents as applied, one row each.
+
+use ferry_api::k8s_openapi::api::core::v1::ResourceQuota;
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{Applied, Store};
+use crate::Result;
+
+/// Store `quotas` in `tx`: what each apply did.
+pub(super) fn store(tx: &Transaction<'_>, quotas: &[ResourceQuota]) -> Result<Vec<Applied>> {
+    let mut outcomes = Vec::new();
+    for quota in quotas {
+        let namespace = quota.metadata.namespace.clone().unwrap_or_default();
+        let name = quota.metadata.name.clone().unwrap_or_default();
+        let manifest = serde_json::to_string(quota).expect("serializes");
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT manifest FROM quotas WHERE namespace = ?1 AND name = ?2",
+                params![namespace, name],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let outcome = match existing {
+            Some(old) if old == manifest => Applied::Unchanged,
+            Some(_) => Applied::Configured,
+            None => Applied::Created,
+        };
+        tx.execute(
+            "INSERT INTO quotas (namespace, name, manifest) VALUES (?1, ?2, ?3)
+             ON CONFLICT (namespace, name) DO UPDATE SET manifest = excluded.manifest",
+            params![namespace, name, manifest],
+        )?;
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+impl Store {
+    /// The quotas of `namespace` (of all when `None`).
+    pub fn quotas(&self, namespace: Option<&str>) -> Result<Vec<ResourceQuota>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT manifest FROM quotas WHERE (?1 IS NULL OR namespace = ?1) ORDER BY namespace, name",
+        )?;
+        let rows = statement.query_map(params![namespace], |row| row.get::<_, String>(0))?;
+        let mut quotas = Vec::new();
+        for row in rows {
+            if let Ok(quota) = serde_json::from_str(&row?) {
+                quotas.push(quota);
+            }
+        }
+        Ok(quotas)
+    }
+
+    /// Delete quota `name` of `namespace`; `false` when there was none.
+    pub fn delete_quota(&self, namespace: &str, name: &str) -> Result<bool> {
+        let changed = self.conn().execute(
+            "DELETE FROM quotas WHERE namespace = ?1 AND name = ?2",
+            params![namespace, name],
+        )?;
+        Ok(changed > 0)
+    }
+}
