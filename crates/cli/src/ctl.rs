@@ -2,10 +2,10 @@
 //! (found through the state directory) and to its router.
 
 use ferry_core::progressive::Control;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use ferry_api::InferenceService;
 use ferry_local::client::{Client, ClientError};
@@ -211,75 +211,6 @@ fn check_kind(kind: &str) -> Result<()> {
     }
 }
 
-/// Read manifests from files, directories or stdin; relative model paths become absolute
-/// (relative to the working directory), since the daemon runs elsewhere.
-fn read_manifests(files: &[PathBuf]) -> Result<String> {
-    let text = read_manifest_files(files)?;
-    Ok(absolutize_model_paths(&text).unwrap_or(text))
-}
-
-/// The manifests as written, documents joined (for `ferry render`: paths stay as they are).
-pub fn read_manifest_files(files: &[PathBuf]) -> Result<String> {
-    let mut documents = Vec::new();
-    for file in files {
-        if file.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
-            documents.push(text);
-        } else if file.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(file)
-                .with_context(|| format!("cannot read {}", file.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension()
-                        .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
-                })
-                .collect();
-            entries.sort();
-            for entry in entries {
-                documents.push(
-                    std::fs::read_to_string(&entry)
-                        .with_context(|| format!("cannot read {}", entry.display()))?,
-                );
-            }
-        } else {
-            documents.push(
-                std::fs::read_to_string(file)
-                    .with_context(|| format!("cannot read {}", file.display()))?,
-            );
-        }
-    }
-    Ok(documents.join("\n---\n"))
-}
-
-fn absolutize_model_paths(text: &str) -> Option<String> {
-    use serde::Deserialize;
-    let cwd = std::env::current_dir().ok()?;
-    let mut out = Vec::new();
-    for document in serde_norway::Deserializer::from_str(text) {
-        let mut value = Value::deserialize(document).ok()?;
-        if value.is_null() {
-            continue;
-        }
-        for pointer in [
-            "/spec/predictor/model/uri",
-            "/spec/predictor/model/storageUri",
-            "/spec/predictor/onnx/storageUri",
-        ] {
-            if let Some(slot) = value.pointer_mut(pointer)
-                && let Some(uri) = slot.as_str()
-                && !uri.contains("://")
-                && !uri.is_empty()
-                && !Path::new(uri).is_absolute()
-            {
-                *slot = Value::String(cwd.join(uri).display().to_string());
-            }
-        }
-        out.push(serde_json::to_string(&value).ok()?);
-    }
-    Some(out.join("\n---\n"))
-}
-
 fn refused(error: ClientError) -> anyhow::Error {
     if let ClientError::Refused { body, .. } = &error
         && !body.documents.is_empty()
@@ -299,19 +230,16 @@ fn refused(error: ClientError) -> anyhow::Error {
 }
 
 fn print_applied(result: &ApplyResult) {
-    let outcome = match result.result {
-        Applied::Created => "created",
-        Applied::Configured => "configured",
-        Applied::Unchanged => "unchanged",
-    };
     println!(
-        "inferenceservice.ferry.dev/{} {outcome} (revision {})",
-        result.name, result.revision
+        "inferenceservice.ferry.dev/{} {} (revision {})",
+        result.name,
+        outcome(result.result),
+        result.revision
     );
 }
 
 pub async fn apply(args: ApplyArgs) -> Result<()> {
-    let text = read_manifests(&args.files)?;
+    let text = crate::manifests::read_manifests(&args.files)?;
     let client = args.common.client()?;
     let answer = client
         .apply(&text, &args.common.namespace)
@@ -406,7 +334,7 @@ pub async fn quick_start(dirs: &StateDir, files: &[PathBuf]) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let text = read_manifests(files)?;
+    let text = crate::manifests::read_manifests(files)?;
     let answer = client.apply(&text, "default").await.map_err(refused)?;
     let http = reqwest::Client::new();
     for result in &answer.results {
@@ -500,7 +428,7 @@ pub async fn delete(args: DeleteArgs) -> Result<()> {
     let client = args.common.client()?;
     let mut targets = Vec::new();
     if !args.files.is_empty() {
-        let text = read_manifests(&args.files)?;
+        let text = crate::manifests::read_manifests(&args.files)?;
         let manifests = ferry_api::parse_manifests(&text, &args.common.namespace)?;
         for m in manifests {
             targets.push((

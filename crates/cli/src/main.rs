@@ -11,6 +11,7 @@ mod apikey;
 mod cluster;
 mod ctl;
 mod doctor;
+mod manifests;
 mod predict;
 mod print;
 mod quota;
@@ -313,12 +314,7 @@ async fn cluster_router(args: RouterArgs) -> Result<()> {
     );
     // A request held for a service at zero stamps it: the operator's watch wakes at once.
     router.on_demand(ferry_operator::demand::waker(client.clone()));
-    let pairs = args.tls.pairs()?;
-    let tls = if pairs.is_empty() {
-        None
-    } else {
-        Some(ferry_router::Tls::load(pairs)?)
-    };
+    let tls = ferry_router::Tls::for_pairs(args.tls.pairs()?)?;
     let plain = match args.plain_addr {
         Some(addr) if tls.is_some() => Some(
             ferry_router::serve_threads(addr, router.clone())
@@ -489,7 +485,7 @@ async fn fetch(args: FetchArgs) -> Result<()> {
 }
 
 fn render(args: RenderArgs) -> Result<()> {
-    let text = ctl::read_manifest_files(&args.files)?;
+    let text = manifests::read_manifest_files(&args.files)?;
     let parsed = ferry_api::parse_cluster_manifests(&text, &args.namespace)?;
     let node_selector = node_selector(&args.node_selector)?;
     let options = ferry_render::RenderOptions {

@@ -237,7 +237,7 @@ pub fn plan(
         desired::scale_to(latest, &decision.replicas, observed)
     } else {
         let mut step = rollout::plan(&target, observed.replicas);
-        let held = hold_to_room(&mut step, observed);
+        let held = room::hold_to_room(&mut step, observed);
         let (scale, mut changes) = scale_after(&target, observed, step.start, &step.stop);
         if let Some(note) = held {
             for change in changes.iter_mut().filter(|c| c.revision == target.revision) {
@@ -433,21 +433,6 @@ pub fn plan(
 
 /// The replica counts after a rollout step of `start` new replicas and `stop`ped ones, and
 /// what changed.
-/// Hold the replicas a step starts to the room the namespace's quotas leave (replicas that
-/// are leaving, this step's too, still take theirs until they are gone); the note an event of
-/// the held rollout carries, when it is held.
-fn hold_to_room(step: &mut rollout::Step, observed: &Observation<'_>) -> Option<String> {
-    let (quota, room) = observed.quota_room.as_ref()?;
-    if step.start <= *room {
-        return None;
-    }
-    step.start = *room;
-    Some(format!(
-        " (held by ResourceQuota {quota}: room for {room} more replica{} now; the rest start as others leave)",
-        if *room == 1 { "" } else { "s" }
-    ))
-}
-
 fn scale_after(
     target: &Target,
     observed: &Observation<'_>,
@@ -599,6 +584,7 @@ pub fn timestamp(now: Timestamp) -> String {
 
 mod autoscaling;
 mod desired;
+mod room;
 pub use autoscaling::{autoscale, autoscale_inputs, predictor_load};
 use autoscaling::{autoscaling_events, autoscaling_status};
 use desired::progressive_decision;

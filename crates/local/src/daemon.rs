@@ -69,14 +69,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let keys = Arc::new(crate::apikeys::KeyRing::new(&store, routes_tx)?);
     // Thread per core, each with its own SO_REUSEPORT listener and upstream connections (the
     // request path never crosses threads), like `ferry router` in a cluster.
-    let tls = if config.tls.is_empty() {
-        None
-    } else {
-        Some(
-            ferry_router::Tls::load(config.tls.clone())
-                .map_err(|e| Error::BadRequest(e.to_string()))?,
-        )
-    };
+    let tls = ferry_router::Tls::for_pairs(config.tls.clone())
+        .map_err(|e| Error::BadRequest(e.to_string()))?;
     let secure = tls.is_some();
     let running_router = ferry_router::serve_threads_tls(config.router_addr, router.clone(), tls)
         .map_err(|e| {

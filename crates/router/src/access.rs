@@ -148,7 +148,7 @@ fn seconds_up(nanos: u64) -> u32 {
 }
 
 /// The key a request carries: `Authorization: Bearer KEY`, else `x-api-key: KEY`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

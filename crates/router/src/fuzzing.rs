@@ -61,10 +61,7 @@ pub fn classify_bytes(data: &[u8]) -> Option<Classified> {
         cookie: Some("user".into()),
     };
     let _ = sticky_key(Some(&by_cookie), &headers);
-    let key_id = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let key_id = crate::access::presented_key(&headers)
         .and_then(ferry_api::api_key_id)
         .map(str::to_string);
     Some(Classified {

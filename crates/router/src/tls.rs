@@ -59,6 +59,14 @@ impl std::fmt::Debug for Resolver {
 }
 
 impl Tls {
+    /// TLS for `pairs` when any is given, else `None` (plain HTTP).
+    pub fn for_pairs(pairs: Vec<CertPair>) -> Result<Option<Tls>, TlsError> {
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        Tls::load(pairs).map(Some)
+    }
+
     /// Load `pairs` (the first is the default) and watch their files for changes.
     pub fn load(pairs: Vec<CertPair>) -> Result<Tls, TlsError> {
         if pairs.is_empty() {
