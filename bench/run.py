@@ -80,11 +80,12 @@ def to_ms(value, unit):
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk(url, body, concurrency, duration):
+def wrk(url, body, concurrency, duration, headers=()):
     body_file = RESULTS / "body.json"
     body_file.write_text(json.dumps(body))
+    extra = [arg for header in headers for arg in ("-H", header)]
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(ROOT / "bench" / "post.lua"), url],
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", *extra, "-s", str(ROOT / "bench" / "post.lua"), url],
         env={**os.environ, "BODY_FILE": str(body_file)}, capture_output=True, text=True, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))

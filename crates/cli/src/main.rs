@@ -167,6 +167,16 @@ struct RouterArgs {
     /// (the operator's collector sends the same one).
     #[arg(long, env = "FERRY_ROUTER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// In-flight slots (per router replica) that namespaces share fairly once two or more
+    /// send; 0 (the default): first come, first served. In a cluster each namespace's pods
+    /// have their own CPU; set this when tenants' replicas share nodes or a pool.
+    #[arg(
+        long,
+        env = "FERRY_ROUTER_FAIR_SLOTS",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    fair_slots: usize,
 }
 
 /// TLS at the router: `--tls-cert` / `--tls-key` pairs, in order; the first pair is the
@@ -243,6 +253,10 @@ struct UpArgs {
     /// With TLS: plain HTTP too, on this address.
     #[arg(long, value_name = "ADDR")]
     router_plain_addr: Option<SocketAddr>,
+    /// In-flight slots namespaces share fairly once two or more send (default: this
+    /// machine's cores, which every replica shares; 0: first come, first served).
+    #[arg(long, env = "FERRY_FAIR_SLOTS", value_name = "N")]
+    fair_slots: Option<usize>,
 }
 
 fn main() {
@@ -309,6 +323,7 @@ async fn cluster_router(args: RouterArgs) -> Result<()> {
         table,
         ferry_router::RouterConfig {
             admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+            fair: (args.fair_slots > 0).then(|| ferry_router::FairConfig::slots(args.fair_slots)),
             ..ferry_router::RouterConfig::default()
         },
     );
@@ -539,6 +554,9 @@ async fn up(args: UpArgs) -> Result<()> {
         },
         tls: args.tls.pairs()?,
         plain_router_addr: args.router_plain_addr,
+        fair_slots: args
+            .fair_slots
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
     ferry_local::daemon::run(config, server::shutdown_signal()).await?;
     Ok(())

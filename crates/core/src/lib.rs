@@ -13,13 +13,16 @@
 //! - [`routes::build`]: the route table the router reads (services → weighted revisions →
 //!   ready backends);
 //! - [`runtime::resolve`]: which server runs a model (Ferry's own or a ServingRuntime), and
-//!   [`runtime::server_args`]: how Ferry's own server is started for a model, in both modes.
+//!   [`runtime::server_args`]: how Ferry's own server is started for a model, in both modes;
+//! - [`fairness::admits`]: whether a namespace may send one more request while tenants share
+//!   the slots (the router's noisy-neighbour rule).
 //!
 //! The Kubernetes objects themselves are rendered by `ferry-render` (cluster mode only).
 
 pub mod analysis;
 pub mod autoscale;
 pub mod experiment;
+pub mod fairness;
 pub mod observe;
 pub mod progressive;
 pub mod quota;

@@ -34,6 +34,9 @@ pub struct DaemonConfig {
     pub tls: Vec<ferry_router::CertPair>,
     /// With TLS, plain HTTP too on this address (only when asked).
     pub plain_router_addr: Option<SocketAddr>,
+    /// In-flight slots namespaces share fairly at the router (`0`: first come, first served).
+    /// Every local replica runs on this machine, so its cores are the slots by default.
+    pub fair_slots: usize,
 }
 
 /// Run until `shutdown` completes, then drain and stop everything.
@@ -63,6 +66,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         routes_rx,
         RouterConfig {
             admin_token: Some(token.to_string()),
+            fair: (config.fair_slots > 0)
+                .then(|| ferry_router::FairConfig::slots(config.fair_slots)),
             ..RouterConfig::default()
         },
     );

@@ -76,6 +76,12 @@ pub enum RouterError {
         retry_after: u32,
         reset: u32,
     },
+    /// The namespace is at its fair share of the shared slots and its queue is full, or its
+    /// request waited too long for a turn.
+    #[error(
+        "namespace {namespace:?} is at its fair share of the shared slots: {reason}; retry after 1s"
+    )]
+    Overloaded { namespace: String, reason: String },
     /// The replica failed (twice, when a retry was possible).
     #[error("upstream replica {backend} failed: {cause}")]
     Upstream { backend: String, cause: String },
@@ -147,7 +153,8 @@ impl RouterError {
             RouterError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             RouterError::NoReadyReplica { .. }
             | RouterError::ColdStartBufferFull { .. }
-            | RouterError::ColdStartTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | RouterError::ColdStartTimeout { .. }
+            | RouterError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             RouterError::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -168,6 +175,7 @@ impl RouterError {
             RouterError::NoReadyReplica { .. }
             | RouterError::ColdStartBufferFull { .. }
             | RouterError::ColdStartTimeout { .. }
+            | RouterError::Overloaded { .. }
             | RouterError::Upstream { .. } => 14, // UNAVAILABLE
         }
     }
@@ -190,6 +198,7 @@ impl RouterError {
             RouterError::NoReadyReplica { .. } => "no_ready_replica",
             RouterError::ColdStartBufferFull { .. } => "cold_start_buffer_full",
             RouterError::ColdStartTimeout { .. } => "cold_start_timeout",
+            RouterError::Overloaded { .. } => "overloaded",
             RouterError::Upstream { .. } => "upstream",
         }
     }
@@ -201,7 +210,7 @@ impl RouterError {
             RouterError::ColdStartBufferFull { .. } | RouterError::ColdStartTimeout { .. } => {
                 Some(5)
             }
-            RouterError::NoReadyReplica { .. } => Some(1),
+            RouterError::NoReadyReplica { .. } | RouterError::Overloaded { .. } => Some(1),
             RouterError::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => None,
         }

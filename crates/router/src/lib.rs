@@ -13,6 +13,7 @@ mod access;
 mod body;
 mod classify;
 mod error;
+mod fair;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hooks;
@@ -28,6 +29,7 @@ mod tls;
 
 pub use body::Buffered;
 pub use error::RouterError;
+pub use fair::FairConfig;
 pub use hooks::{HookFuture, Hooks, MAX_HOLDS, NoBackend, NoHooks, Outcome, RequestInfo};
 pub use proxy::Demand;
 pub use proxy::{Router, RouterConfig};

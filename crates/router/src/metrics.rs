@@ -25,6 +25,11 @@ pub struct ResponseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub reason: String,
 }
@@ -40,6 +45,8 @@ pub struct Metrics {
     latency: Family<RevisionLabels, Histogram, fn() -> Histogram>,
     pub router_errors: Family<ErrorLabels, Counter>,
     pub retries: Family<RevisionLabels, Counter>,
+    /// Requests that waited for their namespace's fair share of the slots.
+    pub fair_queued: Family<NamespaceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -52,6 +59,7 @@ impl Default for Metrics {
         );
         let router_errors = Family::<ErrorLabels, Counter>::default();
         let retries = Family::<RevisionLabels, Counter>::default();
+        let fair_queued = Family::<NamespaceLabels, Counter>::default();
         registry.register(
             "requests_ok",
             "Requests answered 2xx by a replica",
@@ -77,6 +85,11 @@ impl Default for Metrics {
             "Requests retried on another replica",
             retries.clone(),
         );
+        registry.register(
+            "fair_queued",
+            "Requests that waited for their namespace's fair share of the shared slots",
+            fair_queued.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             ok,
@@ -84,6 +97,7 @@ impl Default for Metrics {
             latency,
             router_errors,
             retries,
+            fair_queued,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! 3. **pick revision** — weighted by the plan's traffic weights;
 //! 4. **pick replica** — power of two choices on outstanding requests; when the service has
 //!    no replica to take the request, the [`Hooks::on_no_backend`] hook decides (today: 503);
+//!    with [`RouterConfig::fair`], the request first takes its namespace's fair share of the
+//!    shared slots (`fair.rs`: queued past it, 503 + `Retry-After` past the queue);
 //! 5. **forward** — to the replica, over its Unix socket when the table gives one;
 //! 6. **on error / retry** — once, on another replica, when the replica failed before
 //!    answering;
@@ -31,6 +33,7 @@ use crate::access;
 use crate::body::{Buffered, error_response, json};
 use crate::classify::{RequestKind, classify, grpc_model_name, namespace};
 use crate::error::RouterError;
+use crate::fair::{Fair, FairConfig};
 use crate::hooks::{Hooks, MAX_HOLDS, NoBackend, NoHooks, Outcome, RequestInfo};
 use crate::metrics::{ErrorLabels, Metrics, RevisionLabels};
 use crate::stats::Accounting;
@@ -65,6 +68,9 @@ pub struct RouterConfig {
     /// JSON) while any namespace has API keys: they name every tenant's services. Without
     /// one, they are refused (403) then.
     pub admin_token: Option<String>,
+    /// Slots shared fairly among namespaces ([`ferry_core::fairness`]); `None`: first come,
+    /// first served.
+    pub fair: Option<FairConfig>,
 }
 
 impl Default for RouterConfig {
@@ -76,6 +82,7 @@ impl Default for RouterConfig {
             admin_token: None,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 << 10,
+            fair: None,
         }
     }
 }
@@ -99,6 +106,7 @@ struct Inner {
     hooks: Arc<dyn Hooks>,
     /// Told at once when a request is held for a service at zero (scale from zero).
     demand: std::sync::OnceLock<Demand>,
+    fair: Option<Arc<Fair>>,
 }
 
 impl Router {
@@ -155,6 +163,7 @@ impl Router {
                 metrics,
                 accounting,
                 shadow_limit: crate::shadow::limit(),
+                fair: config.fair.map(Fair::new),
                 config,
                 hooks,
                 demand: std::sync::OnceLock::new(),
@@ -332,6 +341,22 @@ impl Router {
             }
         }
         let service = lookup(&compiled, &info)?;
+        // Its namespace's fair share of the shared slots, held until the answer is in.
+        let _slot = match &self.inner.fair {
+            Some(fair) => Some(
+                fair.acquire(&namespace, || {
+                    self.inner
+                        .metrics
+                        .fair_queued
+                        .get_or_create(&crate::metrics::NamespaceLabels {
+                            namespace: namespace.clone(),
+                        })
+                        .inc();
+                })
+                .await?,
+            ),
+            None => None,
+        };
         let answered = async {
         let pin = pinned(&parts.headers);
         // A held request whose own probe found a starting replica ready goes there.

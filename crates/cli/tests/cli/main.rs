@@ -4,6 +4,7 @@
 mod autoscale;
 mod canary;
 mod experiment;
+mod fairness;
 mod fetch;
 mod image;
 mod interop;
