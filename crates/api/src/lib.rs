@@ -15,6 +15,7 @@ pub mod kserve;
 pub mod kserve_runtime;
 pub mod manifest;
 mod model_uri;
+pub mod namespace;
 mod progressive;
 pub mod quantity;
 pub mod quota;

@@ -95,6 +95,8 @@ pub struct ClusterManifests {
     pub converted: Vec<Value>,
     /// `v1 ResourceQuota` documents (local mode enforces them; a cluster has its own).
     pub quotas: Vec<k8s_openapi::api::core::v1::ResourceQuota>,
+    /// `v1 Namespace` documents (local mode keeps their rate limit; a cluster has its own).
+    pub namespaces: Vec<k8s_openapi::api::core::v1::Namespace>,
 }
 
 impl ClusterManifests {
@@ -131,6 +133,7 @@ fn parse_all(
     let mut cluster_runtimes = Vec::new();
     let mut converted_docs = Vec::new();
     let mut quotas = Vec::new();
+    let mut namespaces = Vec::new();
     let mut problems = Vec::new();
     for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let number = index + 1;
@@ -155,7 +158,11 @@ fn parse_all(
         let runtime_kind = matches!(kind, "ServingRuntime" | "ClusterServingRuntime")
             && (api == crate::API_VERSION || api == kserve_runtime::KSERVE_RUNTIME_API_VERSION);
         let quota_kind = kind == "ResourceQuota" && api == "v1";
+        let namespace_kind = kind == "Namespace" && api == "v1";
         let result = match (runtime_kind, cluster) {
+            _ if namespace_kind => {
+                crate::namespace::parse_namespace(&value).map(|n| namespaces.push(n))
+            }
             _ if quota_kind => {
                 crate::quota::parse_quota(&value, default_namespace).map(|q| quotas.push(q))
             }
@@ -204,6 +211,7 @@ fn parse_all(
             cluster_runtimes,
             converted: converted_docs,
             quotas,
+            namespaces,
         })
     } else {
         Err(ParseError(problems))

@@ -251,6 +251,9 @@ pub async fn apply(args: ApplyArgs) -> Result<()> {
     for quota in &answer.quotas {
         println!("resourcequota/{} {}", quota.name, outcome(quota.result));
     }
+    for namespace in &answer.namespaces {
+        println!("namespace/{} {}", namespace.name, outcome(namespace.result));
+    }
     if args.wait {
         for result in &answer.results {
             let timeout = Duration::from_secs(args.timeout);

@@ -177,6 +177,9 @@ struct RouterArgs {
         value_name = "N"
     )]
     fair_slots: usize,
+    /// Requests one namespace may have waiting for its share (default: 64 per slot).
+    #[arg(long, env = "FERRY_ROUTER_FAIR_QUEUE", value_name = "N")]
+    fair_queue: Option<usize>,
 }
 
 /// TLS at the router: `--tls-cert` / `--tls-key` pairs, in order; the first pair is the
@@ -257,6 +260,10 @@ struct UpArgs {
     /// machine's cores, which every replica shares; 0: first come, first served).
     #[arg(long, env = "FERRY_FAIR_SLOTS", value_name = "N")]
     fair_slots: Option<usize>,
+    /// Requests one namespace may have waiting for its share (default: 64 per slot; beyond:
+    /// 503 with Retry-After).
+    #[arg(long, env = "FERRY_FAIR_QUEUE", value_name = "N")]
+    fair_queue: Option<usize>,
 }
 
 fn main() {
@@ -323,7 +330,9 @@ async fn cluster_router(args: RouterArgs) -> Result<()> {
         table,
         ferry_router::RouterConfig {
             admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
-            fair: (args.fair_slots > 0).then(|| ferry_router::FairConfig::slots(args.fair_slots)),
+            fair: (args.fair_slots > 0).then(|| {
+                ferry_router::FairConfig::slots(args.fair_slots).with_queue(args.fair_queue)
+            }),
             ..ferry_router::RouterConfig::default()
         },
     );
@@ -557,6 +566,7 @@ async fn up(args: UpArgs) -> Result<()> {
         fair_slots: args
             .fair_slots
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        fair_queue: args.fair_queue,
     };
     ferry_local::daemon::run(config, server::shutdown_signal()).await?;
     Ok(())

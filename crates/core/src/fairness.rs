@@ -15,8 +15,9 @@ use std::time::Duration;
 /// How long a namespace counts as active after its last request.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
 
-/// Queued requests per namespace, per slot, by default (beyond: 503 + `Retry-After`).
-pub const QUEUE_PER_SLOT: usize = 8;
+/// Queued requests per namespace, per slot, by default (beyond: 503 + `Retry-After`): a
+/// batching client's burst of a few dozen waits its turn instead of being refused.
+pub const QUEUE_PER_SLOT: usize = 64;
 
 /// How long a queued request waits for its turn by default (then 503 + `Retry-After`).
 pub const QUEUE_WAIT: Duration = Duration::from_secs(10);

@@ -194,9 +194,31 @@ pub struct RouteTable {
     /// API keys by namespace: a namespace listed here takes only requests with one of its keys.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub keys: BTreeMap<String, Vec<ApiKey>>,
+    /// Namespaces' own rate limits (annotation `ferry.dev/rate-limit`), shared by all their
+    /// requests.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespace_limits: BTreeMap<String, Limit>,
 }
 
 impl RouteTable {
+    /// With these namespaces' rate limits, from their annotations (a namespace whose
+    /// annotation does not parse keeps no limit: its documents are checked when applied);
+    /// each of `routers` router replicas keeps its share.
+    pub fn with_namespace_limits<'a>(
+        mut self,
+        namespaces: impl IntoIterator<Item = (&'a str, Option<&'a BTreeMap<String, String>>)>,
+        routers: u32,
+    ) -> Self {
+        self.namespace_limits = namespaces
+            .into_iter()
+            .filter_map(|(name, annotations)| {
+                let spec = ferry_api::namespace::namespace_rate_limit(annotations).ok()??;
+                Some((name.to_string(), Limit::of(&spec, routers)))
+            })
+            .collect();
+        self
+    }
+
     /// With these API keys (each under its namespace).
     pub fn with_keys(mut self, keys: impl IntoIterator<Item = ApiKey>) -> Self {
         for key in keys {

@@ -154,11 +154,28 @@ async fn apply(
 ) -> Result<Json<ApplyResponse>> {
     let manifests = ferry_api::parse_local_manifests(&request.manifests, &request.namespace)?;
     let quotas = manifests.quotas;
+    let namespaces = manifests.namespaces;
     let objects: Vec<InferenceService> = manifests.services.into_iter().map(|m| m.isvc).collect();
     check_model_names(&state.store, &objects)?;
     crate::quotas::check_apply(&state.store, &objects, &quotas)?;
-    let (outcomes, quota_outcomes) = state.store.apply_with_quotas(&objects, &quotas)?;
+    let (outcomes, quota_outcomes, namespace_outcomes) =
+        state
+            .store
+            .apply_documents(&objects, &quotas, &namespaces)?;
     state.changed.notify_one();
+    if !namespaces.is_empty() {
+        // A namespace's rate limit holds once the apply returns.
+        state.keys.reload(&state.store)?;
+        state.router.caught_up().await;
+    }
+    let namespaces = namespaces
+        .iter()
+        .zip(namespace_outcomes)
+        .map(|(n, result)| crate::wire::NamespaceApplied {
+            name: n.metadata.name.clone().unwrap_or_default(),
+            result,
+        })
+        .collect();
     let quotas = quotas
         .iter()
         .zip(quota_outcomes)
@@ -178,7 +195,11 @@ async fn apply(
             revision,
         })
         .collect();
-    Ok(Json(ApplyResponse { results, quotas }))
+    Ok(Json(ApplyResponse {
+        results,
+        quotas,
+        namespaces,
+    }))
 }
 
 async fn list_quotas(

@@ -84,11 +84,23 @@ pub fn create(store: &Store, namespace: &str, request: CreateApiKey) -> Result<C
     Ok(CreatedApiKey { info, key })
 }
 
-/// The keys the router checks, and the one way a route table reaches the router: every
-/// table goes out with the current keys.
+/// The keys and namespace rate limits the router checks, and the one way a route table
+/// reaches the router: every table goes out with the current ones.
 pub struct KeyRing {
     keys: RwLock<Vec<ApiKey>>,
+    /// Namespace documents (their rate-limit annotations), by name.
+    namespaces: RwLock<Vec<NamespaceLimit>>,
     routes: watch::Sender<Arc<RouteTable>>,
+}
+
+type NamespaceLimit = (String, Option<std::collections::BTreeMap<String, String>>);
+
+fn with_tenancy(table: RouteTable, keys: Vec<ApiKey>, namespaces: &[NamespaceLimit]) -> RouteTable {
+    let mut table = table;
+    table.keys.clear();
+    table
+        .with_keys(keys)
+        .with_namespace_limits(namespaces.iter().map(|(n, a)| (n.as_str(), a.as_ref())), 1)
 }
 
 impl KeyRing {
@@ -96,6 +108,7 @@ impl KeyRing {
     pub fn new(store: &Store, routes: watch::Sender<Arc<RouteTable>>) -> Result<KeyRing> {
         let ring = KeyRing {
             keys: RwLock::new(Vec::new()),
+            namespaces: RwLock::new(Vec::new()),
             routes,
         };
         ring.reload(store)?;
@@ -106,7 +119,8 @@ impl KeyRing {
     pub fn publish(&self, table: RouteTable) {
         self.routes.send_if_modified(|current| {
             let keys = self.keys.read().expect("key ring poisoned").clone();
-            let next = table.with_keys(keys);
+            let namespaces = self.namespaces.read().expect("key ring poisoned");
+            let next = with_tenancy(table, keys, &namespaces);
             if **current == next {
                 false
             } else {
@@ -119,12 +133,16 @@ impl KeyRing {
     /// Read the live keys again and publish them with the current table.
     pub fn reload(&self, store: &Store) -> Result<()> {
         let live: Vec<ApiKey> = store.api_keys(None)?.iter().map(KeyRow::to_route).collect();
+        let namespaces: Vec<NamespaceLimit> = store
+            .namespaces()?
+            .into_iter()
+            .map(|n| (n.metadata.name.unwrap_or_default(), n.metadata.annotations))
+            .collect();
         self.routes.send_if_modified(|current| {
             // Under the channel's lock: a table published meanwhile is not sent with old keys.
             *self.keys.write().expect("key ring poisoned") = live.clone();
-            let mut next = (**current).clone();
-            next.keys.clear();
-            let next = next.with_keys(live);
+            *self.namespaces.write().expect("key ring poisoned") = namespaces.clone();
+            let next = with_tenancy((**current).clone(), live, &namespaces);
             if **current == next {
                 false
             } else {

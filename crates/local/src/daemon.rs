@@ -37,6 +37,8 @@ pub struct DaemonConfig {
     /// In-flight slots namespaces share fairly at the router (`0`: first come, first served).
     /// Every local replica runs on this machine, so its cores are the slots by default.
     pub fair_slots: usize,
+    /// Requests one namespace may have queued for its share (`None`: 64 per slot).
+    pub fair_queue: Option<usize>,
 }
 
 /// Run until `shutdown` completes, then drain and stop everything.
@@ -66,8 +68,9 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         routes_rx,
         RouterConfig {
             admin_token: Some(token.to_string()),
-            fair: (config.fair_slots > 0)
-                .then(|| ferry_router::FairConfig::slots(config.fair_slots)),
+            fair: (config.fair_slots > 0).then(|| {
+                ferry_router::FairConfig::slots(config.fair_slots).with_queue(config.fair_queue)
+            }),
             ..RouterConfig::default()
         },
     );

@@ -61,6 +61,10 @@ CREATE TABLE IF NOT EXISTS quotas (
     manifest TEXT NOT NULL,
     PRIMARY KEY (namespace, name)
 );
+CREATE TABLE IF NOT EXISTS namespaces (
+    name TEXT PRIMARY KEY,
+    manifest TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     namespace TEXT NOT NULL,
@@ -74,6 +78,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 ";
 
 pub mod keys;
+mod namespaces;
 mod quotas;
 
 /// The current time, RFC 3339.
@@ -168,8 +173,9 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
-/// What an apply did: per InferenceService (with its revision), per ResourceQuota.
-pub type ApplyOutcomes = (Vec<(Applied, String)>, Vec<Applied>);
+/// What an apply did: per InferenceService (with its revision), per ResourceQuota, per
+/// Namespace.
+pub type ApplyOutcomes = (Vec<(Applied, String)>, Vec<Applied>, Vec<Applied>);
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
@@ -189,18 +195,20 @@ impl Store {
 
     /// Apply every object in one transaction: all are stored or none.
     pub fn apply_all(&self, objects: &[InferenceService]) -> Result<Vec<(Applied, String)>> {
-        Ok(self.apply_with_quotas(objects, &[])?.0)
+        Ok(self.apply_documents(objects, &[], &[])?.0)
     }
 
-    /// As [`Store::apply_all`], with ResourceQuotas in the same transaction.
-    pub fn apply_with_quotas(
+    /// As [`Store::apply_all`], with ResourceQuotas and Namespaces in the same transaction.
+    pub fn apply_documents(
         &self,
         objects: &[InferenceService],
         quotas: &[ferry_api::k8s_openapi::api::core::v1::ResourceQuota],
+        namespaces: &[ferry_api::k8s_openapi::api::core::v1::Namespace],
     ) -> Result<ApplyOutcomes> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let quota_outcomes = quotas::store(&tx, quotas)?;
+        let namespace_outcomes = namespaces::store(&tx, namespaces)?;
         let mut outcomes = Vec::new();
         let at = now();
         for isvc in objects {
@@ -307,7 +315,7 @@ impl Store {
             outcomes.push((outcome, revision));
         }
         tx.commit()?;
-        Ok((outcomes, quota_outcomes))
+        Ok((outcomes, quota_outcomes, namespace_outcomes))
     }
 
     /// Every service, deleted ones included (their replicas still have to stop).

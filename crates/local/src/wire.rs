@@ -34,6 +34,16 @@ pub struct ApplyResponse {
     /// What the apply did to each ResourceQuota.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quotas: Vec<QuotaApplied>,
+    /// What the apply did to each Namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<NamespaceApplied>,
+}
+
+/// What `apply` did to one Namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceApplied {
+    pub name: String,
+    pub result: Applied,
 }
 
 /// What `apply` did to one ResourceQuota.

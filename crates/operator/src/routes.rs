@@ -1,6 +1,6 @@
 //! The cluster feed of the router: InferenceServices, their predictor Pods (podIP, Ready,
-//! deletionTimestamp) and the API key Secrets (label `ferry.dev/api-key`) watched through
-//! reflectors; on every change the route table is rebuilt by
+//! deletionTimestamp), the API key Secrets (label `ferry.dev/api-key`) and the Namespaces
+//! (annotation `ferry.dev/rate-limit`) watched through reflectors; on every change the route table is rebuilt by
 //! the same `ferry_core::routes::build` local mode uses. EndpointSlices are not used: they refuse
 //! loopback pod IPs on the test bed, and Pods carry everything the table needs.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use ferry_api::{InferenceService, LABEL_SERVICE};
 use ferry_core::routes::{ApiKey, Endpoint, RouteTable, ServiceEndpoints, build};
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -23,6 +23,7 @@ fn table(
     isvcs: &Store<InferenceService>,
     pods: &Store<Pod>,
     secrets: &Store<Secret>,
+    namespaces: &Store<Namespace>,
     routers: u32,
 ) -> RouteTable {
     // One pass over the pods, grouped by (namespace, InferenceService): linear in the objects,
@@ -80,7 +81,16 @@ fn table(
         .filter_map(|secret| ferry_api::ApiKeyRecord::from_secret(secret))
         .map(|record| ApiKey::of(&record, routers))
         .collect::<Vec<_>>();
-    build(&services).with_keys(keys)
+    let namespaces = namespaces.state();
+    build(&services).with_keys(keys).with_namespace_limits(
+        namespaces.iter().map(|n| {
+            (
+                n.metadata.name.as_deref().unwrap_or(""),
+                n.metadata.annotations.as_ref(),
+            )
+        }),
+        routers,
+    )
 }
 
 /// A progressive rollout's traffic as the operator's plan decided it (`status.revisions[]
@@ -140,6 +150,17 @@ pub async fn feed(client: Client, routes: watch::Sender<Arc<RouteTable>>, router
     let (isvc_store, isvc_writer) = reflector::store::<InferenceService>();
     let (pod_store, pod_writer) = reflector::store::<Pod>();
     let (secret_store, secret_writer) = reflector::store::<Secret>();
+    let (namespace_store, namespace_writer) = reflector::store::<Namespace>();
+    let namespace_events = reflector::reflector(
+        namespace_writer,
+        watcher(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .map(|_| ());
     let secret_events = reflector::reflector(
         secret_writer,
         watcher(
@@ -169,7 +190,7 @@ pub async fn feed(client: Client, routes: watch::Sender<Arc<RouteTable>>, router
             .map(|_| ());
     let mut events = std::pin::pin!(futures_util::stream::select(
         futures_util::stream::select(isvc_events, pod_events),
-        secret_events
+        futures_util::stream::select(secret_events, namespace_events)
     ));
     while events.next().await.is_some() {
         // Coalesce a burst (a rollout, a relist): rebuild once it pauses for 10 ms, at the
@@ -182,7 +203,13 @@ pub async fn feed(client: Client, routes: watch::Sender<Arc<RouteTable>>, router
                 Err(_) => break,
             }
         }
-        let next = Arc::new(table(&isvc_store, &pod_store, &secret_store, routers));
+        let next = Arc::new(table(
+            &isvc_store,
+            &pod_store,
+            &secret_store,
+            &namespace_store,
+            routers,
+        ));
         routes.send_if_modified(|current| {
             if **current == *next {
                 false

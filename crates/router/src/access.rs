@@ -31,6 +31,8 @@ pub struct CompiledKey {
 pub struct Access {
     keys: HashMap<String, CompiledKey>,
     protected: HashSet<String>,
+    /// Namespaces' own buckets (annotation `ferry.dev/rate-limit`).
+    namespaces: HashMap<String, Arc<Limiter>>,
 }
 
 impl Access {
@@ -41,6 +43,10 @@ impl Access {
         seen: &mut HashMap<String, Arc<Limiter>>,
     ) -> Access {
         let mut access = Access::default();
+        for (namespace, limit) in &table.namespace_limits {
+            let limiter = limiters.get(seen, format!("namespace/{namespace}"), limit);
+            access.namespaces.insert(namespace.clone(), limiter);
+        }
         for (namespace, keys) in &table.keys {
             if keys.is_empty() {
                 continue;
@@ -66,6 +72,11 @@ impl Access {
             }
         }
         access
+    }
+
+    /// The namespace's own bucket, when it has one.
+    pub fn namespace_limiter(&self, namespace: &str) -> Option<&Arc<Limiter>> {
+        self.namespaces.get(namespace)
     }
 
     /// Whether any namespace requires keys.

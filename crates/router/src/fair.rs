@@ -35,6 +35,14 @@ impl FairConfig {
             wait: fairness::QUEUE_WAIT,
         }
     }
+
+    /// With `queue` requests queued per namespace at most (`None`: the default).
+    pub fn with_queue(mut self, queue: Option<usize>) -> FairConfig {
+        if let Some(queue) = queue {
+            self.queue = queue;
+        }
+        self
+    }
 }
 
 /// The gate every forwarded request passes (one per router).

@@ -132,7 +132,7 @@ async fn a_noisy_namespace_waits_behind_itself_and_the_quiet_one_is_never_refuse
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("local-noisy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let daemon = Daemon::start_with(dir, &["--fair-slots", "2"]);
+    let daemon = Daemon::start_with(dir, &["--fair-slots", "2", "--fair-queue", "16"]);
     for (namespace, name, model) in [
         ("noisy", "slow", "iris-slow.onnx"),
         ("quiet", "iris", "iris-v1.onnx"),

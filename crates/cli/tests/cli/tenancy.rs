@@ -255,3 +255,111 @@ async fn a_rate_limit_holds_its_rate_and_leaves_other_services_alone() {
         "the other namespace's service: {other:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_rate_limit_is_shared_by_its_services_and_leaves_others_alone() {
+    let daemon = Daemon::start("nslimit");
+    let namespace_doc = |annotations: &str| {
+        format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n{annotations}")
+    };
+    // Refused by the annotation's path, nothing applied.
+    let bad = daemon.apply(
+        &format!(
+            "{}---\n{}",
+            namespace_doc("  annotations: {ferry.dev/rate-limit: 20/day}\n"),
+            manifest("iris", "iris-v1.onnx", 1)
+        ),
+        &["-n", "team"],
+    );
+    assert!(
+        !bad.status.success()
+            && stderr(&bad).contains("metadata.annotations[ferry.dev/rate-limit]"),
+        "{}",
+        stderr(&bad)
+    );
+    let listed = daemon.ferry(&["get", "isvc", "-n", "team"]);
+    assert!(!stdout(&listed).contains("iris"), "{}", stdout(&listed));
+
+    let limited = namespace_doc(
+        "  annotations:\n    ferry.dev/rate-limit: 20/s\n    ferry.dev/rate-limit-burst: \"5\"\n",
+    );
+    let applied = daemon.apply(&limited, &[]);
+    assert!(
+        stdout(&applied).contains("namespace/team created"),
+        "{}{}",
+        stdout(&applied),
+        stderr(&applied)
+    );
+    for (name, namespace) in [("iris", "team"), ("second", "team"), ("iris", "other")] {
+        let applied = daemon.apply(
+            &manifest(name, "iris-v1.onnx", 1),
+            &["-n", namespace, "--wait", "--timeout", "300"],
+        );
+        assert!(applied.status.success(), "{}", stderr(&applied));
+    }
+    let router = daemon.router.clone();
+    let http = reqwest::Client::new();
+    let call = |namespace: &'static str, model: &'static str| {
+        let (http, router) = (http.clone(), router.clone());
+        tokio::spawn(async move {
+            let response = http
+                .post(format!("http://{router}/v2/models/{model}/infer"))
+                .header("ferry-namespace", namespace)
+                .json(&iris_request())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let retry = response.headers().contains_key("retry-after");
+            let body = response.text().await.unwrap_or_default();
+            (status, retry, body)
+        })
+    };
+    // 100 requests per second for 3 s, alternating the namespace's two services, and 10 per
+    // second to the other namespace.
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(10));
+    let (mut team, mut other) = (Vec::new(), Vec::new());
+    for i in 0..300u32 {
+        ticks.tick().await;
+        team.push(call("team", if i % 2 == 0 { "iris" } else { "second" }));
+        if i % 10 == 0 {
+            other.push(call("other", "iris"));
+        }
+    }
+    let mut accepted = 0u32;
+    for request in team {
+        let (status, retry, body) = request.await.unwrap();
+        if status == 200 {
+            accepted += 1;
+        } else {
+            assert_eq!(status, 429, "{body}");
+            assert!(retry, "429 without Retry-After");
+            assert!(body.contains("namespace team"), "{body}");
+        }
+    }
+    let expected = 5.0 + 20.0 * started.elapsed().as_secs_f64();
+    assert!(
+        (f64::from(accepted) - expected).abs() <= expected * 0.15,
+        "{accepted} accepted, about {expected:.0} expected"
+    );
+    for request in other {
+        assert_eq!(
+            request.await.unwrap().0,
+            200,
+            "the other namespace was limited"
+        );
+    }
+
+    // Applied again without the annotation: no limit, at once.
+    let applied = daemon.apply(&namespace_doc(""), &[]);
+    assert!(
+        stdout(&applied).contains("namespace/team configured"),
+        "{}",
+        stdout(&applied)
+    );
+    let burst: Vec<_> = (0..30).map(|_| call("team", "iris")).collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap().0, 200);
+    }
+}

@@ -1,5 +1,6 @@
 //! Phase 2, authorize / limit, as the request path calls it: the namespace's API key and its
-//! bucket (`crate::access`), then the service's bucket once the model is known.
+//! bucket (`crate::access`), the namespace's own bucket, then the service's bucket once the
+//! model is known.
 
 use super::Router;
 use crate::access;
@@ -7,8 +8,8 @@ use crate::error::RouterError;
 use crate::table::Compiled;
 
 impl Router {
-    /// Phase 2: the namespace's API key (401 / 403), the key's bucket and, when the model is
-    /// known, the service's (429). The key is removed from what replicas see.
+    /// Phase 2: the namespace's API key (401 / 403), the key's bucket, the namespace's and,
+    /// when the model is known, the service's (429). The key is removed from what replicas see.
     pub(super) fn admit(
         &self,
         compiled: &Compiled,
@@ -21,6 +22,14 @@ impl Router {
                 access::take(limiter, || format!("API key {}", key.key.id))?;
             }
             access::strip_credentials(&mut parts.headers);
+        }
+        if let Some(limiter) = compiled.access.namespace_limiter(namespace) {
+            access::take(limiter, || {
+                format!(
+                    "namespace {namespace} (annotation {})",
+                    ferry_api::namespace::ANNOTATION_RATE_LIMIT
+                )
+            })?;
         }
         if let Some(model) = model {
             service_bucket(compiled, namespace, model)?;

@@ -182,6 +182,86 @@ async fn api_keys_from_secrets_and_rate_limits_hold_at_the_cluster_router() {
         },
     )
     .await;
+
+    // The namespace's own limit (annotation on the Namespace), shared by all its requests:
+    // 10 at once on a bucket of 3 (the service's limit removed first).
+    let second = String::from_utf8_lossy(&second.stdout).trim().to_string();
+    let unpatched = kubectl(
+        &[
+            "patch",
+            "isvc",
+            "iris",
+            "-n",
+            &ns.name,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"rateLimit":null}}"#,
+        ],
+        None,
+    );
+    assert!(unpatched.status.success());
+    let annotated = kubectl(
+        &[
+            "annotate",
+            "namespace",
+            &ns.name,
+            "ferry.dev/rate-limit=1/s",
+            "ferry.dev/rate-limit-burst=3",
+        ],
+        None,
+    );
+    assert!(
+        annotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&annotated.stderr)
+    );
+    eventually(
+        "the namespace's limit reaches the router",
+        Duration::from_secs(30),
+        || {
+            let (http, router_ip, ns, key) = (
+                http.clone(),
+                router_ip.clone(),
+                ns.name.clone(),
+                second.clone(),
+            );
+            async move {
+                let tasks: Vec<_> = (0..10)
+                    .map(|_| {
+                        let (http, router_ip, ns, key) =
+                            (http.clone(), router_ip.clone(), ns.clone(), key.clone());
+                        tokio::spawn(async move {
+                            let response = http
+                                .post(format!("http://{router_ip}:8080/v2/models/iris/infer"))
+                                .header("ferry-namespace", &ns)
+                                .bearer_auth(key)
+                                .json(&iris_body())
+                                .send()
+                                .await
+                                .ok()?;
+                            let status = response.status().as_u16();
+                            Some((status, response.text().await.unwrap_or_default()))
+                        })
+                    })
+                    .collect();
+                let mut answers = Vec::new();
+                for task in tasks {
+                    answers.push(task.await.ok().flatten()?);
+                }
+                let ok = answers.iter().filter(|a| a.0 == 200).count();
+                let limited: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
+                (!limited.is_empty()
+                    && ok + limited.len() == 10
+                    && ok <= 4
+                    && limited
+                        .iter()
+                        .all(|a| a.1.contains(&format!("namespace {ns}"))))
+                .then_some(())
+            }
+        },
+    )
+    .await;
 }
 
 /// `kubectl auth can-i --list` of a ServiceAccount in `namespace`: its resource rules, sorted.

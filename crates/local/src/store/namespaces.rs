@@ -1,0 +1,51 @@
+//! Namespace documents in the store (their annotations carry the namespace's rate limit): the
+//! documents as applied, one row each.
+
+use ferry_api::k8s_openapi::api::core::v1::Namespace;
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::{Applied, Store};
+use crate::Result;
+
+/// Store `namespaces` in `tx`: what each apply did.
+pub(super) fn store(tx: &Transaction<'_>, namespaces: &[Namespace]) -> Result<Vec<Applied>> {
+    let mut outcomes = Vec::new();
+    for namespace in namespaces {
+        let name = namespace.metadata.name.clone().unwrap_or_default();
+        let manifest = serde_json::to_string(namespace).expect("serializes");
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT manifest FROM namespaces WHERE name = ?1",
+                params![name],
+                |row| row.get(0),
+            )
+            .optional()?;
+        outcomes.push(match existing {
+            Some(old) if old == manifest => Applied::Unchanged,
+            Some(_) => Applied::Configured,
+            None => Applied::Created,
+        });
+        tx.execute(
+            "INSERT INTO namespaces (name, manifest) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET manifest = excluded.manifest",
+            params![name, manifest],
+        )?;
+    }
+    Ok(outcomes)
+}
+
+impl Store {
+    /// Every Namespace document applied, by name.
+    pub fn namespaces(&self) -> Result<Vec<Namespace>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare("SELECT manifest FROM namespaces ORDER BY name")?;
+        let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+        let mut namespaces = Vec::new();
+        for row in rows {
+            if let Ok(namespace) = serde_json::from_str(&row?) {
+                namespaces.push(namespace);
+            }
+        }
+        Ok(namespaces)
+    }
+}
