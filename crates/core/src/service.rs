@@ -234,7 +234,14 @@ pub fn plan(
             Vec::new(),
         )
     } else if let Some(decision) = &progressive {
-        desired::scale_to(latest, &decision.replicas, observed)
+        let (mut start, stop, scale, mut changes) =
+            desired::scale_to(latest, &decision.replicas, observed);
+        if let Some(note) = room::hold_starts(&mut start, latest, observed) {
+            for change in changes.iter_mut().filter(|c| c.revision == latest) {
+                change.event.note.push_str(&note);
+            }
+        }
+        (start, stop, scale, changes)
     } else {
         let mut step = rollout::plan(&target, observed.replicas);
         let held = room::hold_to_room(&mut step, observed);

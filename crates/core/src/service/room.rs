@@ -18,3 +18,29 @@ pub(super) fn hold_to_room(step: &mut rollout::Step, observed: &Observation<'_>)
         if *room == 1 { "" } else { "s" }
     ))
 }
+
+/// As [`hold_to_room`] for a progressive rollout's starts (several revisions at once): the
+/// room goes to `latest` first, then to the others by name.
+pub(super) fn hold_starts(
+    start: &mut std::collections::BTreeMap<String, u32>,
+    latest: &str,
+    observed: &Observation<'_>,
+) -> Option<String> {
+    let (quota, room) = observed.quota_room.as_ref()?;
+    let wanted: u32 = start.values().sum();
+    if wanted <= *room {
+        return None;
+    }
+    let mut left = *room;
+    let mut order: Vec<String> = start.keys().cloned().collect();
+    order.sort_by_key(|revision| revision != latest);
+    for revision in order {
+        let count = start.get_mut(&revision).expect("a key of start");
+        *count = (*count).min(left);
+        left -= *count;
+    }
+    Some(format!(
+        " (held by ResourceQuota {quota}: room for {room} more replica{} now; the rest start as others leave)",
+        if *room == 1 { "" } else { "s" }
+    ))
+}

@@ -436,3 +436,42 @@ fn during_a_canary_the_autoscaler_sizes_the_pool_as_a_whole_and_the_weight_split
         plan.autoscale_events
     );
 }
+
+#[test]
+fn a_canary_step_starts_only_what_the_quota_has_room_for() {
+    // Stable v1 at 8 ready replicas; a canary of v2 at 50 % wants replicas beside them.
+    let service = crate::testing::isvc(
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: iris, namespace: default}\nspec:\n  predictor:\n    minReplicas: 8\n    model: {format: onnx, uri: /m/iris.onnx}\n  rollout: {strategy: canary, steps: [{weight: 50, pause: untilPromoted}]}\n",
+    );
+    let replicas: Vec<ReplicaView> = (0..8)
+        .map(|i| replica(&format!("s{i}"), V1, ReplicaHealth::Ready))
+        .collect();
+    let scale = BTreeMap::from([(V1.to_string(), 8)]);
+    let history = vec![V2.to_string(), V1.to_string()];
+    let unheld = super::plan(
+        &service,
+        &history,
+        &observation(V2, &replicas, &scale),
+        &Signals::default(),
+        now(),
+    );
+    let wanted = unheld.start.get(V2).copied().unwrap_or(0);
+    assert!(wanted >= 2, "{:?}", unheld.start);
+    for room in [0, 1] {
+        let mut observed = observation(V2, &replicas, &scale);
+        observed.quota_room = Some(("pods-cap".to_string(), room));
+        let plan = super::plan(&service, &history, &observed, &Signals::default(), now());
+        let started: u32 = plan.start.values().sum();
+        assert_eq!(started, room, "{:?}", plan.start);
+        assert_eq!(plan.start.get(V2).copied().unwrap_or(0), room);
+        if room > 0 {
+            assert!(
+                plan.changes
+                    .iter()
+                    .any(|c| c.event.note.contains("held by ResourceQuota pods-cap")),
+                "{:?}",
+                plan.changes
+            );
+        }
+    }
+}
