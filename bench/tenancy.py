@@ -7,6 +7,8 @@
   auth    - the same router, plain HTTP, to a namespace without keys and to one whose requests
             carry an API key with a rate limit and whose service has spec.rateLimit (limits high
             enough never to refuse): the CPU and p50 that authentication and two buckets add;
+            and the same phase timed in process (`ferry-bench-admit`: key + three buckets against
+            an open namespace, interleaved rounds), which resolves what wrk's noise cannot;
   noisy   - namespace `noisy` floods its slow model (iris-slow, 24 closed-loop clients that
             honour Retry-After) while `quiet` sends 20 req/s to iris: quiet's p99 alone and
             beside the noise, with fair sharing (the default) and without (--fair-slots 0).
@@ -258,6 +260,14 @@ def noisy(tmp, duration):
     return rows
 
 
+def admit_cost():
+    out = subprocess.run([str(REL / "ferry-bench-admit")], capture_output=True, text=True, check=True).stdout
+    fields = dict(kv.split("=") for kv in out.split())
+    row = {"part": "admit", "server": "in process", **{k: float(v) for k, v in fields.items()}}
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
 def write_report(rows, duration):
     def find(part, server, c=None):
         return next(r for r in rows if r["part"] == part and r["server"] == server and r.get("c") == c)
@@ -281,6 +291,11 @@ def write_report(rows, duration):
         lines.append(f"| {c} | {o['rps']:.0f} | {k['rps']:.0f} | {o['p50'] * 1000:.0f} µs | {k['p50'] * 1000:.0f} µs | "
                      f"{o['cpu_us_per_request']:.1f} µs | {k['cpu_us_per_request']:.1f} µs | "
                      f"{k['cpu_us_per_request'] - o['cpu_us_per_request']:+.1f} µs | {o['errors'] + k['errors']} |")
+    admit = next((r for r in rows if r["part"] == "admit"), None)
+    if admit:
+        lines += ["", "Phase 2 timed in process (`ferry-bench-admit`, median of 9 interleaved rounds of 200,000 calls): "
+                  f"open namespace {admit['open_ns']:.0f} ns, API key + key, namespace and service buckets "
+                  f"{admit['keyed_ns']:.0f} ns: **{admit['added_ns'] / 1000:.2f} µs added per request** (target ≤ 2 µs)."]
     lines += ["", f"Noisy neighbour ({duration} s of quiet at 20 req/s; noisy: 24 closed-loop clients on iris-slow):", "",
               "| router | quiet p99 alone | quiet p99 beside noisy | ratio | quiet refused | noisy served/s | noisy 503s |",
               "|---" * 7 + "|"]
@@ -305,6 +320,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="ferry-tenancy-bench-"))
     rows = []
     if "tls" in a.parts:
+        rows += admit_cost()
         rows += tls_and_auth(tmp, a.duration)
     if "noisy" in a.parts:
         rows += noisy(tmp, a.duration)

@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx; }
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
-cargo build --release -p ferry
+cargo build --release -p ferry -p ferry-bench-load
 exec python3 bench/tenancy.py --duration "${DURATION:-8}"

@@ -1,7 +1,8 @@
 //! The request classification as one call, for the fuzz target `router_classify` (`fuzz/`):
 //! any bytes become a path, headers and a body; the phases that read them (kind and model,
 //! namespace, pinned revision, chosen variant, sticky key, API key ID) must answer or refuse,
-//! never panic. Not an API.
+//! never panic. And phase 2 (authorize / limit) as one call, for its in-process measure
+//! (`bench/load`'s `ferry-bench-admit`). Not an API.
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
@@ -72,6 +73,18 @@ pub fn classify_bytes(data: &[u8]) -> Option<Classified> {
         sticky: sticky_key(Some(&sticky), &headers).map(str::to_string),
         key_id,
     })
+}
+
+/// Phase 2 of `router` for one request head (the API key checked and stripped, the key's,
+/// the namespace's and the service's buckets taken): what `bench/tenancy.sh` times per call.
+pub fn admit(
+    router: &crate::Router,
+    namespace: &str,
+    model: &str,
+    parts: &mut http::request::Parts,
+) -> Result<(), crate::RouterError> {
+    let compiled = router.compiled();
+    router.admit(&compiled, namespace, Some(model), parts)
 }
 
 #[cfg(test)]

@@ -206,6 +206,11 @@ impl Router {
         self.inner.inflight.clone()
     }
 
+    /// The table requests are routed by now.
+    pub(crate) fn compiled(&self) -> Arc<Compiled> {
+        self.inner.compiled.borrow().clone()
+    }
+
     /// The router's settings.
     pub(crate) fn config(&self) -> &RouterConfig {
         &self.inner.config

