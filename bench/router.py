@@ -46,6 +46,39 @@ def children(pid):
     return [int(p) for p in out]
 
 
+def start_nginx(tmp, replica, socket, tcp_addr, unix_addr, log, tls=None):
+    """nginx (worker per core, upstream keep-alive) proxying `tcp_addr` to the replica's TCP
+    port and `unix_addr` to its Unix socket; terminating TLS with `tls` = (cert, key) when given."""
+    ssl = f" ssl; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; ssl_protocols TLSv1.3" if tls else ""
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""
+worker_processes auto;
+{"user root;" if os.geteuid() == 0 else ""}
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  upstream replica {{ server {replica}; keepalive 128; }}
+  upstream replica_unix {{ server unix:{socket}; keepalive 128; }}
+  server {{
+    listen {tcp_addr}{ssl};
+    location / {{ proxy_pass http://replica; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+  server {{
+    listen {unix_addr}{ssl};
+    location / {{ proxy_pass http://replica_unix; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    time.sleep(1.0)
+    return proc
+
+
 def api(state, path):
     info = json.loads((state / "api.json").read_text())
     token = (state / "token").read_text().strip()
@@ -119,33 +152,7 @@ def main():
             raise RuntimeError("ferry up did not get a ready replica with a Unix socket")
         if a.canary:
             start_canary(state, a.canary)
-        conf = tmp / "nginx.conf"
-        conf.write_text(f"""
-worker_processes auto;
-{"user root;" if os.geteuid() == 0 else ""}
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  upstream replica {{ server {replica}; keepalive 128; }}
-  upstream replica_unix {{ server unix:{socket}; keepalive 128; }}
-  server {{
-    listen {nginx_addr};
-    location / {{ proxy_pass http://replica; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-  }}
-  server {{
-    listen {nginx_unix_addr};
-    location / {{ proxy_pass http://replica_unix; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-  }}
-}}
-""")
-        nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"],
-                                 stdout=open(RESULTS / "router-nginx.log", "w"), stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-        time.sleep(1.0)
+        nginx = start_nginx(tmp, replica, socket, nginx_addr, nginx_unix_addr, RESULTS / "router-nginx.log")
         body = oip_body()
         targets = {
             "direct": (f"http://{replica}/v2/models/iris/infer", lambda: []),

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import RESULTS, ROOT, REL, oip_body, wrk  # noqa: E402
-from router import api, children, cpu_seconds  # noqa: E402
+from router import api, children, cpu_seconds, start_nginx  # noqa: E402
 
 CONCURRENCY = [1, 8, 64]
 BIG = 1_000_000
@@ -113,38 +113,6 @@ def cert(tmp):
     return crt, key
 
 
-def nginx_tls(tmp, crt, key, replica, socket, tcp_addr, unix_addr):
-    conf = tmp / "nginx.conf"
-    tls = f"ssl_certificate {crt}; ssl_certificate_key {key}; ssl_protocols TLSv1.3;"
-    conf.write_text(f"""
-worker_processes auto;
-{"user root;" if os.geteuid() == 0 else ""}
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
-  upstream replica {{ server {replica}; keepalive 128; }}
-  upstream replica_unix {{ server unix:{socket}; keepalive 128; }}
-  server {{
-    listen {tcp_addr} ssl; {tls}
-    location / {{ proxy_pass http://replica; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-  }}
-  server {{
-    listen {unix_addr} ssl; {tls}
-    location / {{ proxy_pass http://replica_unix; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-  }}
-}}
-""")
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"],
-                            stdout=open(RESULTS / "tenancy-nginx.log", "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    time.sleep(1.0)
-    return proc
-
-
 def tls_and_auth(tmp, duration):
     rows = []
     crt, key = cert(tmp)
@@ -157,7 +125,8 @@ def tls_and_auth(tmp, duration):
         apply(state, "keyed", manifest("iris", "iris-v1.onnx", rate=BIG), tmp)
         key_text = ferry(state, "apikey", "create", "-n", "keyed", "--name", "bench", "--rate", f"{BIG}/s").strip()
         replica, socket = replica_of(state, "default", "iris")
-        nginx = nginx_tls(tmp, crt, key, replica, socket, "127.0.0.1:18282", "127.0.0.1:18283")
+        nginx = start_nginx(tmp, replica, socket, "127.0.0.1:18282", "127.0.0.1:18283",
+                            RESULTS / "tenancy-nginx.log", tls=(crt, key))
         daemon_pids = lambda: [daemon.pid]  # noqa: E731
         nginx_pids = lambda: [nginx.pid] + children(nginx.pid)  # noqa: E731
         path = "/v2/models/iris/infer"

@@ -330,9 +330,7 @@ async fn cluster_router(args: RouterArgs) -> Result<()> {
         table,
         ferry_router::RouterConfig {
             admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
-            fair: (args.fair_slots > 0).then(|| {
-                ferry_router::FairConfig::slots(args.fair_slots).with_queue(args.fair_queue)
-            }),
+            fair: ferry_router::FairConfig::from_flags(args.fair_slots, args.fair_queue),
             ..ferry_router::RouterConfig::default()
         },
     );
@@ -563,10 +561,11 @@ async fn up(args: UpArgs) -> Result<()> {
         },
         tls: args.tls.pairs()?,
         plain_router_addr: args.router_plain_addr,
-        fair_slots: args
-            .fair_slots
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        fair_queue: args.fair_queue,
+        fair: ferry_router::FairConfig::from_flags(
+            args.fair_slots
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            args.fair_queue,
+        ),
     };
     ferry_local::daemon::run(config, server::shutdown_signal()).await?;
     Ok(())

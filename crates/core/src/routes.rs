@@ -206,14 +206,15 @@ impl RouteTable {
     /// each of `routers` router replicas keeps its share.
     pub fn with_namespace_limits<'a>(
         mut self,
-        namespaces: impl IntoIterator<Item = (&'a str, Option<&'a BTreeMap<String, String>>)>,
+        namespaces: impl IntoIterator<Item = &'a k8s_openapi::api::core::v1::Namespace>,
         routers: u32,
     ) -> Self {
         self.namespace_limits = namespaces
             .into_iter()
-            .filter_map(|(name, annotations)| {
+            .filter_map(|namespace| {
+                let annotations = namespace.metadata.annotations.as_ref();
                 let spec = ferry_api::namespace::namespace_rate_limit(annotations).ok()??;
-                Some((name.to_string(), Limit::of(&spec, routers)))
+                Some((namespace.metadata.name.clone()?, Limit::of(&spec, routers)))
             })
             .collect();
         self

@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, RwLock};
 
+use ferry_api::k8s_openapi::api::core::v1::Namespace;
 use ferry_api::k8s_openapi::jiff;
 use ferry_core::routes::{ApiKey, RouteTable};
 use tokio::sync::watch;
@@ -89,18 +90,14 @@ pub fn create(store: &Store, namespace: &str, request: CreateApiKey) -> Result<C
 pub struct KeyRing {
     keys: RwLock<Vec<ApiKey>>,
     /// Namespace documents (their rate-limit annotations), by name.
-    namespaces: RwLock<Vec<NamespaceLimit>>,
+    namespaces: RwLock<Vec<Namespace>>,
     routes: watch::Sender<Arc<RouteTable>>,
 }
 
-type NamespaceLimit = (String, Option<std::collections::BTreeMap<String, String>>);
-
-fn with_tenancy(table: RouteTable, keys: Vec<ApiKey>, namespaces: &[NamespaceLimit]) -> RouteTable {
-    let mut table = table;
+/// `table` with `keys` and the namespaces' limits in place of what it had (one router).
+fn with_tenancy(mut table: RouteTable, keys: Vec<ApiKey>, namespaces: &[Namespace]) -> RouteTable {
     table.keys.clear();
-    table
-        .with_keys(keys)
-        .with_namespace_limits(namespaces.iter().map(|(n, a)| (n.as_str(), a.as_ref())), 1)
+    table.with_keys(keys).with_namespace_limits(namespaces, 1)
 }
 
 impl KeyRing {
@@ -133,11 +130,7 @@ impl KeyRing {
     /// Read the live keys again and publish them with the current table.
     pub fn reload(&self, store: &Store) -> Result<()> {
         let live: Vec<ApiKey> = store.api_keys(None)?.iter().map(KeyRow::to_route).collect();
-        let namespaces: Vec<NamespaceLimit> = store
-            .namespaces()?
-            .into_iter()
-            .map(|n| (n.metadata.name.unwrap_or_default(), n.metadata.annotations))
-            .collect();
+        let namespaces = store.namespaces()?;
         self.routes.send_if_modified(|current| {
             // Under the channel's lock: a table published meanwhile is not sent with old keys.
             *self.keys.write().expect("key ring poisoned") = live.clone();

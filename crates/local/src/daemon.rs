@@ -34,11 +34,10 @@ pub struct DaemonConfig {
     pub tls: Vec<ferry_router::CertPair>,
     /// With TLS, plain HTTP too on this address (only when asked).
     pub plain_router_addr: Option<SocketAddr>,
-    /// In-flight slots namespaces share fairly at the router (`0`: first come, first served).
-    /// Every local replica runs on this machine, so its cores are the slots by default.
-    pub fair_slots: usize,
-    /// Requests one namespace may have queued for its share (`None`: 64 per slot).
-    pub fair_queue: Option<usize>,
+    /// Fair sharing of the router's in-flight slots among namespaces (`None`: first come,
+    /// first served). Every local replica runs on this machine, so its cores are the slots by
+    /// default.
+    pub fair: Option<ferry_router::FairConfig>,
 }
 
 /// Run until `shutdown` completes, then drain and stop everything.
@@ -68,9 +67,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         routes_rx,
         RouterConfig {
             admin_token: Some(token.to_string()),
-            fair: (config.fair_slots > 0).then(|| {
-                ferry_router::FairConfig::slots(config.fair_slots).with_queue(config.fair_queue)
-            }),
+            fair: config.fair,
             ..RouterConfig::default()
         },
     );

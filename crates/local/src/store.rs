@@ -173,6 +173,45 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
+/// Store `manifest` in `table` (a document table: key columns and `manifest`) under the key
+/// `columns` = `values`, replacing what was there: what the apply did.
+fn upsert_document(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    columns: &[&str],
+    values: &[&str],
+    manifest: &str,
+) -> Result<Applied> {
+    let matching = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} = ?{}", i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let existing: Option<String> = tx
+        .query_row(
+            &format!("SELECT manifest FROM {table} WHERE {matching}"),
+            rusqlite::params_from_iter(values),
+            |row| row.get(0),
+        )
+        .optional()?;
+    let placeholders: Vec<String> = (1..=columns.len() + 1).map(|i| format!("?{i}")).collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO {table} ({}, manifest) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET manifest = excluded.manifest",
+            columns.join(", "),
+            placeholders.join(", "),
+            columns.join(", ")
+        ),
+        rusqlite::params_from_iter(values.iter().copied().chain([manifest])),
+    )?;
+    Ok(match existing {
+        Some(old) if old == manifest => Applied::Unchanged,
+        Some(_) => Applied::Configured,
+        None => Applied::Created,
+    })
+}
+
 /// What an apply did: per InferenceService (with its revision), per ResourceQuota, per
 /// Namespace.
 pub type ApplyOutcomes = (Vec<(Applied, String)>, Vec<Applied>, Vec<Applied>);

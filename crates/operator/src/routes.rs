@@ -1,7 +1,7 @@
 //! The cluster feed of the router: InferenceServices, their predictor Pods (podIP, Ready,
 //! deletionTimestamp), the API key Secrets (label `ferry.dev/api-key`) and the Namespaces
-//! (annotation `ferry.dev/rate-limit`) watched through reflectors; on every change the route table is rebuilt by
-//! the same `ferry_core::routes::build` local mode uses. EndpointSlices are not used: they refuse
+//! (annotation `ferry.dev/rate-limit`) watched through reflectors; on every change the route
+//! table is rebuilt by the same `ferry_core::routes::build` local mode uses. EndpointSlices are not used: they refuse
 //! loopback pod IPs on the test bed, and Pods carry everything the table needs.
 
 use std::collections::{BTreeMap, HashMap};
@@ -82,15 +82,9 @@ fn table(
         .map(|record| ApiKey::of(&record, routers))
         .collect::<Vec<_>>();
     let namespaces = namespaces.state();
-    build(&services).with_keys(keys).with_namespace_limits(
-        namespaces.iter().map(|n| {
-            (
-                n.metadata.name.as_deref().unwrap_or(""),
-                n.metadata.annotations.as_ref(),
-            )
-        }),
-        routers,
-    )
+    build(&services)
+        .with_keys(keys)
+        .with_namespace_limits(namespaces.iter().map(|n| &**n), routers)
 }
 
 /// A progressive rollout's traffic as the operator's plan decided it (`status.revisions[]

@@ -36,12 +36,16 @@ impl FairConfig {
         }
     }
 
-    /// With `queue` requests queued per namespace at most (`None`: the default).
-    pub fn with_queue(mut self, queue: Option<usize>) -> FairConfig {
-        if let Some(queue) = queue {
-            self.queue = queue;
-        }
-        self
+    /// As `--fair-slots N --fair-queue Q` ask: `None` (first come, first served) for 0
+    /// slots; the default queue when `queue` is `None`.
+    pub fn from_flags(slots: usize, queue: Option<usize>) -> Option<FairConfig> {
+        (slots > 0).then(|| {
+            let mut config = FairConfig::slots(slots);
+            if let Some(queue) = queue {
+                config.queue = queue;
+            }
+            config
+        })
     }
 }
 

@@ -8,15 +8,9 @@ use crate::rollout;
 /// are leaving, this step's too, still take theirs until they are gone); the note an event of
 /// the held rollout carries, when it is held.
 pub(super) fn hold_to_room(step: &mut rollout::Step, observed: &Observation<'_>) -> Option<String> {
-    let (quota, room) = observed.quota_room.as_ref()?;
-    if step.start <= *room {
-        return None;
-    }
-    step.start = *room;
-    Some(format!(
-        " (held by ResourceQuota {quota}: room for {room} more replica{} now; the rest start as others leave)",
-        if *room == 1 { "" } else { "s" }
-    ))
+    let (room, note) = held(step.start, observed)?;
+    step.start = room;
+    Some(note)
 }
 
 /// As [`hold_to_room`] for a progressive rollout's starts (several revisions at once): the
@@ -26,12 +20,7 @@ pub(super) fn hold_starts(
     latest: &str,
     observed: &Observation<'_>,
 ) -> Option<String> {
-    let (quota, room) = observed.quota_room.as_ref()?;
-    let wanted: u32 = start.values().sum();
-    if wanted <= *room {
-        return None;
-    }
-    let mut left = *room;
+    let (mut left, note) = held(start.values().sum(), observed)?;
     let mut order: Vec<String> = start.keys().cloned().collect();
     order.sort_by_key(|revision| revision != latest);
     for revision in order {
@@ -39,8 +28,18 @@ pub(super) fn hold_starts(
         *count = (*count).min(left);
         left -= *count;
     }
-    Some(format!(
-        " (held by ResourceQuota {quota}: room for {room} more replica{} now; the rest start as others leave)",
-        if *room == 1 { "" } else { "s" }
-    ))
+    Some(note)
+}
+
+/// When starting `wanted` replicas exceeds the room: the room, and the note saying which
+/// quota holds the rest.
+fn held(wanted: u32, observed: &Observation<'_>) -> Option<(u32, String)> {
+    let (quota, room) = observed.quota_room.as_ref()?;
+    (wanted > *room).then(|| {
+        let note = format!(
+            " (held by ResourceQuota {quota}: room for {room} more replica{} now; the rest start as others leave)",
+            if *room == 1 { "" } else { "s" }
+        );
+        (*room, note)
+    })
 }

@@ -2,36 +2,21 @@
 //! documents as applied, one row each.
 
 use ferry_api::k8s_openapi::api::core::v1::Namespace;
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::Transaction;
 
-use super::{Applied, Store};
+use super::{Applied, Store, upsert_document};
 use crate::Result;
 
 /// Store `namespaces` in `tx`: what each apply did.
 pub(super) fn store(tx: &Transaction<'_>, namespaces: &[Namespace]) -> Result<Vec<Applied>> {
-    let mut outcomes = Vec::new();
-    for namespace in namespaces {
-        let name = namespace.metadata.name.clone().unwrap_or_default();
-        let manifest = serde_json::to_string(namespace).expect("serializes");
-        let existing: Option<String> = tx
-            .query_row(
-                "SELECT manifest FROM namespaces WHERE name = ?1",
-                params![name],
-                |row| row.get(0),
-            )
-            .optional()?;
-        outcomes.push(match existing {
-            Some(old) if old == manifest => Applied::Unchanged,
-            Some(_) => Applied::Configured,
-            None => Applied::Created,
-        });
-        tx.execute(
-            "INSERT INTO namespaces (name, manifest) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET manifest = excluded.manifest",
-            params![name, manifest],
-        )?;
-    }
-    Ok(outcomes)
+    namespaces
+        .iter()
+        .map(|namespace| {
+            let name = namespace.metadata.name.clone().unwrap_or_default();
+            let manifest = serde_json::to_string(namespace).expect("serializes");
+            upsert_document(tx, "namespaces", &["name"], &[&name], &manifest)
+        })
+        .collect()
 }
 
 impl Store {

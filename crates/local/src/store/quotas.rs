@@ -1,38 +1,28 @@
 //! ResourceQuotas in the store: the documents as applied, one row each.
 
 use ferry_api::k8s_openapi::api::core::v1::ResourceQuota;
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Transaction, params};
 
-use super::{Applied, Store};
+use super::{Applied, Store, upsert_document};
 use crate::Result;
 
 /// Store `quotas` in `tx`: what each apply did.
 pub(super) fn store(tx: &Transaction<'_>, quotas: &[ResourceQuota]) -> Result<Vec<Applied>> {
-    let mut outcomes = Vec::new();
-    for quota in quotas {
-        let namespace = quota.metadata.namespace.clone().unwrap_or_default();
-        let name = quota.metadata.name.clone().unwrap_or_default();
-        let manifest = serde_json::to_string(quota).expect("serializes");
-        let existing: Option<String> = tx
-            .query_row(
-                "SELECT manifest FROM quotas WHERE namespace = ?1 AND name = ?2",
-                params![namespace, name],
-                |row| row.get(0),
+    quotas
+        .iter()
+        .map(|quota| {
+            let namespace = quota.metadata.namespace.clone().unwrap_or_default();
+            let name = quota.metadata.name.clone().unwrap_or_default();
+            let manifest = serde_json::to_string(quota).expect("serializes");
+            upsert_document(
+                tx,
+                "quotas",
+                &["namespace", "name"],
+                &[&namespace, &name],
+                &manifest,
             )
-            .optional()?;
-        let outcome = match existing {
-            Some(old) if old == manifest => Applied::Unchanged,
-            Some(_) => Applied::Configured,
-            None => Applied::Created,
-        };
-        tx.execute(
-            "INSERT INTO quotas (namespace, name, manifest) VALUES (?1, ?2, ?3)
-             ON CONFLICT (namespace, name) DO UPDATE SET manifest = excluded.manifest",
-            params![namespace, name, manifest],
-        )?;
-        outcomes.push(outcome);
-    }
-    Ok(outcomes)
+        })
+        .collect()
 }
 
 impl Store {

@@ -22,6 +22,17 @@ fn ferry(args: &[&str]) -> std::process::Output {
 }
 
 async fn status(http: &reqwest::Client, router_ip: &str, ns: &str, key: Option<&str>) -> u16 {
+    answer(http, router_ip, ns, key).await.map_or(0, |a| a.0)
+}
+
+/// The router's answer to one inference request of `ns` (status and body); `None` when the
+/// request failed.
+async fn answer(
+    http: &reqwest::Client,
+    router_ip: &str,
+    ns: &str,
+    key: Option<&str>,
+) -> Option<(u16, String)> {
     let mut request = http
         .post(format!("http://{router_ip}:8080/v2/models/iris/infer"))
         .header("ferry-namespace", ns)
@@ -29,7 +40,58 @@ async fn status(http: &reqwest::Client, router_ip: &str, ns: &str, key: Option<&
     if let Some(key) = key {
         request = request.bearer_auth(key);
     }
-    request.send().await.map_or(0, |r| r.status().as_u16())
+    let response = request.send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.unwrap_or_default()))
+}
+
+/// `n` requests of `ns` at once with `key`: every answer, or `None` when one failed.
+async fn at_once(
+    http: &reqwest::Client,
+    router_ip: &str,
+    ns: &str,
+    key: &str,
+    n: usize,
+) -> Option<Vec<(u16, String)>> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (http, router_ip, ns, key) = (
+                http.clone(),
+                router_ip.to_string(),
+                ns.to_string(),
+                key.to_string(),
+            );
+            tokio::spawn(async move { answer(&http, &router_ip, &ns, Some(&key)).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.ok().flatten()?);
+    }
+    Some(answers)
+}
+
+/// `kubectl patch` the service's `spec.rateLimit` to `limit` (JSON; `null` removes it).
+fn patch_rate_limit(ns: &str, limit: &str) {
+    let patched = kubectl(
+        &[
+            "patch",
+            "isvc",
+            "iris",
+            "-n",
+            ns,
+            "--type",
+            "merge",
+            "-p",
+            &format!(r#"{{"spec":{{"rateLimit":{limit}}}}}"#),
+        ],
+        None,
+    );
+    assert!(
+        patched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&patched.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -107,25 +169,7 @@ async fn api_keys_from_secrets_and_rate_limits_hold_at_the_cluster_router() {
     assert_eq!(metrics(ROUTER_ADMIN_TOKEN).await.unwrap().status(), 200);
 
     // spec.rateLimit: 10 at once on a bucket of 4 (1/s): 4 pass.
-    let patched = kubectl(
-        &[
-            "patch",
-            "isvc",
-            "iris",
-            "-n",
-            &ns.name,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"rateLimit":{"requestsPerSecond":1,"burst":4}}}"#,
-        ],
-        None,
-    );
-    assert!(
-        patched.status.success(),
-        "{}",
-        String::from_utf8_lossy(&patched.stderr)
-    );
+    patch_rate_limit(&ns.name, r#"{"requestsPerSecond":1,"burst":4}"#);
     eventually(
         "the limit reaches the router",
         Duration::from_secs(30),
@@ -137,21 +181,9 @@ async fn api_keys_from_secrets_and_rate_limits_hold_at_the_cluster_router() {
                 key.clone(),
             );
             async move {
-                let tasks: Vec<_> = (0..10)
-                    .map(|_| {
-                        let (http, router_ip, ns, key) =
-                            (http.clone(), router_ip.clone(), ns.clone(), key.clone());
-                        tokio::spawn(
-                            async move { status(&http, &router_ip, &ns, Some(&key)).await },
-                        )
-                    })
-                    .collect();
-                let mut answers = Vec::new();
-                for task in tasks {
-                    answers.push(task.await.unwrap_or(0));
-                }
-                let ok = answers.iter().filter(|s| **s == 200).count();
-                let limited = answers.iter().filter(|s| **s == 429).count();
+                let answers = at_once(&http, &router_ip, &ns, &key, 10).await?;
+                let ok = answers.iter().filter(|a| a.0 == 200).count();
+                let limited = answers.iter().filter(|a| a.0 == 429).count();
                 (limited > 0 && ok + limited == 10 && ok <= 5).then_some(())
             }
         },
@@ -186,21 +218,7 @@ async fn api_keys_from_secrets_and_rate_limits_hold_at_the_cluster_router() {
     // The namespace's own limit (annotation on the Namespace), shared by all its requests:
     // 10 at once on a bucket of 3 (the service's limit removed first).
     let second = String::from_utf8_lossy(&second.stdout).trim().to_string();
-    let unpatched = kubectl(
-        &[
-            "patch",
-            "isvc",
-            "iris",
-            "-n",
-            &ns.name,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"rateLimit":null}}"#,
-        ],
-        None,
-    );
-    assert!(unpatched.status.success());
+    patch_rate_limit(&ns.name, "null");
     let annotated = kubectl(
         &[
             "annotate",
@@ -227,28 +245,7 @@ async fn api_keys_from_secrets_and_rate_limits_hold_at_the_cluster_router() {
                 second.clone(),
             );
             async move {
-                let tasks: Vec<_> = (0..10)
-                    .map(|_| {
-                        let (http, router_ip, ns, key) =
-                            (http.clone(), router_ip.clone(), ns.clone(), key.clone());
-                        tokio::spawn(async move {
-                            let response = http
-                                .post(format!("http://{router_ip}:8080/v2/models/iris/infer"))
-                                .header("ferry-namespace", &ns)
-                                .bearer_auth(key)
-                                .json(&iris_body())
-                                .send()
-                                .await
-                                .ok()?;
-                            let status = response.status().as_u16();
-                            Some((status, response.text().await.unwrap_or_default()))
-                        })
-                    })
-                    .collect();
-                let mut answers = Vec::new();
-                for task in tasks {
-                    answers.push(task.await.ok().flatten()?);
-                }
+                let answers = at_once(&http, &router_ip, &ns, &key, 10).await?;
                 let ok = answers.iter().filter(|a| a.0 == 200).count();
                 let limited: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
                 (!limited.is_empty()
