@@ -1,12 +1,14 @@
 //! ResourceQuotas as local mode enforces them (a cluster's API server does it there): what a
 //! namespace uses, whether an apply fits (refused with the quota's name, the resource, used /
 //! asked / hard, as Kubernetes words it), and how many more replicas fit (the room a rollout's
-//! surge and an autoscaler's scale-up are held to).
+//! surge and an autoscaler's scale-up are held to, in both modes: a cluster's from the quotas'
+//! status).
 
 use std::collections::BTreeMap;
 
 use ferry_api::InferenceService;
 use k8s_openapi::api::core::v1::ResourceQuota;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 /// What replicas and services take, per quota resource name (`pods`, `requests.cpu`, ...), in
 /// base units (cores, bytes, devices, counts).
@@ -173,15 +175,55 @@ pub fn check(
 /// How many more replicas like `one` fit beside `used`, and the quota that sets the number
 /// (the tightest); `None` when no quota limits what a replica takes.
 pub fn room(quotas: &[ResourceQuota], used: &Usage, one: &Usage) -> Option<(String, u32)> {
+    let limits = quotas.iter().map(|q| {
+        let hard = hard(q).map(|(r, n)| (r.to_string(), n)).collect();
+        (
+            q.metadata.name.clone().unwrap_or_default(),
+            hard,
+            used.clone(),
+        )
+    });
+    tightest(limits, one)
+}
+
+/// As [`room`] for a cluster's quotas, each read as the API server enforces it: its
+/// `status.hard` and `status.used` (every pod of the namespace, Ferry's or not, those still
+/// terminating too). A quota the controller has not filled in yet, or one with scopes (which
+/// pods it counts depends on them), is left out: the API server still has the last word.
+pub fn room_in_cluster(quotas: &[ResourceQuota], one: &Usage) -> Option<(String, u32)> {
+    let unscoped = |q: &&ResourceQuota| {
+        q.spec.as_ref().is_none_or(|s| {
+            s.scopes.as_ref().is_none_or(Vec::is_empty) && s.scope_selector.is_none()
+        })
+    };
+    let limits = quotas.iter().filter(unscoped).filter_map(|q| {
+        let status = q.status.as_ref()?;
+        let hard = amounts(status.hard.as_ref()?).collect();
+        let used = Usage(amounts(status.used.as_ref()?).collect());
+        Some((q.metadata.name.clone().unwrap_or_default(), hard, used))
+    });
+    tightest(limits, one)
+}
+
+fn amounts(map: &BTreeMap<String, Quantity>) -> impl Iterator<Item = (String, f64)> + '_ {
+    map.iter().filter_map(|(resource, amount)| {
+        Some((resource.clone(), ferry_api::quantity::parse(&amount.0)?))
+    })
+}
+
+/// The tightest of `(quota, hard amounts, used)`: how many more replicas like `one` fit.
+fn tightest(
+    quotas: impl Iterator<Item = (String, Vec<(String, f64)>, Usage)>,
+    one: &Usage,
+) -> Option<(String, u32)> {
     let mut tightest: Option<(String, u32)> = None;
-    for quota in quotas {
-        let name = quota.metadata.name.clone().unwrap_or_default();
-        for (resource, limit) in hard(quota) {
-            let each = one.get(resource);
+    for (name, hard, used) in quotas {
+        for (resource, limit) in hard {
+            let each = one.get(&resource);
             if each <= 0.0 {
                 continue;
             }
-            let fits = ((limit - used.get(resource)) / each + 1e-9)
+            let fits = ((limit - used.get(&resource)) / each + 1e-9)
                 .floor()
                 .max(0.0) as u32;
             if tightest.as_ref().is_none_or(|(_, n)| fits < *n) {
@@ -302,5 +344,44 @@ mod tests {
             "3Gi"
         );
         assert_eq!(show("requests.cpu", 1.5), "1500m");
+    }
+
+    #[test]
+    fn a_clusters_room_is_read_from_each_quotas_status() {
+        let with_status = |name: &str, hard: &[(&str, &str)], used: &[(&str, &str)]| {
+            let amounts = |pairs: &[(&str, &str)]| {
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                    .collect::<BTreeMap<_, _>>()
+            };
+            let mut q = quota(hard);
+            q.metadata.name = Some(name.into());
+            q.status = Some(k8s_openapi::api::core::v1::ResourceQuotaStatus {
+                hard: Some(amounts(hard)),
+                used: Some(amounts(used)),
+            });
+            q
+        };
+        let service = isvc("one", 2, "500m");
+        let one = Usage::replica(&service);
+        // Pods of the namespace that are not Ferry's count too: 3 of 4 pods leave 1.
+        let pods = with_status("pods", &[("pods", "4")], &[("pods", "3")]);
+        let cpu = with_status("cpu", &[("requests.cpu", "2")], &[("requests.cpu", "500m")]);
+        assert_eq!(
+            room_in_cluster(&[cpu.clone(), pods.clone()], &one),
+            Some(("pods".into(), 1))
+        );
+        let full = with_status("full", &[("pods", "2")], &[("pods", "3")]);
+        assert_eq!(
+            room_in_cluster(&[cpu.clone(), full], &one),
+            Some(("full".into(), 0))
+        );
+        // Not filled in yet, or scoped: left to the API server.
+        let mut fresh = pods.clone();
+        fresh.status = None;
+        let mut scoped = with_status("scoped", &[("pods", "1")], &[("pods", "1")]);
+        scoped.spec.as_mut().unwrap().scopes = Some(vec!["BestEffort".into()]);
+        assert_eq!(room_in_cluster(&[fresh, scoped], &one), None);
     }
 }

@@ -88,6 +88,8 @@ reasons! {
     ScaledUp = "ScaledUp", failure = false;
     /// A revision got fewer replicas (drained first).
     ScaledDown = "ScaledDown", failure = false;
+    /// A step started fewer replicas than it wanted: a ResourceQuota has no room for more.
+    QuotaHeld = "QuotaHeld", failure = false;
     /// A revision that no longer takes traffic lost its last replica and its objects.
     RevisionRetired = "RevisionRetired", failure = false;
     /// The objects of a revision were re-applied with a new template (cluster mode: a new

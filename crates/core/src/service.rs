@@ -79,8 +79,8 @@ pub struct Observation<'a> {
     pub runtime_problem: Option<RuntimeProblem>,
     pub entry: EntryPoint,
     /// How many more replicas the namespace's ResourceQuotas leave room for, and the tightest
-    /// quota's name (local mode; a cluster's API server refuses pods itself): a rolling
-    /// update's surge is held to it.
+    /// quota's name (local mode from what its replicas take, a cluster from the quotas'
+    /// status): a step's starts (surge, scale-up, canary) are held to it.
     pub quota_room: Option<(String, u32)>,
 }
 
@@ -148,6 +148,9 @@ pub struct ServicePlan {
     /// The autoscaler's decisions (panic on / off, scaled to zero, a cold start): record each
     /// when the status is written.
     pub autoscale_events: Vec<PlannedEvent>,
+    /// A step held to the room the namespace's quotas leave (`QuotaHeld`, naming the quota):
+    /// record it with the step's count changes.
+    pub quota_event: Option<PlannedEvent>,
     /// An analysis was judged: the executor's next metric window starts now.
     pub analysed: bool,
     /// The revision the router retries a request on when another revision failed it: the
@@ -225,6 +228,7 @@ pub fn plan(
             .as_ref()
             .map_or(wanted, |d| d.replicas.get(latest).copied().unwrap_or(0)),
     );
+    let mut quota_event = None;
     let (start, stop, scale, changes) = if observed.runtime_problem.is_some() {
         // Nothing of the new revision can run: what serves keeps serving, unchanged.
         (
@@ -234,23 +238,16 @@ pub fn plan(
             Vec::new(),
         )
     } else if let Some(decision) = &progressive {
-        let (mut start, stop, scale, mut changes) =
+        let (mut start, stop, scale, changes) =
             desired::scale_to(latest, &decision.replicas, observed);
-        if let Some(note) = room::hold_starts(&mut start, latest, observed) {
-            for change in changes.iter_mut().filter(|c| c.revision == latest) {
-                change.event.note.push_str(&note);
-            }
-        }
+        let held = room::hold_starts(&mut start, latest, observed);
+        quota_event = room::held_event(held, latest, &changes);
         (start, stop, scale, changes)
     } else {
         let mut step = rollout::plan(&target, observed.replicas);
         let held = room::hold_to_room(&mut step, observed);
-        let (scale, mut changes) = scale_after(&target, observed, step.start, &step.stop);
-        if let Some(note) = held {
-            for change in changes.iter_mut().filter(|c| c.revision == target.revision) {
-                change.event.note.push_str(&note);
-            }
-        }
+        let (scale, changes) = scale_after(&target, observed, step.start, &step.stop);
+        quota_event = room::held_event(held, &target.revision, &changes);
         let start = BTreeMap::from([(latest.to_string(), step.start)]);
         (start, step.stop, scale, changes)
     };
@@ -430,6 +427,7 @@ pub fn plan(
         settled,
         rollout_events,
         autoscale_events,
+        quota_event,
         analysed,
         fallback,
         variants,

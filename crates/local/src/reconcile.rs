@@ -224,6 +224,9 @@ impl Reconciler {
             for change in &plan.changes {
                 self.record(&namespace, &name, &change.event)?;
             }
+            if let Some(event) = &plan.quota_event {
+                self.record(&namespace, &name, event)?;
+            }
             for row in mine.into_iter().filter(|r| plan.stop.contains(&r.id)) {
                 self.store.set_terminating(&row.id)?;
                 row.terminating = true;

@@ -65,6 +65,7 @@ pub(crate) async fn apply_revisions(
                 replicas,
                 predictor,
                 event,
+                quota,
             } => {
                 let variant;
                 let source = match predictor {
@@ -94,6 +95,9 @@ pub(crate) async fn apply_revisions(
                     };
                     let event = event.clone().unwrap_or_else(updated);
                     shared.event(isvc, &event).await;
+                    if let Some(held) = quota {
+                        shared.event(isvc, held).await;
+                    }
                 }
                 let cached_service = shared.cached(&shared.services, &namespace, revision);
                 let key = format!("service/{namespace}/{revision}");

@@ -10,7 +10,7 @@ use ferry_core::reason::PlannedEvent;
 use ferry_render::RenderOptions;
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Service};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use kube::runtime::controller::{Action, Controller};
@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) runtimes: Store<ServingRuntime>,
     /// The ClusterServingRuntimes.
     pub(crate) cluster_runtimes: Store<ClusterServingRuntime>,
+    /// Every namespace's ResourceQuotas: a step starts only what their status leaves room for.
+    pub(crate) quotas: Store<ResourceQuota>,
     /// The names of each InferenceService's cached Deployments and Pods.
     pub(crate) owned_deployments: Arc<Owned>,
     pub(crate) owned_pods: Arc<Owned>,
@@ -177,6 +179,15 @@ pub async fn run(context: Context) {
     .modify(|r| r.managed_fields_mut().clear())
     .reflect(cluster_runtimes_writer)
     .touched_objects();
+    let (quotas, quotas_writer) = reflector::store::<ResourceQuota>();
+    let quota_events = watcher(
+        Api::<ResourceQuota>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|q| q.managed_fields_mut().clear())
+    .reflect(quotas_writer)
+    .touched_objects();
     let recorder = Recorder::new(client.clone(), context.reporter.clone());
     let collector = context.collector.clone();
     let shared = Arc::new(Shared {
@@ -187,6 +198,7 @@ pub async fn run(context: Context) {
         pods,
         runtimes,
         cluster_runtimes,
+        quotas,
         owned_deployments,
         owned_pods,
         gateway_api: Mutex::new(None),
@@ -219,8 +231,13 @@ pub async fn run(context: Context) {
                 runtime_users(&users, runtime.namespace().as_deref(), &runtime.name_any())
             }
         })
-        .watches_stream(cluster_runtime_events, move |runtime| {
-            runtime_users(&users, None, &runtime.name_any())
+        .watches_stream(cluster_runtime_events, {
+            let users = users.clone();
+            move |runtime| runtime_users(&users, None, &runtime.name_any())
+        })
+        // A quota's status changes as pods come and go: a step held by it may go on.
+        .watches_stream(quota_events, move |quota| {
+            namespace_services(&users, quota.namespace().as_deref())
         })
         .shutdown_on_signal()
         .run(reconcile, error_policy, shared)
@@ -252,6 +269,19 @@ fn runtime_users(
                     .as_deref()
                     .is_none_or(|named| named == name)
         })
+        .map(|isvc| ObjectRef::from_obj(isvc.as_ref()))
+        .collect()
+}
+
+/// The InferenceServices of `namespace`.
+fn namespace_services(
+    isvcs: &Store<InferenceService>,
+    namespace: Option<&str>,
+) -> Vec<ObjectRef<InferenceService>> {
+    isvcs
+        .state()
+        .iter()
+        .filter(|isvc| isvc.namespace().as_deref() == namespace)
         .map(|isvc| ObjectRef::from_obj(isvc.as_ref()))
         .collect()
 }

@@ -125,7 +125,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         autoscaler,
         runtime_problem,
         entry: EntryPoint::Cluster,
-        quota_room: None,
+        quota_room: quota_room(isvc, shared),
     };
 
     // Plan, on the router pods' numbers while a canary is in progress.
@@ -231,4 +231,18 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     } else {
         Duration::from_secs(2)
     }))
+}
+
+/// How many more replicas of `isvc` its namespace's ResourceQuotas leave room for, as their
+/// status says (the tightest quota's name with it).
+fn quota_room(isvc: &InferenceService, shared: &Shared) -> Option<(String, u32)> {
+    let namespace = isvc.namespace();
+    let quotas: Vec<_> = shared
+        .quotas
+        .state()
+        .iter()
+        .filter(|q| q.namespace() == namespace)
+        .map(|q| (**q).clone())
+        .collect();
+    ferry_core::quota::room_in_cluster(&quotas, &ferry_core::quota::Usage::replica(isvc))
 }

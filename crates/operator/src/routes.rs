@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ferry_api::{InferenceService, LABEL_SERVICE};
 use ferry_core::routes::{ApiKey, Endpoint, RouteTable, ServiceEndpoints, build};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -154,6 +154,13 @@ pub async fn feed(client: Client, routes: watch::Sender<Arc<RouteTable>>, router
     )
     .default_backoff()
     .touched_objects()
+    .inspect_ok(|namespace| {
+        // A limit that does not parse is not enforced: say so where the operator of the
+        // cluster looks (local mode refuses such an apply outright).
+        if let Err(error) = ferry_api::namespace::namespace_rate_limit(namespace.metadata.annotations.as_ref()) {
+            tracing::warn!(namespace = %namespace.name_any(), %error, "namespace rate limit ignored");
+        }
+    })
     .map(|_| ());
     let secret_events = reflector::reflector(
         secret_writer,

@@ -18,6 +18,8 @@ pub(crate) enum Write {
         predictor: Option<Box<ferry_api::PredictorSpec>>,
         /// The decision's event, when its count changes (or it is created).
         event: Option<PlannedEvent>,
+        /// The step's `QuotaHeld` event, when a quota holds back part of it.
+        quota: Option<PlannedEvent>,
     },
     /// An older revision keeps its template: only its replica count changes (a merge patch:
     /// an apply of just `replicas` would drop the template this manager owns).
@@ -62,6 +64,7 @@ pub(crate) fn writes(plan: &ServicePlan) -> Vec<Write> {
                 replicas: *replicas,
                 predictor: None,
                 event: event_of(revision),
+                quota: plan.quota_event.clone(),
             });
         } else if let Some(predictor) = plan.companions.get(revision) {
             out.push(Write::ApplyLatest {
@@ -69,6 +72,7 @@ pub(crate) fn writes(plan: &ServicePlan) -> Vec<Write> {
                 replicas: *replicas,
                 predictor: Some(Box::new(predictor.clone())),
                 event: event_of(revision),
+                quota: None,
             });
         } else if let Some(event) = event_of(revision) {
             out.push(Write::Scale {

@@ -36,27 +36,61 @@ fn image_name(image: &str) -> &str {
 /// workspace's version) is the workspace's `ferry` binary; its entrypoint is the binary itself.
 /// The directories `container`'s volume mounts bind: an emptyDir is a directory of the pod's
 /// own (removed with the pod's directory), a hostPath the node's path (created for
-/// `DirectoryOrCreate`). Other volume kinds are not mounted on a process node.
+/// `DirectoryOrCreate`), a Secret a directory of the pod's holding a file per key (or per
+/// `items` entry), written once when the pod starts (text Secrets: certificates, keys).
+/// Other volume kinds are not mounted on a process node.
 fn volume_binds(
     ctx: &Ctx,
     uid: &str,
     spec: &k8s_openapi::api::core::v1::PodSpec,
     container: &Container,
+    secrets: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> Result<Vec<(PathBuf, String)>, String> {
     let mut binds = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
         let Some(volume) = spec.volumes.iter().flatten().find(|v| v.name == mount.name) else {
             return Err(format!("volume mount {:?} names no volume", mount.name));
         };
-        let source = if volume.empty_dir.is_some() {
-            ctx.pods_dir.join(uid).join("volumes").join(&volume.name)
+        let own = ctx.pods_dir.join(uid).join("volumes").join(&volume.name);
+        let source = if volume.empty_dir.is_some() || volume.secret.is_some() {
+            own
         } else if let Some(host) = &volume.host_path {
             PathBuf::from(&host.path)
         } else {
             continue;
         };
-        std::fs::create_dir_all(&source)
-            .map_err(|e| format!("volume {:?} at {}: {e}", volume.name, source.display()))?;
+        let failed =
+            |e: std::io::Error| format!("volume {:?} at {}: {e}", volume.name, source.display());
+        std::fs::create_dir_all(&source).map_err(failed)?;
+        if let Some(from) = &volume.secret {
+            let name = from.secret_name.clone().unwrap_or_default();
+            let data = match secrets.get(&name) {
+                Some(data) => data.clone(),
+                None if from.optional == Some(true) => BTreeMap::new(),
+                None => {
+                    return Err(format!(
+                        "volume {:?}: secret {name:?} not found",
+                        volume.name
+                    ));
+                }
+            };
+            let files: Vec<(String, String)> = match &from.items {
+                Some(items) => items
+                    .iter()
+                    .map(|item| match data.get(&item.key) {
+                        Some(value) => Ok((item.path.clone(), value.clone())),
+                        None => Err(format!(
+                            "volume {:?}: secret {name:?} has no key {:?}",
+                            volume.name, item.key
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+                None => data.into_iter().collect(),
+            };
+            for (path, value) in files {
+                std::fs::write(source.join(&path), value).map_err(failed)?;
+            }
+        }
         binds.push((source, mount.mount_path.clone()));
     }
     Ok(binds)
@@ -125,7 +159,7 @@ pub async fn run(
         .unwrap_or_else(|| "Always".into());
     let grace =
         Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
-    let secrets = env_secrets(&ctx.client, &namespace, &spec).await;
+    let secrets = pod_secrets(&ctx.client, &namespace, &spec).await;
     let facts = PodFacts {
         pod: &pod,
         pod_ip: &pod_ip,
@@ -159,7 +193,7 @@ pub async fn run(
                 .map_err(|e| e.to_string())
                 .and_then(|vars| program(&ctx, container, &vars).map(|p| (p, vars))),
         }?;
-        let mut binds = volume_binds(&ctx, &uid, &spec, container)?;
+        let mut binds = volume_binds(&ctx, &uid, &spec, container, &secrets)?;
         if refresher.is_some() {
             binds.push((
                 credentials_dir.clone(),
@@ -262,9 +296,10 @@ pub async fn run(
     tracing::info!(pod = %name, namespace = %namespace, "pod stopped");
 }
 
-/// The Secrets the pod's containers take `envFrom`, decoded (those that cannot be read are
-/// left out: the container that needs one fails to start, naming it).
-async fn env_secrets(
+/// The Secrets the pod's containers take `envFrom` or `secretKeyRef`, and its Secret volumes,
+/// decoded (those that cannot be read are left out: the container that needs one fails to
+/// start, naming it).
+async fn pod_secrets(
     client: &kube::Client,
     namespace: &str,
     spec: &k8s_openapi::api::core::v1::PodSpec,
@@ -287,7 +322,13 @@ async fn env_secrets(
                 Some(from.name.clone())
             });
             from.chain(keys).collect::<Vec<_>>()
-        });
+        })
+        .chain(
+            spec.volumes
+                .iter()
+                .flatten()
+                .filter_map(|v| v.secret.as_ref()?.secret_name.clone()),
+        );
     for name in names {
         if secrets.contains_key(&name) {
             continue;

@@ -255,17 +255,29 @@ pub async fn install_operator(client: &Client) -> k8s_openapi::api::core::v1::Po
 /// Install deploy/router.yaml (and the CRDs) and wait for a Ready router pod; returns its IP (a
 /// process-node loopback address, 127.2.x.y), where it serves REST and gRPC on port 8080.
 pub async fn install_router(client: &Client) -> String {
-    use k8s_openapi::api::core::v1::Pod;
     install_crds(client).await.expect("CRDs install");
     apply_deploy("router.yaml");
-    let system: Api<Pod> = Api::namespaced(client.clone(), "ferry-system");
-    let ip = eventually("the router pod is Ready", Duration::from_secs(60), || {
-        let pods = system.clone();
+    let ip = ready_pod_ip(
+        client,
+        "ferry-system",
+        "app.kubernetes.io/name=ferry-router",
+    )
+    .await;
+    assert!(ip.starts_with("127.2."), "{ip}");
+    ip
+}
+
+/// The IP of a Ready pod of `namespace` that `selector` selects and that is not leaving
+/// (waits up to a minute).
+pub async fn ready_pod_ip(client: &Client, namespace: &str, selector: &str) -> String {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let what = format!("a Ready pod {selector}");
+    eventually(&what, Duration::from_secs(60), || {
+        let pods = pods.clone();
         async move {
             let list = pods
-                .list(
-                    &kube::api::ListParams::default().labels("app.kubernetes.io/name=ferry-router"),
-                )
+                .list(&kube::api::ListParams::default().labels(selector))
                 .await
                 .ok()?;
             list.items.iter().find_map(|p| {
@@ -281,9 +293,7 @@ pub async fn install_router(client: &Client) -> String {
             })
         }
     })
-    .await;
-    assert!(ip.starts_with("127.2."), "{ip}");
-    ip
+    .await
 }
 
 /// An OIP request body for the iris models: one flower.

@@ -2,7 +2,8 @@
 //! operator of deploy/operator.yaml: placement (nodeSelector, tolerations, GPU product by node
 //! affinity) on the kwok nodes, an autoscaler, an Ingress, an HTTPRoute where the Gateway API
 //! is missing (the condition says so), a model fetched from an http URL at start, and a model
-//! that crashes its server (the condition quotes the exit).
+//! that crashes its server (the condition quotes the exit), and a rolling update held to the
+//! room a `pods` ResourceQuota leaves (one replica at a time, never a pod the quota refuses).
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use ferry_testbed_e2e::{
     TempNamespace, admin_client, apply_in, condition, eventually, install_operator, isvc_json,
     kubectl,
 };
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -460,5 +462,86 @@ async fn a_model_loading_past_its_startup_timeout_exceeds_the_progress_deadline(
     })
     .await;
     drop(stalled);
+    ns.delete().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_under_a_full_pods_quota_goes_one_replica_at_a_time() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_operator(&client).await;
+    let ns = TempNamespace::create(&client, "operator-surge")
+        .await
+        .unwrap();
+    let quota = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: pods}\nspec: {hard: {pods: \"3\"}}\n";
+    apply_in(&ns.name, quota);
+    // 2 replicas that may surge by 2: the quota leaves room for one more pod only.
+    let manifest =
+        |model: &str| ferry_testbed_e2e::iris_manifest(model).replace("maxSurge: 1", "maxSurge: 2");
+    apply_in(&ns.name, &manifest("iris-v1.onnx"));
+    let first = eventually("v1 is Ready", Duration::from_secs(90), || {
+        let ns = ns.name.clone();
+        async move {
+            let object = isvc_json(&ns, "iris");
+            (condition(&object, "LatestRevisionReady").0 == "True")
+                .then(|| {
+                    object["status"]["latestRevision"]
+                        .as_str()
+                        .map(String::from)
+                })
+                .flatten()
+        }
+    })
+    .await;
+    apply_in(&ns.name, &manifest("iris-v2.onnx"));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut most = 0;
+    loop {
+        let list = deployments.list(&ListParams::default()).await.unwrap();
+        let set: i32 = list
+            .items
+            .iter()
+            .filter_map(|d| d.spec.as_ref()?.replicas)
+            .sum();
+        most = most.max(set);
+        let object = isvc_json(&ns.name, "iris");
+        let latest = object["status"]["latestRevision"].as_str().unwrap_or("");
+        if latest != first
+            && condition(&object, "LatestRevisionReady").0 == "True"
+            && list.items.len() == 1
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update never finished: {}",
+            ferry_testbed_e2e::dump(&ns.name)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(most <= 3, "{most} replicas set at once under pods: 3");
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &ns.name);
+    let list = events.list(&ListParams::default()).await.unwrap().items;
+    let notes = |reason: &str| -> Vec<String> {
+        list.iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note.clone())
+            .collect()
+    };
+    // Never a pod asked of the API server that the quota refuses; the held step says why.
+    assert!(
+        notes("FailedCreate").is_empty(),
+        "{:?}",
+        notes("FailedCreate")
+    );
+    let held = notes("QuotaHeld");
+    assert!(
+        held.iter()
+            .any(|n| n.contains("held by ResourceQuota pods: room for 1 more replica")),
+        "{held:?}"
+    );
     ns.delete().await;
 }

@@ -31,15 +31,32 @@ pub(super) fn hold_starts(
     Some(note)
 }
 
-/// When starting `wanted` replicas exceeds the room: the room, and the note saying which
+/// When starting `wanted` replicas exceeds the room: the room, and the words saying which
 /// quota holds the rest.
 fn held(wanted: u32, observed: &Observation<'_>) -> Option<(u32, String)> {
     let (quota, room) = observed.quota_room.as_ref()?;
     (wanted > *room).then(|| {
         let note = format!(
-            " (held by ResourceQuota {quota}: room for {room} more replica{} now; the rest start as others leave)",
+            "held by ResourceQuota {quota}: room for {room} more replica{} now; the rest start as others leave",
             if *room == 1 { "" } else { "s" }
         );
         (*room, note)
+    })
+}
+
+/// The event of a held step (`QuotaHeld`, an event of its own so that a cluster's event
+/// series, which fold events of one reason, keep it), when the step changes `revision`'s
+/// count: a step that starts nothing changes nothing, and says nothing again.
+pub(super) fn held_event(
+    note: Option<String>,
+    revision: &str,
+    changes: &[super::RevisionChange],
+) -> Option<crate::reason::PlannedEvent> {
+    let note = note?;
+    changes.iter().any(|c| c.revision == revision).then(|| {
+        crate::reason::PlannedEvent::new(
+            crate::reason::Reason::QuotaHeld,
+            format!("revision {revision}: {note}"),
+        )
     })
 }

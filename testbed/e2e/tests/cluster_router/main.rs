@@ -159,6 +159,7 @@ mod autoscale;
 mod canary;
 mod experiment;
 mod tenancy;
+mod tls;
 
 /// `iris_manifest(model)` with a progressive `rollout` instead of the rolling bounds.
 pub(crate) fn canary_manifest(model: &str, rollout: &str) -> String {
