@@ -15,7 +15,8 @@
 //! - [`runtime::resolve`]: which server runs a model (Ferry's own or a ServingRuntime), and
 //!   [`runtime::server_args`]: how Ferry's own server is started for a model, in both modes;
 //! - [`fairness::admits`]: whether a namespace may send one more request while tenants share
-//!   the slots (the router's noisy-neighbour rule).
+//!   the slots (the router's noisy-neighbour rule);
+//! - [`placement::plan`]: which servers of a pool hold copies of which models, by footprint.
 //!
 //! The Kubernetes objects themselves are rendered by `ferry-render` (cluster mode only).
 
@@ -24,6 +25,7 @@ pub mod autoscale;
 pub mod experiment;
 pub mod fairness;
 pub mod observe;
+pub mod placement;
 pub mod progressive;
 pub mod quota;
 pub mod reason;
