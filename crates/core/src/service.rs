@@ -329,7 +329,10 @@ pub fn plan(
         startup_timeout_seconds: u64::from(isvc.spec.predictor.startup_timeout_seconds()),
         url: observed.entry.url(isvc),
         revision_order: &order,
-        creation_failure: observed.creation_failure.clone(),
+        creation_failure: observed
+            .creation_failure
+            .clone()
+            .or_else(|| room::stalled(observed, latest, target.replicas, &start, &stop)),
         ingress: observed.ingress.clone(),
         autoscaler: observed.autoscaler.clone(),
         runtime_problem: observed.runtime_problem.clone(),

@@ -13,6 +13,7 @@ pub mod batcher;
 pub mod config;
 pub mod error;
 pub mod fetch;
+pub mod footprint;
 pub mod grpc;
 pub mod metrics;
 pub mod protocol;

@@ -57,6 +57,9 @@ pub struct Metrics {
     /// Model fetches by model and result (`hit`: found in the node's cache, `miss`: downloaded).
     pub fetches: Family<FetchLabels, Counter>,
     pub fetch_bytes: Family<ModelLabels, Counter>,
+    /// Host memory each model took, measured while it loaded ([`crate::footprint`]).
+    pub memory_bytes: Family<ModelLabels, Gauge>,
+    pub peak_memory_bytes: Family<ModelLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -122,6 +125,18 @@ impl Metrics {
             "Bytes downloaded from a store for a model",
             fetch_bytes.clone(),
         );
+        let memory_bytes = Family::<ModelLabels, Gauge>::default();
+        let peak_memory_bytes = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "model_memory_bytes",
+            "Host memory the model added and holds once ready, measured at load",
+            memory_bytes.clone(),
+        );
+        registry.register(
+            "model_peak_memory_bytes",
+            "Most host memory above the start while the model loaded and warmed up",
+            peak_memory_bytes.clone(),
+        );
         Self {
             registry,
             requests,
@@ -132,7 +147,29 @@ impl Metrics {
             ready,
             fetches,
             fetch_bytes,
+            memory_bytes,
+            peak_memory_bytes,
         }
+    }
+
+    /// What a model's load measured.
+    pub fn model_footprint(
+        &self,
+        model: &str,
+        version: &str,
+        footprint: crate::footprint::Footprint,
+    ) {
+        let labels = ModelLabels {
+            model: model.into(),
+            version: version.into(),
+        };
+        let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.memory_bytes
+            .get_or_create(&labels)
+            .set(gauge(footprint.resident_bytes));
+        self.peak_memory_bytes
+            .get_or_create(&labels)
+            .set(gauge(footprint.peak_bytes));
     }
 
     /// One fetch of a model from its store.

@@ -87,6 +87,8 @@ pub struct LoadedModel {
     batcher: Option<mpsc::Sender<BatchJob>>,
     inline: bool,
     metrics: ModelMetrics,
+    /// Host memory it took, measured while it loaded (`None` where it cannot be measured).
+    pub footprint: Option<crate::footprint::Footprint>,
 }
 
 impl LoadedModel {
@@ -259,17 +261,26 @@ impl Repository {
             if local.tokenizer.is_none() {
                 local.tokenizer = resolved.tokenizer;
             }
-            tokio::task::spawn_blocking(move || build_and_warm_up(&local))
-                .await
-                .unwrap_or_else(|e| Err(format!("loader task failed: {e}")))
+            tokio::task::spawn_blocking(move || {
+                let (built, footprint) = crate::footprint::measure(|| build_and_warm_up(&local));
+                built.map(|(backend, warm_up)| (backend, warm_up, footprint))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("loader task failed: {e}")))
         }
         .await;
         let load_time = started.elapsed();
         let (state, result) = match outcome {
-            Ok((backend, warm_up_time)) => {
-                let model = self.activate(config.clone(), backend, warm_up_time);
+            Ok((backend, warm_up_time, footprint)) => {
+                let model = self.activate(config.clone(), backend, warm_up_time, footprint);
+                if let Some(footprint) = footprint {
+                    self.metrics
+                        .model_footprint(name, &config.version, footprint);
+                }
                 info!(model = %name, version = %config.version, load_ms = load_time.as_millis() as u64,
-                      inline = model.inline, batching = config.batching(), "model ready");
+                      inline = model.inline, batching = config.batching(),
+                      memory_bytes = footprint.map(|f| f.resident_bytes),
+                      peak_memory_bytes = footprint.map(|f| f.peak_bytes), "model ready");
                 (ModelState::Ready(model), Ok(()))
             }
             Err(reason) => {
@@ -303,6 +314,7 @@ impl Repository {
         config: ModelConfig,
         backend: Arc<dyn Backend>,
         warm_up_time: Duration,
+        footprint: Option<crate::footprint::Footprint>,
     ) -> Arc<LoadedModel> {
         let metrics = self.metrics.for_model(&config.name, &config.version);
         let batcher = (config.batching() && backend.signature().batchable()).then(|| {
@@ -326,6 +338,7 @@ impl Repository {
             backend,
             metrics,
             config,
+            footprint,
         })
     }
 

@@ -60,3 +60,31 @@ pub(super) fn held_event(
         )
     })
 }
+
+/// Why the latest revision stands still, when a quota leaves no room for even one more of
+/// its replicas and nothing will free any by itself (none of its replicas is starting or on
+/// its way, none of the service's is leaving, this step starts and stops nothing): the status's
+/// `FailedCreate` message, as the API server's refusal reads (a cluster's API server is
+/// never asked for a pod it would refuse).
+pub(super) fn stalled(
+    observed: &Observation<'_>,
+    latest: &str,
+    wanted: u32,
+    start: &std::collections::BTreeMap<String, u32>,
+    stop: &[String],
+) -> Option<String> {
+    let (quota, room) = observed.quota_room.as_ref()?;
+    let mine = |r: &&crate::ReplicaView| r.revision == latest && !r.terminating;
+    let live = observed.replicas.iter().filter(mine).count() as u32;
+    let starting = observed.replicas.iter().filter(mine).any(|r| !r.ready());
+    let leaving = observed.replicas.iter().any(|r| r.terminating);
+    let starts = start.values().sum::<u32>() > 0;
+    // Set to more than are seen: pods on their way (a cluster's caches lag each other).
+    let coming = observed.scale.get(latest).copied().unwrap_or(0) > live;
+    let idle = !starting && !leaving && !starts && !coming && stop.is_empty();
+    (*room == 0 && live < wanted && idle).then(|| {
+        format!(
+            "exceeded quota: {quota}: no room for another replica of {latest} ({live} of {wanted} running)"
+        )
+    })
+}

@@ -476,3 +476,44 @@ fn a_canary_step_starts_only_what_the_quota_has_room_for() {
         );
     }
 }
+
+#[test]
+fn a_revision_a_quota_leaves_no_room_for_says_so_and_a_moving_rollout_does_not() {
+    let service = isvc("");
+    let scale = BTreeMap::new();
+    let mut observed = observation(V1, &[], &scale);
+    observed.quota_room = Some(("no-pods".to_string(), 0));
+    let plan = super::plan(&service, &[], &observed, &Signals::default(), now());
+    assert_eq!(plan.start.get(V1).copied().unwrap_or(0), 0);
+    let latest = plan
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "LatestRevisionReady")
+        .unwrap();
+    assert_eq!(latest.reason, "FailedCreate", "{latest:?}");
+    assert!(
+        latest
+            .message
+            .contains("exceeded quota: no-pods: no room for another replica"),
+        "{latest:?}"
+    );
+    // A rolling update waiting for its new replica to come up is held, not failed.
+    let replicas = vec![
+        replica("a", V1, ReplicaHealth::Ready),
+        replica("b", V1, ReplicaHealth::Ready),
+        replica("c", V2, ReplicaHealth::Starting { for_seconds: 1 }),
+    ];
+    let scale = BTreeMap::from([(V1.to_string(), 2), (V2.to_string(), 1)]);
+    let mut observed = observation(V2, &replicas, &scale);
+    observed.quota_room = Some(("pods".to_string(), 0));
+    let history = vec![V2.to_string(), V1.to_string()];
+    let plan = super::plan(&service, &history, &observed, &Signals::default(), now());
+    let latest = plan
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "LatestRevisionReady")
+        .unwrap();
+    assert_ne!(latest.reason, "FailedCreate", "{latest:?}");
+}

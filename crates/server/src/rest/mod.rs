@@ -323,6 +323,13 @@ async fn repository_index(State(s): State<AppState>, headers: HeaderMap, body: B
             if let Some(reason) = v.state.reason() {
                 entry["reason"] = json!(reason);
             }
+            // Ferry's extension: what the model measured at load, for a pool's planner.
+            if let ModelState::Ready(model) = &v.state
+                && let Some(footprint) = model.footprint
+            {
+                entry["memoryBytes"] = json!(footprint.resident_bytes);
+                entry["peakMemoryBytes"] = json!(footprint.peak_bytes);
+            }
             entry
         })
         .collect();

@@ -266,10 +266,16 @@ async fn repository_load_unload_and_index() {
     let server = TestServer::start(vec![model("iris-v1", "iris-v1.onnx")]).await;
     let (status, index) = post(&server, "/v2/repository/index", &json!({})).await;
     assert_eq!(status, 200);
+    let entry = &index[0];
+    assert_eq!(index.as_array().unwrap().len(), 1, "{index}");
     assert_eq!(
-        index,
-        json!([{"name": "iris-v1", "version": "1", "state": "READY"}])
+        (&entry["name"], &entry["version"], &entry["state"]),
+        (&json!("iris-v1"), &json!("1"), &json!("READY")),
+        "{index}"
     );
+    // Ferry's extension: the memory it measured at load (a tiny model: a number, no more).
+    assert!(entry["memoryBytes"].is_u64(), "{index}");
+    assert!(entry["peakMemoryBytes"].is_u64(), "{index}");
     // Unload: 503 on infer, listed as UNLOADED.
     let (status, _) = post(&server, "/v2/repository/models/iris-v1/unload", &json!({})).await;
     assert_eq!(status, 200);

@@ -58,6 +58,32 @@ async fn sentence_embeddings_match_onnxruntime() {
     let server = TestServer::start(vec![plain, batched]).await;
     let (sentences, embeddings) = reference();
 
+    // Each copy's host memory, measured while it loaded (one load at a time): the 87 MB of
+    // weights are resident, the warm-up peaks above; the index and /metrics say the same.
+    let index = server.post_json("/v2/repository/index", &json!({})).await;
+    let metrics = server.metrics().await;
+    const MB: u64 = 1_000_000;
+    for name in ["minilm", "minilm-batched"] {
+        let entry = index
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {index}"));
+        let memory = entry["memoryBytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{entry}"));
+        let peak = entry["peakMemoryBytes"].as_u64().unwrap();
+        assert!((60 * MB..1_000 * MB).contains(&memory), "{name}: {entry}");
+        assert!(peak >= memory, "{name}: {entry}");
+        let line =
+            format!("ferry_server_model_memory_bytes{{model=\"{name}\",version=\"1\"}} {memory}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in {metrics}"
+        );
+    }
+
     // Metadata advertises text in, embedding out.
     let meta: Value = server.get_json("/v2/models/minilm").await;
     assert_eq!(
