@@ -43,14 +43,6 @@ fn models(n: usize) -> Vec<Model> {
         .collect()
 }
 
-fn settled(placement: &Placement) -> Current {
-    placement
-        .servers
-        .iter()
-        .map(|(m, on)| (m.clone(), on.iter().map(|s| (s.clone(), true)).collect()))
-        .collect()
-}
-
 /// Seldon's rule: each copy, in arrival order, to the server with the most free memory that
 /// does not hold it yet. Returns the copies placed and the most free bytes left on a server.
 fn spread(servers: &[Server], models: &[Model]) -> (usize, u64) {
@@ -101,7 +93,7 @@ fn main() {
         let started = Instant::now();
         first = plan(&servers, &models, &Current::new());
         cold.push(started.elapsed().as_secs_f64() * 1e3);
-        let current = settled(&first);
+        let current = first.settled();
         let started = Instant::now();
         let again = plan(&servers, &models, &current);
         warm.push(started.elapsed().as_secs_f64() * 1e3);
@@ -115,7 +107,7 @@ fn main() {
         lost.push(started.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box(fewer);
     }
-    let current = settled(&first);
+    let current = first.settled();
     let moved = plan(&servers[1..], &models, &current);
     let on_lost = current
         .values()

@@ -67,6 +67,14 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// This placement as a [`Current`] with every copy ready: a pool settled on it.
+    pub fn settled(&self) -> Current {
+        self.servers
+            .iter()
+            .map(|(m, on)| (m.clone(), on.iter().map(|s| (s.clone(), true)).collect()))
+            .collect()
+    }
+
     /// Copies placed now that `current` does not have (loads to do).
     pub fn added(&self, current: &Current) -> usize {
         self.servers

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ReplicaView;
 use crate::experiment;
-use crate::reason::{ConditionState, PlannedEvent, Reason};
+use crate::reason::{ConditionState, PlannedEvent};
 use crate::rollout::{self, Target};
 use crate::runtime::RuntimeProblem;
 use crate::status::{self, StatusInputs};
@@ -439,94 +439,6 @@ pub fn plan(
     }
 }
 
-/// The replica counts after a rollout step of `start` new replicas and `stop`ped ones, and
-/// what changed.
-fn scale_after(
-    target: &Target,
-    observed: &Observation<'_>,
-    start: u32,
-    stop: &[String],
-) -> (BTreeMap<String, u32>, Vec<RevisionChange>) {
-    let latest = target.revision.as_str();
-    let replicas = observed.replicas;
-    let staying = |revision: &str| {
-        replicas
-            .iter()
-            .filter(|r| r.revision == revision && !r.terminating && !stop.contains(&r.id))
-            .count()
-    };
-    let mut scale = observed.scale.clone();
-    let mut changes = Vec::new();
-
-    // The latest revision: what it is set to, raised by what starts (never above the target),
-    // or the target when it is set to more (scaling down).
-    let current = observed.scale.get(latest).copied();
-    let live = replicas
-        .iter()
-        .filter(|r| r.revision == latest && !r.terminating)
-        .count() as u32;
-    let set = current.unwrap_or(0);
-    let after = if set >= target.replicas {
-        target.replicas
-    } else {
-        set.max(live + start).min(target.replicas)
-    };
-    scale.insert(latest.to_string(), after);
-    if current != Some(after) && (current.is_some() || after > 0) {
-        changes.push(count_change(latest, current, after));
-    }
-
-    // Older revisions lose what is stopped; one left with nothing is retired.
-    for (revision, before) in observed.scale.iter().filter(|(r, _)| *r != latest) {
-        let stopped = replicas
-            .iter()
-            .filter(|r| &r.revision == revision && stop.contains(&r.id))
-            .count() as u32;
-        let after = before.saturating_sub(stopped);
-        if after == 0 && staying(revision) == 0 {
-            scale.remove(revision);
-            changes.push(RevisionChange {
-                revision: revision.clone(),
-                before: Some(*before),
-                after: 0,
-                retire: true,
-                event: PlannedEvent::new(
-                    Reason::RevisionRetired,
-                    format!("revision {revision}: no traffic and no replica left; its objects go"),
-                ),
-            });
-        } else if after != *before {
-            scale.insert(revision.clone(), after);
-            changes.push(count_change(revision, Some(*before), after));
-        }
-    }
-    (scale, changes)
-}
-
-fn count_change(revision: &str, before: Option<u32>, after: u32) -> RevisionChange {
-    let (reason, note) = match before {
-        None => (
-            Reason::RevisionCreated,
-            format!("created revision {revision} with {after} replicas"),
-        ),
-        Some(before) if before < after => (
-            Reason::ScaledUp,
-            format!("revision {revision}: {before} → {after} replicas"),
-        ),
-        Some(before) => (
-            Reason::ScaledDown,
-            format!("revision {revision}: {before} → {after} replicas"),
-        ),
-    };
-    RevisionChange {
-        revision: revision.to_string(),
-        before,
-        after,
-        retire: false,
-        event: PlannedEvent::new(reason, note),
-    }
-}
-
 /// The revision the router retries a failed request on during `rollout`: its stable one,
 /// while it is in progress and the spec keeps `retryOnStable` (the default). The plan and the
 /// cluster router's feed (which reads the state from the status) both ask this.
@@ -591,10 +503,12 @@ pub fn timestamp(now: Timestamp) -> String {
 }
 
 mod autoscaling;
+mod counts;
 mod desired;
 mod room;
 pub use autoscaling::{autoscale, autoscale_inputs, predictor_load};
 use autoscaling::{autoscaling_events, autoscaling_status};
+use counts::scale_after;
 use desired::progressive_decision;
 
 #[cfg(test)]

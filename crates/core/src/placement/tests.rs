@@ -19,15 +19,6 @@ fn model(id: &str, bytes: u64, copies: u32) -> Model {
     }
 }
 
-/// The placement as `current`, every copy ready.
-fn settled(placement: &Placement) -> Current {
-    placement
-        .servers
-        .iter()
-        .map(|(m, on)| (m.clone(), on.iter().map(|s| (s.clone(), true)).collect()))
-        .collect()
-}
-
 #[test]
 fn packs_largest_first_on_the_fullest_server_that_fits() {
     let servers = [server("a", 100 * MB), server("b", 100 * MB)];
@@ -85,14 +76,14 @@ fn a_busy_models_last_ready_copy_drains_until_another_is_ready() {
     let first = plan(&servers, &[model("x", 40 * MB, 1)], &Current::new());
     let on = first.servers["x"][0].clone();
     // It grew (measured): its server has no room now beside a newcomer that keeps its place.
-    let mut current = settled(&first);
+    let mut current = first.settled();
     current.insert("other".into(), BTreeMap::from([(on.clone(), true)]));
     let models = [model("x", 80 * MB, 1), model("other", 60 * MB, 1)];
     let moved = plan(&servers, &models, &current);
     assert_ne!(moved.servers["x"], std::slice::from_ref(&on));
     assert_eq!(moved.draining.get("x"), Some(&on), "{moved:?}");
     // Once the new copy is ready, the old one goes.
-    let mut current = settled(&moved);
+    let mut current = moved.settled();
     current.get_mut("x").unwrap().insert(on.clone(), true);
     let done = plan(&servers, &models, &current);
     assert!(done.draining.is_empty(), "{done:?}");
@@ -101,7 +92,7 @@ fn a_busy_models_last_ready_copy_drains_until_another_is_ready() {
     let mut idle = models.clone();
     idle[0].busy = false;
     let current = {
-        let mut c = settled(&first);
+        let mut c = first.settled();
         c.insert("other".into(), BTreeMap::from([(on.clone(), true)]));
         c
     };
@@ -175,7 +166,7 @@ proptest! {
         lost in 0usize..8,
     ) {
         let first = plan(&servers, &models, &Current::new());
-        let current = settled(&first);
+        let current = first.settled();
         let mut more = models.clone();
         more.push(model("new", extra * MB, 1));
         let grown = plan(&servers, &more, &current);
@@ -217,6 +208,6 @@ fn ten_thousand_models_on_a_hundred_servers_plan_quickly() {
         "{:?}",
         placement.unplaced.iter().next()
     );
-    let again = plan(&servers, &models, &settled(&placement));
-    assert_eq!(again.added(&settled(&placement)), 0);
+    let again = plan(&servers, &models, &placement.settled());
+    assert_eq!(again.added(&placement.settled()), 0);
 }

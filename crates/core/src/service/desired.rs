@@ -8,7 +8,8 @@ use ferry_api::{
 };
 use k8s_openapi::jiff::Timestamp;
 
-use super::{Observation, RevisionChange, Signals, count_change};
+use super::counts::count_change;
+use super::{Observation, RevisionChange, Signals};
 use crate::ReplicaView;
 use crate::progressive::{self, RolloutDecision, RolloutInputs};
 use crate::reason::{PlannedEvent, Reason};

@@ -6,6 +6,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::*;
 use crate::ReplicaHealth;
+use crate::reason::Reason;
 
 const V1: &str = "iris-v1";
 const V2: &str = "iris-v2";
@@ -485,12 +486,7 @@ fn a_revision_a_quota_leaves_no_room_for_says_so_and_a_moving_rollout_does_not()
     observed.quota_room = Some(("no-pods".to_string(), 0));
     let plan = super::plan(&service, &[], &observed, &Signals::default(), now());
     assert_eq!(plan.start.get(V1).copied().unwrap_or(0), 0);
-    let latest = plan
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "LatestRevisionReady")
-        .unwrap();
+    let latest = latest_condition(&plan);
     assert_eq!(latest.reason, "FailedCreate", "{latest:?}");
     assert!(
         latest
@@ -509,11 +505,14 @@ fn a_revision_a_quota_leaves_no_room_for_says_so_and_a_moving_rollout_does_not()
     observed.quota_room = Some(("pods".to_string(), 0));
     let history = vec![V2.to_string(), V1.to_string()];
     let plan = super::plan(&service, &history, &observed, &Signals::default(), now());
-    let latest = plan
-        .status
+    let latest = latest_condition(&plan);
+    assert_ne!(latest.reason, "FailedCreate", "{latest:?}");
+}
+
+fn latest_condition(plan: &super::ServicePlan) -> &ferry_api::Condition {
+    plan.status
         .conditions
         .iter()
         .find(|c| c.type_ == "LatestRevisionReady")
-        .unwrap();
-    assert_ne!(latest.reason, "FailedCreate", "{latest:?}");
+        .expect("a LatestRevisionReady condition")
 }
