@@ -5,7 +5,7 @@ VENV ?= $(HOME)/.cache/ferry-venv
 PY := $(VENV)/bin/python
 FUZZ_SECONDS ?= 20
 
-.PHONY: test deps tools storage-tools lint rust-test interop fuzz-smoke serve minilm bench testbed-up testbed-down
+.PHONY: test deps tools storage-tools lint rust-test interop fuzz-smoke serve minilm many bench testbed-up testbed-down
 
 test: deps lint rust-test fuzz-smoke
 
@@ -58,7 +58,7 @@ TEST_ENV = FERRY_REQUIRE_OCI=1 FERRY_REQUIRE_STORAGE=1 FERRY_REQUIRE_MINILM=1 FE
 TESTBED_ENV = FERRY_REQUIRE_TESTBED=1 FERRY_TESTBED_KUBECONFIG=$(CURDIR)/testbed/run/admin.kubeconfig
 CARGO_TEST_FLAGS = --workspace --features ferry-server/onnxruntime
 
-rust-test: minilm
+rust-test: minilm many
 	FERRY_TESTBED_CARGO_FLAGS="$(CARGO_TEST_FLAGS) --bins" testbed/up.sh || { testbed/down.sh; exit 1; }
 	$(TEST_ENV) $(TESTBED_ENV) cargo test $(CARGO_TEST_FLAGS); rc=$$?; testbed/down.sh || rc=1; exit $$rc
 
@@ -81,6 +81,9 @@ serve:
 
 minilm: deps
 	$(MAKE) -C models minilm PY=$(PY)
+
+many: deps
+	$(MAKE) -C models many PY=$(PY)
 
 bench:
 	bench/run.sh

@@ -266,7 +266,13 @@ struct UpArgs {
     fair_queue: Option<usize>,
 }
 
+/// Counts live heap bytes (one relaxed atomic add per allocation) so `ferry server` measures
+/// what each model keeps, evictions and reloads included (ferry_server::footprint).
+#[global_allocator]
+static HEAP: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
 fn main() {
+    ferry_server::footprint::count_heap_with(|| HEAP.allocated());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

@@ -46,6 +46,11 @@ pub struct ServerArgs {
     /// The model cache's size limit (a quantity: 20Gi); least recently used models go beyond it.
     #[arg(long, env = "FERRY_MODEL_CACHE_SIZE", value_name = "QUANTITY", value_parser = parse_size)]
     model_cache_size: Option<u64>,
+    /// A pool server's memory budget (a quantity: 3Gi): models registered to load on demand
+    /// (`POST /v2/repository/models/NAME/register`) are loaded by their first request, the
+    /// least recently used evicted so the resident models' measured footprints stay within it.
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_size)]
+    memory_budget: Option<u64>,
     /// Exit with status 3 when a --model fails to load, quoting why on stderr (a container's
     /// restart back-off then says so), instead of staying up with the model unavailable.
     #[arg(long)]
@@ -59,6 +64,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         http_unix: args.http_unix,
         grpc_unix: args.grpc_unix,
         max_body_bytes: args.max_body_bytes,
+        memory_budget: args.memory_budget,
         ..ServerConfig::default()
     };
     if let Some(n) = args.compute_threads {

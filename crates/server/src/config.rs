@@ -189,6 +189,9 @@ pub struct ServerConfig {
     pub model_cache: std::path::PathBuf,
     /// The cache's size limit; least recently used entries go beyond it.
     pub model_cache_bytes: u64,
+    /// A pool server's memory budget: the resident models' footprints stay within it, the
+    /// least recently used evicted to make room for one requested (`None`: no budget).
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -205,6 +208,7 @@ impl Default for ServerConfig {
                 .unwrap_or(2),
             model_cache: std::env::temp_dir().join("ferry-model-cache"),
             model_cache_bytes: 20 << 30,
+            memory_budget: None,
         }
     }
 }

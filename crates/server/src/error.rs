@@ -23,6 +23,15 @@ pub enum Error {
     InferenceFailed { model: String, message: String },
     #[error("model '{model}' failed to load: {message}")]
     LoadFailed { model: String, message: String },
+    /// A model that can never be resident on this server: its footprint exceeds the budget.
+    #[error(
+        "model '{model}' needs {need} bytes of memory, more than this server's memory budget of {budget} bytes"
+    )]
+    TooLarge {
+        model: String,
+        need: u64,
+        budget: u64,
+    },
     #[error("server is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -48,6 +57,7 @@ impl Error {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::InferenceFailed { .. } => "inference_failed",
             Self::LoadFailed { .. } => "load_failed",
+            Self::TooLarge { .. } => "too_large",
             Self::ShuttingDown => "shutting_down",
             Self::Internal(_) => "internal",
         }
@@ -61,6 +71,7 @@ impl Error {
             Self::NotReady { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge { .. } => StatusCode::CONFLICT,
             Self::InferenceFailed { .. } | Self::LoadFailed { .. } | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -75,6 +86,7 @@ impl Error {
             Self::NotReady { .. } | Self::ShuttingDown => tonic::Code::Unavailable,
             Self::Overloaded { .. } => tonic::Code::ResourceExhausted,
             Self::PayloadTooLarge { .. } => tonic::Code::ResourceExhausted,
+            Self::TooLarge { .. } => tonic::Code::FailedPrecondition,
             Self::InferenceFailed { .. } | Self::LoadFailed { .. } | Self::Internal(_) => {
                 tonic::Code::Internal
             }

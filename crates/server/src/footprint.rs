@@ -5,6 +5,13 @@
 //! served meanwhile can add noise, which is why a pool planner corrects its estimates with
 //! these figures instead of trusting a file size.
 //!
+//! Where the binary counts its heap (it installs a counting global allocator and hands its
+//! counter to [`count_heap_with`], as `ferry` does), the resident figure is the heap the load
+//! added and kept instead: exact, and true also when the load reuses memory that an evicted
+//! model freed (the allocator keeps freed pages, so `VmRSS` would not grow and a pool server
+//! reloading models would read them as free). A backend's own C allocations (ONNX Runtime's
+//! arena) are not on Rust's heap: for such a load (`native`) the larger of the two counts.
+//!
 //! Linux only (procfs); elsewhere nothing is measured.
 
 /// Host memory a model took, in bytes.
@@ -18,6 +25,19 @@ pub struct Footprint {
 
 /// Held while a measurement runs: one at a time in this process.
 static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Live heap bytes of this process, where the binary counts them.
+static HEAP: std::sync::OnceLock<fn() -> usize> = std::sync::OnceLock::new();
+
+/// Measure models by the heap they keep, read through `live_bytes` (the binary's counting
+/// allocator). Set once per process; a second call is ignored.
+pub fn count_heap_with(live_bytes: fn() -> usize) {
+    let _ = HEAP.set(live_bytes);
+}
+
+fn heap() -> Option<u64> {
+    HEAP.get().map(|live| live() as u64)
+}
 
 /// `VmRSS` and `VmHWM` of this process, in bytes.
 fn status() -> Option<(u64, u64)> {
@@ -37,18 +57,34 @@ fn status() -> Option<(u64, u64)> {
 
 /// Run `work`, measuring what it adds to this process's memory (`None` where procfs cannot
 /// tell: not Linux, or the peak cannot be reset).
-pub fn measure<T>(work: impl FnOnce() -> T) -> (T, Option<Footprint>) {
+/// `native`: the work allocates outside Rust's heap too (a C library's allocator).
+pub fn measure<T>(native: bool, work: impl FnOnce() -> T) -> (T, Option<Footprint>) {
     let _one_at_a_time = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let before = status();
+    let heap_before = heap();
     // "5" resets the peak resident set size to the current one (proc(5)).
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let out = work();
+    let heap_kept = heap()
+        .zip(heap_before)
+        .map(|(end, start)| end.saturating_sub(start));
     let footprint = match (before, status()) {
-        (Some((start, _)), Some((end, peak))) if reset => Some(Footprint {
-            resident_bytes: end.saturating_sub(start),
-            peak_bytes: peak.saturating_sub(start).max(end.saturating_sub(start)),
+        (Some((start, _)), Some((end, peak))) if reset => {
+            let rss = end.saturating_sub(start);
+            let resident = match heap_kept {
+                Some(kept) if native => kept.max(rss),
+                Some(kept) => kept,
+                None => rss,
+            };
+            Some(Footprint {
+                resident_bytes: resident,
+                peak_bytes: peak.saturating_sub(start).max(resident),
+            })
+        }
+        _ => heap_kept.map(|kept| Footprint {
+            resident_bytes: kept,
+            peak_bytes: kept,
         }),
-        _ => None,
     };
     (out, footprint)
 }
@@ -60,7 +96,7 @@ mod tests {
     #[test]
     fn a_held_allocation_is_resident_and_a_freed_one_only_peaks() {
         const MIB: u64 = 1 << 20;
-        let (kept, footprint) = measure(|| {
+        let (kept, footprint) = measure(false, || {
             let transient = vec![1u8; 64 * MIB as usize];
             std::hint::black_box(&transient);
             drop(transient);

@@ -60,6 +60,13 @@ pub struct Metrics {
     /// Host memory each model took, measured while it loaded ([`crate::footprint`]).
     pub memory_bytes: Family<ModelLabels, Gauge>,
     pub peak_memory_bytes: Family<ModelLabels, Gauge>,
+    /// Loads (explicit, at start, or on demand) and evictions, per model.
+    pub loads: Family<ModelLabels, Counter>,
+    pub evictions: Family<ModelLabels, Counter>,
+    /// A pool server's budget and the accounted bytes of its resident models.
+    pub budget_bytes: Gauge,
+    pub used_bytes: Gauge,
+    pub resident_models: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -137,6 +144,36 @@ impl Metrics {
             "Most host memory above the start while the model loaded and warmed up",
             peak_memory_bytes.clone(),
         );
+        let loads = Family::<ModelLabels, Counter>::default();
+        let evictions = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "model_loads",
+            "Loads of the model: at start, through the repository API, or on demand by a request",
+            loads.clone(),
+        );
+        registry.register(
+            "model_evictions",
+            "Times the model was evicted (least recently used) to make room within the memory budget",
+            evictions.clone(),
+        );
+        let budget_bytes = Gauge::default();
+        let used_bytes = Gauge::default();
+        let resident_models = Gauge::default();
+        registry.register(
+            "memory_budget_bytes",
+            "The memory budget resident models are kept within (0: none)",
+            budget_bytes.clone(),
+        );
+        registry.register(
+            "memory_used_bytes",
+            "Accounted memory of the resident models (their measured footprints)",
+            used_bytes.clone(),
+        );
+        registry.register(
+            "resident_models",
+            "Models loaded and ready now",
+            resident_models.clone(),
+        );
         Self {
             registry,
             requests,
@@ -149,7 +186,40 @@ impl Metrics {
             fetch_bytes,
             memory_bytes,
             peak_memory_bytes,
+            loads,
+            evictions,
+            budget_bytes,
+            used_bytes,
+            resident_models,
         }
+    }
+
+    /// One load of a model finished (ready or not).
+    pub fn model_load_counted(&self, model: &str, version: &str) {
+        self.loads
+            .get_or_create(&ModelLabels {
+                model: model.into(),
+                version: version.into(),
+            })
+            .inc();
+    }
+
+    /// A model was evicted to make room.
+    pub fn model_evicted(&self, model: &str, version: &str) {
+        let labels = ModelLabels {
+            model: model.into(),
+            version: version.into(),
+        };
+        self.evictions.get_or_create(&labels).inc();
+        self.ready.get_or_create(&labels).set(0);
+    }
+
+    /// What the server holds against its budget.
+    pub fn residency(&self, residency: crate::repository::Residency) {
+        let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.budget_bytes.set(gauge(residency.budget.unwrap_or(0)));
+        self.used_bytes.set(gauge(residency.used));
+        self.resident_models.set(residency.resident as i64);
     }
 
     /// What a model's load measured.

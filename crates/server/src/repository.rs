@@ -6,11 +6,16 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{info, warn};
+
+mod lru;
+mod on_demand;
+pub use on_demand::Residency;
 
 pub use crate::backend::BackendFailure;
 use crate::backend::tract::TractBackend;
@@ -57,6 +62,9 @@ pub enum ModelState {
     Ready(Arc<LoadedModel>),
     Unavailable(String),
     Unloaded,
+    /// Registered to load on demand (a pool server's model) and not resident now: the next
+    /// request loads it (the reason says whether it was evicted).
+    Standby(String),
 }
 
 impl ModelState {
@@ -65,7 +73,7 @@ impl ModelState {
             Self::Loading => "LOADING",
             Self::Ready(_) => "READY",
             Self::Unavailable(_) => "UNAVAILABLE",
-            Self::Unloaded => "UNLOADED",
+            Self::Unloaded | Self::Standby(_) => "UNLOADED",
         }
     }
 
@@ -74,8 +82,14 @@ impl ModelState {
             Self::Loading => Some("loading"),
             Self::Unavailable(reason) => Some(reason),
             Self::Unloaded => Some("unloaded"),
+            Self::Standby(reason) => Some(reason),
             Self::Ready(_) => None,
         }
+    }
+
+    /// A request would be answered: the model is resident, or loads on demand.
+    pub fn servable(&self) -> bool {
+        matches!(self, Self::Ready(_) | Self::Standby(_))
     }
 }
 
@@ -89,6 +103,10 @@ pub struct LoadedModel {
     metrics: ModelMetrics,
     /// Host memory it took, measured while it loaded (`None` where it cannot be measured).
     pub footprint: Option<crate::footprint::Footprint>,
+    /// The bytes a memory budget counts for it: the measured footprint, else the estimate.
+    accounted: u64,
+    /// When a request last used it (nanoseconds since the repository began): LRU order.
+    last_used: AtomicU64,
 }
 
 impl LoadedModel {
@@ -99,6 +117,13 @@ impl LoadedModel {
     pub fn platform(&self) -> &'static str {
         self.backend.platform()
     }
+
+    /// Requests in flight or queued on it.
+    fn in_flight(&self) -> usize {
+        self.config
+            .max_queue
+            .saturating_sub(self.admission.available_permits())
+    }
 }
 
 struct Entry {
@@ -106,6 +131,25 @@ struct Entry {
     state: ModelState,
     /// Bumped by every load/unload so a slow load cannot overwrite a newer decision.
     generation: u64,
+    /// Loaded by the first request when not resident (registered, or evicted).
+    on_demand: bool,
+    /// Its footprint when it was last resident, kept across evictions: the next load's estimate.
+    measured: Option<u64>,
+    /// Held by whoever loads it on demand: concurrent requests for a cold model share one load.
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Entry {
+    fn new(config: ModelConfig, state: ModelState) -> Self {
+        Self {
+            config,
+            state,
+            generation: 0,
+            on_demand: false,
+            measured: None,
+            gate: Arc::default(),
+        }
+    }
 }
 
 /// What the repository knows of one model.
@@ -113,6 +157,21 @@ struct Entry {
 pub struct ModelView {
     pub config: ModelConfig,
     pub state: ModelState,
+    /// Loads on its first request (a pool server's model).
+    pub on_demand: bool,
+    /// The bytes it was accounted for when last resident (kept while evicted).
+    pub measured: Option<u64>,
+}
+
+impl ModelView {
+    fn of(e: &Entry) -> Self {
+        Self {
+            config: e.config.clone(),
+            state: e.state.clone(),
+            on_demand: e.on_demand,
+            measured: e.measured,
+        }
+    }
 }
 
 /// All models of this server.
@@ -121,6 +180,12 @@ pub struct Repository {
     compute: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     fetcher: crate::fetch::Fetcher,
+    /// A pool server's memory budget: resident models' accounted bytes stay within it.
+    budget: Option<u64>,
+    /// Loads (and the evictions that make room for them) run one at a time, on their own path:
+    /// inference never waits for this.
+    loads: Semaphore,
+    epoch: Instant,
 }
 
 impl Repository {
@@ -135,7 +200,20 @@ impl Repository {
             compute: Arc::new(Semaphore::new(compute_threads.max(1))),
             metrics,
             fetcher,
+            budget: None,
+            loads: Semaphore::new(1),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Keeps resident models within `budget` bytes, evicting the least recently used.
+    pub fn with_memory_budget(mut self, budget: Option<u64>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.budget
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -145,34 +223,18 @@ impl Repository {
     /// Registers a model without loading it (state LOADING until [`Repository::load`] runs).
     pub fn register(&self, config: ModelConfig) {
         let mut entries = self.entries.write().expect("repository lock");
-        entries.insert(
-            config.name.clone(),
-            Entry {
-                config,
-                state: ModelState::Loading,
-                generation: 0,
-            },
-        );
+        entries.insert(config.name.clone(), Entry::new(config, ModelState::Loading));
     }
 
     pub fn view(&self, name: &str) -> Option<ModelView> {
         let entries = self.entries.read().expect("repository lock");
-        entries.get(name).map(|e| ModelView {
-            config: e.config.clone(),
-            state: e.state.clone(),
-        })
+        entries.get(name).map(ModelView::of)
     }
 
     /// Every model, sorted by name.
     pub fn list(&self) -> Vec<ModelView> {
         let entries = self.entries.read().expect("repository lock");
-        let mut views: Vec<ModelView> = entries
-            .values()
-            .map(|e| ModelView {
-                config: e.config.clone(),
-                state: e.state.clone(),
-            })
-            .collect();
+        let mut views: Vec<ModelView> = entries.values().map(ModelView::of).collect();
         views.sort_by(|a, b| a.config.name.cmp(&b.config.name));
         views
     }
@@ -182,7 +244,7 @@ impl Repository {
         let entries = self.entries.read().expect("repository lock");
         entries
             .values()
-            .all(|e| matches!(e.state, ModelState::Ready(_) | ModelState::Unloaded))
+            .all(|e| e.state.servable() || matches!(e.state, ModelState::Unloaded))
     }
 
     /// Looks a model up for a request, checking the version and readiness.
@@ -238,16 +300,16 @@ impl Repository {
                     });
                 }
             };
-            let generation = entries.get(name).map_or(0, |e| e.generation + 1);
-            entries.insert(
-                name.to_string(),
-                Entry {
-                    config: config.clone(),
-                    state: ModelState::Loading,
-                    generation,
-                },
-            );
-            (config, generation)
+            let entry = entries
+                .entry(name.to_string())
+                .or_insert_with(|| Entry::new(config.clone(), ModelState::Loading));
+            if entry.config.path != config.path {
+                entry.measured = None;
+            }
+            entry.generation += 1;
+            entry.config = config.clone();
+            entry.state = ModelState::Loading;
+            (config, entry.generation)
         };
         let started = Instant::now();
         let outcome = async {
@@ -261,18 +323,24 @@ impl Repository {
             if local.tokenizer.is_none() {
                 local.tokenizer = resolved.tokenizer;
             }
+            let _load_path = self.loads.acquire().await.map_err(|e| e.to_string())?;
+            let need = self.make_room(name, &local)?;
             tokio::task::spawn_blocking(move || {
-                let (built, footprint) = crate::footprint::measure(|| build_and_warm_up(&local));
-                built.map(|(backend, warm_up)| (backend, warm_up, footprint))
+                let native = local.backend != BackendKind::Tract;
+                let (built, footprint) =
+                    crate::footprint::measure(native, || build_and_warm_up(&local));
+                built.map(|(backend, warm_up)| (backend, warm_up, footprint, need))
             })
             .await
             .unwrap_or_else(|e| Err(format!("loader task failed: {e}")))
+            .and_then(|loaded| self.admit(name, loaded))
         }
         .await;
         let load_time = started.elapsed();
         let (state, result) = match outcome {
-            Ok((backend, warm_up_time, footprint)) => {
-                let model = self.activate(config.clone(), backend, warm_up_time, footprint);
+            Ok((backend, warm_up_time, footprint, accounted)) => {
+                let model =
+                    self.activate(config.clone(), backend, warm_up_time, footprint, accounted);
                 if let Some(footprint) = footprint {
                     self.metrics
                         .model_footprint(name, &config.version, footprint);
@@ -304,8 +372,14 @@ impl Repository {
         if let Some(entry) = entries.get_mut(name)
             && entry.generation == generation
         {
+            if let ModelState::Ready(model) = &state {
+                entry.measured = Some(model.accounted);
+            }
             entry.state = state;
         }
+        drop(entries);
+        self.metrics.model_load_counted(name, &config.version);
+        self.metrics.residency(self.residency());
         result
     }
 
@@ -315,6 +389,7 @@ impl Repository {
         backend: Arc<dyn Backend>,
         warm_up_time: Duration,
         footprint: Option<crate::footprint::Footprint>,
+        accounted: u64,
     ) -> Arc<LoadedModel> {
         let metrics = self.metrics.for_model(&config.name, &config.version);
         let batcher = (config.batching() && backend.signature().batchable()).then(|| {
@@ -339,6 +414,8 @@ impl Repository {
             metrics,
             config,
             footprint,
+            accounted,
+            last_used: AtomicU64::new(self.now()),
         })
     }
 
@@ -350,6 +427,7 @@ impl Repository {
         })?;
         entry.generation += 1;
         entry.state = ModelState::Unloaded;
+        entry.on_demand = false;
         self.metrics
             .ready
             .get_or_create(&crate::metrics::ModelLabels {
@@ -370,7 +448,7 @@ impl Repository {
         protocol: Protocol,
     ) -> Result<InferResponse> {
         let started = Instant::now();
-        let loaded = match self.ready_model(model, version) {
+        let loaded = match self.serving(model, version).await {
             Ok(m) => m,
             Err(e) => {
                 self.count_rejected(model, version.unwrap_or(""), protocol, &e);

@@ -55,7 +55,10 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
 pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let metrics = Arc::new(Metrics::new());
     let fetcher = crate::fetch::Fetcher::new(&config.model_cache, config.model_cache_bytes);
-    let repo = Arc::new(Repository::new(config.compute_threads, metrics, fetcher));
+    let repo = Arc::new(
+        Repository::new(config.compute_threads, metrics, fetcher)
+            .with_memory_budget(config.memory_budget),
+    );
     for model in &config.models {
         repo.register(model.clone());
     }

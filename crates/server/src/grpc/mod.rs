@@ -79,7 +79,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
         let r = request.into_inner();
         let view = self.repo.known(&r.name, version(&r.version))?;
         Ok(Response::new(pb::ModelReadyResponse {
-            ready: matches!(view.state, ModelState::Ready(_)),
+            ready: view.state.servable(),
         }))
     }
 
@@ -102,7 +102,10 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let view = self.repo.known(&r.name, version(&r.version))?;
+        let view = self
+            .repo
+            .resident_view(&r.name, version(&r.version))
+            .await?;
         let ModelState::Ready(model) = &view.state else {
             return Err(Error::NotReady {
                 model: r.name,

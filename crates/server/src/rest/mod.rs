@@ -88,6 +88,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
         .route(
+            "/v2/repository/models/{model}/register",
+            post(repository_register),
+        )
+        .route(
             "/v2/repository/models/{model}/unload",
             post(repository_unload),
         )
@@ -189,7 +193,7 @@ fn metadata_json(view: &ModelView) -> serde_json::Value {
 }
 
 async fn model_metadata(State(s): State<AppState>, Path(model): Path<String>) -> ApiResult {
-    let view = s.repo.known(&model, None)?;
+    let view = s.repo.resident_view(&model, None).await?;
     Ok(json_value(StatusCode::OK, metadata_json(&view)))
 }
 
@@ -197,12 +201,13 @@ async fn model_metadata_version(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,
 ) -> ApiResult {
-    let view = s.repo.known(&model, Some(&version))?;
+    let view = s.repo.resident_view(&model, Some(&version)).await?;
     Ok(json_value(StatusCode::OK, metadata_json(&view)))
 }
 
 fn ready_response(view: &ModelView) -> Response {
-    let ready = matches!(view.state, ModelState::Ready(_));
+    // A model standing by answers its next request (it loads first): ready to serve.
+    let ready = view.state.servable();
     let mut body = json!({ "name": view.config.name, "ready": ready, "state": view.state.name() });
     if let Some(reason) = view.state.reason() {
         body["reason"] = json!(reason);
@@ -323,12 +328,18 @@ async fn repository_index(State(s): State<AppState>, headers: HeaderMap, body: B
             if let Some(reason) = v.state.reason() {
                 entry["reason"] = json!(reason);
             }
-            // Ferry's extension: what the model measured at load, for a pool's planner.
+            // Ferry's extension: what the model measured at load, for a pool's planner (kept
+            // while a pool server's model is evicted), and whether it loads on demand.
             if let ModelState::Ready(model) = &v.state
                 && let Some(footprint) = model.footprint
             {
                 entry["memoryBytes"] = json!(footprint.resident_bytes);
                 entry["peakMemoryBytes"] = json!(footprint.peak_bytes);
+            } else if let Some(measured) = v.measured {
+                entry["memoryBytes"] = json!(measured);
+            }
+            if v.on_demand {
+                entry["onDemand"] = json!(true);
             }
             entry
         })
@@ -358,29 +369,56 @@ fn load_parameters(
         .collect()
 }
 
-async fn repository_load(
-    State(s): State<AppState>,
-    Path(model): Path<String>,
-    headers: HeaderMap,
+/// The model a load or register request names, with the configuration its parameters give
+/// (`None`: as registered).
+async fn load_target(
+    s: &AppState,
+    model: &str,
+    headers: &HeaderMap,
     body: Body,
-) -> ApiResult {
-    let bytes = read_body(&headers, body, s.max_body_bytes).await?;
+) -> Result<Option<ModelConfig>, Error> {
+    let bytes = read_body(headers, body, s.max_body_bytes).await?;
     let request: LoadRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         LoadRequest::default()
     } else {
         serde_json::from_slice(&bytes)
             .map_err(|e| Error::invalid(format!("invalid load request: {e}")))?
     };
-    if !crate::config::valid_name(&model) {
-        return Err(Error::invalid(format!("model name '{model}' is not valid")).into());
+    if !crate::config::valid_name(model) {
+        return Err(Error::invalid(format!("model name '{model}' is not valid")));
     }
-    let known = s.repo.view(&model).map(|v| v.config);
-    let config = ModelConfig::for_load(
-        &model,
+    let known = s.repo.view(model).map(|v| v.config);
+    ModelConfig::for_load(
+        model,
         known.as_ref(),
         &load_parameters(&request.parameters)?,
-    )?;
+    )
+}
+
+async fn repository_load(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let config = load_target(&s, &model, &headers, body).await?;
     s.repo.load(&model, config).await?;
+    Ok(json_value(StatusCode::OK, json!({})))
+}
+
+/// Ferry's extension for pool servers: registers a model to load on its first request (held
+/// until loaded), within the server's memory budget; 409 when it can never fit.
+async fn repository_register(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let config = match load_target(&s, &model, &headers, body).await? {
+        Some(config) => config,
+        None => s.repo.known(&model, None)?.config,
+    };
+    s.repo.register_on_demand(config)?;
     Ok(json_value(StatusCode::OK, json!({})))
 }
 

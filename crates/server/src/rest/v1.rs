@@ -13,7 +13,6 @@ use super::codec::decode_data;
 use super::{ApiResult, AppState, json_value, read_body};
 use crate::error::Error;
 use crate::protocol::{InferRequest, Protocol};
-use crate::repository::ModelState;
 use crate::tensor::{Tensor, TensorData};
 
 #[derive(Deserialize)]
@@ -24,7 +23,7 @@ struct PredictRequest<'a> {
 
 pub async fn status(State(s): State<AppState>, Path(model): Path<String>) -> ApiResult {
     let view = s.repo.known(&model, None)?;
-    let ready = matches!(view.state, ModelState::Ready(_));
+    let ready = view.state.servable();
     Ok(json_value(
         StatusCode::OK,
         json!({ "name": model, "ready": ready }),
@@ -46,7 +45,7 @@ pub async fn predict(
     let bytes = read_body(&headers, body, s.max_body_bytes).await?;
     let request: PredictRequest<'_> = serde_json::from_slice(&bytes)
         .map_err(|e| Error::invalid(format!("invalid v1 predict body: {e}")))?;
-    let loaded = s.repo.ready_model(model, None)?;
+    let loaded = s.repo.serving(model, None).await?;
     let [spec] = loaded.signature().inputs.as_slice() else {
         return Err(Error::invalid(format!(
             "model '{model}' has {} inputs; the v1 protocol serves single-input models only",
