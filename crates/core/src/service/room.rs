@@ -63,7 +63,7 @@ pub(super) fn held_event(
 
 /// Why the latest revision stands still, when a quota leaves no room for even one more of
 /// its replicas and nothing will free any by itself (none of its replicas is starting or on
-/// its way, none of the service's is leaving, this step starts and stops nothing): the status's
+/// its way, none of the service's is leaving or scaled down, this step starts and stops nothing): the status's
 /// `FailedCreate` message, as the API server's refusal reads (a cluster's API server is
 /// never asked for a pod it would refuse).
 pub(super) fn stalled(
@@ -81,7 +81,16 @@ pub(super) fn stalled(
     let starts = start.values().sum::<u32>() > 0;
     // Set to more than are seen: pods on their way (a cluster's caches lag each other).
     let coming = observed.scale.get(latest).copied().unwrap_or(0) > live;
-    let idle = !starting && !leaving && !starts && !coming && stop.is_empty();
+    // Set to fewer than are seen: pods of a revision scaled down, not yet seen terminating.
+    let going = observed.scale.iter().any(|(revision, set)| {
+        let seen = observed
+            .replicas
+            .iter()
+            .filter(|r| &r.revision == revision && !r.terminating)
+            .count() as u32;
+        *set < seen
+    });
+    let idle = !starting && !leaving && !going && !starts && !coming && stop.is_empty();
     (*room == 0 && live < wanted && idle).then(|| {
         format!(
             "exceeded quota: {quota}: no room for another replica of {latest} ({live} of {wanted} running)"
