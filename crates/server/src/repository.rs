@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{info, warn};
 
+mod build;
 mod lru;
 mod on_demand;
 pub use on_demand::Residency;
 
 pub use crate::backend::BackendFailure;
-use crate::backend::tract::TractBackend;
 use crate::backend::{Backend, Signature};
 use crate::batcher::{self, BatchJob};
 use crate::config::{BackendKind, BatchWindow, ModelConfig};
@@ -328,7 +328,7 @@ impl Repository {
             tokio::task::spawn_blocking(move || {
                 let native = local.backend != BackendKind::Tract;
                 let (built, footprint) =
-                    crate::footprint::measure(native, || build_and_warm_up(&local));
+                    crate::footprint::measure(native, || build::build_and_warm_up(&local));
                 built.map(|(backend, warm_up)| (backend, warm_up, footprint, need))
             })
             .await
@@ -586,48 +586,4 @@ impl Drop for DepthGuard<'_> {
     fn drop(&mut self) {
         self.0.queue_depth.dec();
     }
-}
-
-/// Loads the backend and runs the warm-up inference twice; returns the second run's duration.
-fn build_and_warm_up(
-    config: &ModelConfig,
-) -> std::result::Result<(Arc<dyn Backend>, Duration), String> {
-    let engine: Box<dyn Backend> = match config.backend {
-        BackendKind::Tract => Box::new(TractBackend::load(&config.path)?),
-        #[cfg(feature = "onnxruntime")]
-        BackendKind::OnnxRuntime => {
-            Box::new(crate::backend::onnxruntime::OrtBackend::load(&config.path)?)
-        }
-        #[cfg(not(feature = "onnxruntime"))]
-        BackendKind::OnnxRuntime => {
-            return Err(
-                "this build has no ONNX Runtime backend (cargo feature `onnxruntime`)".into(),
-            );
-        }
-    };
-    let backend: Arc<dyn Backend> = match &config.tokenizer {
-        None => Arc::from(engine),
-        #[cfg(feature = "text")]
-        Some(tokenizer) => Arc::new(crate::backend::text::TextBackend::new(engine, tokenizer)?),
-        #[cfg(not(feature = "text"))]
-        Some(_) => {
-            return Err("this build has no tokenizer support (cargo feature `text`)".into());
-        }
-    };
-    let warm_up = synthetic_inputs(backend.signature());
-    let check = |result: std::result::Result<Vec<Tensor>, BackendFailure>| match result {
-        Ok(outputs) if outputs.len() == backend.signature().outputs.len() => Ok(()),
-        Ok(outputs) => Err(format!(
-            "warm-up inference returned {} outputs, the signature has {}",
-            outputs.len(),
-            backend.signature().outputs.len()
-        )),
-        Err(BackendFailure::BadInput(e) | BackendFailure::Failed(e)) => {
-            Err(format!("warm-up inference failed: {e}"))
-        }
-    };
-    check(call_backend(backend.as_ref(), warm_up.clone()))?;
-    let started = Instant::now();
-    check(call_backend(backend.as_ref(), warm_up))?;
-    Ok((backend, started.elapsed()))
 }
