@@ -16,11 +16,24 @@ use kube::runtime::watcher::Event;
 type Key = (String, String);
 
 /// Object names per (namespace, InferenceService name).
-#[derive(Default)]
 pub struct Owned {
     current: Mutex<HashMap<Key, BTreeSet<String>>>,
     /// A relist in progress: the index it builds replaces `current` when it is done.
     relist: Mutex<Option<HashMap<Key, BTreeSet<String>>>>,
+    /// True once the first list is indexed. The reflector's store is ready a moment before
+    /// this index sees the same `InitDone`: a reconcile in between read a new leader's cache
+    /// as "no Deployments" and started a canary over.
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Owned {
+    fn default() -> Self {
+        Self {
+            current: Mutex::default(),
+            relist: Mutex::default(),
+            ready: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 fn key_of<K: Resource>(object: &K) -> Option<(Key, String)> {
@@ -61,8 +74,16 @@ impl Owned {
                 if let Some(built) = self.relist.lock().expect("poisoned").take() {
                     *self.current.lock().expect("poisoned") = built;
                 }
+                self.ready.send_replace(true);
             }
         }
+    }
+
+    /// Wait until the first list is indexed.
+    pub async fn wait_until_ready(&self) {
+        let mut ready = self.ready.subscribe();
+        // The sender lives as long as `self`: `wait_for` cannot see it dropped.
+        let _ = ready.wait_for(|r| *r).await;
     }
 
     /// The names of the objects of InferenceService `name` in `namespace`.
@@ -107,7 +128,12 @@ mod tests {
         owned.observe(&Event::<Pod>::Init);
         owned.observe(&Event::InitApply(pod("a", "iris-4", Some("iris"))));
         assert_eq!(owned.names("a", "iris"), ["iris-2"]);
+        assert!(
+            !*owned.ready.borrow(),
+            "not ready before the first list is indexed"
+        );
         owned.observe(&Event::<Pod>::InitDone);
+        assert!(*owned.ready.borrow());
         assert_eq!(owned.names("a", "iris"), ["iris-4"]);
         assert!(owned.names("b", "iris").is_empty());
     }

@@ -51,6 +51,9 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         let _ = shared.deployments.wait_until_ready().await;
         let _ = shared.services.wait_until_ready().await;
         let _ = shared.pods.wait_until_ready().await;
+        // The indexes of the same watches, filled a moment after the stores.
+        shared.owned_deployments.wait_until_ready().await;
+        shared.owned_pods.wait_until_ready().await;
         // Only a service on a ServingRuntime waits for that cache: one where the runtime CRD
         // is missing (its watch never lists) still serves everything on Ferry's own server.
         if isvc.spec.predictor.needs_serving_runtime() {
