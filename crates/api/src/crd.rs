@@ -4,7 +4,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{ClusterServingRuntime, InferenceService, ServingRuntime};
+use crate::{ClusterServingRuntime, InferenceService, ServerPool, ServingRuntime};
 
 /// Every CRD, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
@@ -12,6 +12,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         InferenceService::crd(),
         ServingRuntime::crd(),
         ClusterServingRuntime::crd(),
+        ServerPool::crd(),
     ]
 }
 

@@ -6,6 +6,7 @@
 //!   is reported with its field path and nothing is accepted when any check fails.
 //! - [`kserve`]: `serving.kserve.io/v1beta1` manifests converted to ours; unsupported fields are
 //!   rejected by name.
+//! - [`ServerPool`]: shared model servers that pooled InferenceServices are placed on.
 //! - [`revision`]: immutable revisions named from a content hash of the predictor.
 
 mod autoscaling;
@@ -16,6 +17,7 @@ pub mod kserve_runtime;
 pub mod manifest;
 mod model_uri;
 pub mod namespace;
+mod pool;
 mod progressive;
 pub mod quantity;
 pub mod quota;
@@ -36,6 +38,7 @@ pub use manifest::{
     parse_local_manifests, parse_manifests,
 };
 pub use model_uri::{ModelUri, OciReference};
+pub use pool::*;
 pub use progressive::*;
 pub use revision::{Revision, revision_name, revision_name_with_runtime};
 pub use servingruntime::*;

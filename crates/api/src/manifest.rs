@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use crate::validate::{FieldError, builtin_runtime_errors, validate};
 use crate::{
-    ClusterServingRuntime, InferenceService, ServingRuntime, kserve, kserve_runtime, schema_check,
+    ClusterServingRuntime, InferenceService, ServerPool, ServingRuntime, kserve, kserve_runtime,
+    schema_check,
 };
 
 /// Which form a manifest was written in.
@@ -54,10 +55,15 @@ fn render(documents: &[DocumentErrors]) -> String {
     out.join("\n")
 }
 
-static SPEC_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
-    let crd = serde_json::to_value(InferenceService::crd()).expect("the CRD serializes");
+static SPEC_SCHEMA: LazyLock<Value> = LazyLock::new(|| spec_schema(InferenceService::crd()));
+static POOL_SPEC_SCHEMA: LazyLock<Value> = LazyLock::new(|| spec_schema(ServerPool::crd()));
+
+fn spec_schema(
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Value {
+    let crd = serde_json::to_value(crd).expect("the CRD serializes");
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
-});
+}
 
 const METADATA_FIELDS: &[&str] = &["name", "namespace", "labels", "annotations"];
 /// Read-only fields `get -o yaml` prints; accepted and ignored so its output applies again.
@@ -97,6 +103,8 @@ pub struct ClusterManifests {
     pub quotas: Vec<k8s_openapi::api::core::v1::ResourceQuota>,
     /// `v1 Namespace` documents (local mode keeps their rate limit; a cluster has its own).
     pub namespaces: Vec<k8s_openapi::api::core::v1::Namespace>,
+    /// ServerPools (both modes).
+    pub pools: Vec<ServerPool>,
 }
 
 impl ClusterManifests {
@@ -134,6 +142,7 @@ fn parse_all(
     let mut converted_docs = Vec::new();
     let mut quotas = Vec::new();
     let mut namespaces = Vec::new();
+    let mut pools = Vec::new();
     let mut problems = Vec::new();
     for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let number = index + 1;
@@ -159,7 +168,9 @@ fn parse_all(
             && (api == crate::API_VERSION || api == kserve_runtime::KSERVE_RUNTIME_API_VERSION);
         let quota_kind = kind == "ResourceQuota" && api == "v1";
         let namespace_kind = kind == "Namespace" && api == "v1";
+        let pool_kind = kind == "ServerPool" && api == crate::API_VERSION;
         let result = match (runtime_kind, cluster) {
+            _ if pool_kind => parse_pool(&value, default_namespace).map(|p| pools.push(p)),
             _ if namespace_kind => {
                 crate::namespace::parse_namespace(&value).map(|n| namespaces.push(n))
             }
@@ -212,6 +223,7 @@ fn parse_all(
             converted: converted_docs,
             quotas,
             namespaces,
+            pools,
         })
     } else {
         Err(ParseError(problems))
@@ -265,6 +277,28 @@ fn parse_runtime(
     }
 }
 
+/// One ServerPool document: its structure against the CRD's schema, its fields checked.
+fn parse_pool(value: &Value, default_namespace: &str) -> Result<ServerPool, Vec<FieldError>> {
+    if !value.is_object() {
+        return Err(vec![FieldError::new(
+            "<document>",
+            "must be a mapping (an object)",
+        )]);
+    }
+    let mut errors = Vec::new();
+    check_structure(value, &POOL_SPEC_SCHEMA, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let pool: ServerPool = typed(value.clone(), default_namespace).map_err(|e| vec![e])?;
+    let errors = crate::pool::validate_pool(&pool);
+    if errors.is_empty() {
+        Ok(pool)
+    } else {
+        Err(errors)
+    }
+}
+
 /// Validate one InferenceService document (already parsed to JSON) as cluster mode takes it.
 pub fn parse_document(value: &Value, default_namespace: &str) -> Result<Manifest, Vec<FieldError>> {
     parse_isvc(value, default_namespace, false)
@@ -306,7 +340,7 @@ fn parse_isvc(
         }
     };
     let mut errors = Vec::new();
-    check_structure(&ferry_doc, &mut errors);
+    check_structure(&ferry_doc, &SPEC_SCHEMA, &mut errors);
     let used_onnx_form = value.pointer("/spec/predictor/onnx").is_some();
     let rename = |mut e: FieldError| {
         if source == Source::KServe {
@@ -330,7 +364,7 @@ fn parse_isvc(
     }
 }
 
-fn check_structure(doc: &Value, errors: &mut Vec<FieldError>) {
+fn check_structure(doc: &Value, spec_schema: &Value, errors: &mut Vec<FieldError>) {
     let object = doc.as_object().expect("checked by the caller");
     for key in object.keys() {
         if !matches!(
@@ -378,7 +412,7 @@ fn check_structure(doc: &Value, errors: &mut Vec<FieldError>) {
     }
     match object.get("spec") {
         None => errors.push(FieldError::new("spec", "Required value")),
-        Some(spec) => schema_check::check(spec, &SPEC_SCHEMA, "spec", errors),
+        Some(spec) => schema_check::check(spec, spec_schema, "spec", errors),
     }
 }
 

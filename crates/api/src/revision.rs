@@ -70,6 +70,7 @@ mod tests {
                 format_version: None,
             },
             runtime: None,
+            pool: None,
             min_replicas: Some(replicas),
             max_replicas: None,
             resources: None,

@@ -82,6 +82,10 @@ pub struct PredictorSpec {
     /// Name of a ServingRuntime to run instead of Ferry's own model server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// Name of a ServerPool of the namespace to place the model on instead of replicas of its
+    /// own; `minReplicas` is then the number of copies, each on a different pool server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// Replicas kept running (default 1); 0 with an autoscaler on the router's numbers:
     /// scale to zero, the next request held while a replica starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -303,6 +303,7 @@ pub fn validate(isvc: &InferenceService) -> Vec<FieldError> {
     }
     crate::autoscaling::check(predictor, &mut errors);
     check_placement(predictor, &mut errors);
+    crate::pool::check_pooled(isvc, &mut errors);
     if let Some(ingress) = &isvc.spec.ingress {
         check_ingress(ingress, &mut errors);
     }

@@ -16,7 +16,9 @@
 //!   [`runtime::server_args`]: how Ferry's own server is started for a model, in both modes;
 //! - [`fairness::admits`]: whether a namespace may send one more request while tenants share
 //!   the slots (the router's noisy-neighbour rule);
-//! - [`placement::plan`]: which servers of a pool hold copies of which models, by footprint.
+//! - [`placement::plan`]: which servers of a pool hold copies of which models, by footprint,
+//!   and [`pool::decide`]: a ServerPool's whole decision on it (servers, registrations,
+//!   estimates, the pool's and its services' status).
 //!
 //! The Kubernetes objects themselves are rendered by `ferry-render` (cluster mode only).
 
@@ -26,6 +28,7 @@ pub mod experiment;
 pub mod fairness;
 pub mod observe;
 pub mod placement;
+pub mod pool;
 pub mod progressive;
 pub mod quota;
 pub mod reason;

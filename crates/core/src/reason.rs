@@ -124,6 +124,14 @@ reasons! {
     /// The short window asks for far more than is ready: scaling on it, never down (the
     /// event of panic beginning and ending).
     PanicMode = "PanicMode", failure = false;
+    // A pooled model's placement.
+    /// The ServerPool a service names does not exist in its namespace.
+    PoolNotFound = "PoolNotFound", failure = true;
+    /// No pool server has room left for a copy of the model (more servers, or a larger
+    /// budget or overcommit, would place it).
+    NotPlaced = "NotPlaced", failure = true;
+    /// The model is larger than any server of its pool may hold: it can never be placed.
+    ModelTooLarge = "ModelTooLarge", failure = true;
     /// The spec was refused by validation.
     InvalidSpec = "InvalidSpec", failure = true;
     // Local mode's control API records what a user did (a cluster's audit log does that).

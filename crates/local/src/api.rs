@@ -155,13 +155,13 @@ async fn apply(
     let manifests = ferry_api::parse_local_manifests(&request.manifests, &request.namespace)?;
     let quotas = manifests.quotas;
     let namespaces = manifests.namespaces;
+    let pools = manifests.pools;
     let objects: Vec<InferenceService> = manifests.services.into_iter().map(|m| m.isvc).collect();
     check_model_names(&state.store, &objects)?;
     crate::quotas::check_apply(&state.store, &objects, &quotas)?;
-    let (outcomes, quota_outcomes, namespace_outcomes) =
-        state
-            .store
-            .apply_documents(&objects, &quotas, &namespaces)?;
+    let (outcomes, quota_outcomes, namespace_outcomes, pool_outcomes) = state
+        .store
+        .apply_documents(&objects, &quotas, &namespaces, &pools)?;
     state.changed.notify_one();
     if !namespaces.is_empty() {
         // A namespace's rate limit holds once the apply returns.
@@ -185,6 +185,15 @@ async fn apply(
             result,
         })
         .collect();
+    let pools = pools
+        .iter()
+        .zip(pool_outcomes)
+        .map(|(p, result)| crate::wire::QuotaApplied {
+            namespace: p.metadata.namespace.clone().unwrap_or_default(),
+            name: p.metadata.name.clone().unwrap_or_default(),
+            result,
+        })
+        .collect();
     let results = objects
         .iter()
         .zip(outcomes)
@@ -199,6 +208,7 @@ async fn apply(
         results,
         quotas,
         namespaces,
+        pools,
     }))
 }
 

@@ -61,6 +61,13 @@ CREATE TABLE IF NOT EXISTS quotas (
     manifest TEXT NOT NULL,
     PRIMARY KEY (namespace, name)
 );
+CREATE TABLE IF NOT EXISTS pools (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    status TEXT,
+    PRIMARY KEY (namespace, name)
+);
 CREATE TABLE IF NOT EXISTS namespaces (
     name TEXT PRIMARY KEY,
     manifest TEXT NOT NULL
@@ -79,6 +86,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 
 pub mod keys;
 mod namespaces;
+mod pools;
 mod quotas;
 
 /// The current time, RFC 3339.
@@ -213,8 +221,13 @@ fn upsert_document(
 }
 
 /// What an apply did: per InferenceService (with its revision), per ResourceQuota, per
-/// Namespace.
-pub type ApplyOutcomes = (Vec<(Applied, String)>, Vec<Applied>, Vec<Applied>);
+/// Namespace, per ServerPool.
+pub type ApplyOutcomes = (
+    Vec<(Applied, String)>,
+    Vec<Applied>,
+    Vec<Applied>,
+    Vec<Applied>,
+);
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
@@ -234,20 +247,23 @@ impl Store {
 
     /// Apply every object in one transaction: all are stored or none.
     pub fn apply_all(&self, objects: &[InferenceService]) -> Result<Vec<(Applied, String)>> {
-        Ok(self.apply_documents(objects, &[], &[])?.0)
+        Ok(self.apply_documents(objects, &[], &[], &[])?.0)
     }
 
-    /// As [`Store::apply_all`], with ResourceQuotas and Namespaces in the same transaction.
+    /// As [`Store::apply_all`], with ResourceQuotas, Namespaces and ServerPools in the same
+    /// transaction.
     pub fn apply_documents(
         &self,
         objects: &[InferenceService],
         quotas: &[ferry_api::k8s_openapi::api::core::v1::ResourceQuota],
         namespaces: &[ferry_api::k8s_openapi::api::core::v1::Namespace],
+        pools: &[ferry_api::ServerPool],
     ) -> Result<ApplyOutcomes> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let quota_outcomes = quotas::store(&tx, quotas)?;
         let namespace_outcomes = namespaces::store(&tx, namespaces)?;
+        let pool_outcomes = pools::store(&tx, pools)?;
         let mut outcomes = Vec::new();
         let at = now();
         for isvc in objects {
@@ -354,7 +370,7 @@ impl Store {
             outcomes.push((outcome, revision));
         }
         tx.commit()?;
-        Ok((outcomes, quota_outcomes, namespace_outcomes))
+        Ok((outcomes, quota_outcomes, namespace_outcomes, pool_outcomes))
     }
 
     /// Every service, deleted ones included (their replicas still have to stop).

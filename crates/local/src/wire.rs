@@ -37,6 +37,9 @@ pub struct ApplyResponse {
     /// What the apply did to each Namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<NamespaceApplied>,
+    /// What the apply did to each ServerPool (namespace, name in `QuotaApplied`'s shape).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<QuotaApplied>,
 }
 
 /// What `apply` did to one Namespace.

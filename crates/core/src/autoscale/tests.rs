@@ -25,6 +25,7 @@ fn predictor(
             format_version: None,
         },
         runtime: None,
+        pool: None,
         min_replicas: Some(min),
         max_replicas: Some(max),
         resources: None,

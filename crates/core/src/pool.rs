@@ -1,0 +1,360 @@
+//! A ServerPool's whole decision, the same for local mode and the operator: how many servers,
+//! which copies of which models go where ([`crate::placement::plan`] on footprints measured by
+//! the servers, estimated until then), what to register and unregister on each server, the
+//! pool's status, and each pooled InferenceService's status and route endpoints.
+//!
+//! An estimate is the model file's size times the ratio of measured footprint to file size
+//! seen so far in the pool (the median), [`DEFAULT_RATIO`] before any model is measured; the
+//! status reports each model's prediction beside its measurement.
+
+use std::collections::BTreeMap;
+
+use ferry_api::{
+    InferenceService, InferenceServiceStatus, PoolServerStatus, PooledModelStatus, ServerPoolSpec,
+    ServerPoolStatus,
+};
+
+use crate::placement::{self, Current, Model, Placement, Server};
+use crate::reason::{ConditionState, Reason};
+use crate::{ReplicaHealth, ReplicaView};
+
+/// Footprint per file byte assumed before any model of the pool is measured.
+pub const DEFAULT_RATIO: f64 = 2.0;
+/// A model whose file size is unknown (fetched from a store, not yet cached) is assumed this
+/// large until measured.
+pub const UNKNOWN_SIZE: u64 = 64 << 20;
+
+/// One model as a pool server reports it (its repository index).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerModel {
+    /// Loaded now (its LRU may evict it later).
+    pub resident: bool,
+    /// Its footprint measured after load and warm-up, once loaded.
+    pub measured: Option<u64>,
+    /// Registered but refused (the server's reason): not a copy.
+    pub failed: Option<String>,
+}
+
+/// A pool server as observed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolServer {
+    pub id: String,
+    /// Answering its readiness probe; only ready servers take copies.
+    pub ready: bool,
+    /// Its memory budget (what it reports, else the pool's).
+    pub budget: u64,
+    /// Bytes of resident models.
+    pub used: u64,
+    pub evictions: u64,
+    /// Its models by name.
+    pub models: BTreeMap<String, ServerModel>,
+}
+
+/// An InferenceService placed on the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pooled {
+    /// The InferenceService's name.
+    pub service: String,
+    /// Its model's name in the inference protocol (unique in the namespace).
+    pub model: String,
+    /// The model file's size, when it is a local file.
+    pub file_bytes: Option<u64>,
+    /// Copies wanted (`minReplicas`).
+    pub copies: u32,
+}
+
+/// What the pool's executor does and writes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolDecision {
+    pub placement: Placement,
+    /// Copies to register, (server, model), in order.
+    pub register: Vec<(String, String)>,
+    /// Copies to unregister, (server, model).
+    pub unregister: Vec<(String, String)>,
+    pub status: ServerPoolStatus,
+}
+
+/// Servers to start and (ids) to stop so that `want` servers run: the ones not ready go first.
+pub fn scale(want: u32, servers: &[ReplicaView]) -> (u32, Vec<String>) {
+    let mut live: Vec<&ReplicaView> = servers.iter().filter(|s| !s.terminating).collect();
+    let have = live.len() as u32;
+    if have <= want {
+        return (want - have, Vec::new());
+    }
+    live.sort_by_key(|s| (s.ready(), std::cmp::Reverse(s.id.clone())));
+    let stop = live
+        .iter()
+        .take((have - want) as usize)
+        .map(|s| s.id.clone())
+        .collect();
+    (0, stop)
+}
+
+/// The median ratio of measured footprint to file size over the pool's measured models.
+fn seen_ratio(servers: &[PoolServer], pooled: &[Pooled]) -> f64 {
+    let mut ratios: Vec<f64> = pooled
+        .iter()
+        .filter_map(|p| {
+            let file = p.file_bytes.filter(|b| *b > 0)?;
+            let measured = measured(servers, &p.model)?;
+            Some(measured as f64 / file as f64)
+        })
+        .collect();
+    if ratios.is_empty() {
+        return DEFAULT_RATIO;
+    }
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
+/// A model's footprint as any server measured it (the largest).
+fn measured(servers: &[PoolServer], model: &str) -> Option<u64> {
+    servers
+        .iter()
+        .filter_map(|s| s.models.get(model)?.measured)
+        .max()
+}
+
+/// The footprint the planner would use for `pooled` before it is measured.
+fn estimate(pooled: &Pooled, ratio: f64) -> u64 {
+    match pooled.file_bytes {
+        Some(bytes) => (bytes as f64 * ratio).ceil() as u64,
+        None => UNKNOWN_SIZE,
+    }
+}
+
+/// The pool's decision.
+pub fn decide(spec: &ServerPoolSpec, servers: &[PoolServer], pooled: &[Pooled]) -> PoolDecision {
+    let overcommit = spec.overcommit_percent();
+    let ready: Vec<&PoolServer> = servers.iter().filter(|s| s.ready).collect();
+    let planned: Vec<Server> = ready
+        .iter()
+        .map(|s| Server {
+            id: s.id.clone(),
+            capacity: placement::capacity(s.budget, overcommit),
+        })
+        .collect();
+    let ratio = seen_ratio(servers, pooled);
+    let models: Vec<Model> = pooled
+        .iter()
+        .map(|p| Model {
+            id: p.model.clone(),
+            bytes: measured(servers, &p.model).unwrap_or_else(|| estimate(p, ratio)),
+            copies: p.copies.max(1),
+            busy: true,
+        })
+        .collect();
+    // A registered model is a copy on that server (its LRU loads it on demand).
+    let mut current = Current::new();
+    for server in &ready {
+        for (model, state) in &server.models {
+            if state.failed.is_none() {
+                current
+                    .entry(model.clone())
+                    .or_default()
+                    .insert(server.id.clone(), true);
+            }
+        }
+    }
+    let placement = placement::plan(&planned, &models, &current);
+
+    let mut register = Vec::new();
+    for (model, on) in &placement.servers {
+        for server in on {
+            if !current.get(model).is_some_and(|c| c.contains_key(server)) {
+                register.push((server.clone(), model.clone()));
+            }
+        }
+    }
+    let wanted = |model: &str, server: &str| {
+        placement
+            .servers
+            .get(model)
+            .is_some_and(|on| on.iter().any(|s| s == server))
+            || placement.draining.get(model).map(String::as_str) == Some(server)
+    };
+    let mut unregister = Vec::new();
+    for server in &ready {
+        for (model, state) in &server.models {
+            // A refused registration goes too, so that it can be tried again elsewhere.
+            if state.failed.is_some() || !wanted(model, &server.id) {
+                unregister.push((server.id.clone(), model.clone()));
+            }
+        }
+    }
+
+    let status = pool_status(servers, pooled, &placement, ratio);
+    PoolDecision {
+        placement,
+        register,
+        unregister,
+        status,
+    }
+}
+
+fn pool_status(
+    servers: &[PoolServer],
+    pooled: &[Pooled],
+    placement: &Placement,
+    ratio: f64,
+) -> ServerPoolStatus {
+    let server_status: Vec<PoolServerStatus> = servers
+        .iter()
+        .map(|s| PoolServerStatus {
+            name: s.id.clone(),
+            ready: s.ready,
+            registered_models: s.models.values().filter(|m| m.failed.is_none()).count() as u32,
+            resident_models: s.models.values().filter(|m| m.resident).count() as u32,
+            memory_used_bytes: s.used,
+            memory_budget_bytes: s.budget,
+            evictions: s.evictions,
+        })
+        .collect();
+    let models = pooled
+        .iter()
+        .map(|p| PooledModelStatus {
+            service: p.service.clone(),
+            model: p.model.clone(),
+            servers: placement.servers.get(&p.model).cloned().unwrap_or_default(),
+            predicted_bytes: Some(estimate(p, ratio)),
+            measured_bytes: measured(servers, &p.model),
+            reason: placement
+                .unplaced
+                .get(&p.model)
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        })
+        .collect();
+    let ready: Vec<&PoolServerStatus> = server_status.iter().filter(|s| s.ready).collect();
+    ServerPoolStatus {
+        observed_generation: None,
+        ready_servers: ready.len() as u32,
+        registered_models: placement.servers.len() as u32,
+        resident_models: ready.iter().map(|s| s.resident_models).sum(),
+        memory_used_bytes: ready.iter().map(|s| s.memory_used_bytes).sum(),
+        memory_budget_bytes: ready.iter().map(|s| s.memory_budget_bytes).sum(),
+        evictions: server_status.iter().map(|s| s.evictions).sum(),
+        servers: server_status,
+        models,
+        conditions: Vec::new(),
+    }
+}
+
+/// The copies of `model` as replica views of revision `revision`, one per server it is placed
+/// on: ready where the server is ready and holds the registration. The route table and the
+/// status take them as they take a service's own replicas.
+pub fn copies(
+    model: &str,
+    revision: &str,
+    placement: &Placement,
+    servers: &[PoolServer],
+) -> Vec<ReplicaView> {
+    let on = placement.servers.get(model).into_iter().flatten();
+    let draining = placement.draining.get(model).into_iter();
+    on.chain(draining)
+        .filter_map(|id| servers.iter().find(|s| &s.id == id))
+        .map(|s| {
+            let registered = s.models.get(model).is_some_and(|m| m.failed.is_none());
+            ReplicaView {
+                id: s.id.clone(),
+                revision: revision.to_string(),
+                health: if s.ready && registered {
+                    ReplicaHealth::Ready
+                } else {
+                    ReplicaHealth::Starting { for_seconds: 0 }
+                },
+                terminating: false,
+            }
+        })
+        .collect()
+}
+
+/// Why a pooled service has no copy, when it has none: its pool is missing, or the planner's
+/// reason. `None` while it is placed.
+pub fn not_placed(
+    pool_exists: bool,
+    pool: &str,
+    model: &str,
+    placement: Option<&Placement>,
+) -> Option<ConditionState> {
+    if !pool_exists {
+        return Some(ConditionState::new(
+            false,
+            Reason::PoolNotFound,
+            format!("ServerPool {pool} not found in the namespace"),
+        ));
+    }
+    let placement = placement?;
+    let reason = placement.unplaced.get(model)?;
+    let failure = matches!(reason, placement::Unplaced::TooLarge { .. });
+    let placed = placement.servers.get(model).map_or(0, Vec::len);
+    (failure || placed == 0).then(|| {
+        ConditionState::new(
+            false,
+            if failure {
+                Reason::ModelTooLarge
+            } else {
+                Reason::NotPlaced
+            },
+            format!("{model} on pool {pool}: {reason}"),
+        )
+    })
+}
+
+/// The status of a pooled service: its revision's copies as its replicas, Ready while one copy
+/// is ready, the planner's reason when it is not placed.
+pub fn service_status(
+    isvc: &InferenceService,
+    revision: &str,
+    copies: &[ReplicaView],
+    problem: Option<ConditionState>,
+    url: String,
+    now: &str,
+) -> InferenceServiceStatus {
+    let target = crate::rollout::Target::with_replicas(
+        revision,
+        &isvc.spec,
+        isvc.spec.predictor.replicas().max(1),
+    );
+    let ready = copies.iter().any(ReplicaView::ready);
+    let traffic: BTreeMap<String, u32> = if ready {
+        [(revision.to_string(), 100)].into()
+    } else {
+        BTreeMap::new()
+    };
+    let order = [revision.to_string()];
+    let inputs = crate::status::StatusInputs {
+        generation: isvc.metadata.generation.unwrap_or(0),
+        target: &target,
+        replicas: copies,
+        traffic_percent: &traffic,
+        startup_timeout_seconds: u64::from(isvc.spec.predictor.startup_timeout_seconds()),
+        url,
+        revision_order: &order,
+        creation_failure: None,
+        ingress: None,
+        autoscaler: None,
+        runtime_problem: None,
+        rollout: None,
+        wakes_on_request: false,
+    };
+    let previous = isvc.status.as_ref();
+    let mut status = crate::status::derive(&inputs, previous, now);
+    if let Some(problem) = problem {
+        for condition in status.conditions.iter_mut() {
+            let is_latest = condition.type_ == crate::status::LATEST_REVISION_READY;
+            if is_latest || (condition.type_ == crate::status::READY && !ready) {
+                if condition.status != "False" || condition.reason != problem.reason.as_str() {
+                    condition.last_transition_time = Some(now.to_string());
+                }
+                condition.status = "False".into();
+                condition.reason = problem.reason.as_str().into();
+                condition.message = problem.message.clone();
+            }
+        }
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+use super::*;
+
+fn spec(budget: &str, overcommit: u32) -> ServerPoolSpec {
+    ServerPoolSpec {
+        replicas: Some(2),
+        memory_budget: Some(budget.into()),
+        overcommit_percent: Some(overcommit),
+        ..Default::default()
+    }
+}
+
+fn server(id: &str, budget: u64, models: &[(&str, Option<u64>)]) -> PoolServer {
+    PoolServer {
+        id: id.into(),
+        ready: true,
+        budget,
+        models: models
+            .iter()
+            .map(|(m, measured)| {
+                (
+                    m.to_string(),
+                    ServerModel {
+                        resident: measured.is_some(),
+                        measured: *measured,
+                        failed: None,
+                    },
+                )
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn pooled(model: &str, file: u64, copies: u32) -> Pooled {
+    Pooled {
+        service: model.into(),
+        model: model.into(),
+        file_bytes: Some(file),
+        copies,
+    }
+}
+
+#[test]
+fn new_models_are_registered_by_estimate_and_copies_go_to_different_servers() {
+    let servers = [server("a", 1000, &[]), server("b", 1000, &[])];
+    let models = [pooled("m1", 100, 2), pooled("m2", 100, 1)];
+    let decision = decide(&spec("1000", 0), &servers, &models);
+    assert_eq!(decision.placement.servers["m1"], ["a", "b"]);
+    assert_eq!(decision.placement.servers["m2"].len(), 1);
+    assert_eq!(decision.register.len(), 3);
+    assert!(decision.unregister.is_empty());
+    // Before any measurement the estimate is the file size times the default ratio.
+    let m1 = &decision.status.models[0];
+    assert_eq!(m1.predicted_bytes, Some(200));
+    assert_eq!(m1.measured_bytes, None);
+    assert_eq!(decision.status.registered_models, 2);
+    assert_eq!(decision.status.memory_budget_bytes, 2000);
+}
+
+#[test]
+fn measurements_correct_the_estimates_of_the_models_not_yet_measured() {
+    // m1 measured at 5x its file: m2's estimate follows (5 x 100), and with 600 bytes of
+    // room per server, m2 no longer fits beside m1.
+    let servers = [server("a", 600, &[("m1", Some(500))])];
+    let models = [pooled("m1", 100, 1), pooled("m2", 100, 1)];
+    let decision = decide(&spec("600", 0), &servers, &models);
+    assert_eq!(decision.status.models[1].predicted_bytes, Some(500));
+    assert!(decision.placement.unplaced.contains_key("m2"));
+    assert!(decision.register.is_empty());
+    let problem = not_placed(true, "small", "m2", Some(&decision.placement)).unwrap();
+    assert_eq!(problem.reason, Reason::NotPlaced);
+    assert!(problem.message.contains("500 bytes"), "{}", problem.message);
+}
+
+#[test]
+fn overcommit_places_more_than_the_budget_and_a_model_too_large_is_named() {
+    let servers = [server("a", 100, &[])];
+    let models = [
+        pooled("m1", 50, 1),
+        pooled("m2", 50, 1),
+        pooled("huge", 1000, 1),
+    ];
+    // 100 % overcommit: 200 bytes may be placed; m1 and m2 at 100 each fit.
+    let decision = decide(&spec("100", 100), &servers, &models);
+    assert_eq!(decision.placement.servers.len(), 2);
+    let problem = not_placed(true, "small", "huge", Some(&decision.placement)).unwrap();
+    assert_eq!(problem.reason, Reason::ModelTooLarge);
+    let none = decide(&spec("100", 0), &servers, &models);
+    assert_eq!(none.placement.servers.len(), 1);
+}
+
+#[test]
+fn what_is_placed_stays_and_what_is_no_longer_asked_for_is_unregistered() {
+    let servers = [
+        server("a", 1000, &[("m1", Some(100)), ("gone", Some(100))]),
+        server("b", 1000, &[]),
+    ];
+    let models = [pooled("m1", 50, 1)];
+    let decision = decide(&spec("1000", 0), &servers, &models);
+    assert_eq!(decision.placement.servers["m1"], ["a"]);
+    assert!(decision.register.is_empty());
+    assert_eq!(decision.unregister, [("a".to_string(), "gone".to_string())]);
+}
+
+#[test]
+fn a_server_gone_has_its_copies_placed_again_on_the_others() {
+    let mut servers = [
+        server("a", 1000, &[("m1", Some(100))]),
+        server("b", 1000, &[("m1", Some(100))]),
+        server("c", 1000, &[]),
+    ];
+    servers[0].ready = false;
+    let decision = decide(&spec("1000", 0), &servers, &[pooled("m1", 50, 2)]);
+    assert_eq!(decision.placement.servers["m1"], ["b", "c"]);
+    assert_eq!(decision.register, [("c".to_string(), "m1".to_string())]);
+    let copies = copies("m1", "m1-abc", &decision.placement, &servers);
+    assert_eq!(copies.len(), 2);
+    assert!(copies.iter().any(|c| c.id == "b" && c.ready()));
+    assert!(
+        copies.iter().any(|c| c.id == "c" && !c.ready()),
+        "not registered yet"
+    );
+}
+
+#[test]
+fn a_pooled_service_is_ready_on_one_ready_copy_and_names_a_missing_pool() {
+    let text = "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata: {name: m1}\nspec:\n  predictor:\n    pool: small\n    minReplicas: 2\n    model: {format: onnx, uri: models/iris.onnx}\n";
+    let isvc = &ferry_api::parse_manifests(text, "default").unwrap()[0].isvc;
+    let servers = [server("a", 1000, &[("m1", None)]), server("b", 1000, &[])];
+    let decision = decide(&spec("1000", 0), &servers, &[pooled("m1", 50, 2)]);
+    let copies = copies("m1", "m1-abc", &decision.placement, &servers);
+    let now = "2026-12-06T00:00:00Z";
+    let status = service_status(isvc, "m1-abc", &copies, None, "http://x".into(), now);
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "True", "{status:?}");
+    assert_eq!(status.revisions[0].ready_replicas, 1);
+    assert_eq!(status.revisions[0].replicas, 2);
+
+    let problem = not_placed(false, "small", "m1", None);
+    let status = service_status(isvc, "m1-abc", &[], problem, "http://x".into(), now);
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "PoolNotFound");
+}
+
+#[test]
+fn the_pool_scales_stopping_servers_that_are_not_ready_first() {
+    let view = |id: &str, ready: bool| ReplicaView {
+        id: id.into(),
+        revision: "pool".into(),
+        health: if ready {
+            ReplicaHealth::Ready
+        } else {
+            ReplicaHealth::Starting { for_seconds: 1 }
+        },
+        terminating: false,
+    };
+    assert_eq!(scale(3, &[view("a", true)]), (2, vec![]));
+    assert_eq!(
+        scale(1, &[view("a", true), view("b", false)]),
+        (0, vec!["b".to_string()])
+    );
+}
