@@ -61,7 +61,7 @@ pub struct ApplyArgs {
 pub struct GetArgs {
     #[command(flatten)]
     pub(crate) common: Common,
-    /// Kind: inferenceservice(s) or isvc, resourcequota(s) or quota.
+    /// Kind: inferenceservice(s) or isvc, resourcequota(s) or quota, serverpool(s) or pool.
     pub(crate) kind: String,
     pub(crate) name: Option<String>,
     /// Every namespace.
@@ -206,7 +206,7 @@ fn check_kind(kind: &str) -> Result<()> {
         | "inferenceservice.ferry.dev"
         | "inferenceservices.ferry.dev" => Ok(()),
         other => bail!(
-            "unknown kind {other:?}: known kinds are inferenceservice (isvc) and resourcequota (quota)"
+            "unknown kind {other:?}: known kinds are inferenceservice (isvc), resourcequota (quota) and serverpool (pool)"
         ),
     }
 }
@@ -253,6 +253,13 @@ pub async fn apply(args: ApplyArgs) -> Result<()> {
     }
     for namespace in &answer.namespaces {
         println!("namespace/{} {}", namespace.name, outcome(namespace.result));
+    }
+    for pool in &answer.pools {
+        println!(
+            "serverpool.ferry.dev/{} {}",
+            pool.name,
+            outcome(pool.result)
+        );
     }
     if args.wait {
         for result in &answer.results {
@@ -381,6 +388,9 @@ pub async fn get(args: GetArgs) -> Result<()> {
     if crate::quota::is_quota(&args.kind) {
         return crate::quota::get(&args).await;
     }
+    if crate::serverpool::is_pool(&args.kind) {
+        return crate::serverpool::get(&args).await;
+    }
     check_kind(&args.kind)?;
     let client = args.common.client()?;
     let items: Vec<InferenceService> = match &args.name {
@@ -446,6 +456,11 @@ pub async fn delete(args: DeleteArgs) -> Result<()> {
         if crate::quota::is_quota(kind) {
             client.delete_quota(&args.common.namespace, name).await?;
             println!("resourcequota/{name} deleted");
+            return Ok(());
+        }
+        if crate::serverpool::is_pool(kind) {
+            client.delete_pool(&args.common.namespace, name).await?;
+            println!("serverpool.ferry.dev/{name} deleted");
             return Ok(());
         }
         check_kind(kind)?;

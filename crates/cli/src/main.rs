@@ -16,6 +16,7 @@ mod predict;
 mod print;
 mod quota;
 mod server;
+mod serverpool;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

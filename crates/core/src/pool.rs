@@ -308,6 +308,7 @@ pub fn service_status(
     revision: &str,
     copies: &[ReplicaView],
     problem: Option<ConditionState>,
+    previous: Option<&InferenceServiceStatus>,
     url: String,
     now: &str,
 ) -> InferenceServiceStatus {
@@ -338,7 +339,6 @@ pub fn service_status(
         rollout: None,
         wakes_on_request: false,
     };
-    let previous = isvc.status.as_ref();
     let mut status = crate::status::derive(&inputs, previous, now);
     if let Some(problem) = problem {
         for condition in status.conditions.iter_mut() {

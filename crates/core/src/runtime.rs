@@ -172,6 +172,20 @@ pub fn server_args(model: &str, uri: &str, compute_threads: Option<u32>) -> Vec<
     args
 }
 
+/// How Ferry's own server is started as a pool server: no model of its own (models are
+/// registered through its repository API), resident models kept within `memory_budget` bytes.
+pub fn pool_server_args(memory_budget: u64, compute_threads: Option<u32>) -> Vec<String> {
+    let mut args = vec![
+        "server".to_string(),
+        "--memory-budget".to_string(),
+        memory_budget.to_string(),
+    ];
+    if let Some(threads) = compute_threads {
+        args.extend(["--compute-threads".to_string(), threads.to_string()]);
+    }
+    args
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,6 +81,11 @@ pub fn app(state: ApiState) -> Router {
             "/v1/namespaces/{namespace}/quotas/{name}",
             axum::routing::delete(delete_quota),
         )
+        .route("/v1/namespaces/{namespace}/serverpools", get(list_pools))
+        .route(
+            "/v1/namespaces/{namespace}/serverpools/{name}",
+            axum::routing::delete(delete_pool),
+        )
         .route(
             "/v1/namespaces/{namespace}/apikeys",
             get(list_keys).post(create_key),
@@ -235,6 +240,32 @@ async fn delete_quota(
     state.changed.notify_one();
     Ok(Json(Deleted {
         deleted: format!("resourcequota {namespace}/{name}"),
+    }))
+}
+
+async fn list_pools(
+    State(state): State<ApiState>,
+    Path(namespace): Path<String>,
+) -> Result<Json<Items<ferry_api::ServerPool>>> {
+    Ok(Json(Items {
+        items: state.store.pools(Some(&namespace))?,
+    }))
+}
+
+async fn delete_pool(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<Deleted>> {
+    if !state.store.delete_pool(&namespace, &name)? {
+        return Err(Error::NotFound {
+            kind: "ServerPool",
+            namespace,
+            name,
+        });
+    }
+    state.changed.notify_one();
+    Ok(Json(Deleted {
+        deleted: format!("serverpool {namespace}/{name}"),
     }))
 }
 

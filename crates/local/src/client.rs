@@ -276,4 +276,22 @@ impl Client {
         )
         .await
     }
+
+    /// `ferry get serverpool`.
+    pub async fn pools(&self, namespace: &str) -> Result<Vec<ferry_api::ServerPool>, ClientError> {
+        let items: Items<ferry_api::ServerPool> = self
+            .get_json(&format!("/v1/namespaces/{namespace}/serverpools"))
+            .await?;
+        Ok(items.items)
+    }
+
+    /// `ferry delete serverpool NAME`.
+    pub async fn delete_pool(&self, namespace: &str, name: &str) -> Result<Deleted, ClientError> {
+        self.json(
+            reqwest::Method::DELETE,
+            &format!("/v1/namespaces/{namespace}/serverpools/{name}"),
+            None::<&()>,
+        )
+        .await
+    }
 }

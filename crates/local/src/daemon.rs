@@ -183,6 +183,8 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         accounting: router.accounting(),
         windows: Default::default(),
         autoscalers: Default::default(),
+        pools: Default::default(),
+        http: crate::pools::client(),
     };
     let reconcile_stop = stop_rx.clone();
     let reconcile_task = tokio::spawn(async move { reconciler.run(reconcile_stop).await });

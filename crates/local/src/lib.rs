@@ -10,6 +10,9 @@
 //!   the supervisor observes (the decision the operator makes too), persisted, then carried out:
 //!   replicas started and stopped, the route table (`ferry_core::routes::build` with the plan's
 //!   weights) published to the router, status and events written.
+//! - [`pools`]: ServerPools: `ferry server --memory-budget` processes under the supervisor,
+//!   models registered on them where `ferry_core::pool::decide` places them, their copies the
+//!   pooled services' endpoints.
 //! - [`api`]: the control API on loopback (bearer token from the state dir); [`client`] calls it,
 //!   both with the typed messages of [`wire`].
 //! - [`daemon`]: wires the above with the router (`ferry_router`) into `ferry up`.
@@ -20,6 +23,7 @@ pub mod client;
 pub mod daemon;
 pub mod error;
 pub mod paths;
+pub mod pools;
 pub mod process;
 pub mod quotas;
 pub mod reconcile;

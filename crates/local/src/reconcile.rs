@@ -49,12 +49,19 @@ pub struct Reconciler {
     pub windows: Mutex<Windows<(String, String)>>,
     /// Per service: Ferry's autoscaler (its samples of the router's load).
     pub autoscalers: Mutex<Autoscalers<(String, String)>>,
+    /// Per pool (namespace, name): its servers and placement as the last pool pass left them.
+    pub pools: Mutex<HashMap<(String, String), crate::pools::PoolSnapshot>>,
+    /// For the pool servers' repository API.
+    pub http: reqwest::Client,
 }
 
 impl Reconciler {
     /// Reconcile until `shutdown` turns true.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         loop {
+            if let Err(e) = self.reconcile_pools().await {
+                tracing::error!(error = %e, "pool reconcile failed; retrying");
+            }
             if let Err(e) = self.reconcile() {
                 tracing::error!(error = %e, "reconcile failed; retrying");
             }
@@ -82,6 +89,10 @@ impl Reconciler {
 
         // Every recorded replica has a task: adopted after a restart, stopped when orphaned.
         for row in rows.iter_mut() {
+            // A pool server's: the pool pass keeps it.
+            if crate::pools::pool_of(row).is_some() {
+                continue;
+            }
             let service = by_key.get(&(row.namespace.clone(), row.service.clone()));
             let spec = service.and_then(|s| self.spec_of(s, &row.revision));
             if spec.is_none() && !row.terminating {
@@ -93,6 +104,7 @@ impl Reconciler {
                     model_name: String::new(),
                     model_uri: String::new(),
                     compute_threads: None,
+                    memory_budget: None,
                 });
                 self.supervisor.run(row.clone(), spec);
                 if row.terminating {
@@ -114,6 +126,7 @@ impl Reconciler {
         let mut to_stop = Vec::new();
         let mut statuses = Vec::new();
         let mut weights = HashMap::new();
+        let mut pooled_endpoints = HashMap::new();
         let numbers = self.accounting.snapshot();
         let rewards = self.accounting.rewards();
         let shadows = self.accounting.shadows();
@@ -145,6 +158,29 @@ impl Reconciler {
                     self.store.set_terminating(&row.id)?;
                     row.terminating = true;
                     to_stop.push(row.id.clone());
+                }
+                continue;
+            }
+            if let Some(pool) = service.isvc.spec.predictor.pool.clone() {
+                // Its own replicas (from before it moved to the pool) go.
+                for row in mine.into_iter().filter(|r| !r.terminating) {
+                    self.store.set_terminating(&row.id)?;
+                    row.terminating = true;
+                    to_stop.push(row.id.clone());
+                }
+                let (endpoints, status) = self.pooled(service, &pool, at);
+                weights.insert(
+                    (namespace.clone(), name.clone()),
+                    Traffic {
+                        weights: [(service.revision.clone(), 100)].into(),
+                        ..Traffic::default()
+                    },
+                );
+                pooled_endpoints.insert((namespace.clone(), name.clone()), endpoints);
+                if service.status.as_ref() != Some(&status) {
+                    let events =
+                        ferry_core::status::transition_event(service.status.as_ref(), &status);
+                    statuses.push((namespace, name, status, events.into_iter().collect()));
                 }
                 continue;
             }
@@ -281,8 +317,13 @@ impl Reconciler {
         }
 
         // Publish the route table before anything is stopped: a draining replica is out of it.
-        self.keys
-            .publish(self.route_table(&services, &rows, &observed, &mut weights));
+        self.keys.publish(self.route_table(
+            &services,
+            &rows,
+            &observed,
+            &mut weights,
+            &mut pooled_endpoints,
+        ));
         for id in &to_stop {
             self.supervisor.stop(id);
         }
@@ -294,6 +335,50 @@ impl Reconciler {
             self.store.set_status(&namespace, &name, &status)?;
         }
         Ok(())
+    }
+
+    /// A pooled service's endpoints (the pool servers holding its model) and status.
+    fn pooled(
+        &self,
+        service: &ServiceRow,
+        pool: &str,
+        at: Timestamp,
+    ) -> (Vec<Endpoint>, ferry_api::InferenceServiceStatus) {
+        let snapshots = self.pools.lock().expect("pools poisoned");
+        let snapshot = snapshots.get(&(service.namespace(), pool.to_string()));
+        let model = service.isvc.model_name();
+        let copies = snapshot
+            .map(|s| ferry_core::pool::copies(&model, &service.revision, &s.placement, &s.servers))
+            .unwrap_or_default();
+        let problem = ferry_core::pool::not_placed(
+            snapshot.is_some(),
+            pool,
+            &model,
+            snapshot.map(|s| &s.placement),
+        );
+        let entry = EntryPoint::Local {
+            router_port: self.router_addr.port(),
+            tls: self.tls,
+        };
+        let mut isvc = service.isvc.clone();
+        isvc.metadata.generation = Some(service.generation);
+        let status = ferry_core::pool::service_status(
+            &isvc,
+            &service.revision,
+            &copies,
+            problem,
+            service.status.as_ref(),
+            entry.url(&service.isvc),
+            &ferry_core::service::timestamp(at),
+        );
+        let endpoints = copies
+            .into_iter()
+            .filter_map(|replica| {
+                let addrs = snapshot?.addrs.get(&replica.id)?.clone();
+                Some(Endpoint { replica, addrs })
+            })
+            .collect();
+        (endpoints, status)
     }
 
     fn record(&self, namespace: &str, name: &str, event: &PlannedEvent) -> Result<()> {
@@ -322,6 +407,7 @@ impl Reconciler {
             model_name: predictor.model_name(&service.name()),
             model_uri: predictor.model.uri.clone(),
             compute_threads: threads,
+            memory_budget: None,
         })
     }
 
@@ -331,27 +417,30 @@ impl Reconciler {
         rows: &[ReplicaRow],
         observed: &HashMap<String, crate::supervisor::ProcessState>,
         weights: &mut HashMap<(String, String), Traffic>,
+        pooled: &mut HashMap<(String, String), Vec<Endpoint>>,
     ) -> RouteTable {
         let inputs: Vec<ServiceEndpoints> = services
             .iter()
             .filter(|s| !s.deleted)
             .map(|s| {
-                let endpoints = rows
-                    .iter()
-                    .filter(|r| r.namespace == s.namespace() && r.service == s.name())
-                    .filter_map(|r| {
-                        let o = observed.get(&r.id)?;
-                        Some(Endpoint {
-                            replica: ReplicaView {
-                                id: r.id.clone(),
-                                revision: r.revision.clone(),
-                                health: o.health.clone(),
-                                terminating: r.terminating,
-                            },
-                            addrs: o.addrs.clone()?,
+                let pooled = pooled.remove(&(s.namespace(), s.name()));
+                let endpoints = pooled.unwrap_or_else(|| {
+                    rows.iter()
+                        .filter(|r| r.namespace == s.namespace() && r.service == s.name())
+                        .filter_map(|r| {
+                            let o = observed.get(&r.id)?;
+                            Some(Endpoint {
+                                replica: ReplicaView {
+                                    id: r.id.clone(),
+                                    revision: r.revision.clone(),
+                                    health: o.health.clone(),
+                                    terminating: r.terminating,
+                                },
+                                addrs: o.addrs.clone()?,
+                            })
                         })
-                    })
-                    .collect();
+                        .collect()
+                });
                 let traffic = weights
                     .remove(&(s.namespace(), s.name()))
                     .unwrap_or_default();

@@ -53,6 +53,9 @@ pub struct ReplicaSpec {
     pub model_name: String,
     pub model_uri: String,
     pub compute_threads: Option<u32>,
+    /// A pool server's memory budget: then it has no model of its own (`model_name` is
+    /// empty) and is ready when the server is.
+    pub memory_budget: Option<u64>,
 }
 
 /// What the supervisor last saw of one replica.
@@ -432,8 +435,14 @@ async fn launch(ctx: &Ctx, id: &str, spec: &ReplicaSpec) -> Result<(Proc, Addres
     let _ = std::fs::remove_file(&addr_file);
     let http_unix = ctx.dirs.prepare_socket(id, Protocol::Http);
     let grpc_unix = ctx.dirs.prepare_socket(id, Protocol::Grpc);
-    let mut args =
-        ferry_core::runtime::server_args(&spec.model_name, &spec.model_uri, spec.compute_threads);
+    let mut args = match spec.memory_budget {
+        Some(budget) => ferry_core::runtime::pool_server_args(budget, spec.compute_threads),
+        None => ferry_core::runtime::server_args(
+            &spec.model_name,
+            &spec.model_uri,
+            spec.compute_threads,
+        ),
+    };
     args.extend([
         "--http-addr".to_string(),
         "127.0.0.1:0".to_string(),
@@ -517,11 +526,13 @@ enum Probe {
 }
 
 async fn probe(client: &reqwest::Client, http: SocketAddr, model: &str) -> Probe {
-    match client
-        .get(format!("http://{http}/v2/models/{model}/ready"))
-        .send()
-        .await
-    {
+    // A pool server (no model of its own) is ready when the server is.
+    let path = if model.is_empty() {
+        "/v2/health/ready".to_string()
+    } else {
+        format!("/v2/models/{model}/ready")
+    };
+    match client.get(format!("http://{http}{path}")).send().await {
         Ok(response) if response.status().is_success() => Probe::Ready,
         Ok(response) => {
             // LOADING is progress; UNAVAILABLE / UNLOADED carry the server's reason.

@@ -68,7 +68,14 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     if isvc.namespace().is_none() {
         return Err(Error::Invalid("InferenceService without namespace".into()));
     }
-    let errors = ferry_api::validate::validate(isvc);
+    let mut errors = ferry_api::validate::validate(isvc);
+    if isvc.spec.predictor.pool.is_some() {
+        // Not silently served by replicas of its own instead.
+        errors.push(ferry_api::FieldError::new(
+            "spec.predictor.pool",
+            "Unsupported value: the operator does not place models on ServerPools yet (local mode does)",
+        ));
+    }
     if !errors.is_empty() {
         return Err(Error::Invalid(
             errors

@@ -130,7 +130,7 @@ fn a_pooled_service_is_ready_on_one_ready_copy_and_names_a_missing_pool() {
     let decision = decide(&spec("1000", 0), &servers, &[pooled("m1", 50, 2)]);
     let copies = copies("m1", "m1-abc", &decision.placement, &servers);
     let now = "2026-12-06T00:00:00Z";
-    let status = service_status(isvc, "m1-abc", &copies, None, "http://x".into(), now);
+    let status = service_status(isvc, "m1-abc", &copies, None, None, "http://x".into(), now);
     let ready = status
         .conditions
         .iter()
@@ -141,7 +141,7 @@ fn a_pooled_service_is_ready_on_one_ready_copy_and_names_a_missing_pool() {
     assert_eq!(status.revisions[0].replicas, 2);
 
     let problem = not_placed(false, "small", "m1", None);
-    let status = service_status(isvc, "m1-abc", &[], problem, "http://x".into(), now);
+    let status = service_status(isvc, "m1-abc", &[], problem, None, "http://x".into(), now);
     let ready = status
         .conditions
         .iter()

@@ -1,0 +1,368 @@
+//! ServerPools in local mode: each pool is N `ferry server --memory-budget` processes under the
+//! supervisor (replica rows whose service is `serverpool/<name>`), started with no model and
+//! driven through their repository API. Every pass observes the servers (their repository
+//! index and metrics), asks the core for the pool's decision ([`ferry_core::pool::decide`]),
+//! registers and unregisters copies, records the pool's status and keeps what the service
+//! reconcile needs: where each pooled model's copies are.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use ferry_api::ServerPool;
+use ferry_core::pool::{self, PoolServer, Pooled, ServerModel};
+use ferry_core::routes::Addresses;
+use ferry_core::{ReplicaHealth, ReplicaView};
+
+use crate::Result;
+use crate::reconcile::Reconciler;
+use crate::store::{ReplicaRow, now};
+use crate::supervisor::ReplicaSpec;
+
+/// The `service` column of a pool server's replica row: `serverpool/<pool>` (a `/` never
+/// appears in an InferenceService's name).
+pub const SERVICE_PREFIX: &str = "serverpool/";
+
+/// A pool as the last pass left it, for the service reconcile.
+#[derive(Debug, Clone, Default)]
+pub struct PoolSnapshot {
+    pub servers: Vec<PoolServer>,
+    pub addrs: HashMap<String, Addresses>,
+    pub placement: ferry_core::placement::Placement,
+}
+
+/// The pool a replica row serves, when it is a pool server's.
+pub fn pool_of(row: &ReplicaRow) -> Option<&str> {
+    row.service.strip_prefix(SERVICE_PREFIX)
+}
+
+fn spec_of(pool: &ServerPool) -> ReplicaSpec {
+    ReplicaSpec {
+        model_name: String::new(),
+        model_uri: String::new(),
+        compute_threads: pool
+            .spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.get("cpu"))
+            .and_then(|cpu| ferry_api::quantity::parse(cpu))
+            .map(|cpu| cpu.ceil().max(1.0) as u32),
+        memory_budget: pool.spec.memory_budget_bytes(),
+    }
+}
+
+/// The sum of a metric's samples (a line per sample, `name{labels} value` or `name value`).
+fn metric(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// One server's models from its repository index: registered copies (on demand), resident
+/// ones, measurements, refusals.
+fn models_of(index: &serde_json::Value) -> BTreeMap<String, ServerModel> {
+    let mut models = BTreeMap::new();
+    for entry in index.as_array().into_iter().flatten() {
+        let Some(name) = entry["name"].as_str() else {
+            continue;
+        };
+        let state = entry["state"].as_str().unwrap_or("");
+        let on_demand = entry["onDemand"].as_bool().unwrap_or(false);
+        let failed = state == "UNAVAILABLE";
+        if !on_demand && !failed {
+            continue;
+        }
+        models.insert(
+            name.to_string(),
+            ServerModel {
+                resident: state == "READY",
+                measured: entry["memoryBytes"].as_u64(),
+                failed: failed.then(|| entry["reason"].as_str().unwrap_or("failed").to_string()),
+            },
+        );
+    }
+    models
+}
+
+impl Reconciler {
+    /// One pass over every pool: servers started and stopped, observed, models placed.
+    pub async fn reconcile_pools(&self) -> Result<()> {
+        let pools = self.store.pools(None)?;
+        let services = self.store.services()?;
+        let rows = self.store.replicas()?;
+        let observed = self.supervisor.observed();
+        let mut snapshots = HashMap::new();
+
+        // Servers of pools that are gone stop; every server has a task (adopted after a
+        // restart).
+        for row in rows.iter().filter(|r| pool_of(r).is_some()) {
+            let pool = pools.iter().find(|p| {
+                p.metadata.namespace.as_deref() == Some(row.namespace.as_str())
+                    && p.metadata.name.as_deref() == pool_of(row)
+            });
+            match pool {
+                None if !row.terminating => {
+                    self.store.set_terminating(&row.id)?;
+                    self.supervisor.stop(&row.id);
+                }
+                Some(pool) if !observed.contains_key(&row.id) => {
+                    self.supervisor.run(row.clone(), spec_of(pool));
+                    if row.terminating {
+                        self.supervisor.stop(&row.id);
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        for pool in &pools {
+            let namespace = pool.metadata.namespace.clone().unwrap_or_default();
+            let name = pool.metadata.name.clone().unwrap_or_default();
+            let service = format!("{SERVICE_PREFIX}{name}");
+            let mine: Vec<&ReplicaRow> = rows
+                .iter()
+                .filter(|r| r.namespace == namespace && r.service == service)
+                .collect();
+            let views: Vec<ReplicaView> = mine
+                .iter()
+                .map(|r| ReplicaView {
+                    id: r.id.clone(),
+                    revision: service.clone(),
+                    health: observed
+                        .get(&r.id)
+                        .map(|o| o.health.clone())
+                        .unwrap_or(ReplicaHealth::Starting { for_seconds: 0 }),
+                    terminating: r.terminating,
+                })
+                .collect();
+            let (start, stop) = pool::scale(pool.spec.replicas(), &views);
+            for id in &stop {
+                self.store.set_terminating(id)?;
+                self.supervisor.stop(id);
+            }
+            for _ in 0..start {
+                let suffix: String = (0..5)
+                    .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
+                    .collect();
+                let row = ReplicaRow {
+                    id: format!("{name}-server-{suffix}"),
+                    namespace: namespace.clone(),
+                    service: service.clone(),
+                    revision: format!("{name}-server"),
+                    pid: None,
+                    start_time: None,
+                    http_addr: None,
+                    grpc_addr: None,
+                    terminating: false,
+                    created_at: now(),
+                };
+                self.store.insert_replica(&row)?;
+                self.supervisor.run(row, spec_of(pool));
+            }
+
+            // Observe the servers that run.
+            let budget = pool.spec.memory_budget_bytes().unwrap_or(0);
+            let mut servers = Vec::new();
+            let mut addrs = HashMap::new();
+            for view in views
+                .iter()
+                .filter(|v| !v.terminating && !stop.contains(&v.id))
+            {
+                let mut server = PoolServer {
+                    id: view.id.clone(),
+                    budget,
+                    ..Default::default()
+                };
+                if let Some(a) = observed.get(&view.id).and_then(|o| o.addrs.clone())
+                    && view.ready()
+                {
+                    match self.observe_server(a.http).await {
+                        Ok((models, metrics)) => {
+                            server.ready = true;
+                            server.models = models;
+                            server.used = metric(&metrics, "ferry_server_memory_used_bytes")
+                                .unwrap_or(0.0) as u64;
+                            server.evictions =
+                                metric(&metrics, "ferry_server_model_evictions_total")
+                                    .unwrap_or(0.0) as u64;
+                            if let Some(b) = metric(&metrics, "ferry_server_memory_budget_bytes") {
+                                server.budget = b as u64;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(server = %view.id, error = %e, "pool server not observed")
+                        }
+                    }
+                    addrs.insert(view.id.clone(), a);
+                }
+                servers.push(server);
+            }
+
+            let pooled: Vec<(&crate::store::ServiceRow, Pooled)> = services
+                .iter()
+                .filter(|s| !s.deleted && s.namespace() == namespace)
+                .filter(|s| s.isvc.spec.predictor.pool.as_deref() == Some(name.as_str()))
+                .map(|s| {
+                    let predictor = &s.isvc.spec.predictor;
+                    let file_bytes = predictor
+                        .model
+                        .local_path()
+                        .and_then(|p| std::fs::metadata(p).ok())
+                        .map(|m| m.len());
+                    (
+                        s,
+                        Pooled {
+                            service: s.name(),
+                            model: s.isvc.model_name(),
+                            file_bytes,
+                            copies: predictor.replicas().max(1),
+                        },
+                    )
+                })
+                .collect();
+            let models: Vec<Pooled> = pooled.iter().map(|(_, p)| p.clone()).collect();
+            let decision = pool::decide(&pool.spec, &servers, &models);
+
+            // Carry it out: new copies first, then what is no longer placed.
+            for (server_id, model) in &decision.register {
+                let Some((row, _)) = pooled.iter().find(|(_, p)| &p.model == model) else {
+                    continue;
+                };
+                let Some(a) = addrs.get(server_id) else {
+                    continue;
+                };
+                let path = row
+                    .isvc
+                    .spec
+                    .predictor
+                    .model
+                    .local_path()
+                    .unwrap_or(&row.isvc.spec.predictor.model.uri)
+                    .to_string();
+                match self.register(a.http, model, &path).await {
+                    Ok(()) => {
+                        if let Some(s) = servers.iter_mut().find(|s| &s.id == server_id) {
+                            s.models.insert(model.clone(), ServerModel::default());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(pool = %name, server = %server_id, model, error = %e, "register failed")
+                    }
+                }
+            }
+            for (server_id, model) in &decision.unregister {
+                if let Some(a) = addrs.get(server_id) {
+                    match self.unregister(a.http, model).await {
+                        Ok(()) => {
+                            if let Some(s) = servers.iter_mut().find(|s| &s.id == server_id) {
+                                s.models.remove(model);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(pool = %name, server = %server_id, model, error = %e, "unregister failed")
+                        }
+                    }
+                }
+            }
+            let mut status = decision.status.clone();
+            status.observed_generation = pool.metadata.generation;
+            if pool.status.as_ref() != Some(&status) {
+                self.store.set_pool_status(&namespace, &name, &status)?;
+            }
+            snapshots.insert(
+                (namespace, name),
+                PoolSnapshot {
+                    servers,
+                    addrs,
+                    placement: decision.placement,
+                },
+            );
+        }
+        *self.pools.lock().expect("pools poisoned") = snapshots;
+        Ok(())
+    }
+
+    async fn observe_server(
+        &self,
+        http: std::net::SocketAddr,
+    ) -> std::result::Result<(BTreeMap<String, ServerModel>, String), reqwest::Error> {
+        let index: serde_json::Value = self
+            .http
+            .post(format!("http://{http}/v2/repository/index"))
+            .json(&serde_json::json!({}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let metrics = self
+            .http
+            .get(format!("http://{http}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok((models_of(&index), metrics))
+    }
+
+    async fn register(
+        &self,
+        http: std::net::SocketAddr,
+        model: &str,
+        path: &str,
+    ) -> std::result::Result<(), String> {
+        let body = serde_json::json!({ "parameters": { "path": path } });
+        let response = self
+            .http
+            .post(format!(
+                "http://{http}/v2/repository/models/{model}/register"
+            ))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            let status = response.status();
+            Err(format!(
+                "{status}: {}",
+                response.text().await.unwrap_or_default()
+            ))
+        }
+    }
+
+    async fn unregister(
+        &self,
+        http: std::net::SocketAddr,
+        model: &str,
+    ) -> std::result::Result<(), String> {
+        let response = self
+            .http
+            .post(format!("http://{http}/v2/repository/models/{model}/unload"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(response.status().to_string())
+        }
+    }
+}
+
+/// A client for pool servers on loopback.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .expect("a plain HTTP client builds")
+}
