@@ -15,7 +15,7 @@ use ferry_core::{ReplicaHealth, ReplicaView};
 
 use crate::Result;
 use crate::reconcile::Reconciler;
-use crate::store::{ReplicaRow, now};
+use crate::store::ReplicaRow;
 use crate::supervisor::ReplicaSpec;
 
 /// The `service` column of a pool server's replica row: `serverpool/<pool>` (a `/` never
@@ -147,21 +147,12 @@ impl Reconciler {
                 self.supervisor.stop(id);
             }
             for _ in 0..start {
-                let suffix: String = (0..5)
-                    .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
-                    .collect();
-                let row = ReplicaRow {
-                    id: format!("{name}-server-{suffix}"),
-                    namespace: namespace.clone(),
-                    service: service.clone(),
-                    revision: format!("{name}-server"),
-                    pid: None,
-                    start_time: None,
-                    http_addr: None,
-                    grpc_addr: None,
-                    terminating: false,
-                    created_at: now(),
-                };
+                let row = ReplicaRow::fresh(
+                    &namespace,
+                    &service,
+                    &format!("{name}-server"),
+                    &format!("{name}-server"),
+                );
                 self.store.insert_replica(&row)?;
                 self.supervisor.run(row, spec_of(pool));
             }
@@ -319,24 +310,8 @@ impl Reconciler {
         path: &str,
     ) -> std::result::Result<(), String> {
         let body = serde_json::json!({ "parameters": { "path": path } });
-        let response = self
-            .http
-            .post(format!(
-                "http://{http}/v2/repository/models/{model}/register"
-            ))
-            .json(&body)
-            .send()
+        self.repository_call(http, &format!("models/{model}/register"), Some(body))
             .await
-            .map_err(|e| e.to_string())?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            let status = response.status();
-            Err(format!(
-                "{status}: {}",
-                response.text().await.unwrap_or_default()
-            ))
-        }
     }
 
     async fn unregister(
@@ -344,17 +319,32 @@ impl Reconciler {
         http: std::net::SocketAddr,
         model: &str,
     ) -> std::result::Result<(), String> {
-        let response = self
-            .http
-            .post(format!("http://{http}/v2/repository/models/{model}/unload"))
-            .send()
+        self.repository_call(http, &format!("models/{model}/unload"), None)
             .await
-            .map_err(|e| e.to_string())?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(response.status().to_string())
+    }
+
+    /// POST to a pool server's repository API: the status and the server's reason on failure.
+    async fn repository_call(
+        &self,
+        http: std::net::SocketAddr,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> std::result::Result<(), String> {
+        let mut request = self
+            .http
+            .post(format!("http://{http}/v2/repository/{path}"));
+        if let Some(body) = body {
+            request = request.json(&body);
         }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(format!(
+            "{status}: {}",
+            response.text().await.unwrap_or_default()
+        ))
     }
 }
 

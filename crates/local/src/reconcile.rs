@@ -19,7 +19,7 @@ use ferry_core::{ReplicaHealth, ReplicaView};
 use tokio::sync::{Notify, watch};
 
 use crate::Result;
-use crate::store::{ReplicaRow, ServiceRow, Store, now};
+use crate::store::{ReplicaRow, ServiceRow, Store};
 use crate::supervisor::{ReplicaSpec, Supervisor};
 
 /// A service's traffic as its plan decides it: weights per revision, the revision failed
@@ -274,24 +274,7 @@ impl Reconciler {
                     continue;
                 };
                 for _ in 0..*count {
-                    let row = ReplicaRow {
-                        id: format!(
-                            "{}-{}",
-                            revision,
-                            (0..5)
-                                .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
-                                .collect::<String>()
-                        ),
-                        namespace: namespace.clone(),
-                        service: name.clone(),
-                        revision: revision.clone(),
-                        pid: None,
-                        start_time: None,
-                        http_addr: None,
-                        grpc_addr: None,
-                        terminating: false,
-                        created_at: now(),
-                    };
+                    let row = ReplicaRow::fresh(&namespace, &name, revision, revision);
                     self.store.insert_replica(&row)?;
                     self.supervisor.run(row.clone(), spec.clone());
                     rows.push(row);

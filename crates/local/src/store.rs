@@ -157,6 +157,27 @@ pub struct ReplicaRow {
     pub created_at: String,
 }
 
+impl ReplicaRow {
+    /// A replica about to be started: `<prefix>-<5 random characters>`, no process yet.
+    pub fn fresh(namespace: &str, service: &str, revision: &str, prefix: &str) -> Self {
+        let suffix: String = (0..5)
+            .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
+            .collect();
+        ReplicaRow {
+            id: format!("{prefix}-{suffix}"),
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+            revision: revision.to_string(),
+            pid: None,
+            start_time: None,
+            http_addr: None,
+            grpc_addr: None,
+            terminating: false,
+            created_at: now(),
+        }
+    }
+}
+
 /// One event.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
