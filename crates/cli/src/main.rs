@@ -267,13 +267,16 @@ struct UpArgs {
     fair_queue: Option<usize>,
 }
 
-/// Counts live heap bytes (one relaxed atomic add per allocation) so `ferry server` measures
-/// what each model keeps, evictions and reloads included (ferry_server::footprint).
-#[global_allocator]
-static HEAP: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+/// What a model's load allocated on its own thread (`allocation-counter`, linked here, is the
+/// binary's global allocator: it counts per thread), so `ferry server` measures what each
+/// model keeps while other threads serve requests (ferry_server::footprint).
+fn heap_of(work: &mut dyn FnMut()) -> (i64, u64) {
+    let info = allocation_counter::measure(work);
+    (info.bytes_current, info.bytes_max)
+}
 
 fn main() {
-    ferry_server::footprint::count_heap_with(|| HEAP.allocated());
+    ferry_server::footprint::count_heap_with(heap_of);
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

@@ -40,6 +40,9 @@ pub enum Unplaced {
     /// Larger than any server's capacity: it can never be placed (refused at apply).
     #[error("needs {bytes} bytes, more than any server of the pool may hold ({largest} bytes)")]
     TooLarge { bytes: u64, largest: u64 },
+    /// No server of the pool is ready yet (or any more): nothing can be placed for now.
+    #[error("no server of the pool is ready")]
+    NoServers,
     /// More copies than the pool has servers.
     #[error("asks for {copies} copies on {servers} servers")]
     FewerServers { copies: u32, servers: u32 },
@@ -151,6 +154,10 @@ pub fn plan(servers: &[Server], models: &[Model], current: &Current) -> Placemen
         let kept = placed
             .get_mut(model.id.as_str())
             .expect("every model has an entry");
+        if servers.is_empty() {
+            unplaced.insert(model.id.clone(), Unplaced::NoServers);
+            continue;
+        }
         if model.bytes > largest {
             unplaced.insert(
                 model.id.clone(),

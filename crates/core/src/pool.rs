@@ -3,9 +3,11 @@
 //! the servers, estimated until then), what to register and unregister on each server, the
 //! pool's status, and each pooled InferenceService's status and route endpoints.
 //!
-//! An estimate is the model file's size times the ratio of measured footprint to file size
-//! seen so far in the pool (the median), [`DEFAULT_RATIO`] before any model is measured; the
-//! status reports each model's prediction beside its measurement.
+//! An estimate is a fixed cost plus a cost per file byte fitted to the models the pool has
+//! measured ([`estimate::Estimate`]), the file size times [`DEFAULT_RATIO`] before any model is
+//! measured; the status reports each model's prediction beside its measurement.
+
+pub mod estimate;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,7 @@ use ferry_api::{
 use crate::placement::{self, Current, Model, Placement, Server};
 use crate::reason::{ConditionState, Reason};
 use crate::{ReplicaHealth, ReplicaView};
+use estimate::Estimate;
 
 /// Footprint per file byte assumed before any model of the pool is measured.
 pub const DEFAULT_RATIO: f64 = 2.0;
@@ -61,6 +64,9 @@ pub struct Pooled {
     pub file_bytes: Option<u64>,
     /// Copies wanted (`minReplicas`).
     pub copies: u32,
+    /// Its footprint as the pool's status last recorded it: a measurement outlives the copy
+    /// that made it (a move, a server's restart).
+    pub measured: Option<u64>,
 }
 
 /// What the pool's executor does and writes.
@@ -90,35 +96,28 @@ pub fn scale(want: u32, servers: &[ReplicaView]) -> (u32, Vec<String>) {
     (0, stop)
 }
 
-/// The median ratio of measured footprint to file size over the pool's measured models.
-fn seen_ratio(servers: &[PoolServer], pooled: &[Pooled]) -> f64 {
-    let mut ratios: Vec<f64> = pooled
+/// The pool's estimate, fitted to its measured models.
+fn seen(servers: &[PoolServer], pooled: &[Pooled]) -> Estimate {
+    let points: Vec<(u64, u64)> = pooled
         .iter()
-        .filter_map(|p| {
-            let file = p.file_bytes.filter(|b| *b > 0)?;
-            let measured = measured(servers, &p.model)?;
-            Some(measured as f64 / file as f64)
-        })
+        .filter_map(|p| Some((p.file_bytes?, measured(servers, p)?)))
         .collect();
-    if ratios.is_empty() {
-        return DEFAULT_RATIO;
-    }
-    ratios.sort_by(f64::total_cmp);
-    ratios[ratios.len() / 2]
+    Estimate::fit(&points)
 }
 
-/// A model's footprint as any server measured it (the largest).
-fn measured(servers: &[PoolServer], model: &str) -> Option<u64> {
+/// A model's footprint as any server measured it (the largest), else as last recorded.
+fn measured(servers: &[PoolServer], pooled: &Pooled) -> Option<u64> {
     servers
         .iter()
-        .filter_map(|s| s.models.get(model)?.measured)
+        .filter_map(|s| s.models.get(&pooled.model)?.measured)
         .max()
+        .or(pooled.measured)
 }
 
 /// The footprint the planner would use for `pooled` before it is measured.
-fn estimate(pooled: &Pooled, ratio: f64) -> u64 {
+fn estimate(pooled: &Pooled, fit: Estimate) -> u64 {
     match pooled.file_bytes {
-        Some(bytes) => (bytes as f64 * ratio).ceil() as u64,
+        Some(bytes) => fit.of(bytes),
         None => UNKNOWN_SIZE,
     }
 }
@@ -134,12 +133,12 @@ pub fn decide(spec: &ServerPoolSpec, servers: &[PoolServer], pooled: &[Pooled]) 
             capacity: placement::capacity(s.budget, overcommit),
         })
         .collect();
-    let ratio = seen_ratio(servers, pooled);
+    let fit = seen(servers, pooled);
     let models: Vec<Model> = pooled
         .iter()
         .map(|p| Model {
             id: p.model.clone(),
-            bytes: measured(servers, &p.model).unwrap_or_else(|| estimate(p, ratio)),
+            bytes: measured(servers, p).unwrap_or_else(|| estimate(p, fit)),
             copies: p.copies.max(1),
             busy: true,
         })
@@ -183,7 +182,7 @@ pub fn decide(spec: &ServerPoolSpec, servers: &[PoolServer], pooled: &[Pooled]) 
         }
     }
 
-    let status = pool_status(servers, pooled, &placement, ratio);
+    let status = pool_status(servers, pooled, &placement, fit);
     PoolDecision {
         placement,
         register,
@@ -196,7 +195,7 @@ fn pool_status(
     servers: &[PoolServer],
     pooled: &[Pooled],
     placement: &Placement,
-    ratio: f64,
+    fit: Estimate,
 ) -> ServerPoolStatus {
     let server_status: Vec<PoolServerStatus> = servers
         .iter()
@@ -216,8 +215,8 @@ fn pool_status(
             service: p.service.clone(),
             model: p.model.clone(),
             servers: placement.servers.get(&p.model).cloned().unwrap_or_default(),
-            predicted_bytes: Some(estimate(p, ratio)),
-            measured_bytes: measured(servers, &p.model),
+            predicted_bytes: Some(estimate(p, fit)),
+            measured_bytes: measured(servers, p),
             reason: placement
                 .unplaced
                 .get(&p.model)
@@ -286,19 +285,18 @@ pub fn not_placed(
     }
     let placement = placement?;
     let reason = placement.unplaced.get(model)?;
-    let failure = matches!(reason, placement::Unplaced::TooLarge { .. });
     let placed = placement.servers.get(model).map_or(0, Vec::len);
-    (failure || placed == 0).then(|| {
-        ConditionState::new(
-            false,
-            if failure {
-                Reason::ModelTooLarge
-            } else {
-                Reason::NotPlaced
-            },
-            format!("{model} on pool {pool}: {reason}"),
-        )
-    })
+    let why = match reason {
+        placement::Unplaced::TooLarge { .. } => Reason::ModelTooLarge,
+        placement::Unplaced::NoServers => Reason::PoolServersStarting,
+        _ if placed == 0 => Reason::NotPlaced,
+        _ => return None,
+    };
+    Some(ConditionState::new(
+        false,
+        why,
+        format!("{model} on pool {pool}: {reason}"),
+    ))
 }
 
 /// The status of a pooled service: its revision's copies as its replicas, Ready while one copy

@@ -132,6 +132,8 @@ reasons! {
     NotPlaced = "NotPlaced", failure = true;
     /// The model is larger than any server of its pool may hold: it can never be placed.
     ModelTooLarge = "ModelTooLarge", failure = true;
+    /// The pool has no ready server yet (starting) or any more: placed once one is ready.
+    PoolServersStarting = "PoolServersStarting", failure = false;
     /// The spec was refused by validation.
     InvalidSpec = "InvalidSpec", failure = true;
     // Local mode's control API records what a user did (a cluster's audit log does that).

@@ -182,7 +182,10 @@ impl Reconciler {
                             server.evictions =
                                 metric(&metrics, "ferry_server_model_evictions_total")
                                     .unwrap_or(0.0) as u64;
-                            if let Some(b) = metric(&metrics, "ferry_server_memory_budget_bytes") {
+                            // 0 says "no budget": the pool's own figure stands.
+                            if let Some(b) = metric(&metrics, "ferry_server_memory_budget_bytes")
+                                .filter(|b| *b > 0.0)
+                            {
                                 server.budget = b as u64;
                             }
                         }
@@ -206,13 +209,21 @@ impl Reconciler {
                         .local_path()
                         .and_then(|p| std::fs::metadata(p).ok())
                         .map(|m| m.len());
+                    let model = s.isvc.model_name();
+                    let measured = pool
+                        .status
+                        .iter()
+                        .flat_map(|st| &st.models)
+                        .find(|m| m.model == model)
+                        .and_then(|m| m.measured_bytes);
                     (
                         s,
                         Pooled {
                             service: s.name(),
-                            model: s.isvc.model_name(),
+                            model,
                             file_bytes,
                             copies: predictor.replicas().max(1),
+                            measured,
                         },
                     )
                 })
@@ -238,6 +249,7 @@ impl Reconciler {
                     .to_string();
                 match self.register(a.http, model, &path).await {
                     Ok(()) => {
+                        tracing::debug!(pool = %name, server = %server_id, model, "copy registered");
                         if let Some(s) = servers.iter_mut().find(|s| &s.id == server_id) {
                             s.models.insert(model.clone(), ServerModel::default());
                         }
@@ -251,6 +263,7 @@ impl Reconciler {
                 if let Some(a) = addrs.get(server_id) {
                     match self.unregister(a.http, model).await {
                         Ok(()) => {
+                            tracing::debug!(pool = %name, server = %server_id, model, "copy unregistered");
                             if let Some(s) = servers.iter_mut().find(|s| &s.id == server_id) {
                                 s.models.remove(model);
                             }

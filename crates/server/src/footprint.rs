@@ -6,11 +6,13 @@
 //! these figures instead of trusting a file size.
 //!
 //! Where the binary counts its heap (it installs a counting global allocator and hands its
-//! counter to [`count_heap_with`], as `ferry` does), the resident figure is the heap the load
-//! added and kept instead: exact, and true also when the load reuses memory that an evicted
-//! model freed (the allocator keeps freed pages, so `VmRSS` would not grow and a pool server
-//! reloading models would read them as free). A backend's own C allocations (ONNX Runtime's
-//! arena) are not on Rust's heap: for such a load (`native`) the larger of the two counts.
+//! counters to [`count_heap_with`], as `ferry` does), the resident figure is the heap the load
+//! added and kept on the loading thread instead: exact, also while other threads serve
+//! requests (their buffers come and go in the process's count), and true also when the load
+//! reuses memory that an evicted model freed (the allocator keeps freed pages, so `VmRSS`
+//! would not grow and a pool server reloading models would read them as free). A backend's
+//! own C allocations (ONNX Runtime's arena, its threads) are not on Rust's heap: for such a
+//! load (`native`) the larger of the heap and the `VmRSS` counts.
 //!
 //! Linux only (procfs); elsewhere nothing is measured.
 
@@ -26,17 +28,37 @@ pub struct Footprint {
 /// Held while a measurement runs: one at a time in this process.
 static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Live heap bytes of this process, where the binary counts them.
-static HEAP: std::sync::OnceLock<fn() -> usize> = std::sync::OnceLock::new();
+/// The binary's per-thread heap counter: runs the work it is given and returns what that work
+/// allocated on the calling thread, net (allocated less freed) and at its most.
+pub type HeapCounter = fn(&mut dyn FnMut()) -> (i64, u64);
 
-/// Measure models by the heap they keep, read through `live_bytes` (the binary's counting
-/// allocator). Set once per process; a second call is ignored.
-pub fn count_heap_with(live_bytes: fn() -> usize) {
-    let _ = HEAP.set(live_bytes);
+static HEAP: std::sync::OnceLock<HeapCounter> = std::sync::OnceLock::new();
+
+/// Measure models by the heap they keep, counted by the binary's allocator on the loading
+/// thread. Set once per process; a second call is ignored.
+pub fn count_heap_with(counter: HeapCounter) {
+    let _ = HEAP.set(counter);
 }
 
-fn heap() -> Option<u64> {
-    HEAP.get().map(|live| live() as u64)
+/// Runs `work`, with the heap it allocated on this thread (net, most) where the binary counts.
+fn on_heap<T>(work: impl FnOnce() -> T) -> (T, Option<(u64, u64)>) {
+    let mut work = Some(work);
+    let mut out = None;
+    let counted = {
+        let mut run = || out = work.take().map(|w| w());
+        match HEAP.get() {
+            Some(counter) => Some(counter(&mut run)),
+            None => {
+                run();
+                None
+            }
+        }
+    };
+    let out = out.expect("the work ran once");
+    (
+        out,
+        counted.map(|(net, most)| (u64::try_from(net).unwrap_or(0), most)),
+    )
 }
 
 /// `VmRSS` and `VmHWM` of this process, in bytes.
@@ -61,29 +83,26 @@ fn status() -> Option<(u64, u64)> {
 pub fn measure<T>(native: bool, work: impl FnOnce() -> T) -> (T, Option<Footprint>) {
     let _one_at_a_time = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let before = status();
-    let heap_before = heap();
     // "5" resets the peak resident set size to the current one (proc(5)).
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    let out = work();
-    let heap_kept = heap()
-        .zip(heap_before)
-        .map(|(end, start)| end.saturating_sub(start));
+    let (out, heap) = on_heap(work);
     let footprint = match (before, status()) {
         (Some((start, _)), Some((end, peak))) if reset => {
             let rss = end.saturating_sub(start);
-            let resident = match heap_kept {
-                Some(kept) if native => kept.max(rss),
-                Some(kept) => kept,
+            let resident = match heap {
+                Some((kept, _)) if native => kept.max(rss),
+                Some((kept, _)) => kept,
                 None => rss,
             };
+            let heap_peak = heap.map_or(0, |(_, most)| most);
             Some(Footprint {
                 resident_bytes: resident,
-                peak_bytes: peak.saturating_sub(start).max(resident),
+                peak_bytes: peak.saturating_sub(start).max(heap_peak).max(resident),
             })
         }
-        _ => heap_kept.map(|kept| Footprint {
+        _ => heap.map(|(kept, most)| Footprint {
             resident_bytes: kept,
-            peak_bytes: kept,
+            peak_bytes: most.max(kept),
         }),
     };
     (out, footprint)

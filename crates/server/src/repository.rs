@@ -209,6 +209,9 @@ impl Repository {
     /// Keeps resident models within `budget` bytes, evicting the least recently used.
     pub fn with_memory_budget(mut self, budget: Option<u64>) -> Self {
         self.budget = budget;
+        // The budget is in /metrics from the start: a pool's executor plans on it before the
+        // first load.
+        self.metrics.residency(self.residency());
         self
     }
 
@@ -242,9 +245,11 @@ impl Repository {
     /// True when every registered (not unloaded) model is ready.
     pub fn all_ready(&self) -> bool {
         let entries = self.entries.read().expect("repository lock");
+        // A model registered to load on demand is the pool's business, loading or evicted: a
+        // pool server stays ready while its LRU works.
         entries
             .values()
-            .all(|e| e.state.servable() || matches!(e.state, ModelState::Unloaded))
+            .all(|e| e.on_demand || e.state.servable() || matches!(e.state, ModelState::Unloaded))
     }
 
     /// Looks a model up for a request, checking the version and readiness.

@@ -10,6 +10,7 @@ mod image;
 mod interop;
 mod kserve_shapes;
 mod local;
+mod pooled;
 mod pools;
 mod quota;
 mod shadow;

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::local::harness::{FERRY, repo};
 
 /// The generated models and their expected answers (`make -C models many`).
-fn many() -> (PathBuf, BTreeMap<String, Value>) {
+pub(crate) fn many() -> (PathBuf, BTreeMap<String, Value>) {
     let dir = repo().join("models/many");
     let text = std::fs::read_to_string(dir.join("expected.json"))
         .expect("models/many/expected.json: run `make -C models many` (make test does)");
@@ -23,15 +23,15 @@ fn many() -> (PathBuf, BTreeMap<String, Value>) {
 }
 
 /// A `ferry server` process with no model and a memory budget.
-struct PoolServer {
+pub(crate) struct PoolServer {
     child: Child,
-    http: String,
-    client: reqwest::Client,
+    pub(crate) http: String,
+    pub(crate) client: reqwest::Client,
     dir: PathBuf,
 }
 
 impl PoolServer {
-    async fn start(budget: &str) -> PoolServer {
+    pub(crate) async fn start(budget: &str) -> PoolServer {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("ferry-pool-{}-{n}", std::process::id()));
@@ -82,13 +82,13 @@ impl PoolServer {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    async fn register(&self, name: &str, path: &std::path::Path) -> (u16, Value) {
+    pub(crate) async fn register(&self, name: &str, path: &std::path::Path) -> (u16, Value) {
         let body = json!({ "parameters": { "path": path.display().to_string() } });
         self.post(&format!("/v2/repository/models/{name}/register"), &body)
             .await
     }
 
-    async fn index(&self) -> Vec<Value> {
+    pub(crate) async fn index(&self) -> Vec<Value> {
         let (status, index) = self.post("/v2/repository/index", &json!({})).await;
         assert_eq!(status, 200);
         index.as_array().unwrap().clone()
@@ -116,7 +116,7 @@ impl Drop for PoolServer {
 }
 
 /// The sum of a metric's samples whose line contains every one of `labels`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+pub(crate) fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter(|l| l[name.len()..].starts_with(['{', ' ']))
@@ -126,7 +126,12 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 }
 
 /// Asks `model` for its expected rows; panics unless the answer is scikit-learn's.
-async fn check_answer(client: &reqwest::Client, http: &str, model: &str, expected: &Value) {
+pub(crate) async fn check_answer(
+    client: &reqwest::Client,
+    http: &str,
+    model: &str,
+    expected: &Value,
+) {
     let rows = &expected["input"];
     let body = json!({ "inputs": [{ "name": "input", "datatype": "FP32", "shape": [4, 4],
                                     "data": rows }] });
@@ -169,12 +174,18 @@ async fn check_answer(client: &reqwest::Client, http: &str, model: &str, expecte
     }
 }
 
-/// Every model once, `workers` at a time; panics on any answer that is not the expected one.
-async fn sweep(server: &PoolServer, models: &BTreeMap<String, Value>, workers: usize) {
+/// Every model once, `workers` at a time, from the server (or router) at `http`; panics on any
+/// answer that is not the expected one.
+pub(crate) async fn sweep(
+    client: &reqwest::Client,
+    http: &str,
+    models: &BTreeMap<String, Value>,
+    workers: usize,
+) {
     let names: Vec<String> = models.keys().cloned().collect();
     let mut tasks = Vec::new();
     for worker in 0..workers {
-        let (client, http) = (server.client.clone(), server.http.clone());
+        let (client, http) = (client.clone(), http.to_string());
         let mine: Vec<(String, Value)> = names
             .iter()
             .skip(worker)
@@ -211,7 +222,7 @@ async fn a_pool_server_serves_more_models_than_fit_within_its_budget() {
             .all(|m| m["state"] == "UNLOADED" && m["onDemand"] == true),
         "registered models are not loaded before a request: {index:?}"
     );
-    sweep(&roomy, &models, 4).await;
+    sweep(&roomy.client, &roomy.http, &models, 4).await;
     let measured: BTreeMap<String, u64> = roomy
         .index()
         .await
@@ -275,7 +286,7 @@ async fn a_pool_server_serves_more_models_than_fit_within_its_budget() {
 
     // Every model, twice, through a budget that holds a quarter: evictions, no failure.
     for _ in 0..2 {
-        sweep(&pool, &models, 4).await;
+        sweep(&pool.client, &pool.http, &models, 4).await;
         let index = pool.index().await;
         let resident: Vec<&Value> = index.iter().filter(|m| m["state"] == "READY").collect();
         let used: u64 = resident

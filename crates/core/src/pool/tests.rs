@@ -37,6 +37,7 @@ fn pooled(model: &str, file: u64, copies: u32) -> Pooled {
         model: model.into(),
         file_bytes: Some(file),
         copies,
+        measured: None,
     }
 }
 
@@ -168,4 +169,34 @@ fn the_pool_scales_stopping_servers_that_are_not_ready_first() {
         scale(1, &[view("a", true), view("b", false)]),
         (0, vec!["b".to_string()])
     );
+}
+
+#[test]
+fn a_pool_with_no_ready_server_is_starting_not_failed() {
+    // Servers that have not answered their probe yet take nothing, and the services wait.
+    let mut starting = server("a", 1000, &[]);
+    starting.ready = false;
+    let models = [pooled("m1", 100, 1)];
+    let decision = decide(&spec("1000", 0), &[starting], &models);
+    assert!(decision.register.is_empty());
+    let problem = not_placed(true, "small", "m1", Some(&decision.placement)).unwrap();
+    assert_eq!(problem.reason, Reason::PoolServersStarting);
+    assert!(!problem.reason.is_failure(), "{}", problem.message);
+    assert!(problem.message.contains("no server"), "{}", problem.message);
+    // Once one is ready, the model is placed and the problem is gone.
+    let decision = decide(&spec("1000", 0), &[server("a", 1000, &[])], &models);
+    assert_eq!(decision.register, [("a".to_string(), "m1".to_string())]);
+    assert!(not_placed(true, "small", "m1", Some(&decision.placement)).is_none());
+}
+
+#[test]
+fn a_measurement_outlives_the_copy_that_made_it() {
+    // m1 was measured at 700 bytes on a server that is gone; the new server has not loaded it.
+    let mut m1 = pooled("m1", 100, 1);
+    m1.measured = Some(700);
+    let models = [m1, pooled("m2", 100, 1)];
+    let decision = decide(&spec("2000", 0), &[server("b", 2000, &[])], &models);
+    assert_eq!(decision.status.models[0].measured_bytes, Some(700));
+    // It is planned at its measurement, and the fit learns from it (7x the file).
+    assert_eq!(decision.placement.used["b"], 1400);
 }

@@ -1,0 +1,266 @@
+//! Pooled InferenceServices in local mode end to end: the real `ferry up` runs a ServerPool of
+//! two `ferry server` processes whose budgets hold about a quarter of 200 models
+//! (`models/many.py`), places the 200 services' models on them by measured footprint, and the
+//! router sends each model's requests to the server that holds it. Every answer is
+//! scikit-learn's, evictions happen and are counted in the pool's status, a cold model's 20
+//! concurrent requests cost one load, and a service naming a missing pool says so.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ferry_local::paths::StateDir;
+use serde_json::Value;
+
+use crate::local::harness::*;
+use crate::pools::{PoolServer, check_answer, many, metric, sweep};
+
+/// Every model's footprint as a roomy server of its own measures it after its first request.
+async fn measure(dir: &std::path::Path, models: &BTreeMap<String, Value>) -> BTreeMap<String, u64> {
+    let roomy = PoolServer::start("1Gi").await;
+    for name in models.keys() {
+        let (status, body) = roomy
+            .register(name, &dir.join(format!("{name}.onnx")))
+            .await;
+        assert_eq!(status, 200, "{name}: {body}");
+    }
+    sweep(&roomy.client, &roomy.http, models, 4).await;
+    roomy
+        .index()
+        .await
+        .iter()
+        .map(|m| {
+            let bytes = m["memoryBytes"].as_u64().unwrap_or_else(|| panic!("{m}"));
+            (m["name"].as_str().unwrap().to_string(), bytes)
+        })
+        .collect()
+}
+
+fn pool_manifest(budget: u64, overcommit: u32) -> String {
+    format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: ServerPool\nmetadata:\n  name: small\nspec:\n  replicas: 2\n  memoryBudget: \"{budget}\"\n  overcommitPercent: {overcommit}\n"
+    )
+}
+
+fn pooled_manifest(name: &str, pool: &str, file: &std::path::Path) -> String {
+    format!(
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata:\n  name: {name}\nspec:\n  predictor:\n    pool: {pool}\n    model:\n      format: onnx\n      uri: {}\n",
+        file.display()
+    )
+}
+
+fn json_of(output: &std::process::Output) -> Value {
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(output),
+        stderr(output)
+    );
+    serde_json::from_str(&stdout(output)).unwrap_or_else(|e| panic!("{e}: {}", stdout(output)))
+}
+
+fn condition<'a>(isvc: &'a Value, type_: &str) -> &'a Value {
+    isvc["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_pooled_services_answer_through_the_router_from_a_pool_a_quarter_their_size() {
+    let (dir, models) = many();
+    let file = |name: &str| dir.join(format!("{name}.onnx"));
+    let measured = measure(&dir, &models).await;
+    let total: u64 = measured.values().sum();
+    let files: u64 = models
+        .keys()
+        .map(|n| std::fs::metadata(file(n)).unwrap().len())
+        .sum();
+    // Two servers whose budgets together hold a quarter of the models' measured bytes; the
+    // overcommit lets every model be registered (on either server, by the estimate the planner
+    // starts from or by what it measures) without room for all of them on one.
+    let budget = total / 8;
+    let largest = *measured.values().max().unwrap();
+    assert!(
+        largest < budget,
+        "the largest model ({largest} B) fits in {budget} B"
+    );
+    let planned = total.max(files * 2) as f64;
+    let overcommit = ((planned * 0.6 / budget as f64 - 1.0) * 100.0).ceil() as u32;
+    let overcommit = overcommit.clamp(100, 1000);
+
+    let daemon = Daemon::start("pooled");
+    let mut manifest = pool_manifest(budget, overcommit);
+    for name in models.keys() {
+        manifest.push_str("---\n");
+        manifest.push_str(&pooled_manifest(name, "small", &file(name)));
+    }
+    let applied = daemon.apply(&manifest, &["--wait", "--timeout", "300"]);
+    assert!(
+        applied.status.success(),
+        "{}{}\n{}",
+        stdout(&applied),
+        stderr(&applied),
+        daemon.log()
+    );
+    assert!(stdout(&applied).contains("serverpool.ferry.dev/small created"));
+    // Two pool servers and no replica of any service's own.
+    assert_eq!(replica_pids(&daemon.dir).len(), 2, "{}", daemon.log());
+
+    // Nothing has been asked yet, so every model is cold: 20 concurrent requests to one are
+    // held by its server, answered, and cost exactly one load.
+    let pool = json_of(&daemon.ferry(&["get", "serverpool", "small", "-o", "json"]));
+    let cold = models.keys().nth(7).unwrap().clone();
+    let holder = pool["status"]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == cold.as_str())
+        .and_then(|m| m["servers"][0].as_str())
+        .unwrap_or_else(|| panic!("{cold} is not placed: {pool}"))
+        .to_string();
+    let client = reqwest::Client::new();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let (client, router, name, expected) = (
+            client.clone(),
+            daemon.router.clone(),
+            cold.clone(),
+            models[&cold].clone(),
+        );
+        held.push(tokio::spawn(async move {
+            check_answer(&client, &router, &name, &expected).await
+        }));
+    }
+    for request in held {
+        request.await.unwrap();
+    }
+    let addrs: Value = serde_json::from_str(
+        &std::fs::read_to_string(StateDir::new(&daemon.dir).addr_file_of(&holder)).unwrap(),
+    )
+    .unwrap();
+    let server_metrics = |http: String| {
+        let client = client.clone();
+        async move {
+            let url = format!("http://{http}/metrics");
+            client.get(url).send().await.unwrap().text().await.unwrap()
+        }
+    };
+    let text = server_metrics(addrs["http"].as_str().unwrap().to_string()).await;
+    let label = format!("model=\"{cold}\"");
+    assert_eq!(
+        metric(&text, "ferry_server_model_loads_total", &[&label]),
+        1.0,
+        "20 concurrent requests to a cold model through the router share one load"
+    );
+
+    // Every model, twice, through the router: each answers with its own answers (a failed
+    // request fails the sweep), and the servers evict to stay within their budgets.
+    for _ in 0..2 {
+        sweep(&client, &daemon.router, &models, 4).await;
+    }
+
+    // The pool's status (refreshed by the passes after the sweeps) counts the evictions and
+    // has every model's measurement.
+    let mut pool = Value::Null;
+    let want = models.len();
+    eventually(
+        "the pool's status has evictions and every model measured",
+        Duration::from_secs(30),
+        || {
+            let got = json_of(&daemon.ferry(&["get", "serverpool", "small", "-o", "json"]));
+            let status = &got["status"];
+            let measured = status["models"].as_array().is_some_and(|models| {
+                models.len() == want && models.iter().all(|m| m["measuredBytes"].is_u64())
+            });
+            let done = measured && status["evictions"].as_u64().unwrap_or(0) > 0;
+            pool = got;
+            async move { done }
+        },
+    )
+    .await;
+    let status = &pool["status"];
+    assert_eq!(status["readyServers"], 2, "{status}");
+    assert_eq!(status["registeredModels"], models.len(), "{status}");
+    let used = status["memoryUsedBytes"].as_u64().unwrap();
+    assert_eq!(status["memoryBudgetBytes"], 2 * budget, "{status}");
+    assert!(used <= 2 * budget, "{used} B resident over {}", 2 * budget);
+    let resident = status["residentModels"].as_u64().unwrap() as usize;
+    assert!(
+        resident < models.len() / 2,
+        "{resident} of {} resident",
+        models.len()
+    );
+    // Neither server ever left readiness while its LRU loaded and evicted (a server that did
+    // would have had its models moved to the other): two "replica ready" lines in all.
+    let log = daemon.log();
+    assert_eq!(log.matches("replica ready").count(), 2, "{log}");
+    let servers = status["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2);
+    assert!(
+        servers
+            .iter()
+            .all(|s| s["registeredModels"].as_u64().unwrap() > 0),
+        "both servers hold models: {servers:?}"
+    );
+    // Each model: placed once, measured, and predicted from what the pool measured.
+    let mut errors = Vec::new();
+    for model in status["models"].as_array().unwrap() {
+        assert_eq!(model["servers"].as_array().unwrap().len(), 1, "{model}");
+        let measured = model["measuredBytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{model}"));
+        let predicted = model["predictedBytes"].as_u64().unwrap() as f64;
+        errors.push((predicted - measured as f64).abs() / measured as f64);
+    }
+    errors.sort_by(f64::total_cmp);
+    let evictions = status["evictions"].as_u64().unwrap();
+
+    // Per server, the metrics agree with the status: loads beyond one per model.
+    let mut loads = 0.0;
+    for server in servers {
+        let id = server["name"].as_str().unwrap();
+        let addrs: Value = serde_json::from_str(
+            &std::fs::read_to_string(StateDir::new(&daemon.dir).addr_file_of(id)).unwrap(),
+        )
+        .unwrap();
+        let text = server_metrics(addrs["http"].as_str().unwrap().to_string()).await;
+        loads += metric(&text, "ferry_server_model_loads_total", &[]);
+    }
+    assert!(
+        loads > models.len() as f64,
+        "{loads} loads for {} models",
+        models.len()
+    );
+
+    // A pooled service is Ready, with its copy's server as its replica.
+    let isvc = json_of(&daemon.ferry(&["get", "isvc", &cold, "-o", "json"]));
+    assert_eq!(condition(&isvc, "Ready")["status"], "True", "{isvc}");
+    let table = stdout(&daemon.ferry(&["get", "serverpool"]));
+    assert!(table.contains("small") && table.contains("2/2"), "{table}");
+
+    // A service naming a pool that does not exist is not Ready, and says why.
+    let lost = pooled_manifest("lost", "nope", &file(&cold));
+    let applied = daemon.apply(&lost, &[]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    eventually("lost says PoolNotFound", Duration::from_secs(20), || {
+        let isvc = json_of(&daemon.ferry(&["get", "isvc", "lost", "-o", "json"]));
+        let ready = condition(&isvc, "Ready").clone();
+        async move { ready["status"] == "False" && ready["reason"] == "PoolNotFound" }
+    })
+    .await;
+
+    // Deleting the pool stops its servers.
+    let deleted = daemon.ferry(&["delete", "serverpool", "small"]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    eventually("the pool servers stop", Duration::from_secs(30), || {
+        let left = replica_pids(&daemon.dir).len();
+        async move { left == 0 }
+    })
+    .await;
+    println!(
+        "pooled: {} services on 2 servers of {budget} B each ({total} B measured in all, overcommit {overcommit}%): {evictions} evictions, {loads} loads, estimate error p50 {:.1}% p95 {:.1}%",
+        models.len(),
+        errors[errors.len() / 2] * 100.0,
+        errors[errors.len() * 95 / 100] * 100.0,
+    );
+}
