@@ -12,6 +12,7 @@ mod cluster;
 mod ctl;
 mod doctor;
 mod manifests;
+mod plan;
 mod predict;
 mod print;
 mod quota;
@@ -67,6 +68,9 @@ enum Command {
     Crd(CrdArgs),
     /// Print the Kubernetes objects the operator would create for manifests (GitOps review).
     Render(RenderArgs),
+    /// Measure pooled models once each and plan them on a ServerPool: footprints, placement,
+    /// servers needed packed vs one per model.
+    Plan(plan::PlanArgs),
     /// Cluster mode: reconcile InferenceServices into Deployments and Services (in-cluster
     /// credentials, else the kubeconfig).
     Operator(OperatorArgs),
@@ -315,6 +319,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fetch(args) => runtime.block_on(fetch(args)),
         Command::Crd(args) => crd(args),
         Command::Render(args) => render(args),
+        Command::Plan(args) => runtime.block_on(plan::run(args)),
         Command::Operator(args) => runtime.block_on(operator(args)),
         Command::Router(args) => runtime.block_on(cluster_router(args)),
     }

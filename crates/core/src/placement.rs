@@ -239,5 +239,29 @@ pub fn plan(servers: &[Server], models: &[Model], current: &Current) -> Placemen
     }
 }
 
+/// The fewest servers of `capacity` bytes each that hold every copy of `models`, packed as
+/// [`plan`] packs them (`None` when a model is larger than a server may hold): what `ferry plan`
+/// sets against one server per copy.
+pub fn servers_needed(capacity: u64, models: &[Model]) -> Option<u32> {
+    if models.iter().any(|m| m.bytes > capacity) {
+        return None;
+    }
+    let most = models.iter().map(|m| m.copies.max(1)).sum::<u32>() as usize;
+    let servers: Vec<Server> = (0..most)
+        .map(|i| Server {
+            id: format!("{i:06}"),
+            capacity,
+        })
+        .collect();
+    let placement = plan(&servers, models, &Current::new());
+    let used: BTreeSet<&String> = placement.servers.values().flatten().collect();
+    let copies_wanted = models
+        .iter()
+        .map(|m| m.copies.max(1) as usize)
+        .sum::<usize>();
+    let copies_placed = placement.servers.values().map(Vec::len).sum::<usize>();
+    (copies_placed == copies_wanted).then_some(used.len() as u32)
+}
+
 #[cfg(test)]
 mod tests;

@@ -155,7 +155,22 @@ pub fn decide(spec: &ServerPoolSpec, servers: &[PoolServer], pooled: &[Pooled]) 
             }
         }
     }
-    let placement = placement::plan(&planned, &models, &current);
+    // A model larger than a server's budget can never be resident, whatever the overcommit
+    // lets be registered: it is refused with the numbers, not placed.
+    let largest_budget = ready.iter().map(|s| s.budget).max();
+    let (models, too_large): (Vec<Model>, Vec<Model>) = models
+        .into_iter()
+        .partition(|m| largest_budget.is_none_or(|b| m.bytes <= b));
+    let mut placement = placement::plan(&planned, &models, &current);
+    for model in too_large {
+        placement.unplaced.insert(
+            model.id,
+            placement::Unplaced::TooLarge {
+                bytes: model.bytes,
+                largest: largest_budget.unwrap_or(0),
+            },
+        );
+    }
 
     let mut register = Vec::new();
     for (model, on) in &placement.servers {

@@ -6,6 +6,7 @@
 //! concurrent requests cost one load, and a service naming a missing pool says so.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_local::paths::StateDir;
@@ -263,4 +264,112 @@ async fn two_hundred_pooled_services_answer_through_the_router_from_a_pool_a_qua
         errors[errors.len() / 2] * 100.0,
         errors[errors.len() * 95 / 100] * 100.0,
     );
+}
+
+#[test]
+fn ferry_plan_measures_each_model_and_packs_them() {
+    let (dir, _) = many();
+    let tmp =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("plan-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut manifest = pool_manifest(300 * 1024, 300);
+    let names: Vec<String> = (0..20).map(|i| format!("m-{i:03}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        manifest.push_str("---\n");
+        let one = pooled_manifest(name, "small", &dir.join(format!("{name}.onnx")));
+        // The first three want two copies.
+        let copies = if i < 3 { "    minReplicas: 2\n" } else { "" };
+        manifest.push_str(&one.replace("    pool: small\n", &format!("    pool: small\n{copies}")));
+    }
+    // Another service, not on the pool: not planned.
+    manifest.push_str("---\n");
+    manifest.push_str(&manifest_of_own("own"));
+    let file = tmp.join("all.yaml");
+    std::fs::write(&file, &manifest).unwrap();
+    let run = |extra: &[&str]| {
+        let output = std::process::Command::new(FERRY)
+            .args(["plan", "-f"])
+            .arg(&file)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        output
+    };
+
+    let plan = json_of(&run(&["-o", "json"]));
+    let models = plan["models"].as_array().unwrap();
+    assert_eq!(models.len(), 20, "only the pool's services: {plan}");
+    // Each measured as a pool server measures it: a fixed cost of tens of KB and more for a
+    // larger file.
+    let bytes = |m: &Value| m["measuredBytes"].as_u64().unwrap();
+    assert!(models.iter().all(|m| bytes(m) > 20_000), "{plan}");
+    let by_file = |a: &Value, b: &Value| a["fileBytes"].as_u64().cmp(&b["fileBytes"].as_u64());
+    let smallest = models.iter().min_by(|a, b| by_file(a, b)).unwrap();
+    let largest = models.iter().max_by(|a, b| by_file(a, b)).unwrap();
+    assert!(
+        bytes(largest) > bytes(smallest) + 100_000,
+        "{smallest} {largest}"
+    );
+    // The largest is over a server's 300 KiB budget: never placed, named with the numbers.
+    assert!(bytes(largest) > 300 * 1024, "{largest}");
+    assert!(
+        largest["servers"].as_array().unwrap().is_empty(),
+        "{largest}"
+    );
+    assert!(
+        largest["reason"].as_str().unwrap().contains("307200"),
+        "{largest}"
+    );
+    assert!(plan["serversNeededResident"].is_null(), "{plan}");
+    assert_eq!(plan["serversOnePerCopy"], 23);
+    // Placed copies are on distinct servers of the two.
+    for m in models {
+        let on = m["servers"].as_array().unwrap();
+        let distinct: std::collections::BTreeSet<&str> =
+            on.iter().filter_map(Value::as_str).collect();
+        assert_eq!(distinct.len(), on.len(), "{m}");
+        assert!(on.len() <= m["copies"].as_u64().unwrap() as usize, "{m}");
+    }
+
+    // With room: everything on one server resident, each two-copy model on two.
+    let roomy = json_of(&run(&["--memory", "8Mi", "--servers", "3", "-o", "json"]));
+    assert_eq!(
+        roomy["models"].as_array().unwrap().len(),
+        21,
+        "every service"
+    );
+    assert_eq!(roomy["placed"], 21, "{roomy}");
+    assert_eq!(roomy["serversNeededResident"], 2, "{roomy}");
+    assert_eq!(roomy["serversOnePerCopy"], 24);
+    // The table says the same.
+    let table = stdout(&run(&["--memory", "8Mi", "--servers", "3"]));
+    assert!(
+        table.contains("MEASURED") && table.contains("m-019"),
+        "{table}"
+    );
+    assert!(
+        table.contains("2 with every copy resident")
+            && table.contains("24 with one server per copy"),
+        "{table}"
+    );
+
+    // A pool that is not in the manifests is named.
+    let missing = std::process::Command::new(FERRY)
+        .args(["plan", "--pool", "nope", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("\"nope\"") && stderr(&missing).contains("small"),
+        "{}",
+        stderr(&missing)
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A service with a replica of its own (iris).
+fn manifest_of_own(name: &str) -> String {
+    manifest(name, "iris-v1.onnx", 1)
 }

@@ -211,3 +211,33 @@ fn ten_thousand_models_on_a_hundred_servers_plan_quickly() {
     let again = plan(&servers, &models, &placement.settled());
     assert_eq!(again.added(&placement.settled()), 0);
 }
+
+#[test]
+fn servers_needed_packs_and_names_what_cannot_fit() {
+    let model = |id: &str, bytes: u64, copies: u32| Model {
+        id: id.into(),
+        bytes,
+        copies,
+        busy: false,
+    };
+    // 60 + 40 fill one server, 30 + 30 + 30 a second; the copy of b goes to a third.
+    let models = [
+        model("a", 60, 1),
+        model("b", 40, 2),
+        model("c", 30, 1),
+        model("d", 30, 1),
+        model("e", 30, 1),
+    ];
+    assert_eq!(servers_needed(100, &models), Some(3));
+    assert_eq!(
+        servers_needed(1000, &models),
+        Some(2),
+        "b's copies are on 2 servers"
+    );
+    assert_eq!(
+        servers_needed(50, &models),
+        None,
+        "a is larger than a server"
+    );
+    assert_eq!(servers_needed(100, &[]), Some(0));
+}

@@ -88,6 +88,17 @@ fn overcommit_places_more_than_the_budget_and_a_model_too_large_is_named() {
     assert_eq!(problem.reason, Reason::ModelTooLarge);
     let none = decide(&spec("100", 0), &servers, &models);
     assert_eq!(none.placement.servers.len(), 1);
+    // Within the overcommitted 200 bytes but above the 100-byte budget: never resident, so
+    // never placed, and named with the budget.
+    let over = decide(&spec("100", 100), &servers, &[pooled("big", 75, 1)]);
+    assert!(over.register.is_empty(), "{:?}", over.register);
+    let problem = not_placed(true, "small", "big", Some(&over.placement)).unwrap();
+    assert_eq!(problem.reason, Reason::ModelTooLarge);
+    assert!(
+        problem.message.contains("150 bytes") && problem.message.contains("(100 bytes)"),
+        "{}",
+        problem.message
+    );
 }
 
 #[test]
