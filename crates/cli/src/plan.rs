@@ -1,6 +1,6 @@
 //! `ferry plan -f DIR [--pool NAME | --memory 4Gi --servers N]`: what a ServerPool would make
 //! of manifests before they are applied. Each pooled model is loaded once, one at a time, in a
-//! scratch `ferry server` (this binary, on loopback, no budget) that measures its footprint as a
+//! scratch `ferry server` (this binary, on loopback, a budget nothing reaches) that measures its footprint as a
 //! pool server does; then the core's planner places them on the pool's servers, and the
 //! servers needed packed are set against one server per copy (and, for a GPU pool, the GPUs).
 
@@ -86,7 +86,7 @@ impl Scratch {
         std::fs::create_dir_all(&dir)?;
         let addr_file = dir.join("addr.json");
         let child = Command::new(std::env::current_exe()?)
-            .args(["server", "--http-addr", "127.0.0.1:0"])
+            .args(["server", "--http-addr", "127.0.0.1:0", "--memory-budget", "1Ti"])
             .args(["--grpc-addr", "127.0.0.1:0", "--addr-file"])
             .arg(&addr_file)
             .env("FERRY_LOG", "error")

@@ -330,8 +330,19 @@ impl Repository {
             }
             let _load_path = self.loads.acquire().await.map_err(|e| e.to_string())?;
             let need = self.make_room(name, &local)?;
+            let pool_server = self.budget.is_some();
             tokio::task::spawn_blocking(move || {
                 let native = local.backend != BackendKind::Tract;
+                // A backend's first load in a process also sets up what it keeps for good
+                // (operator registries, kernel tables: ~30 KB for tract). On a pool server,
+                // whose placement runs on these figures, that first model is built once
+                // unmeasured first, so that it is not charged for them.
+                static PRIMED: [std::sync::Once; 2] =
+                    [std::sync::Once::new(), std::sync::Once::new()];
+                if pool_server {
+                    PRIMED[usize::from(native)]
+                        .call_once(|| drop(build::build_and_warm_up(&local)));
+                }
                 let (built, footprint) =
                     crate::footprint::measure(native, || build::build_and_warm_up(&local));
                 built.map(|(backend, warm_up)| (backend, warm_up, footprint, need))
