@@ -86,7 +86,13 @@ impl Scratch {
         std::fs::create_dir_all(&dir)?;
         let addr_file = dir.join("addr.json");
         let child = Command::new(std::env::current_exe()?)
-            .args(["server", "--http-addr", "127.0.0.1:0", "--memory-budget", "1Ti"])
+            .args([
+                "server",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--memory-budget",
+                "1Ti",
+            ])
             .args(["--grpc-addr", "127.0.0.1:0", "--addr-file"])
             .arg(&addr_file)
             .env("FERRY_LOG", "error")

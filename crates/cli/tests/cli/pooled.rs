@@ -373,3 +373,152 @@ fn ferry_plan_measures_each_model_and_packs_them() {
 fn manifest_of_own(name: &str) -> String {
     manifest(name, "iris-v1.onnx", 1)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_server_killed_under_load_fails_no_request_and_its_copies_come_back() {
+    let (dir, models) = many();
+    let hot: Vec<String> = models.keys().take(10).cloned().collect();
+    let daemon = Daemon::start("pool-kill");
+    // Room for all: every hot model has a copy on each of the two servers.
+    let mut manifest = pool_manifest(64 << 20, 0);
+    for name in &hot {
+        let one = pooled_manifest(name, "small", &dir.join(format!("{name}.onnx")));
+        manifest.push_str("---\n");
+        manifest
+            .push_str(&one.replace("    pool: small\n", "    pool: small\n    minReplicas: 2\n"));
+    }
+    daemon.apply_and_wait(&manifest);
+    let both = |pool: &Value| {
+        pool["status"]["models"].as_array().is_some_and(|models| {
+            models.len() == hot.len()
+                && models
+                    .iter()
+                    .all(|m| m["servers"].as_array().map_or(0, Vec::len) == 2)
+        }) && pool["status"]["servers"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|s| s["registeredModels"] == hot.len()))
+    };
+    eventually(
+        "two copies of every hot model",
+        Duration::from_secs(30),
+        || {
+            let pool = json_of(&daemon.ferry(&["get", "serverpool", "small", "-o", "json"]));
+            async move { both(&pool) }
+        },
+    )
+    .await;
+
+    // Load on every hot model through the router, checked answers, failures counted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let (stop, router) = (stop.clone(), daemon.router.clone());
+        let mine: Vec<(String, Value)> =
+            hot.iter().map(|n| (n.clone(), models[n].clone())).collect();
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut i = worker;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (name, expected) = &mine[i % mine.len()];
+                let body = serde_json::json!({ "inputs": [{ "name": "input", "datatype": "FP32",
+                    "shape": [4, 4], "data": expected["input"] }] });
+                let answer = client
+                    .post(format!("http://{router}/v2/models/{name}/infer"))
+                    .json(&body)
+                    .send()
+                    .await;
+                match answer {
+                    Ok(r) if r.status() == 200 => {
+                        let v: Value = r.json().await.unwrap();
+                        let label = v["outputs"]
+                            .as_array()
+                            .and_then(|o| o.iter().find(|o| o["name"] == "label"))
+                            .map(|o| o["data"].clone());
+                        if label.as_ref() == Some(&expected["label"]) {
+                            ok += 1;
+                        } else {
+                            failed.push(format!("{name}: wrong answer {v}"));
+                        }
+                    }
+                    Ok(r) => failed.push(format!(
+                        "{name}: {} {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )),
+                    Err(e) => failed.push(format!("{name}: {e}")),
+                }
+                i += 1;
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let victim = replica_pids(&daemon.dir)[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The supervisor restarts it empty; the pool registers the copies on it again: both
+    // server processes (one of them new) hold every hot model, as each one's own index says.
+    eventually(
+        "the killed server is back with its copies",
+        Duration::from_secs(60),
+        || {
+            let pids = replica_pids(&daemon.dir);
+            let pool = json_of(&daemon.ferry(&["get", "serverpool", "small", "-o", "json"]));
+            let dirs = StateDir::new(&daemon.dir);
+            let ids: Vec<String> = pool["status"]["servers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["name"].as_str().map(String::from))
+                .collect();
+            let restarted = pids.len() == 2 && !pids.contains(&victim);
+            async move {
+                if !restarted || ids.len() != 2 {
+                    return false;
+                }
+                let client = reqwest::Client::new();
+                for id in ids {
+                    let Ok(text) = std::fs::read_to_string(dirs.addr_file_of(&id)) else {
+                        return false;
+                    };
+                    let addrs: Value = serde_json::from_str(&text).unwrap_or_default();
+                    let http = addrs["http"].as_str().unwrap_or_default();
+                    let url = format!("http://{http}/v2/repository/index");
+                    let Ok(r) = client.post(url).json(&serde_json::json!({})).send().await else {
+                        return false;
+                    };
+                    let index: Value = r.json().await.unwrap_or_default();
+                    let held = index
+                        .as_array()
+                        .map_or(0, |i| i.iter().filter(|m| m["onDemand"] == true).count());
+                    if held != 10 {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for worker in workers {
+        let (o, f) = worker.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 200, "only {ok} requests");
+    println!("pool kill -9: {ok} requests, 0 failed, copies re-placed");
+}
