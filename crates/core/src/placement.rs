@@ -43,6 +43,10 @@ pub enum Unplaced {
     /// No server of the pool is ready yet (or any more): nothing can be placed for now.
     #[error("no server of the pool is ready")]
     NoServers,
+    /// Not placed while the pool still starts servers (`ready` of `want`): placed once they
+    /// are ready, or then named for what it lacks.
+    #[error("waiting for the pool's servers: {ready} of {want} ready")]
+    ServersStarting { ready: u32, want: u32 },
     /// More copies than the pool has servers.
     #[error("asks for {copies} copies on {servers} servers")]
     FewerServers { copies: u32, servers: u32 },

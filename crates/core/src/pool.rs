@@ -162,6 +162,18 @@ pub fn decide(spec: &ServerPoolSpec, servers: &[PoolServer], pooled: &[Pooled]) 
         .into_iter()
         .partition(|m| largest_budget.is_none_or(|b| m.bytes <= b));
     let mut placement = placement::plan(&planned, &models, &current);
+    // While servers are still starting, what does not fit yet waits for them.
+    let want = spec.replicas();
+    if (ready.len() as u32) < want {
+        for reason in placement.unplaced.values_mut() {
+            if !matches!(reason, placement::Unplaced::TooLarge { .. }) {
+                *reason = placement::Unplaced::ServersStarting {
+                    ready: ready.len() as u32,
+                    want,
+                };
+            }
+        }
+    }
     for model in too_large {
         placement.unplaced.insert(
             model.id,
@@ -303,7 +315,9 @@ pub fn not_placed(
     let placed = placement.servers.get(model).map_or(0, Vec::len);
     let why = match reason {
         placement::Unplaced::TooLarge { .. } => Reason::ModelTooLarge,
-        placement::Unplaced::NoServers => Reason::PoolServersStarting,
+        placement::Unplaced::NoServers | placement::Unplaced::ServersStarting { .. } => {
+            Reason::PoolServersStarting
+        }
         _ if placed == 0 => Reason::NotPlaced,
         _ => return None,
     };

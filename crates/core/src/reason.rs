@@ -132,7 +132,8 @@ reasons! {
     NotPlaced = "NotPlaced", failure = true;
     /// The model is larger than any server of its pool may hold: it can never be placed.
     ModelTooLarge = "ModelTooLarge", failure = true;
-    /// The pool has no ready server yet (starting) or any more: placed once one is ready.
+    /// The pool is still starting servers (none ready, or fewer than it runs) and the model
+    /// waits for them.
     PoolServersStarting = "PoolServersStarting", failure = false;
     /// The spec was refused by validation.
     InvalidSpec = "InvalidSpec", failure = true;

@@ -64,7 +64,11 @@ fn measurements_correct_the_estimates_of_the_models_not_yet_measured() {
     // room per server, m2 no longer fits beside m1.
     let servers = [server("a", 600, &[("m1", Some(500))])];
     let models = [pooled("m1", 100, 1), pooled("m2", 100, 1)];
-    let decision = decide(&spec("600", 0), &servers, &models);
+    let one_server = ServerPoolSpec {
+        replicas: Some(1),
+        ..spec("600", 0)
+    };
+    let decision = decide(&one_server, &servers, &models);
     assert_eq!(decision.status.models[1].predicted_bytes, Some(500));
     assert!(decision.placement.unplaced.contains_key("m2"));
     assert!(decision.register.is_empty());
@@ -193,7 +197,7 @@ fn a_pool_with_no_ready_server_is_starting_not_failed() {
     let problem = not_placed(true, "small", "m1", Some(&decision.placement)).unwrap();
     assert_eq!(problem.reason, Reason::PoolServersStarting);
     assert!(!problem.reason.is_failure(), "{}", problem.message);
-    assert!(problem.message.contains("no server"), "{}", problem.message);
+    assert!(problem.message.contains("0 of 2 ready"), "{}", problem.message);
     // Once one is ready, the model is placed and the problem is gone.
     let decision = decide(&spec("1000", 0), &[server("a", 1000, &[])], &models);
     assert_eq!(decision.register, [("a".to_string(), "m1".to_string())]);
@@ -210,4 +214,40 @@ fn a_measurement_outlives_the_copy_that_made_it() {
     assert_eq!(decision.status.models[0].measured_bytes, Some(700));
     // It is planned at its measurement, and the fit learns from it (7x the file).
     assert_eq!(decision.placement.used["b"], 1400);
+}
+
+#[test]
+fn what_does_not_fit_while_servers_start_waits_for_them() {
+    // Two servers wanted, one ready with room for one of the two models.
+    let mut starting = server("b", 100, &[]);
+    starting.ready = false;
+    let servers = [server("a", 100, &[]), starting];
+    let models = [pooled("m1", 50, 1), pooled("m2", 50, 1)];
+    let decision = decide(&spec("100", 0), &servers, &models);
+    assert_eq!(decision.placement.servers.len(), 1);
+    let waiting = ["m1", "m2"]
+        .into_iter()
+        .find(|m| !decision.placement.servers.contains_key(*m))
+        .unwrap();
+    let problem = not_placed(true, "small", waiting, Some(&decision.placement)).unwrap();
+    assert_eq!(problem.reason, Reason::PoolServersStarting);
+    assert!(
+        problem.message.contains("1 of 2 ready"),
+        "{}",
+        problem.message
+    );
+    // Both ready and still no room (each estimated at 2 x 25 bytes): a failure, named.
+    let decision = decide(
+        &spec("100", 0),
+        &[server("a", 100, &[]), server("b", 40, &[])],
+        &[
+            pooled("m1", 25, 1),
+            pooled("m2", 25, 1),
+            pooled("m3", 25, 1),
+        ],
+    );
+    let unplaced: Vec<&String> = decision.placement.unplaced.keys().collect();
+    assert_eq!(unplaced.len(), 1, "{unplaced:?}");
+    let problem = not_placed(true, "small", unplaced[0], Some(&decision.placement)).unwrap();
+    assert_eq!(problem.reason, Reason::NotPlaced);
 }
