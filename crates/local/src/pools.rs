@@ -1,7 +1,7 @@
 //! ServerPools in local mode: each pool is N `ferry server --memory-budget` processes under the
 //! supervisor (replica rows whose service is `serverpool/<name>`), started with no model and
 //! driven through their repository API. Every pass observes the servers (their repository
-//! index and metrics), asks the core for the pool's decision ([`ferry_core::pool::decide`]),
+//! index and residency), asks the core for the pool's decision ([`ferry_core::pool::decide`]),
 //! registers and unregisters copies, records the pool's status and keeps what the service
 //! reconcile needs: where each pooled model's copies are.
 
@@ -50,18 +50,14 @@ fn spec_of(pool: &ServerPool) -> ReplicaSpec {
     }
 }
 
-/// The sum of a metric's samples (a line per sample, `name{labels} value` or `name value`).
-fn metric(text: &str, name: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
+/// A pool server's `GET /v2/repository/residency` (Ferry's extension).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Residency {
+    /// 0: no budget.
+    budget_bytes: u64,
+    used_bytes: u64,
+    evictions: u64,
 }
 
 /// One server's models from its repository index: registered copies (on demand), resident
@@ -174,19 +170,14 @@ impl Reconciler {
                     && view.ready()
                 {
                     match self.observe_server(a.http).await {
-                        Ok((models, metrics)) => {
+                        Ok((models, residency)) => {
                             server.ready = true;
                             server.models = models;
-                            server.used = metric(&metrics, "ferry_server_memory_used_bytes")
-                                .unwrap_or(0.0) as u64;
-                            server.evictions =
-                                metric(&metrics, "ferry_server_model_evictions_total")
-                                    .unwrap_or(0.0) as u64;
+                            server.used = residency.used_bytes;
+                            server.evictions = residency.evictions;
                             // 0 says "no budget": the pool's own figure stands.
-                            if let Some(b) = metric(&metrics, "ferry_server_memory_budget_bytes")
-                                .filter(|b| *b > 0.0)
-                            {
-                                server.budget = b as u64;
+                            if residency.budget_bytes > 0 {
+                                server.budget = residency.budget_bytes;
                             }
                         }
                         Err(e) => {
@@ -295,7 +286,7 @@ impl Reconciler {
     async fn observe_server(
         &self,
         http: std::net::SocketAddr,
-    ) -> std::result::Result<(BTreeMap<String, ServerModel>, String), reqwest::Error> {
+    ) -> std::result::Result<(BTreeMap<String, ServerModel>, Residency), reqwest::Error> {
         let index: serde_json::Value = self
             .http
             .post(format!("http://{http}/v2/repository/index"))
@@ -305,15 +296,15 @@ impl Reconciler {
             .error_for_status()?
             .json()
             .await?;
-        let metrics = self
+        let residency = self
             .http
-            .get(format!("http://{http}/metrics"))
+            .get(format!("http://{http}/v2/repository/residency"))
             .send()
             .await?
             .error_for_status()?
-            .text()
+            .json()
             .await?;
-        Ok((models_of(&index), metrics))
+        Ok((models_of(&index), residency))
     }
 
     async fn register(

@@ -186,6 +186,8 @@ pub struct Repository {
     /// inference never waits for this.
     loads: Semaphore,
     epoch: Instant,
+    /// Models evicted to make room, since start.
+    evictions: std::sync::atomic::AtomicU64,
 }
 
 impl Repository {
@@ -201,6 +203,7 @@ impl Repository {
             metrics,
             fetcher,
             budget: None,
+            evictions: std::sync::atomic::AtomicU64::new(0),
             loads: Semaphore::new(1),
             epoch: Instant::now(),
         }

@@ -314,6 +314,24 @@ async fn a_pool_server_serves_more_models_than_fit_within_its_budget() {
         metric(&metrics, "ferry_server_memory_budget_bytes", &[]),
         budget as f64
     );
+    // The same figures without /metrics' per-model series, for a pool's executor.
+    let residency: Value = pool
+        .client
+        .get(format!("http://{}/v2/repository/residency", pool.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(residency["evictions"], evictions as u64, "{residency}");
+    assert_eq!(residency["budgetBytes"], budget, "{residency}");
+    assert_eq!(
+        residency["usedBytes"].as_u64().unwrap() as f64,
+        metric(&metrics, "ferry_server_memory_used_bytes", &[]),
+        "{residency}"
+    );
+    assert_eq!(residency["registeredModels"], models.len(), "{residency}");
     // An evicted model keeps its measurement, and says why it is not resident.
     let evicted = pool
         .index()

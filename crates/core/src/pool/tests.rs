@@ -197,7 +197,11 @@ fn a_pool_with_no_ready_server_is_starting_not_failed() {
     let problem = not_placed(true, "small", "m1", Some(&decision.placement)).unwrap();
     assert_eq!(problem.reason, Reason::PoolServersStarting);
     assert!(!problem.reason.is_failure(), "{}", problem.message);
-    assert!(problem.message.contains("0 of 2 ready"), "{}", problem.message);
+    assert!(
+        problem.message.contains("0 of 2 ready"),
+        "{}",
+        problem.message
+    );
     // Once one is ready, the model is placed and the problem is gone.
     let decision = decide(&spec("1000", 0), &[server("a", 1000, &[])], &models);
     assert_eq!(decision.register, [("a".to_string(), "m1".to_string())]);

@@ -56,6 +56,8 @@ pub struct Residency {
     pub used: u64,
     pub resident: usize,
     pub registered: usize,
+    /// Models evicted to make room, since the server started.
+    pub evictions: u64,
 }
 
 impl Repository {
@@ -228,6 +230,7 @@ impl Repository {
             entry.on_demand = true;
             entry.state = standby("evicted (least recently used): loads on the next request");
             self.metrics.model_evicted(&victim, &entry.config.version);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
             info!(model = %victim, for_model = %name, "model evicted to make room");
         }
         drop(entries);
@@ -239,6 +242,7 @@ impl Repository {
         let entries = self.entries.read().expect("repository lock");
         let mut residency = Residency {
             budget: self.budget,
+            evictions: self.evictions.load(Ordering::Relaxed),
             ..Residency::default()
         };
         for entry in entries.values() {

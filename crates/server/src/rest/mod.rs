@@ -86,6 +86,7 @@ pub fn app(state: AppState) -> Router {
             post(infer_version),
         )
         .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/residency", get(repository_residency))
         .route("/v2/repository/models/{model}/load", post(repository_load))
         .route(
             "/v2/repository/models/{model}/register",
@@ -298,6 +299,31 @@ async fn infer_common(
         }
         Err(e) => ApiError(e).into_response(),
     }
+}
+
+/// Ferry's extension for a pool's executor: what the server holds against its budget, without
+/// scraping /metrics (every model's series) on each pass.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResidencyResponse {
+    /// 0: no budget.
+    budget_bytes: u64,
+    used_bytes: u64,
+    resident_models: usize,
+    registered_models: usize,
+    evictions: u64,
+}
+
+async fn repository_residency(State(s): State<AppState>) -> Response {
+    let r = s.repo.residency();
+    let body = ResidencyResponse {
+        budget_bytes: r.budget.unwrap_or(0),
+        used_bytes: r.used,
+        resident_models: r.resident,
+        registered_models: r.registered,
+        evictions: r.evictions,
+    };
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 #[derive(Deserialize, Default)]
