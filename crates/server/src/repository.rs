@@ -1,5 +1,5 @@
-//! The model repository: which models exist, their state, and the inference path shared by the
-//! REST and gRPC front ends (lookup → admission → validation → run → output selection → metrics).
+//! The model repository: which models exist, their state, how they load; the inference path
+//! the REST and gRPC front ends share is `infer.rs`.
 //!
 //! A model is READY only after it loaded AND a warm-up inference on a synthetic input succeeded.
 //! A model that fails either is kept as UNAVAILABLE with the reason; the others keep serving.
@@ -14,6 +14,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{info, warn};
 
 mod build;
+mod infer;
 mod lru;
 mod on_demand;
 pub use on_demand::Residency;
@@ -456,153 +457,5 @@ impl Repository {
             .set(0);
         info!(model = %name, "model unloaded");
         Ok(())
-    }
-
-    /// Runs one inference request end to end and records its metrics.
-    pub async fn infer(
-        &self,
-        model: &str,
-        version: Option<&str>,
-        request: InferRequest,
-        protocol: Protocol,
-    ) -> Result<InferResponse> {
-        let started = Instant::now();
-        let loaded = match self.serving(model, version).await {
-            Ok(m) => m,
-            Err(e) => {
-                self.count_rejected(model, version.unwrap_or(""), protocol, &e);
-                return Err(e);
-            }
-        };
-        let result = self.infer_loaded(&loaded, request).await;
-        let elapsed = started.elapsed();
-        match &result {
-            Ok(_) => loaded.metrics.observe_ok(protocol, elapsed),
-            Err(e) => {
-                loaded.metrics.observe_latency(protocol, elapsed);
-                self.count_rejected(model, &loaded.config.version, protocol, e);
-            }
-        }
-        result
-    }
-
-    /// Counts a request that failed with `e`, also one that never reached a model (a decode
-    /// error in a front end). Names of unknown models are client-chosen: they are counted as
-    /// `_unknown` so they cannot grow the label space.
-    pub fn count_rejected(&self, model: &str, version: &str, protocol: Protocol, e: &Error) {
-        let known = !matches!(e, Error::ModelNotFound { .. })
-            && self
-                .entries
-                .read()
-                .expect("repository lock")
-                .contains_key(model);
-        let model = if known { model } else { "_unknown" };
-        let status = match protocol {
-            Protocol::Rest => e.http_status().as_str().to_string(),
-            Protocol::Grpc => format!("{:?}", e.grpc_code()),
-        };
-        self.metrics.count(model, version, protocol, &status);
-    }
-
-    async fn infer_loaded(
-        &self,
-        loaded: &Arc<LoadedModel>,
-        request: InferRequest,
-    ) -> Result<InferResponse> {
-        let name = &loaded.config.name;
-        let _permit = loaded
-            .admission
-            .try_acquire()
-            .map_err(|_| Error::Overloaded {
-                model: name.clone(),
-                capacity: loaded.config.max_queue,
-            })?;
-        let _depth = DepthGuard::new(&loaded.metrics);
-        let signature = loaded.signature();
-        let selected = select_outputs(name, signature, &request)?;
-        let inputs = order_inputs(name, signature, request.inputs)?;
-        let outputs = self.run(loaded, inputs).await.map_err(|f| match f {
-            BackendFailure::BadInput(m) => Error::InvalidInput(m),
-            BackendFailure::Failed(message) => Error::InferenceFailed {
-                model: name.clone(),
-                message,
-            },
-        })?;
-        let outputs = match selected {
-            None => outputs,
-            Some(indices) => {
-                let mut all: Vec<Option<Tensor>> = outputs.into_iter().map(Some).collect();
-                indices
-                    .into_iter()
-                    .filter_map(|i| all.get_mut(i).and_then(Option::take))
-                    .collect()
-            }
-        };
-        Ok(InferResponse {
-            model_name: name.clone(),
-            model_version: loaded.config.version.clone(),
-            id: request.id,
-            parameters: request.parameters,
-            outputs,
-        })
-    }
-
-    async fn run(
-        &self,
-        loaded: &Arc<LoadedModel>,
-        inputs: Vec<Tensor>,
-    ) -> std::result::Result<Vec<Tensor>, BackendFailure> {
-        if let Some(batcher) = &loaded.batcher {
-            let (reply, answer) = oneshot::channel();
-            batcher
-                .send(BatchJob { inputs, reply })
-                .await
-                .map_err(|_| BackendFailure::Failed("batcher stopped".into()))?;
-            return answer
-                .await
-                .unwrap_or_else(|_| Err(BackendFailure::Failed("batch dropped".into())));
-        }
-        let rows = inputs
-            .first()
-            .and_then(|t| t.shape.first())
-            .copied()
-            .unwrap_or(1);
-        if loaded.inline && rows <= INLINE_MAX_ROWS {
-            return call_backend(loaded.backend.as_ref(), inputs);
-        }
-        let permit = self
-            .compute
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| BackendFailure::Failed("compute pool closed".into()))?;
-        let backend = loaded.backend.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = call_backend(backend.as_ref(), inputs);
-            drop(permit);
-            result
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(BackendFailure::Failed(format!(
-                "inference task failed: {e}"
-            )))
-        })
-    }
-}
-
-/// Keeps the queue-depth gauge true for the lifetime of one admitted request.
-struct DepthGuard<'a>(&'a ModelMetrics);
-
-impl<'a> DepthGuard<'a> {
-    fn new(metrics: &'a ModelMetrics) -> Self {
-        metrics.queue_depth.inc();
-        Self(metrics)
-    }
-}
-
-impl Drop for DepthGuard<'_> {
-    fn drop(&mut self) {
-        self.0.queue_depth.dec();
     }
 }
