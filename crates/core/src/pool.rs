@@ -114,6 +114,16 @@ fn measured(servers: &[PoolServer], pooled: &Pooled) -> Option<u64> {
         .or(pooled.measured)
 }
 
+/// `model`'s footprint as the pool's recorded status last had it: what an executor puts in
+/// [`Pooled::measured`], so that a measurement outlives the copy that made it.
+pub fn last_recorded(status: Option<&ServerPoolStatus>, model: &str) -> Option<u64> {
+    status?
+        .models
+        .iter()
+        .find(|m| m.model == model)?
+        .measured_bytes
+}
+
 /// The footprint the planner would use for `pooled` before it is measured.
 fn estimate(pooled: &Pooled, fit: Estimate) -> u64 {
     match pooled.file_bytes {

@@ -201,12 +201,7 @@ impl Reconciler {
                         .and_then(|p| std::fs::metadata(p).ok())
                         .map(|m| m.len());
                     let model = s.isvc.model_name();
-                    let measured = pool
-                        .status
-                        .iter()
-                        .flat_map(|st| &st.models)
-                        .find(|m| m.model == model)
-                        .and_then(|m| m.measured_bytes);
+                    let measured = pool::last_recorded(pool.status.as_ref(), &model);
                     (
                         s,
                         Pooled {

@@ -13,7 +13,7 @@ use ferry_local::paths::StateDir;
 use serde_json::Value;
 
 use crate::local::harness::*;
-use crate::pools::{PoolServer, check_answer, many, metric, sweep};
+use crate::pools::{PoolServer, at_once, many, metric, sweep};
 
 /// Every model's footprint as a roomy server of its own measures it after its first request.
 async fn measure(dir: &std::path::Path, models: &BTreeMap<String, Value>) -> BTreeMap<String, u64> {
@@ -34,6 +34,20 @@ async fn measure(dir: &std::path::Path, models: &BTreeMap<String, Value>) -> BTr
             (m["name"].as_str().unwrap().to_string(), bytes)
         })
         .collect()
+}
+
+/// The HTTP address of the daemon's pool server `id` (its addr file, rewritten at each start).
+fn server_http(daemon: &Daemon, id: &str) -> Option<String> {
+    let text = std::fs::read_to_string(StateDir::new(&daemon.dir).addr_file_of(id)).ok()?;
+    let addrs: Value = serde_json::from_str(&text).ok()?;
+    Some(addrs["http"].as_str()?.to_string())
+}
+
+/// Pool server `id`'s /metrics text.
+async fn server_metrics(client: &reqwest::Client, daemon: &Daemon, id: &str) -> String {
+    let http = server_http(daemon, id).unwrap_or_else(|| panic!("no address for {id}"));
+    let url = format!("http://{http}/metrics");
+    client.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 fn pool_manifest(budget: u64, overcommit: u32) -> String {
@@ -120,33 +134,8 @@ async fn two_hundred_pooled_services_answer_through_the_router_from_a_pool_a_qua
         .unwrap_or_else(|| panic!("{cold} is not placed: {pool}"))
         .to_string();
     let client = reqwest::Client::new();
-    let mut held = Vec::new();
-    for _ in 0..20 {
-        let (client, router, name, expected) = (
-            client.clone(),
-            daemon.router.clone(),
-            cold.clone(),
-            models[&cold].clone(),
-        );
-        held.push(tokio::spawn(async move {
-            check_answer(&client, &router, &name, &expected).await
-        }));
-    }
-    for request in held {
-        request.await.unwrap();
-    }
-    let addrs: Value = serde_json::from_str(
-        &std::fs::read_to_string(StateDir::new(&daemon.dir).addr_file_of(&holder)).unwrap(),
-    )
-    .unwrap();
-    let server_metrics = |http: String| {
-        let client = client.clone();
-        async move {
-            let url = format!("http://{http}/metrics");
-            client.get(url).send().await.unwrap().text().await.unwrap()
-        }
-    };
-    let text = server_metrics(addrs["http"].as_str().unwrap().to_string()).await;
+    at_once(&client, &daemon.router, &cold, &models[&cold], 20).await;
+    let text = server_metrics(&client, &daemon, &holder).await;
     let label = format!("model=\"{cold}\"");
     assert_eq!(
         metric(&text, "ferry_server_model_loads_total", &[&label]),
@@ -219,12 +208,7 @@ async fn two_hundred_pooled_services_answer_through_the_router_from_a_pool_a_qua
     // Per server, the metrics agree with the status: loads beyond one per model.
     let mut loads = 0.0;
     for server in servers {
-        let id = server["name"].as_str().unwrap();
-        let addrs: Value = serde_json::from_str(
-            &std::fs::read_to_string(StateDir::new(&daemon.dir).addr_file_of(id)).unwrap(),
-        )
-        .unwrap();
-        let text = server_metrics(addrs["http"].as_str().unwrap().to_string()).await;
+        let text = server_metrics(&client, &daemon, server["name"].as_str().unwrap()).await;
         loads += metric(&text, "ferry_server_model_loads_total", &[]);
     }
     assert!(
@@ -468,25 +452,19 @@ async fn a_pool_server_killed_under_load_fails_no_request_and_its_copies_come_ba
         || {
             let pids = replica_pids(&daemon.dir);
             let pool = json_of(&daemon.ferry(&["get", "serverpool", "small", "-o", "json"]));
-            let dirs = StateDir::new(&daemon.dir);
-            let ids: Vec<String> = pool["status"]["servers"]
+            let https: Option<Vec<String>> = pool["status"]["servers"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|s| s["name"].as_str().map(String::from))
+                .map(|s| server_http(&daemon, s["name"].as_str()?))
                 .collect();
             let restarted = pids.len() == 2 && !pids.contains(&victim);
             async move {
-                if !restarted || ids.len() != 2 {
+                let Some(https) = https.filter(|h| h.len() == 2 && restarted) else {
                     return false;
-                }
+                };
                 let client = reqwest::Client::new();
-                for id in ids {
-                    let Ok(text) = std::fs::read_to_string(dirs.addr_file_of(&id)) else {
-                        return false;
-                    };
-                    let addrs: Value = serde_json::from_str(&text).unwrap_or_default();
-                    let http = addrs["http"].as_str().unwrap_or_default();
+                for http in https {
                     let url = format!("http://{http}/v2/repository/index");
                     let Ok(r) = client.post(url).json(&serde_json::json!({})).send().await else {
                         return false;

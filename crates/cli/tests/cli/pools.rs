@@ -174,6 +174,27 @@ pub(crate) async fn check_answer(
     }
 }
 
+/// `n` requests for `model` at once, from the server (or router) at `http`; panics unless
+/// every answer is the expected one.
+pub(crate) async fn at_once(
+    client: &reqwest::Client,
+    http: &str,
+    model: &str,
+    expected: &Value,
+    n: usize,
+) {
+    let held: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, http) = (client.clone(), http.to_string());
+            let (model, expected) = (model.to_string(), expected.clone());
+            tokio::spawn(async move { check_answer(&client, &http, &model, &expected).await })
+        })
+        .collect();
+    for request in held {
+        request.await.unwrap();
+    }
+}
+
 /// Every model once, `workers` at a time, from the server (or router) at `http`; panics on any
 /// answer that is not the expected one.
 pub(crate) async fn sweep(
@@ -261,21 +282,7 @@ async fn a_pool_server_serves_more_models_than_fit_within_its_budget() {
 
     // 20 concurrent requests to one cold model: held, all answered, one load.
     let cold = models.keys().nth(7).unwrap().clone();
-    let mut held = Vec::new();
-    for _ in 0..20 {
-        let (client, http, name, expected) = (
-            pool.client.clone(),
-            pool.http.clone(),
-            cold.clone(),
-            models[&cold].clone(),
-        );
-        held.push(tokio::spawn(async move {
-            check_answer(&client, &http, &name, &expected).await
-        }));
-    }
-    for request in held {
-        request.await.unwrap();
-    }
+    at_once(&pool.client, &pool.http, &cold, &models[&cold], 20).await;
     let label = format!("model=\"{cold}\"");
     let metrics = pool.metrics().await;
     assert_eq!(

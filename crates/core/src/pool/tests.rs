@@ -210,9 +210,18 @@ fn a_pool_with_no_ready_server_is_starting_not_failed() {
 
 #[test]
 fn a_measurement_outlives_the_copy_that_made_it() {
-    // m1 was measured at 700 bytes on a server that is gone; the new server has not loaded it.
+    // m1 was measured at 700 bytes on server a, which is gone; the new server b has not
+    // loaded it. The status recorded then is what the next pass reads it from.
+    let before = decide(
+        &spec("2000", 0),
+        &[server("a", 2000, &[("m1", Some(700))])],
+        &[pooled("m1", 100, 1)],
+    );
     let mut m1 = pooled("m1", 100, 1);
-    m1.measured = Some(700);
+    m1.measured = last_recorded(Some(&before.status), "m1");
+    assert_eq!(m1.measured, Some(700));
+    assert_eq!(last_recorded(Some(&before.status), "m2"), None);
+    assert_eq!(last_recorded(None, "m1"), None);
     let models = [m1, pooled("m2", 100, 1)];
     let decision = decide(&spec("2000", 0), &[server("b", 2000, &[])], &models);
     assert_eq!(decision.status.models[0].measured_bytes, Some(700));
