@@ -21,6 +21,7 @@ mod pool;
 mod progressive;
 pub mod quantity;
 pub mod quota;
+pub mod repository;
 pub mod revision;
 mod schema_check;
 mod servingruntime;
@@ -57,6 +58,10 @@ pub const API_VERSION: &str = "ferry.dev/v1alpha1";
 pub const LABEL_SERVICE: &str = "ferry.dev/inferenceservice";
 /// Label naming the revision of a replica / object.
 pub const LABEL_REVISION: &str = "ferry.dev/revision";
+/// Label on a ServerPool's Deployment and pods: the pool's name.
+pub const LABEL_POOL: &str = "ferry.dev/serverpool";
+/// `app.kubernetes.io/component` of a pool server's pods (a predictor's are `predictor`).
+pub const COMPONENT_POOL_SERVER: &str = "pool-server";
 /// Response header naming the revision that answered.
 pub const HEADER_REVISION: &str = "ferry-revision";
 /// Request header selecting the namespace at the router.

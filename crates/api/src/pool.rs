@@ -61,6 +61,9 @@ pub struct ServerPoolSpec {
     /// Node labels a server's node must carry (cluster mode).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Taints the servers tolerate (a Pod's `tolerations`; cluster mode), e.g. a GPU node's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
 }
 
 impl ServerPoolSpec {
@@ -128,6 +131,14 @@ pub struct PoolServerStatus {
     pub memory_used_bytes: u64,
     pub memory_budget_bytes: u64,
     pub evictions: u64,
+    /// Its restarts when it was observed: a server that has restarted since lost its copies
+    /// (the router sends it nothing until the pool registers them again).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One pooled model.
@@ -150,6 +161,10 @@ pub struct PooledModelStatus {
     /// Why it has fewer copies than it asks for.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// The reason its service's Ready condition gives while it is not placed
+    /// (`ModelTooLarge`, `NotPlaced`, `PoolServersStarting`); empty while it is.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub condition: String,
 }
 
 /// Resources a pool server may ask for.

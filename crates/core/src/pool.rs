@@ -8,6 +8,12 @@
 //! measured; the status reports each model's prediction beside its measurement.
 
 pub mod estimate;
+mod observed;
+
+pub use observed::{
+    ready_condition, recorded_copies, recorded_problem, recorded_servers, routable_servers,
+    server_models,
+};
 
 use std::collections::BTreeMap;
 
@@ -49,6 +55,8 @@ pub struct PoolServer {
     /// Bytes of resident models.
     pub used: u64,
     pub evictions: u64,
+    /// Its restarts as the executor saw them (a restarted server starts empty).
+    pub restarts: u32,
     /// Its models by name.
     pub models: BTreeMap<String, ServerModel>,
 }
@@ -144,11 +152,17 @@ pub fn decide(spec: &ServerPoolSpec, servers: &[PoolServer], pooled: &[Pooled]) 
         })
         .collect();
     let fit = seen(servers, pooled);
+    let largest_budget = ready.iter().map(|s| s.budget).max();
     let models: Vec<Model> = pooled
         .iter()
         .map(|p| Model {
             id: p.model.clone(),
-            bytes: measured(servers, p).unwrap_or_else(|| estimate(p, fit)),
+            // A model of unknown size (its file is not where the executor can see it) is not
+            // refused for a guess: it is placed as at most a server's budget until measured.
+            bytes: measured(servers, p).unwrap_or_else(|| match p.file_bytes {
+                Some(_) => estimate(p, fit),
+                None => UNKNOWN_SIZE.min(largest_budget.unwrap_or(UNKNOWN_SIZE)),
+            }),
             copies: p.copies.max(1),
             busy: true,
         })
@@ -167,7 +181,6 @@ pub fn decide(spec: &ServerPoolSpec, servers: &[PoolServer], pooled: &[Pooled]) 
     }
     // A model larger than a server's budget can never be resident, whatever the overcommit
     // lets be registered: it is refused with the numbers, not placed.
-    let largest_budget = ready.iter().map(|s| s.budget).max();
     let (models, too_large): (Vec<Model>, Vec<Model>) = models
         .into_iter()
         .partition(|m| largest_budget.is_none_or(|b| m.bytes <= b));
@@ -244,6 +257,7 @@ fn pool_status(
             memory_used_bytes: s.used,
             memory_budget_bytes: s.budget,
             evictions: s.evictions,
+            restarts: s.restarts,
         })
         .collect();
     let models = pooled
@@ -258,6 +272,14 @@ fn pool_status(
                 .unplaced
                 .get(&p.model)
                 .map(ToString::to_string)
+                .unwrap_or_default(),
+            condition: placement
+                .unplaced
+                .get(&p.model)
+                .and_then(|why| {
+                    condition_of(why, placement.servers.get(&p.model).map_or(0, Vec::len))
+                })
+                .map(|r| r.as_str().to_string())
                 .unwrap_or_default(),
         })
         .collect();
@@ -323,19 +345,24 @@ pub fn not_placed(
     let placement = placement?;
     let reason = placement.unplaced.get(model)?;
     let placed = placement.servers.get(model).map_or(0, Vec::len);
-    let why = match reason {
-        placement::Unplaced::TooLarge { .. } => Reason::ModelTooLarge,
-        placement::Unplaced::NoServers | placement::Unplaced::ServersStarting { .. } => {
-            Reason::PoolServersStarting
-        }
-        _ if placed == 0 => Reason::NotPlaced,
-        _ => return None,
-    };
+    let why = condition_of(reason, placed)?;
     Some(ConditionState::new(
         false,
         why,
         format!("{model} on pool {pool}: {reason}"),
     ))
+}
+
+/// The reason a pooled service with `placed` copies is not Ready for, when it is not.
+fn condition_of(why: &placement::Unplaced, placed: usize) -> Option<Reason> {
+    match why {
+        placement::Unplaced::TooLarge { .. } => Some(Reason::ModelTooLarge),
+        placement::Unplaced::NoServers | placement::Unplaced::ServersStarting { .. } => {
+            Some(Reason::PoolServersStarting)
+        }
+        _ if placed == 0 => Some(Reason::NotPlaced),
+        _ => None,
+    }
 }
 
 /// The status of a pooled service: its revision's copies as its replicas, Ready while one copy

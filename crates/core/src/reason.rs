@@ -135,6 +135,8 @@ reasons! {
     /// The pool is still starting servers (none ready, or fewer than it runs) and the model
     /// waits for them.
     PoolServersStarting = "PoolServersStarting", failure = false;
+    /// A ServerPool's Ready condition: every server it runs is ready.
+    ServersReady = "ServersReady", failure = false;
     /// The spec was refused by validation.
     InvalidSpec = "InvalidSpec", failure = true;
     // Local mode's control API records what a user did (a cluster's audit log does that).

@@ -5,10 +5,11 @@
 //! registers and unregisters copies, records the pool's status and keeps what the service
 //! reconcile needs: where each pooled model's copies are.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use ferry_api::ServerPool;
+use ferry_api::repository::{RepositoryEntry, Residency};
 use ferry_core::pool::{self, PoolServer, Pooled, ServerModel};
 use ferry_core::routes::Addresses;
 use ferry_core::{ReplicaHealth, ReplicaView};
@@ -48,42 +49,6 @@ fn spec_of(pool: &ServerPool) -> ReplicaSpec {
             .map(|cpu| cpu.ceil().max(1.0) as u32),
         memory_budget: pool.spec.memory_budget_bytes(),
     }
-}
-
-/// A pool server's `GET /v2/repository/residency` (Ferry's extension).
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Residency {
-    /// 0: no budget.
-    budget_bytes: u64,
-    used_bytes: u64,
-    evictions: u64,
-}
-
-/// One server's models from its repository index: registered copies (on demand), resident
-/// ones, measurements, refusals.
-fn models_of(index: &serde_json::Value) -> BTreeMap<String, ServerModel> {
-    let mut models = BTreeMap::new();
-    for entry in index.as_array().into_iter().flatten() {
-        let Some(name) = entry["name"].as_str() else {
-            continue;
-        };
-        let state = entry["state"].as_str().unwrap_or("");
-        let on_demand = entry["onDemand"].as_bool().unwrap_or(false);
-        let failed = state == "UNAVAILABLE";
-        if !on_demand && !failed {
-            continue;
-        }
-        models.insert(
-            name.to_string(),
-            ServerModel {
-                resident: state == "READY",
-                measured: entry["memoryBytes"].as_u64(),
-                failed: failed.then(|| entry["reason"].as_str().unwrap_or("failed").to_string()),
-            },
-        );
-    }
-    models
 }
 
 impl Reconciler {
@@ -161,24 +126,22 @@ impl Reconciler {
                 .iter()
                 .filter(|v| !v.terminating && !stop.contains(&v.id))
             {
+                let restarts = observed.get(&view.id).map_or(0, |o| o.restarts);
                 let mut server = PoolServer {
                     id: view.id.clone(),
                     budget,
+                    restarts,
                     ..Default::default()
                 };
                 if let Some(a) = observed.get(&view.id).and_then(|o| o.addrs.clone())
                     && view.ready()
                 {
                     match self.observe_server(a.http).await {
-                        Ok((models, residency)) => {
-                            server.ready = true;
-                            server.models = models;
-                            server.used = residency.used_bytes;
-                            server.evictions = residency.evictions;
-                            // 0 says "no budget": the pool's own figure stands.
-                            if residency.budget_bytes > 0 {
-                                server.budget = residency.budget_bytes;
-                            }
+                        Ok((entries, residency)) => {
+                            server = PoolServer {
+                                restarts,
+                                ..PoolServer::observed(&view.id, budget, &entries, &residency)
+                            };
                         }
                         Err(e) => {
                             tracing::debug!(server = %view.id, error = %e, "pool server not observed")
@@ -215,10 +178,10 @@ impl Reconciler {
                 })
                 .collect();
             let models: Vec<Pooled> = pooled.iter().map(|(_, p)| p.clone()).collect();
-            let decision = pool::decide(&pool.spec, &servers, &models);
+            let mut decision = pool::decide(&pool.spec, &servers, &models);
 
             // Carry it out: new copies first, then what is no longer placed.
-            for (server_id, model) in &decision.register {
+            for (server_id, model) in &decision.register.clone() {
                 let Some((row, _)) = pooled.iter().find(|(_, p)| &p.model == model) else {
                     continue;
                 };
@@ -241,7 +204,8 @@ impl Reconciler {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(pool = %name, server = %server_id, model, error = %e, "register failed")
+                        tracing::warn!(pool = %name, server = %server_id, model, error = %e, "register failed");
+                        decision.registration_failed(server_id, model);
                     }
                 }
             }
@@ -262,6 +226,17 @@ impl Reconciler {
             }
             let mut status = decision.status.clone();
             status.observed_generation = pool.metadata.generation;
+            let live: Vec<ReplicaView> = views
+                .iter()
+                .filter(|v| !stop.contains(&v.id))
+                .cloned()
+                .collect();
+            status.conditions = vec![pool::ready_condition(
+                pool.spec.replicas(),
+                &live,
+                pool.status.as_ref(),
+                &ferry_core::service::timestamp(ferry_api::k8s_openapi::jiff::Timestamp::now()),
+            )];
             if pool.status.as_ref() != Some(&status) {
                 self.store.set_pool_status(&namespace, &name, &status)?;
             }
@@ -281,8 +256,8 @@ impl Reconciler {
     async fn observe_server(
         &self,
         http: std::net::SocketAddr,
-    ) -> std::result::Result<(BTreeMap<String, ServerModel>, Residency), reqwest::Error> {
-        let index: serde_json::Value = self
+    ) -> std::result::Result<(Vec<RepositoryEntry>, Residency), reqwest::Error> {
+        let index = self
             .http
             .post(format!("http://{http}/v2/repository/index"))
             .json(&serde_json::json!({}))
@@ -299,7 +274,7 @@ impl Reconciler {
             .error_for_status()?
             .json()
             .await?;
-        Ok((models_of(&index), residency))
+        Ok((index, residency))
     }
 
     async fn register(

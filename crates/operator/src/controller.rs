@@ -5,7 +5,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_api::{ClusterServingRuntime, InferenceService, LABEL_SERVICE, ServingRuntime};
+use ferry_api::{
+    COMPONENT_POOL_SERVER, ClusterServingRuntime, InferenceService, LABEL_POOL, LABEL_SERVICE,
+    ServerPool, ServingRuntime,
+};
 use ferry_core::reason::PlannedEvent;
 use ferry_render::RenderOptions;
 use futures_util::{StreamExt, TryStreamExt};
@@ -88,6 +91,13 @@ pub(crate) struct Shared {
     pub(crate) windows: Mutex<ferry_core::analysis::Windows<(String, String)>>,
     /// Ferry's autoscaler per service (samples of the collected load).
     pub(crate) autoscalers: Mutex<ferry_core::autoscale::Autoscalers<(String, String)>>,
+    /// Every InferenceService (a pool's reconcile finds its pooled services here).
+    pub(crate) isvcs: Store<InferenceService>,
+    /// Every ServerPool, and the pods of their servers.
+    pub(crate) pools: Store<ServerPool>,
+    pub(crate) pool_pods: Store<Pod>,
+    /// For the pool servers' repository API.
+    pub(crate) http: reqwest::Client,
 }
 
 /// How long a write of the operator's own is remembered (watch delivery is far quicker).
@@ -135,25 +145,13 @@ pub async fn run(context: Context) {
         })
         .reflect(services_writer)
         .touched_objects();
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), managed)
+    // A pool server's pods are the pool reconcile's (their own watch, below).
+    let predictor_pods = watcher::Config::default().labels(&format!(
+        "{MANAGED},app.kubernetes.io/component!={COMPONENT_POOL_SERVER}"
+    ));
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), predictor_pods)
         .default_backoff()
-        .modify(|p| {
-            slim_metadata(&mut p.metadata);
-            p.spec = None;
-            if let Some(status) = p.status.as_mut() {
-                status.init_container_statuses = None;
-                status.ephemeral_container_statuses = None;
-                status.host_ips = None;
-                status.pod_ips = None;
-                for c in status.container_statuses.iter_mut().flatten() {
-                    c.image = String::new();
-                    c.image_id = String::new();
-                    c.resources = None;
-                    c.volume_mounts = None;
-                    c.allocated_resources = None;
-                }
-            }
-        })
+        .modify(slim_pod)
         .reflect(pods_writer)
         .inspect_ok({
             let owned = owned_pods.clone();
@@ -188,6 +186,32 @@ pub async fn run(context: Context) {
     .modify(|q| q.managed_fields_mut().clear())
     .reflect(quotas_writer)
     .touched_objects();
+    // ServerPools: one watch, shared by the pools' controller and the pooled services'
+    // reconciles (a pool's status change is theirs too); the pool servers' pods.
+    let (pools, pools_writer) = reflector::store_shared::<ServerPool>(256);
+    let pool_subscriber = pools_writer.subscribe().expect("a shared store");
+    let pool_service_subscriber = pools_writer.subscribe().expect("a shared store");
+    let pool_events = watcher(
+        Api::<ServerPool>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|p| p.managed_fields_mut().clear())
+    .reflect_shared(pools_writer)
+    .touched_objects();
+    tokio::spawn(pool_events.for_each(|_| async {}));
+    let (pool_pods, pool_pods_writer) = reflector::store::<Pod>();
+    let pool_pod_events = watcher(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(&format!(
+            "{MANAGED},app.kubernetes.io/component={COMPONENT_POOL_SERVER}"
+        )),
+    )
+    .default_backoff()
+    .modify(slim_pod)
+    .reflect(pool_pods_writer)
+    .touched_objects();
+    let (isvcs, isvcs_writer) = reflector::store::<InferenceService>();
     let recorder = Recorder::new(client.clone(), context.reporter.clone());
     let collector = context.collector.clone();
     let shared = Arc::new(Shared {
@@ -208,11 +232,18 @@ pub async fn run(context: Context) {
         collector,
         windows: Mutex::default(),
         autoscalers: Mutex::default(),
+        isvcs: isvcs.clone(),
+        pools: pools.clone(),
+        pool_pods: pool_pods.clone(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .expect("a plain HTTP client builds"),
     });
     // The controller is triggered by the very streams that fill the caches (a reflector updates
     // its store before it passes an object on): a reconcile never reads a cache older than its
     // trigger.
-    let (isvcs, isvcs_writer) = reflector::store::<InferenceService>();
     let isvc_events = watcher(
         Api::<InferenceService>::all(client),
         watcher::Config::default(),
@@ -222,7 +253,27 @@ pub async fn run(context: Context) {
     .reflect(isvcs_writer)
     .touched_objects();
     let users = isvcs.clone();
-    Controller::for_stream(isvc_events, isvcs)
+    let pool_controller = Controller::for_shared_stream(pool_subscriber, pools)
+        .watches_stream(pool_pod_events, |pod| {
+            let pool = pod.labels().get(LABEL_POOL)?.clone();
+            Some(ObjectRef::<ServerPool>::new(&pool).within(&pod.namespace()?))
+        })
+        .shutdown_on_signal()
+        .run(
+            crate::pools::reconcile,
+            crate::pools::error_policy,
+            shared.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "pool reconcile failed");
+            }
+        });
+    let service_controller = Controller::for_stream(isvc_events, isvcs)
+        .watches_shared_stream(pool_service_subscriber, {
+            let users = users.clone();
+            move |pool: Arc<ServerPool>| pool_users(&users, &pool)
+        })
         .watches_stream(deployment_events, owner)
         .watches_stream(pod_events, owner)
         .watches_stream(runtime_events, {
@@ -245,8 +296,22 @@ pub async fn run(context: Context) {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "reconcile failed");
             }
-        })
-        .await;
+        });
+    tokio::join!(service_controller, pool_controller);
+}
+
+/// The InferenceServices placed on `pool`.
+fn pool_users(
+    isvcs: &Store<InferenceService>,
+    pool: &ServerPool,
+) -> Vec<ObjectRef<InferenceService>> {
+    isvcs
+        .state()
+        .iter()
+        .filter(|isvc| isvc.namespace() == pool.namespace())
+        .filter(|isvc| isvc.spec.predictor.pool.as_deref() == pool.metadata.name.as_deref())
+        .map(|isvc| ObjectRef::from_obj(isvc.as_ref()))
+        .collect()
 }
 
 /// The InferenceServices a change of a runtime named `name` may concern: those of its
@@ -297,6 +362,25 @@ fn slim_metadata(metadata: &mut kube::api::ObjectMeta) {
                 || key == ferry_render::ANNOTATION_HTTP_PORT
                 || key == ferry_render::ANNOTATION_GRPC_PORT
         });
+    }
+}
+
+/// Drop what no reconcile reads from a cached pod.
+fn slim_pod(p: &mut Pod) {
+    slim_metadata(&mut p.metadata);
+    p.spec = None;
+    if let Some(status) = p.status.as_mut() {
+        status.init_container_statuses = None;
+        status.ephemeral_container_statuses = None;
+        status.host_ips = None;
+        status.pod_ips = None;
+        for c in status.container_statuses.iter_mut().flatten() {
+            c.image = String::new();
+            c.image_id = String::new();
+            c.resources = None;
+            c.volume_mounts = None;
+            c.allocated_resources = None;
+        }
     }
 }
 
@@ -354,7 +438,11 @@ impl Shared {
     /// Publish an event about `isvc`. Awaited, not spawned: a graceful shutdown lets running
     /// reconciles finish, and a spawned publish would be lost with the process (the next
     /// leader sees the status already written and has no transition to report).
-    pub(crate) async fn event(&self, isvc: &InferenceService, event: &PlannedEvent) {
+    pub(crate) async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        isvc: &K,
+        event: &PlannedEvent,
+    ) {
         let type_ = match event.type_ {
             ferry_core::reason::EventType::Normal => EventType::Normal,
             ferry_core::reason::EventType::Warning => EventType::Warning,

@@ -28,6 +28,8 @@ pub mod external_metrics;
 pub mod lease;
 mod observe;
 mod owned;
+mod pooled;
+mod pools;
 pub mod probes;
 mod reconcile;
 pub mod routes;

@@ -104,6 +104,23 @@ fn starting_for(pod: &Pod, now: Timestamp) -> u64 {
 /// starting since its Ready condition last changed, or since it was created) and addresses.
 pub(crate) fn pod_view(pod: &Pod, now: Timestamp) -> Option<(ReplicaView, Option<Addresses>)> {
     let revision = pod.labels().get(LABEL_REVISION)?.clone();
+    Some(pod_view_as(pod, now, revision))
+}
+
+/// How often a pod's containers have restarted (the kubelet's counts, summed).
+pub(crate) fn restarts(pod: &Pod) -> u32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map_or(0, |c| c.iter().map(|c| c.restart_count.max(0) as u32).sum())
+}
+
+/// [`pod_view`] of a pod that is not a revision's (a pool server's), as `revision`.
+pub(crate) fn pod_view_as(
+    pod: &Pod,
+    now: Timestamp,
+    revision: String,
+) -> (ReplicaView, Option<Addresses>) {
     let status = pod.status.as_ref();
     let ready = status
         .and_then(|s| s.conditions.as_ref())
@@ -175,7 +192,7 @@ pub(crate) fn pod_view(pod: &Pod, now: Timestamp) -> Option<(ReplicaView, Option
             let (http, grpc) = ferry_render::pod_ports(pod.annotations());
             Addresses::tcp((ip, http).into(), (ip, grpc).into())
         });
-    Some((
+    (
         ReplicaView {
             id: pod.name_any(),
             revision,
@@ -183,7 +200,7 @@ pub(crate) fn pod_view(pod: &Pod, now: Timestamp) -> Option<(ReplicaView, Option
             terminating: pod.metadata.deletion_timestamp.is_some(),
         },
         addrs,
-    ))
+    )
 }
 
 #[cfg(test)]

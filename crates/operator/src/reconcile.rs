@@ -34,7 +34,7 @@ pub(crate) async fn reconcile(
         .record(result.is_ok(), started.elapsed());
     if let Err(Error::Invalid(message)) = &result {
         let event = PlannedEvent::new(Reason::InvalidSpec, message.clone());
-        shared.event(&isvc, &event).await;
+        shared.event(isvc.as_ref(), &event).await;
     }
     result
 }
@@ -70,11 +70,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     }
     let mut errors = ferry_api::validate::validate(isvc);
     if isvc.spec.predictor.pool.is_some() {
-        // Not silently served by replicas of its own instead.
-        errors.push(ferry_api::FieldError::new(
-            "spec.predictor.pool",
-            "Unsupported value: the operator does not place models on ServerPools yet (local mode does)",
-        ));
+        errors.extend(crate::pooled::refusals(isvc));
     }
     if !errors.is_empty() {
         return Err(Error::Invalid(
@@ -84,6 +80,24 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
                 .collect::<Vec<_>>()
                 .join("; "),
         ));
+    }
+    if let Some(pool) = &isvc.spec.predictor.pool {
+        let key = ObjectRef::from_obj(isvc);
+        let force = shared
+            .applied_in_full
+            .lock()
+            .expect("poisoned")
+            .get(&key)
+            .is_none_or(|at| at.elapsed() >= REAPPLY_EVERY);
+        let action = crate::pooled::reconcile(isvc, pool, shared, force).await?;
+        if force {
+            shared
+                .applied_in_full
+                .lock()
+                .expect("poisoned")
+                .insert(key, Instant::now());
+        }
+        return Ok(action);
     }
 
     // Observe. Which server runs the model; without one, nothing of the new revision is

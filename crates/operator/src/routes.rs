@@ -1,5 +1,6 @@
 //! The cluster feed of the router: InferenceServices, their predictor Pods (podIP, Ready,
-//! deletionTimestamp), the API key Secrets (label `ferry.dev/api-key`) and the Namespaces
+//! deletionTimestamp), ServerPools and their servers' Pods (a pooled service's endpoints are
+//! the servers its pool's status places its model on), the API key Secrets (label `ferry.dev/api-key`) and the Namespaces
 //! (annotation `ferry.dev/rate-limit`) watched through reflectors; on every change the route
 //! table is rebuilt by the same `ferry_core::routes::build` local mode uses. EndpointSlices are not used: they refuse
 //! loopback pod IPs on the test bed, and Pods carry everything the table needs.
@@ -8,29 +9,38 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_api::{InferenceService, LABEL_SERVICE};
+use ferry_api::{COMPONENT_POOL_SERVER, InferenceService, LABEL_POOL, LABEL_SERVICE, ServerPool};
 use ferry_core::routes::{ApiKey, Endpoint, RouteTable, ServiceEndpoints, build};
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
-use crate::observe::pod_view;
+use crate::observe::{pod_view, pod_view_as, restarts};
 
 fn table(
     isvcs: &Store<InferenceService>,
     pods: &Store<Pod>,
+    pools: &Store<ServerPool>,
     secrets: &Store<Secret>,
     namespaces: &Store<Namespace>,
     routers: u32,
 ) -> RouteTable {
-    // One pass over the pods, grouped by (namespace, InferenceService): linear in the objects,
-    // not their product.
+    // One pass over the pods, grouped by (namespace, InferenceService) and, for pool servers,
+    // by (namespace, pod): linear in the objects, not their product.
     let mut by_service: HashMap<(String, String), Vec<Endpoint>> = HashMap::new();
+    let mut pool_servers: HashMap<(String, String), (Endpoint, u32)> = HashMap::new();
     let now = k8s_openapi::jiff::Timestamp::now();
     for pod in pods.state() {
+        if let (Some(namespace), Some(pool)) = (pod.namespace(), pod.labels().get(LABEL_POOL)) {
+            if let (replica, Some(addrs)) = pod_view_as(&pod, now, pool.clone()) {
+                let endpoint = Endpoint { replica, addrs };
+                pool_servers.insert((namespace, pod.name_any()), (endpoint, restarts(&pod)));
+            }
+            continue;
+        }
         let (Some(namespace), Some(name)) = (pod.namespace(), pod.labels().get(LABEL_SERVICE))
         else {
             continue;
@@ -49,6 +59,31 @@ fn table(
         .filter_map(|isvc| {
             let namespace = isvc.namespace()?;
             let name = isvc.name_any();
+            if let Some(pool) = &isvc.spec.predictor.pool {
+                // The pool servers its pool's status places its model on, as its revision.
+                let revision = ferry_core::runtime::revision(isvc, None);
+                let pool = pools.get(&ObjectRef::new(pool).within(&namespace));
+                let status = pool.as_ref().and_then(|p| p.status.as_ref());
+                let server = |id: &str| pool_servers.get(&(namespace.clone(), id.to_string()));
+                let servers = status.map_or(Vec::new(), |s| {
+                    ferry_core::pool::routable_servers(s, &isvc.model_name(), |id| {
+                        server(id).map(|(_, restarts)| *restarts)
+                    })
+                });
+                let endpoints: Vec<Endpoint> = servers
+                    .iter()
+                    .filter_map(|id| server(id))
+                    .map(|(e, _)| {
+                        let mut endpoint = e.clone();
+                        endpoint.replica.revision = revision.clone();
+                        endpoint
+                    })
+                    .collect();
+                let weights = [(revision, 100)].into();
+                return Some(
+                    ServiceEndpoints::of(isvc, endpoints, weights).shared_by(routers, isvc),
+                );
+            }
             let endpoints = by_service
                 .remove(&(namespace.clone(), name.clone()))
                 .unwrap_or_default();
@@ -143,6 +178,7 @@ fn variant_names(
 pub async fn feed(client: Client, routes: watch::Sender<Arc<RouteTable>>, routers: u32) {
     let (isvc_store, isvc_writer) = reflector::store::<InferenceService>();
     let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let (pool_store, pool_writer) = reflector::store::<ServerPool>();
     let (secret_store, secret_writer) = reflector::store::<Secret>();
     let (namespace_store, namespace_writer) = reflector::store::<Namespace>();
     let namespace_events = reflector::reflector(
@@ -182,15 +218,29 @@ pub async fn feed(client: Client, routes: watch::Sender<Arc<RouteTable>>, router
     .default_backoff()
     .touched_objects()
     .map(|_| ());
-    let predictor_pods = watcher::Config::default()
-        .labels("app.kubernetes.io/managed-by=ferry,app.kubernetes.io/component=predictor");
+    let predictor_pods = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by=ferry,app.kubernetes.io/component in (predictor,{COMPONENT_POOL_SERVER})"
+    ));
+    let pool_events = reflector::reflector(
+        pool_writer,
+        watcher(
+            Api::<ServerPool>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .map(|_| ());
     let pod_events =
         reflector::reflector(pod_writer, watcher(Api::<Pod>::all(client), predictor_pods))
             .default_backoff()
             .touched_objects()
             .map(|_| ());
     let mut events = std::pin::pin!(futures_util::stream::select(
-        futures_util::stream::select(isvc_events, pod_events),
+        futures_util::stream::select(
+            futures_util::stream::select(isvc_events, pod_events),
+            pool_events
+        ),
         futures_util::stream::select(secret_events, namespace_events)
     ));
     while events.next().await.is_some() {
@@ -207,6 +257,7 @@ pub async fn feed(client: Client, routes: watch::Sender<Arc<RouteTable>>, router
         let next = Arc::new(table(
             &isvc_store,
             &pod_store,
+            &pool_store,
             &secret_store,
             &namespace_store,
             routers,

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use ferry_api::{InferenceService, InferenceServiceStatus};
+use ferry_core::reason::PlannedEvent;
 use ferry_core::service::ServicePlan;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -28,9 +29,24 @@ pub(crate) async fn write(
     plan: &ServicePlan,
     shared: &Shared,
 ) -> Result<Option<Duration>, Error> {
+    let events: Vec<&PlannedEvent> = plan
+        .autoscale_events
+        .iter()
+        .chain(&plan.status_event)
+        .collect();
+    write_status(isvc, &plan.status, plan.progress_only, &events, shared).await
+}
+
+/// Write `next` when it changed, then `events`; `progress_only` changes wait for their slot.
+pub(crate) async fn write_status(
+    isvc: &InferenceService,
+    next: &InferenceServiceStatus,
+    progress_only: bool,
+    events: &[&PlannedEvent],
+    shared: &Shared,
+) -> Result<Option<Duration>, Error> {
     let namespace = isvc.namespace().unwrap_or_default();
     let name = isvc.name_any();
-    let next = &plan.status;
     let status_key = format!("status/{namespace}/{name}");
     let status_hash = {
         // Transition times follow the (possibly stale) previous status: not part of the identity.
@@ -47,7 +63,7 @@ pub(crate) async fn write(
     }
     // Progress alone is written at most every PROGRESS_EVERY: a thousand services starting at
     // once would otherwise each write a status for every pod that appears.
-    if plan.progress_only
+    if progress_only
         && let Some(since) = shared.since_written(&status_key)
         && since < PROGRESS_EVERY
     {
@@ -64,7 +80,7 @@ pub(crate) async fn write(
         .patch_status(&name, &params, &Patch::Apply(&apply))
         .await?;
     shared.remember(status_key, status_hash);
-    for event in plan.autoscale_events.iter().chain(&plan.status_event) {
+    for event in events {
         shared.event(isvc, event).await;
     }
     Ok(None)

@@ -9,6 +9,7 @@
 //!   Ingress or a Gateway API HTTPRoute.
 //! - [`isolation`]: the NetworkPolicy that lets only Ferry's namespace reach a service's pods,
 //!   and the pod security fields every predictor pod carries.
+//! - [`pool`]: per ServerPool, the Deployment of its `ferry server` pods.
 //! - [`documents`]: `ferry render`'s YAML for a set of manifests.
 //!
 //! Labels on everything: `app.kubernetes.io/managed-by=ferry`, `ferry.dev/inferenceservice`,
@@ -21,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 
 pub mod isolation;
 pub mod keda;
+pub mod pool;
 pub mod revision;
 pub mod runtime_pod;
 pub mod service;

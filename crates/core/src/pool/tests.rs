@@ -264,3 +264,182 @@ fn what_does_not_fit_while_servers_start_waits_for_them() {
     let problem = not_placed(true, "small", unplaced[0], Some(&decision.placement)).unwrap();
     assert_eq!(problem.reason, Reason::NotPlaced);
 }
+
+#[test]
+fn a_server_is_read_from_its_index_and_residency() {
+    use ferry_api::repository::{RepositoryEntry, Residency};
+    let entry = |name: &str, state: &str, on_demand: bool, bytes: Option<u64>| RepositoryEntry {
+        name: name.into(),
+        state: state.into(),
+        reason: String::new(),
+        on_demand,
+        memory_bytes: bytes,
+    };
+    let entries = [
+        entry("hot", "READY", true, Some(500)),
+        entry("cold", "UNLOADED", true, Some(300)),
+        entry("new", "UNLOADED", true, None),
+        entry("broken", "UNAVAILABLE", true, None),
+        // A model the server serves of its own is no pool's copy.
+        entry("own", "READY", false, Some(900)),
+    ];
+    let residency = Residency {
+        budget_bytes: 0,
+        used_bytes: 500,
+        evictions: 3,
+        ..Residency::default()
+    };
+    let server = PoolServer::observed("s", 2000, &entries, &residency);
+    assert!(server.ready);
+    // A server without a budget of its own keeps the pool's.
+    assert_eq!(
+        (server.budget, server.used, server.evictions),
+        (2000, 500, 3)
+    );
+    assert_eq!(
+        server.models.keys().collect::<Vec<_>>(),
+        ["broken", "cold", "hot", "new"]
+    );
+    assert!(server.models["hot"].resident && !server.models["cold"].resident);
+    assert_eq!(server.models["cold"].measured, Some(300));
+    assert_eq!(server.models["broken"].failed.as_deref(), Some("failed"));
+    let own_budget = Residency {
+        budget_bytes: 1500,
+        ..residency
+    };
+    assert_eq!(
+        PoolServer::observed("s", 2000, &entries, &own_budget).budget,
+        1500
+    );
+}
+
+#[test]
+fn a_failed_registration_leaves_the_placement_and_the_status() {
+    let servers = [server("a", 1000, &[]), server("b", 1000, &[])];
+    let mut decision = decide(&spec("1000", 0), &servers, &[pooled("m", 100, 2)]);
+    decision.registration_failed("b", "m");
+    assert_eq!(decision.placement.servers["m"], ["a"]);
+    assert_eq!(decision.status.models[0].servers, ["a"]);
+}
+
+#[test]
+fn a_pooled_service_reads_its_copies_and_its_problem_from_the_recorded_status() {
+    let servers = [
+        PoolServer {
+            restarts: 1,
+            ..server("a", 1000, &[("m", Some(100))])
+        },
+        server("b", 1000, &[("m", Some(100))]),
+    ];
+    let models = [pooled("m", 50, 2), pooled("huge", 5000, 1)];
+    let mut status = decide(&spec("1000", 0), &servers, &models).status;
+    let copies = recorded_copies(&status, "m", "rev");
+    assert_eq!(copies.len(), 2);
+    assert!(copies.iter().all(|c| c.ready() && c.revision == "rev"));
+    assert!(recorded_copies(&status, "huge", "rev").is_empty());
+    status.servers[1].ready = false;
+    let copies = recorded_copies(&status, "m", "rev");
+    assert_eq!(copies.iter().filter(|c| c.ready()).count(), 1);
+
+    // Only servers that are still the processes the pool observed take requests.
+    let now = |id: &str| match id {
+        "a" => Some(1),
+        "b" => Some(1), // restarted since: empty until registered again
+        _ => None,
+    };
+    assert_eq!(routable_servers(&status, "m", now), ["a"]);
+    assert!(routable_servers(&status, "m", |_| None).is_empty());
+
+    let pool = ferry_api::ServerPool {
+        metadata: Default::default(),
+        spec: spec("1000", 0),
+        status: Some(status),
+    };
+    let problem = recorded_problem(Some(&pool), "small", "huge").unwrap();
+    assert_eq!(problem.reason, Reason::ModelTooLarge);
+    assert!(
+        problem.message.contains("(1000 bytes)"),
+        "{}",
+        problem.message
+    );
+    assert_eq!(recorded_problem(Some(&pool), "small", "m"), None);
+    let unknown = recorded_problem(Some(&pool), "small", "later").unwrap();
+    assert_eq!(unknown.reason, Reason::PoolServersStarting);
+    assert_eq!(
+        recorded_problem(None, "gone", "m").unwrap().reason,
+        Reason::PoolNotFound
+    );
+}
+
+#[test]
+fn a_pool_is_ready_with_its_servers_and_says_why_not() {
+    let view = |id: &str, health: ReplicaHealth| ReplicaView {
+        id: id.into(),
+        revision: "pool".into(),
+        health,
+        terminating: false,
+    };
+    let ready = ready_condition(
+        2,
+        &[
+            view("a", ReplicaHealth::Ready),
+            view("b", ReplicaHealth::Ready),
+        ],
+        None,
+        "t0",
+    );
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "ServersReady")
+    );
+    let pending = view(
+        "b",
+        ReplicaHealth::Unschedulable {
+            message: "0/3 nodes are available: 3 Insufficient nvidia.com/mig-1g.10gb".into(),
+        },
+    );
+    let previous = ServerPoolStatus {
+        conditions: vec![ready_condition(
+            2,
+            &[view("a", ReplicaHealth::Ready), pending.clone()],
+            None,
+            "t1",
+        )],
+        ..Default::default()
+    };
+    let held = ready_condition(
+        2,
+        &[view("a", ReplicaHealth::Ready), pending],
+        Some(&previous),
+        "t2",
+    );
+    assert_eq!(
+        (held.status.as_str(), held.reason.as_str()),
+        ("False", "Unschedulable")
+    );
+    assert!(
+        held.message.contains("nvidia.com/mig-1g.10gb"),
+        "{}",
+        held.message
+    );
+    // The same condition keeps its transition time.
+    assert_eq!(held.last_transition_time.as_deref(), Some("t1"));
+    let starting = ready_condition(
+        2,
+        &[view("a", ReplicaHealth::Starting { for_seconds: 1 })],
+        None,
+        "t3",
+    );
+    assert_eq!(starting.reason, "PoolServersStarting");
+}
+
+#[test]
+fn a_model_of_unknown_size_is_placed_as_at_most_a_budget_until_measured() {
+    let servers = [server("a", 1000, &[])];
+    let unknown = Pooled {
+        file_bytes: None,
+        ..pooled("m", 0, 1)
+    };
+    let decision = decide(&spec("1000", 0), &servers, &[unknown]);
+    assert_eq!(decision.placement.servers["m"], ["a"]);
+}
