@@ -149,7 +149,8 @@ fn metadata(isvc: &InferenceService, name: &str, labels: BTreeMap<String, String
 
 /// `ferry render`: every object of every InferenceService in `manifests` (ServingRuntimes come
 /// from the same manifests, as the operator finds them in the namespace), as YAML documents
-/// separated by `---`, keys sorted; each revision with its predictor's `minReplicas`.
+/// separated by `---`, keys sorted; each revision with its predictor's `minReplicas` (a pooled
+/// service has none: its pool's Deployment is rendered instead).
 pub fn documents(
     manifests: &ferry_api::ClusterManifests,
     options: &RenderOptions,
@@ -170,6 +171,13 @@ pub fn documents(
                 message: p.message,
             })?;
         let revision = ferry_core::runtime::revision(isvc, runtime);
+        if isvc.spec.predictor.pool.is_some() {
+            // Placed on its pool's servers: no replicas of its own.
+            for value in render_service(isvc, &revision).to_values()? {
+                documents.push(serde_norway::to_string(&value)?);
+            }
+            continue;
+        }
         let objects = render(
             isvc,
             &revision,
@@ -181,6 +189,12 @@ pub fn documents(
         for value in objects.to_values()?.into_iter().chain(service.to_values()?) {
             documents.push(serde_norway::to_string(&value)?);
         }
+    }
+    for server_pool in &manifests.pools {
+        let deployment = pool::render(server_pool, options);
+        documents.push(serde_norway::to_string(&serde_json::to_value(
+            &deployment,
+        )?)?);
     }
     Ok(documents.join("---\n"))
 }

@@ -389,3 +389,48 @@ fn a_node_model_cache_is_one_host_path_every_pod_shares() {
         );
     }
 }
+
+#[test]
+fn a_server_pool_renders_a_deployment_of_empty_servers_with_its_gpu_slices() {
+    let pool: ferry_api::ServerPool = serde_norway::from_str(
+        "apiVersion: ferry.dev/v1alpha1\nkind: ServerPool\nmetadata: {name: small, namespace: ml, uid: u-1}\nspec:\n  replicas: 3\n  memoryBudget: 1Gi\n  resources: {limits: {cpu: \"2\", memory: 2Gi, nvidia.com/mig-1g.10gb: \"1\"}}\n  nodeSelector: {nvidia.com/mig.strategy: mixed}\n  tolerations: [{key: gpu, operator: Exists, effect: NoSchedule}]\n",
+    )
+    .unwrap();
+    let d = serde_json::to_value(pool::render(&pool, &options())).unwrap();
+    assert_eq!(d["metadata"]["name"], "small-server");
+    assert_eq!(d["metadata"]["ownerReferences"][0]["kind"], "ServerPool");
+    assert_eq!(d["spec"]["replicas"], 3);
+    let template = &d["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["labels"]["ferry.dev/serverpool"],
+        "small"
+    );
+    assert_eq!(
+        template["metadata"]["labels"]["app.kubernetes.io/component"],
+        "pool-server"
+    );
+    let pod = &template["spec"];
+    assert_eq!(pod["nodeSelector"]["nvidia.com/mig.strategy"], "mixed");
+    assert_eq!(pod["tolerations"][0]["key"], "gpu");
+    let c = &pod["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    // No model of its own: a budget, threads from the CPU limit, the pod IP.
+    assert_eq!(&args[..3], ["server", "--memory-budget", "1073741824"]);
+    assert!(
+        args.windows(2).any(|w| w == ["--compute-threads", "2"]),
+        "{args:?}"
+    );
+    assert!(args.contains(&"$(POD_IP):8080"), "{args:?}");
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("--model=") || *a == "--model")
+    );
+    assert_eq!(c["resources"]["limits"]["nvidia.com/mig-1g.10gb"], "1");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/v2/health/ready");
+}

@@ -282,3 +282,126 @@ async fn pooled_services_through_the_cluster_router_survive_a_killed_server() {
     );
     ns.delete().await;
 }
+
+/// Each pod of pool `name` in `ns`: (node, phase, the scheduler's message when unschedulable).
+async fn pool_pods(client: &kube::Client, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("ferry.dev/serverpool={name}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    list.iter()
+        .map(|p| {
+            let node = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            let status = p.status.as_ref();
+            let phase = status.and_then(|s| s.phase.clone()).unwrap_or_default();
+            let unschedulable = status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| {
+                    c.iter().find(|c| {
+                        c.type_ == "PodScheduled" && c.reason.as_deref() == Some("Unschedulable")
+                    })
+                })
+                .and_then(|c| c.message.clone())
+                .unwrap_or_default();
+            (node, phase, unschedulable)
+        })
+        .collect()
+}
+
+fn gpu_pool(name: &str, resource: &str, count: u32, selector: &str) -> String {
+    format!(
+        "---\napiVersion: ferry.dev/v1alpha1\nkind: ServerPool\nmetadata: {{name: {name}}}\nspec:\n  replicas: 2\n  memoryBudget: 1Gi\n  gpuMemoryBudget: 9Gi\n  resources: {{limits: {{cpu: \"1\", memory: 2Gi, {resource}: \"{count}\"}}}}\n  nodeSelector: {{{selector}}}\n  tolerations: [{{key: kwok.x-k8s.io/node, operator: Exists, effect: NoSchedule}}]\n"
+    )
+}
+
+#[tokio::test]
+async fn gpu_pools_land_on_time_sliced_and_mig_nodes_and_an_over_ask_stays_pending_with_the_reason()
+{
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    apply_deploy("operator.yaml");
+    let ns = TempNamespace::create(&client, "gpu-pools").await.unwrap();
+    let manifests = [
+        gpu_pool(
+            "sliced",
+            "nvidia.com/gpu.shared",
+            1,
+            "nvidia.com/gpu.sharing-strategy: time-slicing",
+        ),
+        gpu_pool(
+            "mig",
+            "nvidia.com/mig-1g.10gb",
+            1,
+            "nvidia.com/mig.strategy: mixed",
+        ),
+        // 3 slices of 3g.40gb per server: no node has more than 2.
+        gpu_pool(
+            "greedy",
+            "nvidia.com/mig-3g.40gb",
+            3,
+            "nvidia.com/mig.strategy: mixed",
+        ),
+    ]
+    .concat();
+    apply_in(&ns.name, &manifests);
+
+    for (pool, node) in [
+        ("sliced", "kwok-gpu-l4-shared-0"),
+        ("mig", "kwok-gpu-h100-mig-0"),
+    ] {
+        let what = format!("both servers of {pool} running on {node}");
+        eventually_in(&ns.name, &what, Duration::from_secs(60), || {
+            let (client, ns) = (client.clone(), ns.name.clone());
+            async move {
+                let pods = pool_pods(&client, &ns, pool).await;
+                (pods.len() == 2
+                    && pods
+                        .iter()
+                        .all(|(n, phase, _)| n == node && phase == "Running"))
+                .then_some(())
+            }
+        })
+        .await;
+    }
+    // The over-ask: kube-scheduler's reason on the pods and in the pool's Ready condition.
+    let message = eventually_in(
+        &ns.name,
+        "the greedy pool Unschedulable, the resource named",
+        Duration::from_secs(60),
+        || {
+            let ns = ns.name.clone();
+            async move {
+                let out = kubectl(
+                    &["get", "serverpool", "greedy", "-n", &ns, "-o", "json"],
+                    None,
+                );
+                let pool: Value = serde_json::from_slice(&out.stdout).ok()?;
+                let ready = pool["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Ready")?
+                    .clone();
+                (ready["status"] == "False" && ready["reason"] == "Unschedulable")
+                    .then(|| ready["message"].as_str().unwrap_or("").to_string())
+            }
+        },
+    )
+    .await;
+    assert!(message.contains("nvidia.com/mig-3g.40gb"), "{message}");
+    let pods = pool_pods(&client, &ns.name, "greedy").await;
+    assert!(
+        pods.iter().all(|(node, phase, why)| node.is_empty()
+            && phase == "Pending"
+            && why.contains("Insufficient nvidia.com/mig-3g.40gb")),
+        "{pods:?}"
+    );
+    ns.delete().await;
+}
