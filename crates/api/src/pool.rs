@@ -30,6 +30,7 @@ pub const HEADROOM_PERCENT: u64 = 25;
     shortname = "pool",
     namespaced,
     status = "ServerPoolStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Servers","type":"integer","description":"Ready servers","jsonPath":".status.readyServers"}"#,
     printcolumn = r#"{"name":"Models","type":"integer","description":"Models placed","jsonPath":".status.registeredModels"}"#,
     printcolumn = r#"{"name":"Resident","type":"integer","jsonPath":".status.residentModels"}"#,

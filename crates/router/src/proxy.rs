@@ -430,11 +430,19 @@ impl Router {
                 .attempt(&parts, &body, service, stable, &other, grpc, 1)
                 .await;
         }
-        let Err(first) = first else {
+        // A replica that says it does not know the model the route table has it serve has lost
+        // it (a pool server restarted empty, before its pool registered the copy again):
+        // another replica answers, as for one that did not answer at all.
+        let lost = matches!(&first, Ok(r) if !grpc && r.status() == StatusCode::NOT_FOUND);
+        if !lost && first.is_ok() {
+            return first;
+        }
+        let Some((revision, other)) = service.pick_other(&backend.backend.id) else {
             return first;
         };
-        let Some((revision, other)) = service.pick_other(&backend.backend.id) else {
-            return Err(first);
+        let first = match first {
+            Ok(response) => format!("answered {}", response.status()),
+            Err(e) => e.to_string(),
         };
         tracing::debug!(failed = %backend.backend.id, retry = %other.backend.id, error = %first, "retrying on another replica");
         self.inner

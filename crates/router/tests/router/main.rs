@@ -427,6 +427,43 @@ async fn a_dead_replica_is_retried_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_the_model_is_retried_on_another() {
+    // A server that restarted empty (a pool server before its copy is registered again)
+    // answers 404 for the model the route table has it serve.
+    let empty = ferry_server::start(ServerConfig {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let live = replica("iris-v1.onnx").await;
+    let client = reqwest::Client::new();
+    let direct = client
+        .post(format!("http://{}/v2/models/iris/infer", empty.http_addr))
+        .json(&iris_request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 404);
+    let (_tx, running) = router_over(vec![
+        endpoint("empty", "iris-aaaaaa", empty.http_addr, empty.grpc_addr),
+        endpoint("live", "iris-aaaaaa", live.http_addr, live.grpc_addr),
+    ]);
+    for _ in 0..50 {
+        assert_eq!(infer(&client, running.addr).await.status(), 200);
+    }
+    // With no other replica, the 404 is the answer.
+    let (_tx, alone) = router_over(vec![endpoint(
+        "empty",
+        "iris-aaaaaa",
+        empty.http_addr,
+        empty.grpc_addr,
+    )]);
+    assert_eq!(infer(&client, alone.addr).await.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_goes_through_the_router() {
     let v1 = replica("iris-v1.onnx").await;
     let (_tx, running) = router_over(vec![endpoint(

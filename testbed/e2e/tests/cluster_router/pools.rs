@@ -358,7 +358,8 @@ async fn gpu_pools_land_on_time_sliced_and_mig_nodes_and_an_over_ask_stays_pendi
         ("mig", "kwok-gpu-h100-mig-0"),
     ] {
         let what = format!("both servers of {pool} running on {node}");
-        eventually_in(&ns.name, &what, Duration::from_secs(60), || {
+        // A new operator may wait for the leader lease first.
+        eventually_in(&ns.name, &what, Duration::from_secs(150), || {
             let (client, ns) = (client.clone(), ns.name.clone());
             async move {
                 let pods = pool_pods(&client, &ns, pool).await;
