@@ -52,7 +52,8 @@ pub struct ServerPoolSpec {
     /// limit less a headroom of a quarter; required without a memory limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_budget: Option<String>,
-    /// GPU memory a server may keep resident models in, per GPU (a quantity).
+    /// GPU memory a server may keep resident models in, per GPU (a quantity). Not enforced
+    /// yet: servers account host memory only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_memory_budget: Option<String>,
     /// Registered models may exceed the budget by this percent (default 100); which of them
