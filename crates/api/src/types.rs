@@ -325,6 +325,17 @@ impl ModelSpec {
     pub fn local_path(&self) -> Option<&str> {
         local_model_path(&self.uri)
     }
+
+    /// The size of the model's file, when it is a local file this process can see (what a
+    /// pool's planner estimates from until the model is measured).
+    pub fn local_file_bytes(&self) -> Option<u64> {
+        std::fs::metadata(self.local_path()?).ok().map(|m| m.len())
+    }
+
+    /// What a server that reads the model is told: the local file, else the URI to fetch.
+    pub fn reader_path(&self) -> &str {
+        self.local_path().unwrap_or(&self.uri)
+    }
 }
 
 /// The file a model URI names, for `file://` URIs and plain paths; `None` for every other scheme

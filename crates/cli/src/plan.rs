@@ -250,20 +250,8 @@ pub async fn run(args: PlanArgs) -> Result<()> {
     let pooled: Vec<Pooled> = services
         .iter()
         .map(|isvc| {
-            let model = isvc.model_name();
-            Pooled {
-                service: isvc.metadata.name.clone().unwrap_or_default(),
-                file_bytes: isvc
-                    .spec
-                    .predictor
-                    .model
-                    .local_path()
-                    .and_then(|p| std::fs::metadata(p).ok())
-                    .map(|m| m.len()),
-                copies: isvc.spec.predictor.replicas().max(1),
-                measured: figure(&model, "memoryBytes"),
-                model,
-            }
+            let measured = figure(&isvc.model_name(), "memoryBytes");
+            Pooled::of(isvc, isvc.spec.predictor.model.local_file_bytes(), measured)
         })
         .collect();
     let servers: Vec<PoolServer> = (0..spec.replicas())

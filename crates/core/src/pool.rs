@@ -77,6 +77,20 @@ pub struct Pooled {
     pub measured: Option<u64>,
 }
 
+impl Pooled {
+    /// `isvc` on its pool: its model, copies (`minReplicas`), the file size where the executor
+    /// sees the file, and the footprint last recorded (or measured by the caller).
+    pub fn of(isvc: &InferenceService, file_bytes: Option<u64>, measured: Option<u64>) -> Pooled {
+        Pooled {
+            service: isvc.metadata.name.clone().unwrap_or_default(),
+            model: isvc.model_name(),
+            file_bytes,
+            copies: isvc.spec.predictor.replicas().max(1),
+            measured,
+        }
+    }
+}
+
 /// What the pool's executor does and writes.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PoolDecision {
@@ -298,6 +312,27 @@ fn pool_status(
     }
 }
 
+impl PoolDecision {
+    /// The status to record for `pool`: the decision's, at the pool's generation, with the
+    /// `Ready` condition of its `servers` (those not being stopped).
+    pub fn status_for(
+        &self,
+        pool: &ferry_api::ServerPool,
+        servers: &[ReplicaView],
+        now: &str,
+    ) -> ServerPoolStatus {
+        let mut status = self.status.clone();
+        status.observed_generation = pool.metadata.generation;
+        status.conditions = vec![ready_condition(
+            pool.spec.replicas(),
+            servers,
+            pool.status.as_ref(),
+            now,
+        )];
+        status
+    }
+}
+
 /// The copies of `model` as replica views of revision `revision`, one per server it is placed
 /// on: ready where the server is ready and holds the registration. The route table and the
 /// status take them as they take a service's own replicas.
@@ -313,18 +348,23 @@ pub fn copies(
         .filter_map(|id| servers.iter().find(|s| &s.id == id))
         .map(|s| {
             let registered = s.models.get(model).is_some_and(|m| m.failed.is_none());
-            ReplicaView {
-                id: s.id.clone(),
-                revision: revision.to_string(),
-                health: if s.ready && registered {
-                    ReplicaHealth::Ready
-                } else {
-                    ReplicaHealth::Starting { for_seconds: 0 }
-                },
-                terminating: false,
-            }
+            copy_view(&s.id, revision, s.ready && registered)
         })
         .collect()
+}
+
+/// A copy on server `id` as a replica of `revision`: ready, or starting.
+fn copy_view(id: &str, revision: &str, ready: bool) -> ReplicaView {
+    ReplicaView {
+        id: id.to_string(),
+        revision: revision.to_string(),
+        health: if ready {
+            ReplicaHealth::Ready
+        } else {
+            ReplicaHealth::Starting { for_seconds: 0 }
+        },
+        terminating: false,
+    }
 }
 
 /// Why a pooled service has no copy, when it has none: its pool is missing, or the planner's

@@ -184,7 +184,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         windows: Default::default(),
         autoscalers: Default::default(),
         pools: Default::default(),
-        http: crate::pools::client(),
+        pool_servers: ferry_api::repository::Client::default(),
     };
     let reconcile_stop = stop_rx.clone();
     let reconcile_task = tokio::spawn(async move { reconciler.run(reconcile_stop).await });

@@ -6,10 +6,8 @@
 //! reconcile needs: where each pooled model's copies are.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use ferry_api::ServerPool;
-use ferry_api::repository::{RepositoryEntry, Residency};
 use ferry_core::pool::{self, PoolServer, Pooled, ServerModel};
 use ferry_core::routes::Addresses;
 use ferry_core::{ReplicaHealth, ReplicaView};
@@ -136,7 +134,7 @@ impl Reconciler {
                 if let Some(a) = observed.get(&view.id).and_then(|o| o.addrs.clone())
                     && view.ready()
                 {
-                    match self.observe_server(a.http).await {
+                    match self.pool_servers.observe(a.http).await {
                         Ok((entries, residency)) => {
                             server = PoolServer {
                                 restarts,
@@ -157,24 +155,9 @@ impl Reconciler {
                 .filter(|s| !s.deleted && s.namespace() == namespace)
                 .filter(|s| s.isvc.spec.predictor.pool.as_deref() == Some(name.as_str()))
                 .map(|s| {
-                    let predictor = &s.isvc.spec.predictor;
-                    let file_bytes = predictor
-                        .model
-                        .local_path()
-                        .and_then(|p| std::fs::metadata(p).ok())
-                        .map(|m| m.len());
-                    let model = s.isvc.model_name();
-                    let measured = pool::last_recorded(pool.status.as_ref(), &model);
-                    (
-                        s,
-                        Pooled {
-                            service: s.name(),
-                            model,
-                            file_bytes,
-                            copies: predictor.replicas().max(1),
-                            measured,
-                        },
-                    )
+                    let model = &s.isvc.spec.predictor.model;
+                    let measured = pool::last_recorded(pool.status.as_ref(), &s.isvc.model_name());
+                    (s, Pooled::of(&s.isvc, model.local_file_bytes(), measured))
                 })
                 .collect();
             let models: Vec<Pooled> = pooled.iter().map(|(_, p)| p.clone()).collect();
@@ -188,15 +171,8 @@ impl Reconciler {
                 let Some(a) = addrs.get(server_id) else {
                     continue;
                 };
-                let path = row
-                    .isvc
-                    .spec
-                    .predictor
-                    .model
-                    .local_path()
-                    .unwrap_or(&row.isvc.spec.predictor.model.uri)
-                    .to_string();
-                match self.register(a.http, model, &path).await {
+                let path = row.isvc.spec.predictor.model.reader_path();
+                match self.pool_servers.register(a.http, model, path).await {
                     Ok(()) => {
                         tracing::debug!(pool = %name, server = %server_id, model, "copy registered");
                         if let Some(s) = servers.iter_mut().find(|s| &s.id == server_id) {
@@ -211,7 +187,7 @@ impl Reconciler {
             }
             for (server_id, model) in &decision.unregister {
                 if let Some(a) = addrs.get(server_id) {
-                    match self.unregister(a.http, model).await {
+                    match self.pool_servers.unregister(a.http, model).await {
                         Ok(()) => {
                             tracing::debug!(pool = %name, server = %server_id, model, "copy unregistered");
                             if let Some(s) = servers.iter_mut().find(|s| &s.id == server_id) {
@@ -224,19 +200,14 @@ impl Reconciler {
                     }
                 }
             }
-            let mut status = decision.status.clone();
-            status.observed_generation = pool.metadata.generation;
             let live: Vec<ReplicaView> = views
                 .iter()
                 .filter(|v| !stop.contains(&v.id))
                 .cloned()
                 .collect();
-            status.conditions = vec![pool::ready_condition(
-                pool.spec.replicas(),
-                &live,
-                pool.status.as_ref(),
-                &ferry_core::service::timestamp(ferry_api::k8s_openapi::jiff::Timestamp::now()),
-            )];
+            let now =
+                ferry_core::service::timestamp(ferry_api::k8s_openapi::jiff::Timestamp::now());
+            let status = decision.status_for(pool, &live, &now);
             if pool.status.as_ref() != Some(&status) {
                 self.store.set_pool_status(&namespace, &name, &status)?;
             }
@@ -252,81 +223,4 @@ impl Reconciler {
         *self.pools.lock().expect("pools poisoned") = snapshots;
         Ok(())
     }
-
-    async fn observe_server(
-        &self,
-        http: std::net::SocketAddr,
-    ) -> std::result::Result<(Vec<RepositoryEntry>, Residency), reqwest::Error> {
-        let index = self
-            .http
-            .post(format!("http://{http}/v2/repository/index"))
-            .json(&serde_json::json!({}))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let residency = self
-            .http
-            .get(format!("http://{http}/v2/repository/residency"))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        Ok((index, residency))
-    }
-
-    async fn register(
-        &self,
-        http: std::net::SocketAddr,
-        model: &str,
-        path: &str,
-    ) -> std::result::Result<(), String> {
-        let body = serde_json::json!({ "parameters": { "path": path } });
-        self.repository_call(http, &format!("models/{model}/register"), Some(body))
-            .await
-    }
-
-    async fn unregister(
-        &self,
-        http: std::net::SocketAddr,
-        model: &str,
-    ) -> std::result::Result<(), String> {
-        self.repository_call(http, &format!("models/{model}/unload"), None)
-            .await
-    }
-
-    /// POST to a pool server's repository API: the status and the server's reason on failure.
-    async fn repository_call(
-        &self,
-        http: std::net::SocketAddr,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> std::result::Result<(), String> {
-        let mut request = self
-            .http
-            .post(format!("http://{http}/v2/repository/{path}"));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        Err(format!(
-            "{status}: {}",
-            response.text().await.unwrap_or_default()
-        ))
-    }
-}
-
-/// A client for pool servers on loopback.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .no_proxy()
-        .build()
-        .expect("a plain HTTP client builds")
 }

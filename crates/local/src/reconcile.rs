@@ -52,7 +52,7 @@ pub struct Reconciler {
     /// Per pool (namespace, name): its servers and placement as the last pool pass left them.
     pub pools: Mutex<HashMap<(String, String), crate::pools::PoolSnapshot>>,
     /// For the pool servers' repository API.
-    pub http: reqwest::Client,
+    pub pool_servers: ferry_api::repository::Client,
 }
 
 impl Reconciler {

@@ -97,7 +97,7 @@ pub(crate) struct Shared {
     pub(crate) pools: Store<ServerPool>,
     pub(crate) pool_pods: Store<Pod>,
     /// For the pool servers' repository API.
-    pub(crate) http: reqwest::Client,
+    pub(crate) http: ferry_api::repository::Client,
 }
 
 /// How long a write of the operator's own is remembered (watch delivery is far quicker).
@@ -235,11 +235,7 @@ pub async fn run(context: Context) {
         isvcs: isvcs.clone(),
         pools: pools.clone(),
         pool_pods: pool_pods.clone(),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .no_proxy()
-            .build()
-            .expect("a plain HTTP client builds"),
+        http: ferry_api::repository::Client::default(),
     });
     // The controller is triggered by the very streams that fill the caches (a reflector updates
     // its store before it passes an object on): a reconcile never reads a cache older than its
@@ -469,6 +465,24 @@ impl Shared {
         recent
             .get(key)
             .is_some_and(|(h, at)| h == hash && at.elapsed() < RECENT)
+    }
+
+    /// Whether `isvc`'s objects are due to be applied in full, hashes or not (hand edits are
+    /// undone every [`REAPPLY_EVERY`]).
+    pub(crate) fn due_in_full(&self, isvc: &InferenceService) -> bool {
+        self.applied_in_full
+            .lock()
+            .expect("poisoned")
+            .get(&ObjectRef::from_obj(isvc))
+            .is_none_or(|at| at.elapsed() >= REAPPLY_EVERY)
+    }
+
+    /// `isvc`'s objects were just applied in full.
+    pub(crate) fn applied_fully(&self, isvc: &InferenceService) {
+        self.applied_in_full
+            .lock()
+            .expect("poisoned")
+            .insert(ObjectRef::from_obj(isvc), Instant::now());
     }
 
     /// How long ago this operator wrote `key`, when it did within [`RECENT`].

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_api::repository::{RepositoryEntry, Residency};
 use ferry_api::{InferenceService, LABEL_POOL, ServerPool, ServerPoolStatus};
 use ferry_core::ReplicaView;
 use ferry_core::pool::{self, PoolServer, Pooled};
@@ -121,19 +120,12 @@ pub(crate) async fn reconcile(pool: Arc<ServerPool>, shared: Arc<Shared>) -> Res
         .filter(|i| i.metadata.deletion_timestamp.is_none())
         .filter(|i| i.spec.predictor.pool.as_deref() == Some(name.as_str()))
         .map(|isvc| {
-            let predictor = &isvc.spec.predictor;
-            let model = isvc.model_name();
-            let pooled = Pooled {
-                service: isvc.name_any(),
-                file_bytes: predictor
-                    .model
-                    .local_path()
-                    .and_then(|p| std::fs::metadata(p).ok())
-                    .map(|m| m.len()),
-                copies: predictor.replicas().max(1),
-                measured: pool::last_recorded(pool.status.as_ref(), &model),
-                model,
-            };
+            let measured = pool::last_recorded(pool.status.as_ref(), &isvc.model_name());
+            let pooled = Pooled::of(
+                &isvc,
+                isvc.spec.predictor.model.local_file_bytes(),
+                measured,
+            );
             (isvc, pooled)
         })
         .collect();
@@ -151,8 +143,7 @@ pub(crate) async fn reconcile(pool: Arc<ServerPool>, shared: Arc<Shared>) -> Res
         .iter()
         .filter_map(|(server, model)| {
             let (isvc, _) = pooled.iter().find(|(_, p)| &p.model == model)?;
-            let uri = &isvc.spec.predictor.model;
-            let path = uri.local_path().unwrap_or(&uri.uri).to_string();
+            let path = isvc.spec.predictor.model.reader_path().to_string();
             Some((server.clone(), model.clone(), address(server)?, path))
         })
         .collect();
@@ -184,15 +175,8 @@ pub(crate) async fn reconcile(pool: Arc<ServerPool>, shared: Arc<Shared>) -> Res
     }
 
     // The status: what the pooled services' reconciles and the router read.
-    let mut status = decision.status;
-    status.observed_generation = pool.metadata.generation;
     let server_views: Vec<_> = views.iter().map(|(v, ..)| v.clone()).collect();
-    status.conditions = vec![pool::ready_condition(
-        pool.spec.replicas(),
-        &server_views,
-        pool.status.as_ref(),
-        &ferry_core::service::timestamp(now),
-    )];
+    let status = decision.status_for(&pool, &server_views, &ferry_core::service::timestamp(now));
     if pool.status.as_ref() != Some(&status) {
         let apply = StatusApply {
             api_version: ferry_api::API_VERSION,
@@ -212,7 +196,7 @@ pub(crate) async fn reconcile(pool: Arc<ServerPool>, shared: Arc<Shared>) -> Res
 
 /// A server as observed: its index and residency when it is ready and answers.
 async fn observe_one(
-    http: reqwest::Client,
+    http: ferry_api::repository::Client,
     view: ReplicaView,
     addrs: Option<Addresses>,
     restarts: u32,
@@ -227,7 +211,7 @@ async fn observe_one(
     let Some(addrs) = addrs.filter(|_| view.ready()) else {
         return unobserved;
     };
-    match observe_server(&http, addrs.http).await {
+    match http.observe(addrs.http).await {
         Ok((entries, residency)) => PoolServer {
             restarts,
             ..PoolServer::observed(&view.id, budget, &entries, &residency)
@@ -241,15 +225,14 @@ async fn observe_one(
 
 /// Register a copy of `model` (its file or URI at `path`) on `server`: the copy when it failed.
 async fn register(
-    http: reqwest::Client,
+    http: ferry_api::repository::Client,
     pool: String,
     server: String,
     model: String,
     at: std::net::SocketAddr,
     path: String,
 ) -> Option<(String, String)> {
-    let body = serde_json::json!({ "parameters": { "path": path } });
-    match call(&http, at, &format!("models/{model}/register"), Some(body)).await {
+    match http.register(at, &model, &path).await {
         Ok(()) => {
             tracing::debug!(%pool, %server, %model, "copy registered");
             None
@@ -262,61 +245,16 @@ async fn register(
 }
 
 async fn unregister(
-    http: reqwest::Client,
+    http: ferry_api::repository::Client,
     pool: String,
     server: String,
     model: String,
     at: std::net::SocketAddr,
 ) {
-    match call(&http, at, &format!("models/{model}/unload"), None).await {
+    match http.unregister(at, &model).await {
         Ok(()) => tracing::debug!(%pool, %server, %model, "copy unregistered"),
         Err(e) => tracing::warn!(%pool, %server, %model, error = %e, "unregister failed"),
     }
-}
-
-/// A pool server's repository index and residency.
-async fn observe_server(
-    http: &reqwest::Client,
-    at: std::net::SocketAddr,
-) -> Result<(Vec<RepositoryEntry>, Residency), reqwest::Error> {
-    let index = http
-        .post(format!("http://{at}/v2/repository/index"))
-        .json(&serde_json::json!({}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let residency = http
-        .get(format!("http://{at}/v2/repository/residency"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    Ok((index, residency))
-}
-
-/// POST to a pool server's repository API: the status and the server's reason on failure.
-async fn call(
-    http: &reqwest::Client,
-    at: std::net::SocketAddr,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> Result<(), String> {
-    let mut request = http.post(format!("http://{at}/v2/repository/{path}"));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    if status.is_success() {
-        return Ok(());
-    }
-    Err(format!(
-        "{status}: {}",
-        response.text().await.unwrap_or_default()
-    ))
 }
 
 pub(crate) fn error_policy(pool: Arc<ServerPool>, error: &Error, _: Arc<Shared>) -> Action {

@@ -17,9 +17,8 @@ use ferry_core::service::{self, EntryPoint, Observation, Signals};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 
-use crate::controller::{Error, REAPPLY_EVERY, Shared};
+use crate::controller::{Error, Shared};
 use crate::observe::Observed;
 
 pub(crate) async fn reconcile(
@@ -82,20 +81,10 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         ));
     }
     if let Some(pool) = &isvc.spec.predictor.pool {
-        let key = ObjectRef::from_obj(isvc);
-        let force = shared
-            .applied_in_full
-            .lock()
-            .expect("poisoned")
-            .get(&key)
-            .is_none_or(|at| at.elapsed() >= REAPPLY_EVERY);
+        let force = shared.due_in_full(isvc);
         let action = crate::pooled::reconcile(isvc, pool, shared, force).await?;
         if force {
-            shared
-                .applied_in_full
-                .lock()
-                .expect("poisoned")
-                .insert(key, Instant::now());
+            shared.applied_fully(isvc);
         }
         return Ok(action);
     }
@@ -210,13 +199,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     }
 
     // Apply.
-    let key = ObjectRef::from_obj(isvc);
-    let force = shared
-        .applied_in_full
-        .lock()
-        .expect("poisoned")
-        .get(&key)
-        .is_none_or(|at| at.elapsed() >= REAPPLY_EVERY);
+    let force = shared.due_in_full(isvc);
     if plan.render_latest {
         let writes = crate::writes::writes(&plan);
         // The revisions' objects and the service-wide ones do not depend on each other.
@@ -225,11 +208,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
             crate::apply::apply_service_objects(isvc, &latest, shared, route_api, keda_api, force)
         )?;
         if force {
-            shared
-                .applied_in_full
-                .lock()
-                .expect("poisoned")
-                .insert(key, Instant::now());
+            shared.applied_fully(isvc);
         }
     }
 

@@ -90,16 +90,7 @@ pub fn recorded_copies(status: &ServerPoolStatus, model: &str, revision: &str) -
         .iter()
         .map(|id| {
             let ready = status.servers.iter().any(|s| &s.name == id && s.ready);
-            ReplicaView {
-                id: id.clone(),
-                revision: revision.to_string(),
-                health: if ready {
-                    ReplicaHealth::Ready
-                } else {
-                    ReplicaHealth::Starting { for_seconds: 0 }
-                },
-                terminating: false,
-            }
+            super::copy_view(id, revision, ready)
         })
         .collect()
 }
