@@ -11,14 +11,16 @@ use std::collections::BTreeMap;
 use ferry_api::{COMPONENT_POOL_SERVER, LABEL_POOL, ServerPool};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, PodSpec, PodTemplateSpec, ResourceRequirements, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::revision::{NON_ROOT_ID, http_get, no_capabilities, pod_ip_env};
+use crate::revision::{
+    http_get, pod_ip_env, server_container_security, server_pod_security, server_ports,
+};
 use crate::{GRPC_PORT, HTTP_PORT, RenderOptions};
 
 /// The name of `pool`'s Deployment.
@@ -67,12 +69,6 @@ pub fn render(pool: &ServerPool, options: &RenderOptions) -> Deployment {
         "--grpc-addr".to_string(),
         format!("$(POD_IP):{GRPC_PORT}"),
     ]);
-    let port = |name: &str, number: u16| ContainerPort {
-        name: Some(name.into()),
-        container_port: number.into(),
-        protocol: Some("TCP".into()),
-        ..ContainerPort::default()
-    };
     let with = |probe: k8s_openapi::api::core::v1::Probe, period: i32, failures: i32| {
         k8s_openapi::api::core::v1::Probe {
             period_seconds: Some(period),
@@ -90,14 +86,7 @@ pub fn render(pool: &ServerPool, options: &RenderOptions) -> Deployment {
     let pod = PodSpec {
         termination_grace_period_seconds: Some(30),
         automount_service_account_token: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(NON_ROOT_ID),
-            run_as_group: Some(NON_ROOT_ID),
-            fs_group: Some(NON_ROOT_ID),
-            seccomp_profile: crate::isolation::runtime_default_seccomp(),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(server_pod_security()),
         node_selector: (!node_selector.is_empty()).then_some(node_selector),
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
         containers: vec![Container {
@@ -105,19 +94,14 @@ pub fn render(pool: &ServerPool, options: &RenderOptions) -> Deployment {
             image: Some(options.image.clone()),
             args: Some(args),
             env: Some(vec![pod_ip_env()]),
-            ports: Some(vec![port("http", HTTP_PORT), port("grpc", GRPC_PORT)]),
+            ports: Some(server_ports()),
             resources: Some(ResourceRequirements {
                 requests: quantities(resources.requests),
                 limits: quantities(resources.limits),
                 ..ResourceRequirements::default()
             }),
             termination_message_policy: Some("FallbackToLogsOnError".into()),
-            security_context: Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                capabilities: no_capabilities(),
-                ..SecurityContext::default()
-            }),
+            security_context: Some(server_container_security()),
             volume_mounts: Some(vec![
                 VolumeMount {
                     name: "tmp".into(),

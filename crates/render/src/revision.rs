@@ -269,6 +269,40 @@ pub(crate) fn no_capabilities() -> Option<Capabilities> {
 /// The user (and group) Ferry's containers run as: not root.
 pub(crate) const NON_ROOT_ID: i64 = 65532;
 
+/// The pod security of a pod running Ferry's server (a revision's, a pool's): non-root,
+/// seccomp RuntimeDefault.
+pub(crate) fn server_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(NON_ROOT_ID),
+        run_as_group: Some(NON_ROOT_ID),
+        fs_group: Some(NON_ROOT_ID),
+        seccomp_profile: crate::isolation::runtime_default_seccomp(),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The security of Ferry's server container: read-only root, no privilege, no capabilities.
+pub(crate) fn server_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: no_capabilities(),
+        ..SecurityContext::default()
+    }
+}
+
+/// Ferry's server's named ports: `http` and `grpc`.
+pub(crate) fn server_ports() -> Vec<ContainerPort> {
+    let port = |name: &str, number: u16| ContainerPort {
+        name: Some(name.into()),
+        container_port: number.into(),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    };
+    vec![port("http", HTTP_PORT), port("grpc", GRPC_PORT)]
+}
+
 /// The pod of Ferry's own server.
 fn ferry_pod(
     isvc: &InferenceService,
@@ -295,12 +329,6 @@ fn ferry_pod(
         "--grpc-addr".to_string(),
         format!("$(POD_IP):{GRPC_PORT}"),
     ]);
-    let port = |name: &str, number: u16| ContainerPort {
-        name: Some(name.into()),
-        container_port: number.into(),
-        protocol: Some("TCP".into()),
-        ..ContainerPort::default()
-    };
     let probes = Probes::new(
         isvc,
         http_get(
@@ -313,14 +341,7 @@ fn ferry_pod(
         termination_grace_period_seconds: Some(30),
         // Ferry's server never calls the Kubernetes API: no token in the pod.
         automount_service_account_token: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(NON_ROOT_ID),
-            run_as_group: Some(NON_ROOT_ID),
-            fs_group: Some(NON_ROOT_ID),
-            seccomp_profile: crate::isolation::runtime_default_seccomp(),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(server_pod_security()),
         containers: vec![Container {
             name: "server".into(),
             image: Some(crate::image(
@@ -329,15 +350,10 @@ fn ferry_pod(
             )),
             args: Some(args),
             env: Some(vec![pod_ip_env()]),
-            ports: Some(vec![port("http", HTTP_PORT), port("grpc", GRPC_PORT)]),
+            ports: Some(server_ports()),
             resources: Some(resources),
             termination_message_policy: Some("FallbackToLogsOnError".into()),
-            security_context: Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                capabilities: no_capabilities(),
-                ..SecurityContext::default()
-            }),
+            security_context: Some(server_container_security()),
             env_from: (!access.env_from.is_empty()).then(|| access.env_from.clone()),
             // Writable: /tmp, and the model cache a remote model is fetched into at start.
             volume_mounts: Some(
