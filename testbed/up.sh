@@ -153,61 +153,42 @@ wait_for kube-controller-manager 60 curl -skf https://127.0.0.1:10257/healthz
 wait_for kube-scheduler 60 curl -skf https://127.0.0.1:10259/healthz
 
 # --- kwok nodes: CPU-only and GPU nodes (8 GPUs each), tainted so only pods that ask land there ---
-node() { # name gpus product
-  local gpu_labels="" gpu_capacity=""
-  if [ "$2" -gt 0 ]; then
-    gpu_labels="nvidia.com/gpu.product: $3
-    nvidia.com/gpu.count: \"$2\""
-    gpu_capacity="nvidia.com/gpu: \"$2\""
-  fi
+# One kwok node: name, extra labels and extra capacity (flow-map entries, may be empty).
+kwok_node() { # name labels capacity
   cat <<NODE
 apiVersion: v1
 kind: Node
 metadata:
   name: $1
   annotations: {node.alpha.kubernetes.io/ttl: "0", kwok.x-k8s.io/node: fake}
-  labels:
-    type: kwok
-    kubernetes.io/hostname: $1
-    kubernetes.io/os: linux
-    kubernetes.io/arch: amd64
-    ${gpu_labels}
+  labels: {type: kwok, kubernetes.io/hostname: $1, kubernetes.io/os: linux, kubernetes.io/arch: amd64${2:+, $2}}
 spec:
   taints: [{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}]
 status:
-  capacity: {cpu: "32", memory: 256Gi, pods: "110", ${gpu_capacity}}
-  allocatable: {cpu: "32", memory: 256Gi, pods: "110", ${gpu_capacity}}
+  capacity: {cpu: "32", memory: 256Gi, pods: "110"${3:+, $3}}
+  allocatable: {cpu: "32", memory: 256Gi, pods: "110"${3:+, $3}}
 ---
 NODE
+}
+node() { # name gpus product: whole GPUs
+  if [ "$2" -gt 0 ]; then
+    kwok_node "$1" "nvidia.com/gpu.product: $3, nvidia.com/gpu.count: \"$2\"" "nvidia.com/gpu: \"$2\""
+  else
+    kwok_node "$1" "" ""
+  fi
 }
 # Shared GPUs as NVIDIA's device plugin and GPU feature discovery advertise them: time-slicing
 # with renamed resources (2 L4s x 4 replicas = 8 nvidia.com/gpu.shared), and MIG in the mixed
 # strategy (one H100 cut into 7 1g.10gb slices, another into 2 3g.40gb).
-shared_node() { # name labels capacity
-  cat <<NODE
-apiVersion: v1
-kind: Node
-metadata:
-  name: $1
-  annotations: {node.alpha.kubernetes.io/ttl: "0", kwok.x-k8s.io/node: fake}
-  labels: {type: kwok, kubernetes.io/hostname: $1, kubernetes.io/os: linux, kubernetes.io/arch: amd64, $2}
-spec:
-  taints: [{key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}]
-status:
-  capacity: {cpu: "32", memory: 256Gi, pods: "110", $3}
-  allocatable: {cpu: "32", memory: 256Gi, pods: "110", $3}
----
-NODE
-}
 {
   node kwok-cpu-0 0 ""
   node kwok-cpu-1 0 ""
   node kwok-gpu-a100-0 8 NVIDIA-A100-SXM4-80GB
   node kwok-gpu-h100-0 8 NVIDIA-H100-80GB-HBM3
-  shared_node kwok-gpu-l4-shared-0 \
+  kwok_node kwok-gpu-l4-shared-0 \
     'nvidia.com/gpu.product: NVIDIA-L4-SHARED, nvidia.com/gpu.count: "2", nvidia.com/gpu.replicas: "4", nvidia.com/gpu.sharing-strategy: time-slicing' \
     'nvidia.com/gpu.shared: "8"'
-  shared_node kwok-gpu-h100-mig-0 \
+  kwok_node kwok-gpu-h100-mig-0 \
     'nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3, nvidia.com/gpu.count: "2", nvidia.com/mig.strategy: mixed, nvidia.com/mig-1g.10gb.count: "7", nvidia.com/mig-1g.10gb.memory: "9856", nvidia.com/mig-3g.40gb.count: "2", nvidia.com/mig-3g.40gb.memory: "40192"' \
     'nvidia.com/mig-1g.10gb: "7", nvidia.com/mig-3g.40gb: "2"'
 } | "$KUBECTL" --kubeconfig "$ADMIN" apply -f - >/dev/null

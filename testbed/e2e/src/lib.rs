@@ -391,3 +391,14 @@ pub fn kubectl_table(args: &[&str]) -> Vec<Vec<String>> {
         .map(|l| l.split_whitespace().map(String::from).collect())
         .collect()
 }
+
+/// The process of a process-node pod's first container (the agent names it
+/// `process://PID` in the container ID).
+pub fn pod_pid(pod: &k8s_openapi::api::core::v1::Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c[0].container_id.clone())
+        .and_then(|id| id.strip_prefix("process://").and_then(|p| p.parse().ok()))
+        .expect("a running container names its process")
+}

@@ -64,15 +64,6 @@ fn pod_ip(pod: &Pod) -> String {
         .unwrap_or_default()
 }
 
-fn pid(pod: &Pod) -> i32 {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c[0].container_id.clone())
-        .and_then(|id| id.strip_prefix("process://").and_then(|p| p.parse().ok()))
-        .expect("a running container names its process")
-}
-
 fn restarts(pod: &Pod) -> i32 {
     pod.status
         .as_ref()
@@ -150,7 +141,7 @@ async fn a_ferry_server_deployment_runs_as_processes_on_loopback_pod_ips() {
     let victim = running[0].clone();
     let victim_name = victim.metadata.name.clone().unwrap();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid(&victim)),
+        nix::unistd::Pid::from_raw(ferry_testbed_e2e::pod_pid(&victim)),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
@@ -181,7 +172,7 @@ async fn a_ferry_server_deployment_runs_as_processes_on_loopback_pod_ips() {
     assert_eq!(last.terminated.unwrap().exit_code, 137);
 
     // Delete a pod: its process gets SIGTERM, exits, and the ReplicaSet replaces the pod.
-    let doomed = pid(&restarted);
+    let doomed = ferry_testbed_e2e::pod_pid(&restarted);
     pods.delete(&victim_name, &DeleteParams::default())
         .await
         .unwrap();
@@ -227,7 +218,7 @@ async fn a_rolling_update_on_a_process_node_replaces_the_processes() {
         ready_pods(&pods, 2)
     })
     .await;
-    let old_pids: Vec<i32> = old.iter().map(pid).collect();
+    let old_pids: Vec<i32> = old.iter().map(ferry_testbed_e2e::pod_pid).collect();
     let old_names: Vec<String> = old.iter().filter_map(|p| p.metadata.name.clone()).collect();
 
     // A client calls whatever the API says is Ready, during the whole update.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ferry_testbed_e2e::{
     TempNamespace, admin_client, apply_deploy, apply_in, condition, eventually_in, install_crds,
-    install_router, isvc_json, kubectl,
+    install_router, isvc_json, kubectl, pod_pid,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -74,15 +74,6 @@ fn pool_json(ns: &str) -> Value {
         None,
     );
     serde_json::from_slice(&out.stdout).unwrap_or_default()
-}
-
-fn pod_pid(pod: &Pod) -> i32 {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c[0].container_id.clone())
-        .and_then(|id| id.strip_prefix("process://").and_then(|p| p.parse().ok()))
-        .expect("a running container names its process")
 }
 
 /// Each server's (ready, registered models, restarts) as the pool's status has them.
