@@ -110,14 +110,17 @@ async fn an_image_other_than_ferry_fails_with_a_reason() {
     .await
     .unwrap();
     let (reason, message) = eventually(
-        "the container waits with a reason",
+        "the container waits with the pull's reason",
         Duration::from_secs(30),
         || {
             let pods = pods.clone();
             async move {
                 let status = pods.get("nginx").await.ok()?.status?;
                 let waiting = status.container_statuses?.first()?.state.clone()?.waiting?;
-                Some((waiting.reason?, waiting.message.unwrap_or_default()))
+                // The agent reports ContainerCreating until it has looked at the image,
+                // as a kubelet does before its pull fails; the verdict comes after.
+                let reason = waiting.reason.filter(|r| r != "ContainerCreating")?;
+                Some((reason, waiting.message.unwrap_or_default()))
             }
         },
     )
