@@ -11,6 +11,7 @@
 
 mod autoscaling;
 pub mod crd;
+pub mod diff;
 mod experiment;
 pub mod kserve;
 pub mod kserve_runtime;

@@ -211,7 +211,7 @@ fn check_kind(kind: &str) -> Result<()> {
     }
 }
 
-fn refused(error: ClientError) -> anyhow::Error {
+pub(crate) fn refused(error: ClientError) -> anyhow::Error {
     if let ClientError::Refused { body, .. } = &error
         && !body.documents.is_empty()
     {
@@ -242,7 +242,12 @@ pub async fn apply(args: ApplyArgs) -> Result<()> {
     let text = crate::manifests::read_manifests(&args.files)?;
     let client = args.common.client()?;
     let answer = client
-        .apply(&text, &args.common.namespace)
+        .apply_request(&ferry_local::wire::ApplyRequest {
+            manifests: text,
+            namespace: args.common.namespace.clone(),
+            dry_run: false,
+            cause: Some(crate::gitops::command_line()),
+        })
         .await
         .map_err(refused)?;
     for result in &answer.results {

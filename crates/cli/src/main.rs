@@ -11,6 +11,7 @@ mod apikey;
 mod cluster;
 mod ctl;
 mod doctor;
+mod gitops;
 mod manifests;
 mod plan;
 mod predict;
@@ -45,6 +46,13 @@ enum Command {
     Up(UpArgs),
     /// Create or update InferenceServices from manifests (YAML/JSON, multi-document).
     Apply(ctl::ApplyArgs),
+    /// Show what applying manifests would change, as a unified diff (exit code 1 when it
+    /// would change something, 0 when not, 2 on error) — locally or in a cluster.
+    Diff(gitops::DiffArgs),
+    /// Every recorded change of an object: who, when, why, the diff (local mode).
+    History(gitops::HistoryArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(CompletionArgs),
     /// List InferenceServices, or show one.
     Get(ctl::GetArgs),
     /// Show an InferenceService in detail: conditions, revisions, replicas, events.
@@ -81,6 +89,12 @@ enum Command {
     /// Check what this process may do on the Kubernetes API (in-cluster or kubeconfig).
     #[command(subcommand)]
     Doctor(DoctorCommand),
+}
+
+#[derive(Args)]
+struct CompletionArgs {
+    /// The shell: `source <(ferry completion bash)`.
+    shell: clap_complete::Shell,
 }
 
 #[derive(Args)]
@@ -307,6 +321,25 @@ fn run(cli: Cli) -> Result<()> {
         Command::Server(args) => runtime.block_on(server::run(args)),
         Command::Up(args) => runtime.block_on(up(args)),
         Command::Apply(args) => runtime.block_on(ctl::apply(args)),
+        Command::Diff(args) => match runtime.block_on(gitops::diff(args)) {
+            Ok(false) => Ok(()),
+            Ok(true) => std::process::exit(1),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                std::process::exit(2);
+            }
+        },
+        Command::History(args) => runtime.block_on(gitops::history(args)),
+        Command::Completion(args) => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "ferry",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Get(args) => runtime.block_on(ctl::get(args)),
         Command::Describe(args) => runtime.block_on(ctl::describe(args)),
         Command::Delete(args) => runtime.block_on(ctl::delete(args)),

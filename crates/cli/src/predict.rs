@@ -21,6 +21,17 @@ pub struct PredictArgs {
     /// Rows from a CSV file of numbers (a header line is skipped).
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// `table` (default): a row per input row, a column per output, and the revision that
+    /// answered; `json`: the OIP response as the server sent it, nothing else.
+    #[arg(short, long, value_enum, default_value_t = PredictOutput::Table)]
+    output: PredictOutput,
+}
+
+/// How `ferry predict` prints the answer.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PredictOutput {
+    Table,
+    Json,
 }
 
 pub async fn predict(args: PredictArgs) -> Result<()> {
@@ -77,9 +88,70 @@ pub async fn predict(args: PredictArgs) -> Result<()> {
             body["error"].as_str().unwrap_or("request failed")
         );
     }
-    eprintln!("revision: {revision}");
-    println!("{}", serde_json::to_string_pretty(&body)?);
+    match args.output {
+        PredictOutput::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        PredictOutput::Table => {
+            let batch = request["inputs"][0]["shape"][0].as_u64().unwrap_or(1) as usize;
+            print!("{}", answer_table(&body, &revision, batch))
+        }
+    }
     Ok(())
+}
+
+/// The answer as a table: a row per request row (`batch`, the first input's first dimension),
+/// a column per output (a row's values joined by commas when an output has more than one per
+/// row), then the revision. An output whose first dimension is not the batch is one cell of the
+/// first row.
+fn answer_table(body: &Value, revision: &str, batch: usize) -> String {
+    let outputs = body["outputs"].as_array().cloned().unwrap_or_default();
+    let batch = batch.max(1);
+    let mut header = vec!["ROW".to_string()];
+    header.extend(
+        outputs
+            .iter()
+            .map(|o| o["name"].as_str().unwrap_or("output").to_uppercase()),
+    );
+    header.push("REVISION".into());
+    let mut rows = vec![header];
+    let cells: Vec<Vec<String>> = outputs.iter().map(|o| per_row(o, batch)).collect();
+    for row in 0..batch {
+        let mut line = vec![row.to_string()];
+        line.extend(
+            cells
+                .iter()
+                .map(|c| c.get(row).cloned().unwrap_or_default()),
+        );
+        line.push(revision.to_string());
+        rows.push(line);
+    }
+    crate::print::columns(&rows)
+}
+
+/// One output's values cut into `batch` rows.
+fn per_row(output: &Value, batch: usize) -> Vec<String> {
+    let data = output["data"].as_array().cloned().unwrap_or_default();
+    let first = output["shape"]
+        .as_array()
+        .and_then(|s| s.first())
+        .and_then(Value::as_u64);
+    if first != Some(batch as u64) || data.len() % batch != 0 {
+        return vec![data.iter().map(cell).collect::<Vec<_>>().join(", ")];
+    }
+    data.chunks(data.len() / batch)
+        .map(|chunk| chunk.iter().map(cell).collect::<Vec<_>>().join(", "))
+        .collect()
+}
+
+/// A value as a person reads it: integers as they are, floats to 4 decimals, strings bare.
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let text = format!("{:.4}", n.as_f64().unwrap_or_default());
+            text.trim_end_matches('0').trim_end_matches('.').to_string()
+        }
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn rows_of(value: &Value) -> Result<Vec<Vec<f64>>> {
@@ -145,4 +217,50 @@ async fn rows_request(
     Ok(
         json!({"inputs": [{"name": name, "datatype": datatype, "shape": [rows.len(), width], "data": data}]}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_a_row_each_with_a_column_per_output() {
+        let body = json!({"outputs": [
+            {"name": "label", "datatype": "INT64", "shape": [2], "data": [0, 2]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [2, 3],
+             "data": [0.98, 0.015, 0.005, 0.0, 0.25, 0.75]},
+        ]});
+        let table = answer_table(&body, "iris-00002", 2);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(
+            lines[0].starts_with("ROW")
+                && lines[0].contains("LABEL")
+                && lines[0].contains("PROBABILITIES"),
+            "{table}"
+        );
+        assert!(
+            lines[1].contains("0.98, 0.015, 0.005") && lines[1].ends_with("iris-00002"),
+            "{table}"
+        );
+        assert!(
+            lines[2].starts_with('1')
+                && lines[2].contains(" 2 ")
+                && lines[2].contains("0, 0.25, 0.75"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn an_output_that_is_not_per_row_is_one_cell() {
+        let body = json!({"outputs": [
+            {"name": "label", "shape": [2], "data": [1, 1]},
+            {"name": "bias", "shape": [3], "data": [0.5, 0.5, 0.5]},
+        ]});
+        let table = answer_table(&body, "r", 2);
+        assert!(
+            table.lines().nth(1).unwrap().contains("0.5, 0.5, 0.5"),
+            "{table}"
+        );
+    }
 }

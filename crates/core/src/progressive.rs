@@ -435,6 +435,19 @@ pub enum Control {
     Resume,
 }
 
+impl Control {
+    /// The command's verb, as `ferry rollout VERB` names it.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Control::Promote { full: true } => "promote --full",
+            Control::Promote { full: false } => "promote",
+            Control::Abort => "abort",
+            Control::Pause => "pause",
+            Control::Resume => "resume",
+        }
+    }
+}
+
 /// The annotation changes (key, new value or `None` to remove) that carry `control` out on
 /// `isvc`, in both modes; refused when no progressive rollout of its latest revision is in
 /// progress.

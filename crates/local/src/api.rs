@@ -7,6 +7,8 @@
 //! | GET | `/v1/inferenceservices[?namespace=NS]` | list with status |
 //! | GET / DELETE | `/v1/namespaces/{ns}/inferenceservices/{name}` | one / delete |
 //! | GET | `.../{name}/events`, `/revisions`, `/replicas`, `/logs?tail=N` | details |
+//! | POST | `/v1/apply` with `"dryRun": true` | what the apply would change, with diffs; nothing kept |
+//! | GET | `/v1/history?kind=K&namespace=NS&name=N` | the audit trail of one object: who, when, what, the diff |
 //! | POST | `.../{name}/rollback` | `{"revision": NAME?}`: the predictor of an earlier revision |
 //! | POST | `.../{name}/rollout` | `{"promote": {"full": B}}`, `"abort"`, `"pause"`, `"resume"`: control a canary |
 //! | GET / POST | `/v1/namespaces/{ns}/apikeys` | list (never the keys) / create (`{"name", "rate", "expires"}`: the key, shown once) |
@@ -41,6 +43,8 @@ pub struct ApiState {
     pub supervisor: Supervisor,
     pub dirs: StateDir,
     pub token: Arc<str>,
+    /// Who holds the control token: the audit trail's `who` for every change made with it.
+    pub user: Arc<str>,
     pub changed: Arc<tokio::sync::Notify>,
     /// API keys, published to the router with every table.
     pub keys: Arc<crate::apikeys::KeyRing>,
@@ -68,6 +72,7 @@ pub fn app(state: ApiState) -> Router {
             get(|| async { Json(serde_json::json!({"ok": true})) }),
         )
         .route("/v1/apply", post(apply))
+        .route("/v1/history", get(history))
         .route("/v1/inferenceservices", get(list))
         .route(ns, get(show).delete(delete))
         .route(&format!("{ns}/events"), get(events))
@@ -164,11 +169,26 @@ async fn apply(
     let objects: Vec<InferenceService> = manifests.services.into_iter().map(|m| m.isvc).collect();
     check_model_names(&state.store, &objects)?;
     crate::quotas::check_apply(&state.store, &objects, &quotas)?;
-    let (outcomes, quota_outcomes, namespace_outcomes, pool_outcomes) = state
-        .store
-        .apply_documents(&objects, &quotas, &namespaces, &pools)?;
-    state.changed.notify_one();
-    if !namespaces.is_empty() {
+    let actor = state.actor(request.cause.as_deref().unwrap_or("apply"));
+    let outcomes = state.store.apply_documents(
+        &actor,
+        request.dry_run,
+        &objects,
+        &quotas,
+        &namespaces,
+        &pools,
+    )?;
+    let crate::store::ApplyOutcomes {
+        services: outcomes,
+        quotas: quota_outcomes,
+        namespaces: namespace_outcomes,
+        pools: pool_outcomes,
+        changes,
+    } = outcomes;
+    if !request.dry_run {
+        state.changed.notify_one();
+    }
+    if !namespaces.is_empty() && !request.dry_run {
         // A namespace's rate limit holds once the apply returns.
         state.keys.reload(&state.store)?;
         state.router.caught_up().await;
@@ -214,7 +234,54 @@ async fn apply(
         quotas,
         namespaces,
         pools,
+        changes,
     }))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    #[serde(default = "inference_service")]
+    kind: String,
+    #[serde(default)]
+    namespace: String,
+    name: String,
+}
+
+fn inference_service() -> String {
+    "InferenceService".into()
+}
+
+/// The audit trail of one object, kept after it is deleted; 404 when it never changed.
+async fn history(
+    State(state): State<ApiState>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<Items<crate::wire::ChangeRow>>> {
+    let namespace = if query.kind == "Namespace" {
+        String::new()
+    } else {
+        query.namespace
+    };
+    let items = state.store.changes(&query.kind, &namespace, &query.name)?;
+    if items.is_empty() {
+        return Err(Error::NotFound {
+            kind: match query.kind.as_str() {
+                "ServerPool" => "history of ServerPool",
+                "ResourceQuota" => "history of ResourceQuota",
+                "Namespace" => "history of Namespace",
+                _ => "history of InferenceService",
+            },
+            namespace,
+            name: query.name,
+        });
+    }
+    Ok(Json(Items { items }))
+}
+
+impl ApiState {
+    /// The control token's holder, doing `cause`.
+    fn actor(&self, cause: &str) -> crate::store::Actor {
+        crate::store::Actor::new(&self.user, cause)
+    }
 }
 
 async fn list_quotas(
@@ -230,7 +297,10 @@ async fn delete_quota(
     State(state): State<ApiState>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Json<Deleted>> {
-    if !state.store.delete_quota(&namespace, &name)? {
+    if !state
+        .store
+        .delete_quota(&state.actor("delete"), &namespace, &name)?
+    {
         return Err(Error::NotFound {
             kind: "ResourceQuota",
             namespace,
@@ -256,7 +326,10 @@ async fn delete_pool(
     State(state): State<ApiState>,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Json<Deleted>> {
-    if !state.store.delete_pool(&namespace, &name)? {
+    if !state
+        .store
+        .delete_pool(&state.actor("delete"), &namespace, &name)?
+    {
         return Err(Error::NotFound {
             kind: "ServerPool",
             namespace,
@@ -342,7 +415,9 @@ async fn delete(
     Path((namespace, name)): Path<(String, String)>,
 ) -> Result<Json<Deleted>> {
     find(&state.store, &namespace, &name)?;
-    state.store.delete(&namespace, &name)?;
+    state
+        .store
+        .delete(&state.actor("delete"), &namespace, &name)?;
     state.changed.notify_one();
     Ok(Json(Deleted {
         deleted: format!("{namespace}/{name}"),
@@ -475,7 +550,10 @@ async fn rollback(
     };
     let mut isvc = row.isvc.clone();
     isvc.spec.predictor = target.predictor.clone();
-    state.store.apply_all(std::slice::from_ref(&isvc))?;
+    state.store.apply_all(
+        &state.actor(&format!("rollout undo (to revision {})", target.name)),
+        std::slice::from_ref(&isvc),
+    )?;
     state.store.event(
         &namespace,
         &name,
@@ -507,9 +585,12 @@ async fn control_rollout(
             None => annotations.remove(key),
         };
     }
-    state
-        .store
-        .set_annotations(&namespace, &name, &annotations)?;
+    state.store.set_annotations(
+        &state.actor(&format!("rollout {}", control.verb())),
+        &namespace,
+        &name,
+        &annotations,
+    )?;
     state.changed.notify_one();
     Ok(Json(find(&state.store, &namespace, &name)?.to_object()))
 }

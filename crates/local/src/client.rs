@@ -110,12 +110,36 @@ impl Client {
         manifests: &str,
         namespace: &str,
     ) -> Result<ApplyResponse, ClientError> {
-        let request = ApplyRequest {
+        self.apply_request(&ApplyRequest {
             manifests: manifests.to_string(),
             namespace: namespace.to_string(),
-        };
-        self.json(reqwest::Method::POST, "/v1/apply", Some(&request))
+            dry_run: false,
+            cause: None,
+        })
+        .await
+    }
+
+    /// An apply as asked: dry (`ferry diff`) or not, with its cause for the audit trail.
+    pub async fn apply_request(
+        &self,
+        request: &ApplyRequest,
+    ) -> Result<ApplyResponse, ClientError> {
+        self.json(reqwest::Method::POST, "/v1/apply", Some(request))
             .await
+    }
+
+    /// The audit trail of `kind` `namespace/name`, oldest first.
+    pub async fn history(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<crate::wire::ChangeRow>, ClientError> {
+        let path = format!("/v1/history?kind={kind}&namespace={namespace}&name={name}");
+        Ok(self
+            .get_json::<Items<crate::wire::ChangeRow>>(&path)
+            .await?
+            .items)
     }
 
     pub async fn list(

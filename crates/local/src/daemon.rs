@@ -149,6 +149,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         supervisor: supervisor.clone(),
         dirs: dirs.clone(),
         token,
+        user: Arc::from(token_holder()),
         changed: changed.clone(),
         keys: keys.clone(),
         router: router.clone(),
@@ -204,4 +205,13 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     drop(lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Who holds the control token: the user that started `ferry up` (the token file is theirs,
+/// mode 0600). `FERRY_USER` names someone else (a shared service account's owner, say).
+fn token_holder() -> String {
+    ["FERRY_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "local-admin".into())
 }

@@ -12,6 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
+use changes::Changes;
+pub use changes::{Actor, ChangeRow};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS services (
@@ -72,6 +74,18 @@ CREATE TABLE IF NOT EXISTS namespaces (
     name TEXT PRIMARY KEY,
     manifest TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    who TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    diff TEXT
+);
+CREATE INDEX IF NOT EXISTS changes_by_object ON changes (kind, namespace, name, seq);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     namespace TEXT NOT NULL,
@@ -84,6 +98,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 ";
 
+pub mod changes;
 pub mod keys;
 mod namespaces;
 mod pools;
@@ -198,14 +213,28 @@ pub enum Applied {
     Unchanged,
 }
 
+impl Applied {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Applied::Created => "created",
+            Applied::Configured => "configured",
+            Applied::Unchanged => "unchanged",
+        }
+    }
+}
+
 pub struct Store {
     conn: Mutex<Connection>,
 }
 
-/// Store `manifest` in `table` (a document table: key columns and `manifest`) under the key
-/// `columns` = `values`, replacing what was there: what the apply did.
+/// Store `manifest` in `table` (a document table of `kind`: key columns — `namespace, name`
+/// or `name` — and `manifest`) under the key `columns` = `values`, replacing what was there:
+/// what the apply did, recorded in `changes` unless nothing changed.
+#[allow(clippy::too_many_arguments)]
 fn upsert_document(
     tx: &rusqlite::Transaction<'_>,
+    changes: &mut Changes<'_>,
+    kind: &str,
     table: &str,
     columns: &[&str],
     values: &[&str],
@@ -234,21 +263,67 @@ fn upsert_document(
         ),
         rusqlite::params_from_iter(values.iter().copied().chain([manifest])),
     )?;
-    Ok(match existing {
+    let applied = match &existing {
         Some(old) if old == manifest => Applied::Unchanged,
         Some(_) => Applied::Configured,
         None => Applied::Created,
-    })
+    };
+    if applied != Applied::Unchanged {
+        let (namespace, name) = match values {
+            [namespace, name] => (*namespace, *name),
+            [name] => ("", *name),
+            _ => ("", ""),
+        };
+        changes.record(
+            tx,
+            kind,
+            namespace,
+            name,
+            applied.as_str(),
+            existing.as_deref(),
+            Some(manifest),
+        )?;
+    }
+    Ok(applied)
 }
 
-/// What an apply did: per InferenceService (with its revision), per ResourceQuota, per
-/// Namespace, per ServerPool.
-pub type ApplyOutcomes = (
-    Vec<(Applied, String)>,
-    Vec<Applied>,
-    Vec<Applied>,
-    Vec<Applied>,
-);
+/// Delete `namespace/name` from the document table `table` of `kind`, recording the change;
+/// `false` when there was none.
+fn delete_document(
+    tx: &rusqlite::Transaction<'_>,
+    changes: &mut Changes<'_>,
+    kind: &str,
+    table: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<bool> {
+    let existing: Option<String> = tx
+        .query_row(
+            &format!("SELECT manifest FROM {table} WHERE namespace = ?1 AND name = ?2"),
+            params![namespace, name],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(old) = existing else {
+        return Ok(false);
+    };
+    tx.execute(
+        &format!("DELETE FROM {table} WHERE namespace = ?1 AND name = ?2"),
+        params![namespace, name],
+    )?;
+    changes.record(tx, kind, namespace, name, "deleted", Some(&old), None)?;
+    Ok(true)
+}
+
+/// What an apply did (or, dry, would do): per InferenceService (with its revision), per
+/// ResourceQuota, per Namespace, per ServerPool; and the changes, with their diffs.
+pub struct ApplyOutcomes {
+    pub services: Vec<(Applied, String)>,
+    pub quotas: Vec<Applied>,
+    pub namespaces: Vec<Applied>,
+    pub pools: Vec<Applied>,
+    pub changes: Vec<ChangeRow>,
+}
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
@@ -267,14 +342,22 @@ impl Store {
     }
 
     /// Apply every object in one transaction: all are stored or none.
-    pub fn apply_all(&self, objects: &[InferenceService]) -> Result<Vec<(Applied, String)>> {
-        Ok(self.apply_documents(objects, &[], &[], &[])?.0)
+    pub fn apply_all(
+        &self,
+        actor: &Actor,
+        objects: &[InferenceService],
+    ) -> Result<Vec<(Applied, String)>> {
+        Ok(self
+            .apply_documents(actor, false, objects, &[], &[], &[])?
+            .services)
     }
 
     /// As [`Store::apply_all`], with ResourceQuotas, Namespaces and ServerPools in the same
-    /// transaction.
+    /// transaction. `dry_run`: everything is worked out — outcomes, diffs — and nothing kept.
     pub fn apply_documents(
         &self,
+        actor: &Actor,
+        dry_run: bool,
         objects: &[InferenceService],
         quotas: &[ferry_api::k8s_openapi::api::core::v1::ResourceQuota],
         namespaces: &[ferry_api::k8s_openapi::api::core::v1::Namespace],
@@ -282,9 +365,10 @@ impl Store {
     ) -> Result<ApplyOutcomes> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let quota_outcomes = quotas::store(&tx, quotas)?;
-        let namespace_outcomes = namespaces::store(&tx, namespaces)?;
-        let pool_outcomes = pools::store(&tx, pools)?;
+        let mut changes = Changes::new(actor);
+        let quota_outcomes = quotas::store(&tx, &mut changes, quotas)?;
+        let namespace_outcomes = namespaces::store(&tx, &mut changes, namespaces)?;
+        let pool_outcomes = pools::store(&tx, &mut changes, pools)?;
         let mut outcomes = Vec::new();
         let at = now();
         for isvc in objects {
@@ -324,6 +408,10 @@ impl Store {
                 }
                 None => manifest,
             };
+            let previous = existing
+                .as_ref()
+                .filter(|(_, _, deleted)| !deleted)
+                .map(|(old, _, _)| old.clone());
             let outcome = match existing {
                 Some((old, _, false)) if old == manifest => Applied::Unchanged,
                 Some((old, generation, deleted)) => {
@@ -369,6 +457,15 @@ impl Store {
                 )?;
             }
             if outcome != Applied::Unchanged {
+                changes.record(
+                    &tx,
+                    "InferenceService",
+                    &namespace,
+                    &name,
+                    outcome.as_str(),
+                    previous.as_deref(),
+                    Some(&manifest),
+                )?;
                 let message = format!(
                     "{} (revision {revision})",
                     match outcome {
@@ -390,8 +487,17 @@ impl Store {
             }
             outcomes.push((outcome, revision));
         }
-        tx.commit()?;
-        Ok((outcomes, quota_outcomes, namespace_outcomes, pool_outcomes))
+        if !dry_run {
+            tx.commit()?;
+        }
+        // Dropped uncommitted, a dry run's transaction rolls back.
+        Ok(ApplyOutcomes {
+            services: outcomes,
+            quotas: quota_outcomes,
+            namespaces: namespace_outcomes,
+            pools: pool_outcomes,
+            changes: changes.rows,
+        })
     }
 
     /// Every service, deleted ones included (their replicas still have to stop).
@@ -421,19 +527,38 @@ impl Store {
     }
 
     /// Mark deleted; the reconciler stops its replicas and then forgets it.
-    pub fn delete(&self, namespace: &str, name: &str) -> Result<bool> {
-        let conn = self.conn();
-        let changed = conn.execute(
+    pub fn delete(&self, actor: &Actor, namespace: &str, name: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let old: Option<String> = tx
+            .query_row(
+                "SELECT manifest FROM services WHERE namespace = ?1 AND name = ?2 AND deleted = 0",
+                params![namespace, name],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let Some(old) = old else {
+            return Ok(false);
+        };
+        tx.execute(
             "UPDATE services SET deleted = 1 WHERE namespace = ?1 AND name = ?2 AND deleted = 0",
             params![namespace, name],
         )?;
-        if changed > 0 {
-            conn.execute(
-                "INSERT INTO events (at, namespace, service, type, reason, message) VALUES (?1, ?2, ?3, 'Normal', 'Deleted', 'deletion requested')",
-                params![now(), namespace, name],
-            )?;
-        }
-        Ok(changed > 0)
+        tx.execute(
+            "INSERT INTO events (at, namespace, service, type, reason, message) VALUES (?1, ?2, ?3, 'Normal', 'Deleted', 'deletion requested')",
+            params![now(), namespace, name],
+        )?;
+        Changes::new(actor).record(
+            &tx,
+            "InferenceService",
+            namespace,
+            name,
+            "deleted",
+            Some(&old),
+            None,
+        )?;
+        tx.commit()?;
+        Ok(true)
     }
 
     /// Forget a deleted service whose replicas are gone.
@@ -458,6 +583,7 @@ impl Store {
     /// generation changes.
     pub fn set_annotations(
         &self,
+        actor: &Actor,
         namespace: &str,
         name: &str,
         annotations: &std::collections::BTreeMap<String, String>,
@@ -465,16 +591,28 @@ impl Store {
         let Some(row) = self.service(namespace, name)? else {
             return Ok(());
         };
+        let old = serde_json::to_string(&row.isvc).expect("serializes");
         let mut isvc = row.isvc;
         isvc.metadata.annotations = (!annotations.is_empty()).then(|| annotations.clone());
-        self.conn().execute(
+        let new = serde_json::to_string(&isvc).expect("serializes");
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
             "UPDATE services SET manifest = ?3 WHERE namespace = ?1 AND name = ?2",
-            params![
+            params![namespace, name, new],
+        )?;
+        if old != new {
+            Changes::new(actor).record(
+                &tx,
+                "InferenceService",
                 namespace,
                 name,
-                serde_json::to_string(&isvc).expect("serializes")
-            ],
-        )?;
+                "configured",
+                Some(&old),
+                Some(&new),
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 

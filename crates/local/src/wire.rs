@@ -5,7 +5,7 @@ use ferry_api::DocumentErrors;
 use ferry_core::ReplicaHealth;
 use serde::{Deserialize, Serialize};
 
-pub use crate::store::{Applied, EventRow, RevisionRow};
+pub use crate::store::{Applied, ChangeRow, EventRow, RevisionRow};
 
 /// `POST /v1/apply`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -13,6 +13,12 @@ pub struct ApplyRequest {
     pub manifests: String,
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// Work out what the apply would change (outcomes and diffs) and keep nothing.
+    #[serde(default, rename = "dryRun")]
+    pub dry_run: bool,
+    /// Why, for the audit trail (the client's command line); default `apply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 fn default_namespace() -> String {
@@ -40,6 +46,9 @@ pub struct ApplyResponse {
     /// What the apply did to each ServerPool (namespace, name in `QuotaApplied`'s shape).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<QuotaApplied>,
+    /// Every document it changed (or, dry, would change), with the diff.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<ChangeRow>,
 }
 
 /// What `apply` did to one Namespace.

@@ -72,7 +72,16 @@ impl Metrics {
         self.duration.observe(took.as_secs_f64());
     }
 
-    fn encode(&self) -> String {
+    /// What `/metrics` serves once every family has a sample: every series name the operator
+    /// can expose (a dashboard's queries are checked against it).
+    pub fn every_series() -> String {
+        let metrics = Metrics::default();
+        metrics.record(true, Duration::ZERO);
+        metrics.encode()
+    }
+
+    /// The metrics in the Prometheus text format, as `/metrics` serves them.
+    pub fn encode(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().expect("registry poisoned");
         prometheus_client::encoding::text::encode(&mut out, &registry)

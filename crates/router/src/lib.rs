@@ -18,7 +18,7 @@ mod fair;
 pub mod fuzzing;
 mod hooks;
 mod limit;
-mod metrics;
+pub mod metrics;
 mod pool;
 mod proxy;
 mod serve;

@@ -9,14 +9,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RevisionLabels {
     pub namespace: String,
     pub service: String,
     pub revision: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabels {
     pub namespace: String,
     pub service: String,
@@ -24,12 +24,12 @@ pub struct ResponseLabels {
     pub code: u16,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NamespaceLabels {
     pub namespace: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub reason: String,
 }
@@ -120,6 +120,22 @@ impl Metrics {
                 code,
             })
             .inc();
+    }
+
+    /// What `/metrics` serves once every family has a sample: every series name the router
+    /// can expose (a dashboard's queries are checked against it).
+    pub fn every_series() -> String {
+        let metrics = Metrics::default();
+        let labels = RevisionLabels::default();
+        metrics.ok_counter(&labels);
+        metrics.latency(&labels);
+        metrics.response(&labels, 500);
+        let _ = metrics.router_errors.get_or_create(&ErrorLabels::default());
+        let _ = metrics.retries.get_or_create(&labels);
+        let _ = metrics
+            .fair_queued
+            .get_or_create(&NamespaceLabels::default());
+        metrics.encode()
     }
 
     pub fn encode(&self) -> String {

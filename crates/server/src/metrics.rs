@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 
 use crate::protocol::Protocol;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub model: String,
     pub version: String,
@@ -23,14 +23,14 @@ pub struct RequestLabels {
     pub status: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
     pub model: String,
     pub version: String,
     pub protocol: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
     pub model: String,
     pub version: String,
@@ -69,7 +69,9 @@ pub struct Metrics {
     pub resident_models: Gauge,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+#[derive(
+    Clone, Debug, Default, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet,
+)]
 pub struct FetchLabels {
     pub model: String,
     pub result: String,
@@ -192,6 +194,26 @@ impl Metrics {
             used_bytes,
             resident_models,
         }
+    }
+
+    /// What `/metrics` serves once every family has a sample: every series name a server can
+    /// expose (a dashboard's queries are checked against it).
+    pub fn every_series() -> String {
+        let metrics = Metrics::new();
+        let model = ModelLabels::default();
+        let _ = metrics.requests.get_or_create(&RequestLabels::default());
+        let _ = metrics.latency.get_or_create(&LatencyLabels::default());
+        let _ = metrics.queue_depth.get_or_create(&model);
+        let _ = metrics.batch_size.get_or_create(&model);
+        let _ = metrics.load_seconds.get_or_create(&model);
+        let _ = metrics.ready.get_or_create(&model);
+        let _ = metrics.fetches.get_or_create(&FetchLabels::default());
+        let _ = metrics.fetch_bytes.get_or_create(&model);
+        let _ = metrics.memory_bytes.get_or_create(&model);
+        let _ = metrics.peak_memory_bytes.get_or_create(&model);
+        let _ = metrics.loads.get_or_create(&model);
+        let _ = metrics.evictions.get_or_create(&model);
+        metrics.encode()
     }
 
     /// One load of a model finished (ready or not).

@@ -423,6 +423,32 @@ async fn quick_start_prints_a_curl_that_works_and_delete_cleans_up() {
         "[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]",
     ]);
     assert!(predicted.status.success(), "{}", stderr(&predicted));
+    // The default is a table: a row per input row, the label column, the revision.
+    let table = stdout(&predicted);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("ROW") && lines[0].contains("LABEL"),
+        "{table}"
+    );
+    assert!(
+        lines[0].ends_with("REVISION") && lines[1].contains("iris-"),
+        "{table}"
+    );
+    let label_column = lines[0].find("LABEL").unwrap();
+    let labels: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l[label_column..].split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(labels, ["0", "2"], "{table}");
+    let predicted = daemon.ferry(&[
+        "predict",
+        "iris",
+        "-o",
+        "json",
+        "--data",
+        "[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]",
+    ]);
+    assert!(predicted.status.success(), "{}", stderr(&predicted));
     let answer: serde_json::Value = serde_json::from_slice(&predicted.stdout).unwrap();
     let labels = answer["outputs"]
         .as_array()

@@ -94,7 +94,7 @@ impl PoolServer {
         index.as_array().unwrap().clone()
     }
 
-    async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.http);
         self.client
             .get(url)

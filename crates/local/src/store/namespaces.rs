@@ -4,17 +4,30 @@
 use ferry_api::k8s_openapi::api::core::v1::Namespace;
 use rusqlite::Transaction;
 
+use super::changes::Changes;
 use super::{Applied, Store, upsert_document};
 use crate::Result;
 
 /// Store `namespaces` in `tx`: what each apply did.
-pub(super) fn store(tx: &Transaction<'_>, namespaces: &[Namespace]) -> Result<Vec<Applied>> {
+pub(super) fn store(
+    tx: &Transaction<'_>,
+    changes: &mut Changes<'_>,
+    namespaces: &[Namespace],
+) -> Result<Vec<Applied>> {
     namespaces
         .iter()
         .map(|namespace| {
             let name = namespace.metadata.name.clone().unwrap_or_default();
             let manifest = serde_json::to_string(namespace).expect("serializes");
-            upsert_document(tx, "namespaces", &["name"], &[&name], &manifest)
+            upsert_document(
+                tx,
+                changes,
+                "Namespace",
+                "namespaces",
+                &["name"],
+                &[&name],
+                &manifest,
+            )
         })
         .collect()
 }

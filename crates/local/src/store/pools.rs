@@ -3,11 +3,16 @@
 use ferry_api::{ServerPool, ServerPoolStatus};
 use rusqlite::{Transaction, params};
 
-use super::{Applied, Store, upsert_document};
+use super::changes::{Actor, Changes};
+use super::{Applied, Store, delete_document, upsert_document};
 use crate::Result;
 
 /// Store `pools` in `tx`: what each apply did.
-pub(super) fn store(tx: &Transaction<'_>, pools: &[ServerPool]) -> Result<Vec<Applied>> {
+pub(super) fn store(
+    tx: &Transaction<'_>,
+    changes: &mut Changes<'_>,
+    pools: &[ServerPool],
+) -> Result<Vec<Applied>> {
     pools
         .iter()
         .map(|pool| {
@@ -18,6 +23,8 @@ pub(super) fn store(tx: &Transaction<'_>, pools: &[ServerPool]) -> Result<Vec<Ap
             let manifest = serde_json::to_string(&spec_only).expect("serializes");
             upsert_document(
                 tx,
+                changes,
+                "ServerPool",
                 "pools",
                 &["namespace", "name"],
                 &[&namespace, &name],
@@ -65,11 +72,18 @@ impl Store {
 
     /// Delete pool `name` of `namespace`; `false` when there was none. Its servers stop on the
     /// next reconcile.
-    pub fn delete_pool(&self, namespace: &str, name: &str) -> Result<bool> {
-        let changed = self.conn().execute(
-            "DELETE FROM pools WHERE namespace = ?1 AND name = ?2",
-            params![namespace, name],
+    pub fn delete_pool(&self, actor: &Actor, namespace: &str, name: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let deleted = delete_document(
+            &tx,
+            &mut Changes::new(actor),
+            "ServerPool",
+            "pools",
+            namespace,
+            name,
         )?;
-        Ok(changed > 0)
+        tx.commit()?;
+        Ok(deleted)
     }
 }

@@ -3,11 +3,16 @@
 use ferry_api::k8s_openapi::api::core::v1::ResourceQuota;
 use rusqlite::{Transaction, params};
 
-use super::{Applied, Store, upsert_document};
+use super::changes::{Actor, Changes};
+use super::{Applied, Store, delete_document, upsert_document};
 use crate::Result;
 
 /// Store `quotas` in `tx`: what each apply did.
-pub(super) fn store(tx: &Transaction<'_>, quotas: &[ResourceQuota]) -> Result<Vec<Applied>> {
+pub(super) fn store(
+    tx: &Transaction<'_>,
+    changes: &mut Changes<'_>,
+    quotas: &[ResourceQuota],
+) -> Result<Vec<Applied>> {
     quotas
         .iter()
         .map(|quota| {
@@ -16,6 +21,8 @@ pub(super) fn store(tx: &Transaction<'_>, quotas: &[ResourceQuota]) -> Result<Ve
             let manifest = serde_json::to_string(quota).expect("serializes");
             upsert_document(
                 tx,
+                changes,
+                "ResourceQuota",
                 "quotas",
                 &["namespace", "name"],
                 &[&namespace, &name],
@@ -43,11 +50,18 @@ impl Store {
     }
 
     /// Delete quota `name` of `namespace`; `false` when there was none.
-    pub fn delete_quota(&self, namespace: &str, name: &str) -> Result<bool> {
-        let changed = self.conn().execute(
-            "DELETE FROM quotas WHERE namespace = ?1 AND name = ?2",
-            params![namespace, name],
+    pub fn delete_quota(&self, actor: &Actor, namespace: &str, name: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let deleted = delete_document(
+            &tx,
+            &mut Changes::new(actor),
+            "ResourceQuota",
+            "quotas",
+            namespace,
+            name,
         )?;
-        Ok(changed > 0)
+        tx.commit()?;
+        Ok(deleted)
     }
 }
