@@ -2,13 +2,25 @@
 # Build the test bed's binaries once from the Go module proxy and cache them outside the work
 # tree: kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (k8s.io/kubernetes,
 # through the wrapper module testbed/k8s), etcd (wrapper module testbed/etcd) and kwok, plus
-# kwok's stage configuration. A second call with everything cached returns at once.
+# kwok's stage configuration, and helm. A second call with everything cached returns at once.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 . "$here/versions.env"
 CACHE=${FERRY_TESTBED_CACHE:-$HOME/.cache/ferry-testbed/$K8S_VERSION}
 BIN=$CACHE/bin
+# helm, for the chart's tests: its own stamp, so a new helm does not rebuild Kubernetes.
+if [ ! -x "$BIN/helm-$HELM_VERSION" ]; then
+  command -v go >/dev/null || { echo "testbed/build.sh: Go is required" >&2; exit 1; }
+  echo "testbed: building helm $HELM_VERSION (about 2 min, once)" >&2
+  mkdir -p "$BIN"
+  tmp=$(mktemp -d)
+  GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0 GOBIN="$tmp" \
+    go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  mv "$tmp/helm" "$BIN/helm-$HELM_VERSION"
+  rmdir "$tmp"
+  ln -sf "helm-$HELM_VERSION" "$BIN/helm"
+fi
 stamp="$K8S_VERSION $ETCD_VERSION $KWOK_VERSION $(cat "$here/k8s/go.sum" "$here/etcd/go.sum" | sha1sum | cut -c1-12)"
 if [ -f "$CACHE/.built" ] && [ "$(cat "$CACHE/.built")" = "$stamp" ]; then
   exit 0

@@ -81,6 +81,7 @@ KC
 }
 kubeconfig "$ADMIN" admin
 ln -sf "$KUBECTL" "$RUN/kubectl"   # the test bed's own kubectl, for tests and by hand
+ln -sf "$BIN/helm" "$RUN/helm"         # helm, for the chart's tests
 kubeconfig "$RUN/controller-manager.kubeconfig" controller-manager
 kubeconfig "$RUN/scheduler.kubeconfig" scheduler
 

@@ -1,9 +1,18 @@
-//! Ferry's CRDs on the real apiserver: the same manifest `ferry apply` takes is accepted by
-//! `kubectl apply`, unknown fields are refused by the apiserver's strict field validation,
-//! `kubectl get isvc` shows the printer columns and `kubectl explain` the types' docs.
+//! Installing Ferry on the real apiserver, and GitOps against it: the same manifest `ferry
+//! apply` takes is accepted by `kubectl apply`, unknown fields are refused by the apiserver's
+//! strict field validation, `kubectl get isvc` shows the printer columns and `kubectl explain`
+//! the types' docs; `ferry diff --kubeconfig` shows what an apply would change (server-side
+//! dry-run); the Helm chart (deploy/helm/ferry) renders exactly deploy/'s manifests with
+//! default values, its values change what they say, and the real helm installs it.
+
+#[path = "crds/helm.rs"]
+mod helm;
+
+use std::time::Duration;
 
 use ferry_testbed_e2e::{
-    TempNamespace, admin_client, apply_in, install_crds, kubectl, kubectl_table,
+    TempNamespace, admin_client, apply_in, eventually, ferry_binary, install_crds, isvc_json,
+    kubectl, kubectl_table,
 };
 
 #[tokio::test]
@@ -43,5 +52,83 @@ async fn the_local_manifest_applies_to_the_cluster_unchanged() {
     let explained = kubectl(&["explain", "inferenceservice.spec.predictor"], None);
     let text = String::from_utf8_lossy(&explained.stdout);
     assert!(text.contains("The model server replicas"), "{text}");
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn ferry_diff_shows_what_an_apply_would_change_in_the_cluster() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_crds(&client).await.unwrap();
+    let ns = TempNamespace::create(&client, "diff").await.unwrap();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/iris.yaml"
+    ))
+    .unwrap();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&ns.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("iris.yaml");
+    let diff = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(ferry_binary())
+            .args(["diff", "-n", &ns.name, "-f"])
+            .arg(&file)
+            .arg("--kubeconfig")
+            .arg(std::env::var_os("FERRY_TESTBED_KUBECONFIG").unwrap())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // Not there yet: all of it is new, and the dry run created nothing.
+    let (code, text, err) = diff(&example);
+    assert_eq!(code, 1, "{text}{err}");
+    let path = format!("InferenceService/{}/iris", ns.name);
+    assert!(
+        text.starts_with(&format!("--- a/{path}\n+++ b/{path}\n")),
+        "{text}"
+    );
+    assert!(text.contains("+    minReplicas: 2\n"), "{text}");
+    assert!(
+        isvc_json(&ns.name, "iris").is_null(),
+        "a dry run creates nothing"
+    );
+
+    apply_in(&ns.name, &example);
+    let (code, text, err) = diff(&example);
+    assert_eq!((code, text.as_str()), (0, ""), "{err}");
+
+    let (code, text, err) = diff(&example.replace("minReplicas: 2", "minReplicas: 3"));
+    assert_eq!(code, 1, "{err}");
+    let changed: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            (l.starts_with('+') || l.starts_with('-'))
+                && !l.starts_with("+++")
+                && !l.starts_with("---")
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        ["-    minReplicas: 2", "+    minReplicas: 3"],
+        "{text}"
+    );
+    let live = eventually("the live object", Duration::from_secs(5), || {
+        let ns = ns.name.clone();
+        async move { isvc_json(&ns, "iris")["spec"]["predictor"]["minReplicas"].as_u64() }
+    })
+    .await;
+    assert_eq!(live, 2, "the dry run changed nothing");
+
+    // Refused by the apiserver's validation: exit 2, the field named.
+    let (code, _, err) =
+        diff(&example.replace("minReplicas: 2", "minReplicas: 2\n    replicaz: 3"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("replicaz"), "{err}");
     ns.delete().await;
 }
