@@ -5,21 +5,29 @@ VENV ?= $(HOME)/.cache/ferry-venv
 PY := $(VENV)/bin/python
 FUZZ_SECONDS ?= 20
 
-.PHONY: test deps tools storage-tools lint rust-test interop fuzz-smoke serve minilm many bench testbed-up testbed-down
+.PHONY: test deps tools storage-tools browser-deps lint rust-test interop fuzz-smoke serve minilm many bench testbed-up testbed-down
 
 test: deps lint rust-test fuzz-smoke
 
-deps: $(VENV)/.ferry-deps tools storage-tools
+deps: $(VENV)/.ferry-deps tools storage-tools browser-deps
 
 # Command-line tools the tests and the test bed call (curl: the quick start's printed command and
 # the S3 uploads; openssl: the test bed's PKI; skopeo and umoci: the OCI image tests;
 # docker-registry: a real OCI registry for oci:// models; lua5.1: Argo CD's health checks run
-# as Argo CD runs them, Lua 5.1). Installed from Debian when missing.
+# as Argo CD runs them, Lua 5.1; chromium: the console's browser test). Installed from Debian
+# when missing.
 tools:
-	@missing=""; for t in curl openssl unshare skopeo umoci docker-registry lua5.1; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in curl openssl unshare skopeo umoci docker-registry lua5.1 chromium; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  pkgs=$$(echo "$$missing" | sed 's/unshare/util-linux/'); \
 	  apt-get update -qq && apt-get install -y -qq $$pkgs; fi
+
+# The console's browser test drives Debian's Chromium with playwright-core (npm, pinned by
+# tests/browser/package-lock.json; no browser download: it uses /usr/bin/chromium).
+browser-deps: tests/browser/node_modules/.ferry-deps
+tests/browser/node_modules/.ferry-deps: tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund
+	touch $@
 
 # Real stores for s3:// and gs:// models, built from the Go module proxy once (~5 min), cached
 # beside the test bed: MinIO (AGPL-3.0) and fake-gcs-server (BSD-2), test-only servers, never
@@ -52,7 +60,7 @@ ORT_LIB = $(shell $(PY) -c "import glob, os, onnxruntime; print(sorted(glob.glob
 
 # One build for every Rust test, the optional ONNX Runtime backend included; the tritonclient
 # suite (tests/interop) runs from crates/cli/tests/cli/interop.rs against this very `ferry` binary.
-TEST_ENV = FERRY_REQUIRE_OCI=1 FERRY_REQUIRE_LUA=1 FERRY_REQUIRE_STORAGE=1 FERRY_REQUIRE_MINILM=1 FERRY_REQUIRE_INTEROP=1 FERRY_INTEROP_PYTHON=$(PY) ORT_DYLIB_PATH=$(ORT_LIB)
+TEST_ENV = FERRY_REQUIRE_OCI=1 FERRY_REQUIRE_LUA=1 FERRY_REQUIRE_BROWSER=1 FERRY_REQUIRE_STORAGE=1 FERRY_REQUIRE_MINILM=1 FERRY_REQUIRE_INTEROP=1 FERRY_INTEROP_PYTHON=$(PY) ORT_DYLIB_PATH=$(ORT_LIB)
 
 # The cluster tests (testbed/e2e) need the test bed: it is built or reused, brought up before
 # the one test run and taken down after it, also when a test fails.

@@ -7,6 +7,7 @@
 //! | GET | `/v1/inferenceservices[?namespace=NS]` | list with status |
 //! | GET / DELETE | `/v1/namespaces/{ns}/inferenceservices/{name}` | one / delete |
 //! | GET | `.../{name}/events`, `/revisions`, `/replicas`, `/logs?tail=N` | details |
+//! | GET | `/v1/console/metrics` | the router's per-revision numbers, for the web console (`/console/`, no token: the page asks for it) |
 //! | POST | `/v1/apply` with `"dryRun": true` | what the apply would change, with diffs; nothing kept |
 //! | GET | `/v1/history?kind=K&namespace=NS&name=N` | the audit trail of one object: who, when, what, the diff |
 //! | POST | `.../{name}/rollback` | `{"revision": NAME?}`: the predictor of an earlier revision |
@@ -73,6 +74,7 @@ pub fn app(state: ApiState) -> Router {
         )
         .route("/v1/apply", post(apply))
         .route("/v1/history", get(history))
+        .route(ferry_console::METRICS_PATH, get(console_metrics))
         .route("/v1/inferenceservices", get(list))
         .route(ns, get(show).delete(delete))
         .route(&format!("{ns}/events"), get(events))
@@ -103,7 +105,17 @@ pub fn app(state: ApiState) -> Router {
             state.clone(),
             authenticate,
         ))
+        // The console's page and assets carry no data: served without the token.
+        .merge(ferry_console::routes())
         .with_state(state)
+}
+
+/// The router's per-revision numbers for the console's plots.
+async fn console_metrics(State(state): State<ApiState>) -> Json<ferry_router::ConsoleMetrics> {
+    Json(ferry_router::ConsoleMetrics::new(
+        "local",
+        state.router.accounting().numbers(),
+    ))
 }
 
 async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
@@ -494,6 +506,8 @@ async fn replicas(
 #[derive(Deserialize)]
 struct LogsQuery {
     tail: Option<usize>,
+    /// Only this replica's lines.
+    replica: Option<String>,
 }
 
 async fn logs(
@@ -508,6 +522,7 @@ async fn logs(
         .replicas()?
         .into_iter()
         .filter(|r| r.namespace == namespace && r.service == name)
+        .filter(|r| query.replica.as_ref().is_none_or(|id| *id == r.id))
     {
         for line in process::last_lines(&state.dirs.log_of(&replica.id), query.tail.unwrap_or(100))
         {

@@ -144,6 +144,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         .local_addr()
         .map_err(|e| Error::io("API address", e))?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let token_for_console = token.to_string();
     let api = app(ApiState {
         store: store.clone(),
         supervisor: supervisor.clone(),
@@ -170,6 +171,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
             "routerTls": secure,
             "routerPlain": plain_router.as_ref().map(|r| r.addr.to_string()),
             "pid": std::process::id(),
+            "console": format!("http://{api_addr}{}", ferry_console::PATH),
         })
         .to_string(),
     )?;
@@ -190,6 +192,12 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
     let reconcile_stop = stop_rx.clone();
     let reconcile_task = tokio::spawn(async move { reconciler.run(reconcile_stop).await });
     tracing::info!(router = %router_addr, api = %api_addr, state_dir = %dirs.root.display(), "ferry up: ready");
+    // The console's link carries the token in its fragment: the user's own terminal, as the
+    // token file is the user's own.
+    eprintln!(
+        "console: {}",
+        ferry_console::login_url(&format!("http://{api_addr}"), &token_for_console)
+    );
 
     shutdown.await;
     tracing::info!("shutting down: draining the router, then stopping every replica");

@@ -34,6 +34,6 @@ pub use hooks::{HookFuture, Hooks, MAX_HOLDS, NoBackend, NoHooks, Outcome, Reque
 pub use proxy::Demand;
 pub use proxy::{Router, RouterConfig};
 pub use serve::{RunningRouter, serve, serve_threads, serve_threads_tls};
-pub use stats::{Accounting, PATH as REVISION_METRICS_PATH, ServiceNumbers};
+pub use stats::{Accounting, ConsoleMetrics, PATH as REVISION_METRICS_PATH, ServiceNumbers};
 pub use table::InFlight;
 pub use tls::{CertPair, Tls, TlsError};

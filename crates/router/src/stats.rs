@@ -100,6 +100,56 @@ impl RevisionStats {
     }
 }
 
+/// What the web console plots (`/v1/console/metrics`, both modes): every service's numbers,
+/// summed over the router replicas, and the latency buckets' upper bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleMetrics {
+    /// `local` or `cluster`.
+    pub mode: String,
+    /// Upper bound of each latency bucket but the last (unbounded), in seconds.
+    pub bounds_seconds: Vec<f64>,
+    pub services: Vec<ServiceNumbers>,
+}
+
+impl ConsoleMetrics {
+    pub fn new(mode: &str, services: Vec<ServiceNumbers>) -> Self {
+        ConsoleMetrics {
+            mode: mode.to_string(),
+            bounds_seconds: (0..ferry_core::analysis::BUCKETS)
+                .map(ferry_core::analysis::bucket_bound)
+                .collect(),
+            services,
+        }
+    }
+
+    /// Several router replicas' numbers as one: counters and gauges summed per service.
+    pub fn merged(mode: &str, replicas: Vec<Vec<ServiceNumbers>>) -> Self {
+        let mut by_service: BTreeMap<ServiceKey, ServiceNumbers> = BTreeMap::new();
+        for numbers in replicas.into_iter().flatten() {
+            let key = (numbers.namespace.clone(), numbers.service.clone());
+            match by_service.get_mut(&key) {
+                None => {
+                    by_service.insert(key, numbers);
+                }
+                Some(sum) => {
+                    for (revision, metrics) in numbers.revisions {
+                        sum.revisions.entry(revision).or_default().merge(&metrics);
+                    }
+                    for (revision, load) in numbers.load {
+                        let entry = sum.load.entry(revision).or_default();
+                        entry.in_flight += load.in_flight;
+                        entry.held += load.held;
+                        entry.arrivals += load.arrivals;
+                    }
+                    sum.held += numbers.held;
+                }
+            }
+        }
+        ConsoleMetrics::new(mode, by_service.into_values().collect())
+    }
+}
+
 /// One service's numbers, as the JSON endpoint lists them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceNumbers {

@@ -4,6 +4,7 @@
 mod argocd;
 mod autoscale;
 mod canary;
+mod console;
 mod dashboard;
 mod experiment;
 mod fairness;
