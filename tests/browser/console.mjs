@@ -4,7 +4,11 @@
 //   FERRY         the ferry binary; FERRY_STATE_DIR its state directory (for `ferry apply`)
 //   CANARY_FILE   a manifest that starts a canary of iris (one step, paused until promoted)
 //   BROKEN_FILE   a manifest of a service whose model cannot load
-//   SHOTS         where to save the screenshots (docs/ in the repository)
+//   SHOTS         where to save the screenshots (docs/ in the repository); PREFIX: how their names
+//                 start (default `console-`)
+//   NAMESPACE     the services' namespace (default `default`)
+//   APPLY         a JSON array: the command that applies a file named after it (default
+//                 `[FERRY, "apply", "-f"]`; for a cluster, the test bed's kubectl)
 //   CLUSTER       "1" against a cluster (`ferry console --kubeconfig`): no history there
 // Every step waits on what the page shows; a step that does not happen fails the run.
 import { execFileSync } from "node:child_process";
@@ -18,11 +22,15 @@ const env = (name) => {
 const url = env("CONSOLE_URL");
 const shots = env("SHOTS");
 const cluster = process.env.CLUSTER === "1";
+const namespace = process.env.NAMESPACE || "default";
+const prefix = process.env.PREFIX || "console-";
+const apply = process.env.APPLY ? JSON.parse(process.env.APPLY) : [env("FERRY"), "apply", "-f"];
 const STEP_MS = 90_000;
 
-function ferry(...args) {
-  const out = execFileSync(env("FERRY"), args, { env: process.env, encoding: "utf8" });
-  console.log(`ferry ${args.join(" ")}: ${out.trim()}`);
+function applyFile(file) {
+  const [program, ...args] = apply;
+  const out = execFileSync(program, [...args, file], { env: process.env, encoding: "utf8" });
+  console.log(`${[program, ...args, file].join(" ")}: ${out.trim()}`);
 }
 
 function log(step) {
@@ -49,7 +57,9 @@ try {
     process.exitCode = 1;
   });
   await page.goto(url);
-  const row = (name) => page.locator(`#services tbody tr[data-name="${name}"]`);
+  await page.locator(`#namespace option[value="${namespace}"]`).waitFor({ state: "attached", timeout: STEP_MS });
+  await page.selectOption("#namespace", namespace);
+  const row = (name) => page.locator(`#services tbody tr[data-namespace="${namespace}"][data-name="${name}"]`);
   await row("iris").locator("td", { hasText: "True" }).waitFor({ timeout: STEP_MS });
   log("iris is listed Ready");
   await row("iris").click();
@@ -69,11 +79,11 @@ try {
   };
   await until("requests/s plotted", async () => Object.values(await latest("plot-rps")).some((v) => v > 1));
   await page.waitForTimeout(4000); // a few seconds of history on the plots
-  await page.screenshot({ path: `${shots}/console-service.png` });
-  log("requests plotted; screenshot console-service.png");
+  await page.screenshot({ path: `${shots}/${prefix}service.png` });
+  log("requests plotted");
 
   // A canary: its weight appears in the split plot and the rollout card waits for promotion.
-  ferry("apply", "-f", env("CANARY_FILE"));
+  applyFile(env("CANARY_FILE"));
   await page.locator("#rollout-phase", { hasText: "WaitingForPromotion" }).waitFor({ timeout: STEP_MS });
   const canary = (await page.locator("#rollout-revisions").textContent()).split(" → ")[1];
   const split = await until("the canary's share in the split plot", async () => {
@@ -82,7 +92,7 @@ try {
   });
   log(`canary ${canary} at ${split[canary].toFixed(0)}% of answers`);
   await page.waitForTimeout(4000);
-  await page.screenshot({ path: `${shots}/console-canary.png` });
+  await page.screenshot({ path: `${shots}/${prefix}canary.png` });
 
   await page.locator('#rollout button[data-control="promote"]').click();
   await page.locator("#rollout-phase", { hasText: "Succeeded" }).waitFor({ timeout: STEP_MS });
@@ -93,16 +103,16 @@ try {
     await page.locator("#history-list details", { hasText: "configured" }).first().waitFor({ timeout: STEP_MS });
     log("history lists the change");
   }
-  await page.screenshot({ path: `${shots}/console-promoted.png` });
+  await page.screenshot({ path: `${shots}/${prefix}promoted.png` });
 
   // A revision that cannot become ready says why.
-  ferry("apply", "-f", env("BROKEN_FILE"));
+  applyFile(env("BROKEN_FILE"));
   await row("broken").waitFor({ timeout: STEP_MS });
   await row("broken").click();
   const reason = page.locator("#detail-reason");
   await reason.filter({ hasText: /ModelNotReady|CrashLoopBackOff|ProgressDeadlineExceeded/ }).waitFor({ timeout: STEP_MS });
   log(`broken: ${await reason.textContent()}`);
-  await page.screenshot({ path: `${shots}/console-failing.png` });
+  await page.screenshot({ path: `${shots}/${prefix}failing.png` });
 } finally {
   await browser.close();
 }

@@ -9,6 +9,7 @@
 
 mod apikey;
 mod cluster;
+mod console;
 mod ctl;
 mod doctor;
 mod gitops;
@@ -51,6 +52,9 @@ enum Command {
     Diff(gitops::DiffArgs),
     /// Every recorded change of an object: who, when, why, the diff (local mode).
     History(gitops::HistoryArgs),
+    /// The web console: for a cluster with --kubeconfig (served here), else the link to local
+    /// mode's.
+    Console(console::ConsoleArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(CompletionArgs),
     /// List InferenceServices, or show one.
@@ -330,6 +334,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::History(args) => runtime.block_on(gitops::history(args)),
+        Command::Console(args) => runtime.block_on(console::run(args)),
         Command::Completion(args) => {
             use clap::CommandFactory;
             clap_complete::generate(

@@ -22,6 +22,7 @@
 
 mod apply;
 pub mod collect;
+pub mod console;
 mod controller;
 pub mod demand;
 pub mod external_metrics;

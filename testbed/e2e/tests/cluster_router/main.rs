@@ -157,6 +157,7 @@ async fn a_model_update_through_the_cluster_router_fails_no_request() {
 
 mod autoscale;
 mod canary;
+mod console;
 mod experiment;
 mod pools;
 mod tenancy;

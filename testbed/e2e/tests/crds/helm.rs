@@ -9,8 +9,8 @@ use ferry_testbed_e2e::{
     isvc_json, operator_leader, ready_pod_ip,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
 use k8s_openapi::serde::Deserialize;
+use kube::Api;
 use serde_json::Value;
 
 fn repo() -> PathBuf {
