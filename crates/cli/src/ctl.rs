@@ -69,6 +69,9 @@ pub struct GetArgs {
     all_namespaces: bool,
     #[arg(short, long, value_enum)]
     pub(crate) output: Option<Output>,
+    /// After listing, print each change (InferenceServices) until interrupted.
+    #[arg(short, long)]
+    watch: bool,
 }
 
 #[derive(Args)]
@@ -285,13 +288,16 @@ async fn wait_rollout(
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     let mut fetch_lines = std::collections::BTreeSet::new();
+    let bars = crate::progress::RolloutBars::new(namespace, name);
     loop {
         let isvc = client.get(namespace, name).await?;
         let progress = ferry_core::status::rollout_progress(&isvc);
-        if progress.message != last {
+        if let Some(bars) = &bars {
+            bars.rollout(&isvc, &progress);
+        } else if progress.message != last {
             println!("{namespace}/{name}: {}", progress.message);
-            last = progress.message.clone();
         }
+        last = progress.message.clone();
         // A starting replica that fetches its model says how far it is.
         if !progress.done {
             for replica in client.replicas(namespace, name).await.unwrap_or_default() {
@@ -300,7 +306,9 @@ async fn wait_rollout(
                     .iter()
                     .rev()
                     .find(|l| l.contains("fetching ") && l.contains(" MB"));
-                if let Some(line) = fetching
+                if let (Some(bars), Some(line)) = (&bars, fetching) {
+                    bars.fetch(&replica.id, line);
+                } else if let Some(line) = fetching
                     && fetch_lines.insert(line.clone())
                 {
                     let text = line.split("fetching ").nth(1).unwrap_or(line);
@@ -312,9 +320,15 @@ async fn wait_rollout(
             }
         }
         if progress.done {
+            if let Some(bars) = &bars {
+                bars.finish(&progress.message);
+            }
             return Ok(());
         }
         if let Some(reason) = progress.failed {
+            if let Some(bars) = &bars {
+                bars.abandon(&reason);
+            }
             bail!("rollout of {namespace}/{name} failed: {reason}");
         }
         if Instant::now() > deadline {
@@ -390,6 +404,12 @@ pub async fn quick_start(dirs: &StateDir, files: &[PathBuf]) -> Result<()> {
 }
 
 pub async fn get(args: GetArgs) -> Result<()> {
+    if args.watch && check_kind(&args.kind).is_err() {
+        bail!(
+            "--watch follows inferenceservices; {} is listed without it",
+            args.kind
+        );
+    }
     if crate::quota::is_quota(&args.kind) {
         return crate::quota::get(&args).await;
     }
@@ -397,6 +417,9 @@ pub async fn get(args: GetArgs) -> Result<()> {
         return crate::serverpool::get(&args).await;
     }
     check_kind(&args.kind)?;
+    if args.watch {
+        return crate::watch::watch(&args, args.all_namespaces).await;
+    }
     let client = args.common.client()?;
     let items: Vec<InferenceService> = match &args.name {
         Some(name) => vec![client.get(&args.common.namespace, name).await?],

@@ -12,14 +12,17 @@ mod cluster;
 mod console;
 mod ctl;
 mod doctor;
+mod doctor_local;
 mod gitops;
 mod manifests;
 mod plan;
 mod predict;
 mod print;
+mod progress;
 mod quota;
 mod server;
 mod serverpool;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -90,9 +93,11 @@ enum Command {
     Router(RouterArgs),
     /// Download a model from an http(s) URL to a file (the init step of a ServingRuntime's pod).
     Fetch(FetchArgs),
-    /// Check what this process may do on the Kubernetes API (in-cluster or kubeconfig).
-    #[command(subcommand)]
-    Doctor(DoctorCommand),
+    /// Check this machine for `ferry up` (state directory, daemon, router port, the
+    /// manifests' model files), or with --kubeconfig a cluster (access, CRDs, operator,
+    /// router, this user's rights); exit code 1 when a check failed. `doctor kube`: what this
+    /// process may do on the Kubernetes API.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Args)]
@@ -250,8 +255,18 @@ impl TlsArgs {
 
 #[derive(Subcommand)]
 enum DoctorCommand {
-    /// Try the given API calls for real and print which are allowed.
+    /// Try the given API calls for real and print which are allowed (in-cluster credentials,
+    /// else the kubeconfig).
     Kube(doctor::DoctorArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct DoctorArgs {
+    #[command(subcommand)]
+    command: Option<DoctorCommand>,
+    #[command(flatten)]
+    check: doctor_local::LocalDoctorArgs,
 }
 
 #[derive(Args)]
@@ -353,7 +368,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rollout(command) => runtime.block_on(ctl::rollout(command)),
         Command::Experiment(command) => runtime.block_on(ctl::experiment(command)),
         Command::Apikey(command) => runtime.block_on(apikey::run(command)),
-        Command::Doctor(DoctorCommand::Kube(args)) => runtime.block_on(doctor::run(args)),
+        Command::Doctor(DoctorArgs {
+            command: Some(DoctorCommand::Kube(args)),
+            ..
+        }) => runtime.block_on(doctor::run(args)),
+        Command::Doctor(DoctorArgs { check, .. }) => {
+            if !runtime.block_on(doctor_local::run(check))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Fetch(args) => runtime.block_on(fetch(args)),
         Command::Crd(args) => crd(args),
         Command::Render(args) => render(args),

@@ -11,8 +11,8 @@ mod helm;
 use std::time::Duration;
 
 use ferry_testbed_e2e::{
-    TempNamespace, admin_client, apply_in, eventually, ferry_binary, install_crds, isvc_json,
-    kubectl, kubectl_table,
+    TempNamespace, admin_client, apply_in, eventually, ferry_binary, install_crds,
+    install_operator, install_router, isvc_json, kubectl, kubectl_table,
 };
 
 #[tokio::test]
@@ -131,4 +131,43 @@ async fn ferry_diff_shows_what_an_apply_would_change_in_the_cluster() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("replicaz"), "{err}");
     ns.delete().await;
+}
+
+#[tokio::test]
+async fn ferry_doctor_checks_the_cluster_it_is_given() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_operator(&client).await;
+    install_router(&client).await;
+    let out = std::process::Command::new(ferry_binary())
+        .args(["doctor", "--kubeconfig"])
+        .arg(std::env::var_os("FERRY_TESTBED_KUBECONFIG").unwrap())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("ok    cluster: ") && text.contains("Kubernetes v1.34"),
+        "{text}"
+    );
+    for crd in [
+        "inferenceservices",
+        "serverpools",
+        "servingruntimes",
+        "clusterservingruntimes",
+    ] {
+        assert!(
+            text.contains(&format!("ok    CRD: {crd}.ferry.dev")),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("ok    ferry-operator: ") && text.contains("ok    ferry-router: "),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok    may create inferenceservices in default: yes"),
+        "{text}"
+    );
 }

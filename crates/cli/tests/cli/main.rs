@@ -6,6 +6,7 @@ mod autoscale;
 mod canary;
 mod console;
 mod dashboard;
+mod doctor;
 mod experiment;
 mod fairness;
 mod fetch;
