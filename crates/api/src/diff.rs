@@ -21,9 +21,12 @@ const SERVER_METADATA: &[&str] = &[
     "uid",
 ];
 
-/// Annotations a client or server writes for itself (the last applied manifest of
-/// client-side apply); a diff never shows them.
-const BOOKKEEPING_ANNOTATIONS: &[&str] = &["kubectl.kubernetes.io/last-applied-configuration"];
+/// Annotations a client writes for itself (the last applied manifest of client-side apply,
+/// the change cause of `ferry apply --kubeconfig`); a diff never shows them.
+const BOOKKEEPING_ANNOTATIONS: &[&str] = &[
+    "kubectl.kubernetes.io/last-applied-configuration",
+    crate::ANNOTATION_CHANGE_CAUSE,
+];
 
 /// `object` as its author wrote it: its status and the server's metadata removed, empty
 /// labels and annotations dropped. YAML with sorted keys, so two versions diff line by line.

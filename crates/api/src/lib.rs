@@ -57,6 +57,11 @@ pub const GROUP: &str = "ferry.dev";
 pub const API_VERSION: &str = "ferry.dev/v1alpha1";
 /// Label naming the InferenceService that owns a replica / object.
 pub const LABEL_SERVICE: &str = "ferry.dev/inferenceservice";
+
+/// Who changed an InferenceService and how (`alice: ferry apply -f iris.yaml`), as
+/// `ferry apply --kubeconfig` writes it (kubectl's `kubernetes.io/change-cause` in Ferry's
+/// name); the operator names it in the `SpecChanged` Event of each new generation.
+pub const ANNOTATION_CHANGE_CAUSE: &str = "ferry.dev/change-cause";
 /// Label naming the revision of a replica / object.
 pub const LABEL_REVISION: &str = "ferry.dev/revision";
 /// Label on a ServerPool's Deployment and pods: the pool's name.

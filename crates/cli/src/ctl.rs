@@ -55,6 +55,10 @@ pub struct ApplyArgs {
     /// How long `--wait` waits, in seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Apply to the cluster this kubeconfig names (server-side apply; InferenceServices get
+    /// their change cause: who, and this command) instead of local mode.
+    #[arg(long, conflicts_with = "wait")]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -242,6 +246,9 @@ fn print_applied(result: &ApplyResult) {
 }
 
 pub async fn apply(args: ApplyArgs) -> Result<()> {
+    if let Some(kubeconfig) = &args.kubeconfig {
+        return crate::gitops::cluster_apply(&args.files, &args.common.namespace, kubeconfig).await;
+    }
     let text = crate::manifests::read_manifests(&args.files)?;
     let client = args.common.client()?;
     let answer = client

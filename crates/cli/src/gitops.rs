@@ -32,6 +32,9 @@ pub struct HistoryArgs {
     common: Common,
     /// `NAME` (an InferenceService) or `KIND/NAME` (serverpool, quota, namespace).
     name: String,
+    /// The cluster this kubeconfig names: the InferenceService's SpecChanged Events.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 /// The command line, for the audit trail's cause (`ferry apply -f iris.yaml`).
@@ -78,43 +81,8 @@ async fn cluster_diffs(args: &DiffArgs, kubeconfig: &std::path::Path) -> Result<
     for (index, document) in documents(&text)?.into_iter().enumerate() {
         let object: DynamicObject = serde_json::from_value(document)
             .with_context(|| format!("document {}: not a Kubernetes object", index + 1))?;
-        let types = object
-            .types
-            .clone()
-            .with_context(|| format!("document {}: apiVersion and kind are required", index + 1))?;
-        let (group, version) = match types.api_version.split_once('/') {
-            Some((group, version)) => (group.to_string(), version.to_string()),
-            None => (String::new(), types.api_version.clone()),
-        };
-        let gvk = kube::api::GroupVersionKind::gvk(&group, &version, &types.kind);
-        let (resource, capabilities) =
-            discovery::pinned_kind(&client, &gvk)
-                .await
-                .with_context(|| {
-                    format!(
-                        "document {}: the cluster does not serve {}",
-                        index + 1,
-                        types.kind
-                    )
-                })?;
-        let name = object
-            .metadata
-            .name
-            .clone()
-            .with_context(|| format!("document {}: metadata.name is required", index + 1))?;
-        let namespace = object
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| args.common.namespace.clone());
-        let api: Api<DynamicObject> = match capabilities.scope {
-            Scope::Namespaced => Api::namespaced_with(client.clone(), &namespace, &resource),
-            Scope::Cluster => Api::all_with(client.clone(), &resource),
-        };
-        let live = api
-            .get_opt(&name)
-            .await
-            .with_context(|| format!("{} {namespace}/{name}", types.kind))?;
+        let (api, name, path) = resolve(&client, &object, &args.common.namespace, index).await?;
+        let live = api.get_opt(&name).await.with_context(|| path.clone())?;
         let merged = api
             .patch(
                 &name,
@@ -122,11 +90,7 @@ async fn cluster_diffs(args: &DiffArgs, kubeconfig: &std::path::Path) -> Result<
                 &Patch::Apply(&object),
             )
             .await
-            .with_context(|| format!("{} {namespace}/{name}: refused", types.kind))?;
-        let path = match capabilities.scope {
-            Scope::Namespaced => format!("{}/{namespace}/{name}", types.kind),
-            Scope::Cluster => format!("{}/{name}", types.kind),
-        };
+            .with_context(|| format!("{path}: refused"))?;
         let old = live
             .as_ref()
             .map(ferry_api::diff::authored_yaml)
@@ -139,6 +103,155 @@ async fn cluster_diffs(args: &DiffArgs, kubeconfig: &std::path::Path) -> Result<
         }
     }
     Ok(diffs)
+}
+
+/// Where `object` (document `index` of a stream) lives on the cluster: its API (found by
+/// discovery), its name, and `KIND/NAMESPACE/NAME` (`KIND/NAME` when cluster-scoped).
+async fn resolve(
+    client: &kube::Client,
+    object: &DynamicObject,
+    default_namespace: &str,
+    index: usize,
+) -> Result<(Api<DynamicObject>, String, String)> {
+    let types = object
+        .types
+        .clone()
+        .with_context(|| format!("document {}: apiVersion and kind are required", index + 1))?;
+    let (group, version) = match types.api_version.split_once('/') {
+        Some((group, version)) => (group.to_string(), version.to_string()),
+        None => (String::new(), types.api_version.clone()),
+    };
+    let gvk = kube::api::GroupVersionKind::gvk(&group, &version, &types.kind);
+    let (resource, capabilities) =
+        discovery::pinned_kind(client, &gvk)
+            .await
+            .with_context(|| {
+                format!(
+                    "document {}: the cluster does not serve {}",
+                    index + 1,
+                    types.kind
+                )
+            })?;
+    let name = object
+        .metadata
+        .name
+        .clone()
+        .with_context(|| format!("document {}: metadata.name is required", index + 1))?;
+    let namespace = object
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| default_namespace.to_string());
+    Ok(match capabilities.scope {
+        Scope::Namespaced => (
+            Api::namespaced_with(client.clone(), &namespace, &resource),
+            name.clone(),
+            format!("{}/{namespace}/{name}", types.kind),
+        ),
+        Scope::Cluster => (
+            Api::all_with(client.clone(), &resource),
+            name.clone(),
+            format!("{}/{name}", types.kind),
+        ),
+    })
+}
+
+/// Who these credentials are to the apiserver (SelfSubjectReview), for the change cause.
+async fn whoami(client: &kube::Client) -> String {
+    use ferry_api::k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
+    match reviews
+        .create(
+            &kube::api::PostParams::default(),
+            &SelfSubjectReview::default(),
+        )
+        .await
+    {
+        Ok(review) => review
+            .status
+            .and_then(|s| s.user_info)
+            .and_then(|u| u.username)
+            .unwrap_or_else(|| "unknown".into()),
+        Err(_) => "unknown".into(),
+    }
+}
+
+/// `ferry apply --kubeconfig`: each document applied server-side (field manager `ferry`); an
+/// InferenceService carries its change cause (`ferry.dev/change-cause`: who, and the
+/// command), which the operator names in the generation's `SpecChanged` Event.
+pub async fn cluster_apply(
+    files: &[PathBuf],
+    namespace: &str,
+    kubeconfig: &std::path::Path,
+) -> Result<()> {
+    let client = crate::cluster::client(kubeconfig).await?;
+    let who = whoami(&client).await;
+    let cause = format!("{who}: {}", command_line());
+    let text = crate::manifests::read_manifest_files(files)?;
+    for (index, document) in documents(&text)?.into_iter().enumerate() {
+        let mut object: DynamicObject = serde_json::from_value(document)
+            .with_context(|| format!("document {}: not a Kubernetes object", index + 1))?;
+        let (api, name, path) = resolve(&client, &object, namespace, index).await?;
+        if path.starts_with("InferenceService/") {
+            object
+                .metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(ferry_api::ANNOTATION_CHANGE_CAUSE.into(), cause.clone());
+        }
+        api.patch(
+            &name,
+            &PatchParams::apply("ferry").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("{path}: refused"))?;
+        println!("{} serverside-applied", path.to_lowercase());
+    }
+    Ok(())
+}
+
+/// `ferry history NAME --kubeconfig`: the `SpecChanged` Events of the InferenceService (the
+/// cluster keeps them for its event TTL, an hour by default; the apiserver's audit log keeps
+/// the rest).
+async fn cluster_history(kubeconfig: &std::path::Path, namespace: &str, name: &str) -> Result<()> {
+    use ferry_api::k8s_openapi::api::core::v1::Event;
+    let client = crate::cluster::client(kubeconfig).await?;
+    let events: Api<Event> = Api::namespaced(client, namespace);
+    let selector = format!(
+        "involvedObject.kind=InferenceService,involvedObject.name={name},reason=SpecChanged"
+    );
+    let mut items = events
+        .list(&kube::api::ListParams::default().fields(&selector))
+        .await
+        .with_context(|| format!("the Events of InferenceService {namespace}/{name}"))?
+        .items;
+    if items.is_empty() {
+        anyhow::bail!(
+            "no SpecChanged Events of InferenceService {namespace}/{name} (they expire with the cluster's event TTL)"
+        );
+    }
+    let when = |e: &Event| {
+        e.event_time
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .or_else(|| {
+                e.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+            })
+            .unwrap_or_default()
+    };
+    items.sort_by_key(when);
+    for event in &items {
+        println!(
+            "{}  {}",
+            when(event),
+            event.message.clone().unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// The non-empty YAML documents of `text`.
@@ -157,6 +270,9 @@ fn documents(text: &str) -> Result<Vec<serde_json::Value>> {
 
 /// `ferry history [KIND/]NAME`: every recorded change, oldest first, each with its diff.
 pub async fn history(args: HistoryArgs) -> Result<()> {
+    if let Some(kubeconfig) = &args.kubeconfig {
+        return cluster_history(kubeconfig, &args.common.namespace, &args.name).await;
+    }
     let (kind, name) = match args.name.split_once('/') {
         Some((kind, name)) => (kind_of(kind)?, name),
         None => ("InferenceService", args.name.as_str()),

@@ -177,6 +177,7 @@ pub fn decide(inputs: &RolloutInputs<'_>) -> RolloutDecision {
                         "{latest} at {}%: {} ({} of {limit} in a row)",
                         state.weight, result.message, state.consecutive_failures
                     ),
+                    action: None,
                 });
                 if state.consecutive_failures >= limit && spec.auto_rollback() {
                     let message = format!(
@@ -259,6 +260,7 @@ fn abort(
         type_: EventType::Warning,
         reason,
         note: state.message.clone(),
+        action: None,
     });
 }
 

@@ -142,6 +142,8 @@ reasons! {
     // Local mode's control API records what a user did (a cluster's audit log does that).
     /// A manifest was applied (created or configured).
     Applied = "Applied", failure = false;
+    // A cluster's audit trail: each new generation, with its change cause.
+    SpecChanged = "SpecChanged", failure = false;
     /// `ferry rollout undo` set the predictor to an earlier revision.
     RolledBack = "RolledBack", failure = false;
 }
@@ -218,6 +220,11 @@ pub struct PlannedEvent {
     pub type_: EventType,
     pub reason: Reason,
     pub note: String,
+    /// What was done, machine-readable; `None`: a reconcile. A cluster folds repeats of one
+    /// (reason, action) on an object into a series that keeps the first note, so an event
+    /// each of whose notes matters (one per generation) has an action of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 impl PlannedEvent {
@@ -232,6 +239,7 @@ impl PlannedEvent {
             type_,
             reason,
             note,
+            action: None,
         }
     }
 }

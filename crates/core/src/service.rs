@@ -138,6 +138,10 @@ pub struct ServicePlan {
     pub status: InferenceServiceStatus,
     /// The event the status transition is worth: record it when the status is written.
     pub status_event: Option<PlannedEvent>,
+    /// A generation not observed before: `SpecChanged`, naming its change cause (the
+    /// cluster's audit trail; local mode records who changed what, with the diff, in the
+    /// same transaction as the change).
+    pub spec_event: Option<PlannedEvent>,
     /// Nothing changes in the status but progress (counts, messages): it may be written lazily.
     pub progress_only: bool,
     /// The rollout is complete and no other revision is left: check again only rarely.
@@ -394,6 +398,7 @@ pub fn plan(
         status::transition_event(previous, &status)
     };
     let progress_only = status::progress_only(previous, &status);
+    let spec_event = status::spec_changed_event(isvc, previous);
     let settled = rollout::complete(&target, observed.replicas)
         && scale.keys().all(|revision| revision == latest);
     let fallback = progressive
@@ -426,6 +431,7 @@ pub fn plan(
         weights,
         status,
         status_event,
+        spec_event,
         progress_only,
         settled,
         rollout_events,

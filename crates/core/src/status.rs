@@ -55,6 +55,37 @@ pub fn progress_only(
 /// `next`; `None` when none did (progress, such as `RolloutInProgress`, is no event). Its
 /// reason is the first such condition's, its note `Type=Status: message` of each, `; `-joined;
 /// a warning when any names a failure.
+/// `SpecChanged` for a generation `previous` has not observed: which generation, and its
+/// change cause (the `ferry.dev/change-cause` annotation) when it has one.
+pub fn spec_changed_event(
+    isvc: &ferry_api::InferenceService,
+    previous: Option<&InferenceServiceStatus>,
+) -> Option<PlannedEvent> {
+    let generation = isvc.metadata.generation?;
+    if previous
+        .and_then(|s| s.observed_generation)
+        .is_some_and(|observed| observed >= generation)
+    {
+        return None;
+    }
+    let cause = isvc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ferry_api::ANNOTATION_CHANGE_CAUSE))
+        .map_or_else(
+            || "no change cause recorded (ferry apply --kubeconfig records one)".to_string(),
+            |cause| format!("by {cause}"),
+        );
+    Some(PlannedEvent {
+        action: Some(format!("ObserveGeneration{generation}")),
+        ..PlannedEvent::new(
+            Reason::SpecChanged,
+            format!("generation {generation}: {cause}"),
+        )
+    })
+}
+
 pub fn transition_event(
     previous: Option<&InferenceServiceStatus>,
     next: &InferenceServiceStatus,

@@ -447,7 +447,10 @@ impl Shared {
             type_,
             reason: event.reason.as_str().to_string(),
             note: Some(truncated(&event.note, MAX_NOTE_BYTES)),
-            action: "Reconcile".to_string(),
+            action: event
+                .action
+                .clone()
+                .unwrap_or_else(|| "Reconcile".to_string()),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &isvc.object_ref(&())).await {

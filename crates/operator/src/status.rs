@@ -32,6 +32,7 @@ pub(crate) async fn write(
     let events: Vec<&PlannedEvent> = plan
         .autoscale_events
         .iter()
+        .chain(&plan.spec_event)
         .chain(&plan.status_event)
         .collect();
     write_status(isvc, &plan.status, plan.progress_only, &events, shared).await

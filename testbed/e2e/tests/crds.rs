@@ -171,3 +171,97 @@ async fn ferry_doctor_checks_the_cluster_it_is_given() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn ferry_apply_records_who_and_why_and_history_lists_each_generation() {
+    let Some(client) = admin_client().await else {
+        return;
+    };
+    install_operator(&client).await;
+    let ns = TempNamespace::create(&client, "audit").await.unwrap();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/iris.yaml"
+    ))
+    .unwrap();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&ns.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("iris.yaml");
+    let kubeconfig = std::env::var("FERRY_TESTBED_KUBECONFIG").unwrap();
+    let file_arg = file.display().to_string();
+    let ferry = |args: &[&str]| {
+        let out = std::process::Command::new(ferry_binary())
+            .args(args)
+            .args(["-n", &ns.name, "--kubeconfig", &kubeconfig])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    std::fs::write(&file, &example).unwrap();
+    let (code, text, err) = ferry(&["apply", "-f", &file_arg]);
+    assert_eq!(code, 0, "{text}{err}");
+    assert_eq!(
+        text.trim(),
+        format!("inferenceservice/{}/iris serverside-applied", ns.name)
+    );
+    let cause = isvc_json(&ns.name, "iris")["metadata"]["annotations"]["ferry.dev/change-cause"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // The test bed's admin certificate is CN=admin: the apiserver's own name for the user.
+    assert_eq!(
+        cause,
+        format!(
+            "admin: ferry apply -f {file_arg} -n {} --kubeconfig {kubeconfig}",
+            ns.name
+        )
+    );
+    let (code, text, err) = ferry(&["diff", "-f", &file_arg]);
+    assert_eq!(
+        (code, text.as_str()),
+        (0, ""),
+        "the change cause is no difference: {err}"
+    );
+
+    let history = |generations: usize| {
+        let ferry = &ferry;
+        async move {
+            let (code, text, _) = ferry(&["history", "iris"]);
+            (code == 0 && text.lines().count() == generations).then_some(text)
+        }
+    };
+    let text = eventually(
+        "the operator's SpecChanged Event",
+        Duration::from_secs(60),
+        || history(1),
+    )
+    .await;
+    assert!(
+        text.contains(&format!("generation 1: by {cause}")),
+        "{text}"
+    );
+
+    std::fs::write(&file, example.replace("minReplicas: 2", "minReplicas: 1")).unwrap();
+    let (code, _, err) = ferry(&["apply", "-f", &file_arg]);
+    assert_eq!(code, 0, "{err}");
+    let text = eventually(
+        "a second SpecChanged Event",
+        Duration::from_secs(60),
+        || history(2),
+    )
+    .await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].contains("generation 1: by admin: ferry apply"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("generation 2: by admin: ferry apply"),
+        "{text}"
+    );
+    ns.delete().await;
+}

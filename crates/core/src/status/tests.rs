@@ -232,3 +232,36 @@ fn crash_loop_and_deadline_are_reasons() {
         "ProgressDeadlineExceeded"
     );
 }
+
+#[test]
+fn a_new_generation_is_one_spec_changed_event_naming_its_cause() {
+    let mut isvc = crate::testing::isvc(
+        "apiVersion: ferry.dev/v1alpha1\nkind: InferenceService\nmetadata:\n  name: iris\n  annotations: {ferry.dev/change-cause: \"alice: ferry apply -f iris.yaml\"}\nspec:\n  predictor:\n    model: {format: onnx, uri: /m/iris.onnx}\n",
+    );
+    isvc.metadata.generation = Some(3);
+    let mut seen = InferenceServiceStatus {
+        observed_generation: Some(2),
+        ..Default::default()
+    };
+    let event = spec_changed_event(&isvc, Some(&seen)).unwrap();
+    assert_eq!(event.reason, Reason::SpecChanged);
+    assert_eq!(
+        event.note,
+        "generation 3: by alice: ferry apply -f iris.yaml"
+    );
+    seen.observed_generation = Some(3);
+    assert_eq!(
+        spec_changed_event(&isvc, Some(&seen)),
+        None,
+        "once per generation"
+    );
+    isvc.metadata.annotations = None;
+    let first = spec_changed_event(&isvc, None).unwrap();
+    assert!(
+        first
+            .note
+            .starts_with("generation 3: no change cause recorded"),
+        "{}",
+        first.note
+    );
+}
