@@ -19,6 +19,7 @@ mod pooled;
 mod pools;
 mod quota;
 mod shadow;
+mod stack;
 mod storage;
 mod tenancy;
 mod tls;
