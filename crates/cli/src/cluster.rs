@@ -5,21 +5,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use ferry_api::InferenceService;
-use ferry_core::progressive::{Control, control_annotations};
-use kube::api::{Patch, PatchParams};
+use ferry_core::progressive::Control;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-
-/// A JSON merge patch of annotations: `None` removes one.
-#[derive(Debug, serde::Serialize)]
-struct AnnotationPatch {
-    metadata: Annotations,
-}
-
-#[derive(Debug, serde::Serialize)]
-struct Annotations {
-    annotations: std::collections::BTreeMap<String, Option<String>>,
-}
 
 /// A client for the cluster `kubeconfig` names (its current context).
 pub async fn client(kubeconfig: &Path) -> Result<Client> {
@@ -47,24 +35,9 @@ pub async fn control_rollout(
     name: &str,
     control: Control,
 ) -> Result<InferenceService> {
-    let isvcs: Api<InferenceService> = Api::namespaced(client(kubeconfig).await?, namespace);
-    let isvc = isvcs
-        .get(name)
+    ferry_operator::console::control_rollout(&client(kubeconfig).await?, namespace, name, control)
         .await
-        .with_context(|| format!("InferenceService {namespace}/{name}"))?;
-    let changes = control_annotations(control, &isvc).map_err(anyhow::Error::msg)?;
-    let patch = AnnotationPatch {
-        metadata: Annotations {
-            annotations: changes
-                .into_iter()
-                .map(|(key, value)| (key.to_string(), value))
-                .collect(),
-        },
-    };
-    isvcs
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .with_context(|| format!("cannot annotate InferenceService {namespace}/{name}"))
+        .with_context(|| format!("InferenceService {namespace}/{name}"))
 }
 
 /// `ferry apikey create --kubeconfig`: the key's Secret in its namespace (the router watches it).

@@ -231,18 +231,7 @@ async fn cluster_history(kubeconfig: &std::path::Path, namespace: &str, name: &s
             "no SpecChanged Events of InferenceService {namespace}/{name} (they expire with the cluster's event TTL)"
         );
     }
-    let when = |e: &Event| {
-        e.event_time
-            .as_ref()
-            .map(|t| t.0.to_string())
-            .or_else(|| {
-                e.metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.to_string())
-            })
-            .unwrap_or_default()
-    };
+    let when = ferry_operator::console::event_time;
     items.sort_by_key(when);
     for event in &items {
         println!(

@@ -137,19 +137,7 @@ async fn events(
         .list(&ListParams::default().fields(&selector))
         .await?
         .items;
-    let when = |e: &Event| {
-        e.event_time
-            .as_ref()
-            .map(|t| t.0.to_string())
-            .or_else(|| e.last_timestamp.as_ref().map(|t| t.0.to_string()))
-            .or_else(|| {
-                e.metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0.to_string())
-            })
-            .unwrap_or_default()
-    };
+    let when = event_time;
     events.sort_by_key(|e| std::cmp::Reverse(when(e)));
     let items: Vec<Value> = events
         .iter()
@@ -243,14 +231,27 @@ struct Annotations {
     annotations: BTreeMap<String, Option<String>>,
 }
 
-/// Promote, abort, pause or resume: the annotations the core derives, as a merge patch.
 async fn rollout(
     State(state): State<Console>,
     Path((namespace, name)): Path<(String, String)>,
     Json(control): Json<Control>,
 ) -> Result<Json<InferenceService>> {
-    let api: Api<InferenceService> = Api::namespaced(state.client.clone(), &namespace);
-    let isvc = api.get(&name).await?;
+    Ok(Json(
+        control_rollout(&state.client, &namespace, &name, control).await?,
+    ))
+}
+
+/// Promote, abort, pause or resume the rollout of `namespace/name`: the annotations the core
+/// derives, as a merge patch (what `kubectl annotate` would write). The console's buttons and
+/// `ferry rollout --kubeconfig`.
+pub async fn control_rollout(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    control: Control,
+) -> Result<InferenceService> {
+    let api: Api<InferenceService> = Api::namespaced(client.clone(), namespace);
+    let isvc = api.get(name).await?;
     let changes = control_annotations(control, &isvc).map_err(ConsoleError::Conflict)?;
     let patch = AnnotationPatch {
         metadata: Annotations {
@@ -260,10 +261,24 @@ async fn rollout(
                 .collect(),
         },
     };
-    Ok(Json(
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?,
-    ))
+    Ok(api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?)
+}
+
+/// When an Event happened: its event time, else its last time, else its creation.
+pub fn event_time(e: &Event) -> String {
+    e.event_time
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .or_else(|| e.last_timestamp.as_ref().map(|t| t.0.to_string()))
+        .or_else(|| {
+            e.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+        })
+        .unwrap_or_default()
 }
 
 /// A cluster keeps its audit trail in the apiserver's audit log, not here.
