@@ -39,6 +39,7 @@ async fn the_console_shows_a_canary_and_promotes_it_in_chromium() {
     let Some(browser) = browser_tools() else {
         return;
     };
+    let _cpu = CPU_HUNGRY.lock().await;
     let daemon = Daemon::start("console");
     daemon.apply_and_wait(&manifest("iris", "iris-v1.onnx", 2));
     let url = daemon

@@ -77,6 +77,7 @@ async fn doctor_names_what_is_wrong_and_what_is_right() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_watch_prints_each_change_as_a_service_rolls_out() {
     let daemon = Daemon::start("get-watch");
+    daemon.apply_and_wait(&manifest("iris", "iris-v1.onnx", 1));
     let mut watch = Command::new(FERRY)
         .args(["get", "isvc", "-w"])
         .env("FERRY_STATE_DIR", &daemon.dir)
@@ -84,45 +85,45 @@ async fn get_watch_prints_each_change_as_a_service_rolls_out() {
         .spawn()
         .unwrap();
     let lines = watch.stdout.take().unwrap();
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut seen = Vec::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
         for line in std::io::BufReader::new(lines).lines() {
-            let line = line.unwrap();
-            let ready = line.split_whitespace().nth(2) == Some("True");
-            seen.push(line);
-            if ready {
+            if tx.send(line.unwrap()).is_err() {
                 break;
             }
         }
-        seen
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    daemon.apply_and_wait(&manifest("iris", "iris-v1.onnx", 2));
-    let seen = tokio::time::timeout(Duration::from_secs(60), reader)
-        .await
-        .unwrap()
-        .unwrap();
+    let mut seen = Vec::new();
+    let mut next = async || {
+        let line = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("a line from ferry get -w")
+            .expect("ferry get -w runs");
+        seen.push(line.clone());
+        line
+    };
+    // The table as it is: a header and v1's row.
+    assert!(next().await.starts_with("NAME"));
+    let first = next().await;
+    let v1 = first.split_whitespace().nth(3).unwrap().to_string();
+    assert_eq!(first.split_whitespace().nth(2), Some("True"), "{first}");
+    // A rolling update: rows as it goes, until the new revision is the one shown Ready.
+    let applied = daemon.apply(&manifest("iris", "iris-v2.onnx", 1), &[]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    loop {
+        let row = next().await;
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[0], "iris", "{row}");
+        if cells[3] != v1 && cells[2] == "True" && cells[4] == "1/1" {
+            break;
+        }
+    }
     let _ = watch.kill();
     let _ = watch.wait();
+    assert!(seen.len() >= 3, "{seen:?}");
     assert!(
-        seen[0].starts_with("NAME") && seen[0].contains("READY"),
-        "{seen:?}"
-    );
-    let rows: Vec<&String> = seen[1..].iter().collect();
-    assert!(
-        rows.len() >= 2,
-        "a row per change, not one at the end: {seen:?}"
-    );
-    assert!(rows.iter().all(|r| r.starts_with("iris ")), "{seen:?}");
-    assert_eq!(
-        rows.last().unwrap().split_whitespace().nth(2),
-        Some("True"),
-        "{seen:?}"
-    );
-    assert_ne!(
-        rows[0].split_whitespace().nth(2),
-        Some("True"),
-        "the first row is before it is ready: {seen:?}"
+        !seen[2..].iter().any(|r| r.starts_with("NAME")),
+        "one header: {seen:?}"
     );
 
     let refused = daemon.ferry(&["get", "quota", "-w"]);

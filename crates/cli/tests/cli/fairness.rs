@@ -129,6 +129,7 @@ fn watch_noisy(router: &str, stop: &Arc<AtomicBool>) -> tokio::task::JoinHandle<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noisy_namespace_waits_behind_itself_and_the_quiet_one_is_never_refused() {
+    let _cpu = CPU_HUNGRY.lock().await;
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("local-noisy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -337,3 +337,7 @@ pub fn revision_of(output: &Output) -> String {
         .unwrap_or_else(|| panic!("no revision in {text:?}"))
         .to_string()
 }
+
+/// Held by the tests that load every core on purpose (the browser run) and by those whose
+/// verdict depends on the CPU they get (fair sharing): they never overlap.
+pub static CPU_HUNGRY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
