@@ -84,6 +84,16 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     router
 }
 
+/// Whether `headers` carry `Authorization: Bearer <token>`: the one check of the console's API,
+/// in local mode's control API and in `ferry console --kubeconfig`.
+pub fn bearer_matches(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        == Some(token)
+}
+
 /// The console's address with the token in the fragment (never sent to a server, kept by the
 /// page for the session): what `ferry up` and `ferry console` print.
 pub fn login_url(base: &str, token: &str) -> String {

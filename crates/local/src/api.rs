@@ -121,12 +121,7 @@ async fn console_metrics(State(state): State<ApiState>) -> Json<ferry_router::Co
 }
 
 async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented != Some(&*state.token) {
+    if !ferry_console::bearer_matches(request.headers(), &state.token) {
         return Error::Unauthorized.into_response();
     }
     next.run(request).await

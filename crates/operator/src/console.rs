@@ -97,12 +97,7 @@ pub fn app(client: Client, token: &str) -> Router {
 }
 
 async fn authenticate(State(state): State<Console>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented != Some(&*state.token) {
+    if !ferry_console::bearer_matches(request.headers(), &state.token) {
         return ConsoleError::Unauthorized.into_response();
     }
     next.run(request).await
