@@ -82,6 +82,9 @@ pub struct Observation<'a> {
     /// quota's name (local mode from what its replicas take, a cluster from the quotas'
     /// status): a step's starts (surge, scale-up, canary) are held to it.
     pub quota_room: Option<(String, u32)>,
+    /// Since when this executor's plans have seen the latest revision stalled by a quota
+    /// ([`ServicePlan::stalling`], kept in [`Stalls`]): the status says so once it held a while.
+    pub stalled_since: Option<Timestamp>,
 }
 
 /// What the router measured, for decisions beyond rolling updates: the numbers per revision
@@ -157,6 +160,9 @@ pub struct ServicePlan {
     pub quota_event: Option<PlannedEvent>,
     /// An analysis was judged: the executor's next metric window starts now.
     pub analysed: bool,
+    /// A quota leaves the latest revision no room and nothing is under way: record it in the
+    /// executor's [`Stalls`] (the status says `FailedCreate` once it held a while).
+    pub stalling: bool,
     /// The revision the router retries a request on when another revision failed it: the
     /// stable one while a canary with `retryOnStable` takes traffic.
     pub fallback: Option<String>,
@@ -325,6 +331,7 @@ pub fn plan(
                 && r.canary_revision == latest
                 && r.phase == ferry_api::RolloutPhase::Succeeded
         });
+    let (stalling, stalled) = room::stalled(observed, latest, target.replicas, &start, &stop, now);
     let inputs = StatusInputs {
         generation: observed.generation,
         target: &target,
@@ -333,10 +340,7 @@ pub fn plan(
         startup_timeout_seconds: u64::from(isvc.spec.predictor.startup_timeout_seconds()),
         url: observed.entry.url(isvc),
         revision_order: &order,
-        creation_failure: observed
-            .creation_failure
-            .clone()
-            .or_else(|| room::stalled(observed, latest, target.replicas, &start, &stop)),
+        creation_failure: observed.creation_failure.clone().or(stalled),
         ingress: observed.ingress.clone(),
         autoscaler: observed.autoscaler.clone(),
         runtime_problem: observed.runtime_problem.clone(),
@@ -438,6 +442,7 @@ pub fn plan(
         autoscale_events,
         quota_event,
         analysed,
+        stalling,
         fallback,
         variants,
         shadow,
@@ -516,6 +521,7 @@ pub use autoscaling::{autoscale, autoscale_inputs, predictor_load};
 use autoscaling::{autoscaling_events, autoscaling_status};
 use counts::scale_after;
 use desired::progressive_decision;
+pub use room::{STALL_CONFIRM_SECONDS, Stalls};
 
 #[cfg(test)]
 mod tests;

@@ -185,6 +185,7 @@ pub async fn run(config: DaemonConfig, shutdown: impl Future<Output = ()>) -> Re
         tls: secure,
         accounting: router.accounting(),
         windows: Default::default(),
+        stalls: Default::default(),
         autoscalers: Default::default(),
         pools: Default::default(),
         pool_servers: ferry_api::repository::Client::default(),

@@ -49,6 +49,8 @@ pub struct Reconciler {
     pub windows: Mutex<Windows<(String, String)>>,
     /// Per service: Ferry's autoscaler (its samples of the router's load).
     pub autoscalers: Mutex<Autoscalers<(String, String)>>,
+    /// Per service: since when a quota has left its latest revision no room.
+    pub stalls: Mutex<ferry_core::service::Stalls<(String, String)>>,
     /// Per pool (namespace, name): its servers and placement as the last pool pass left them.
     pub pools: Mutex<HashMap<(String, String), crate::pools::PoolSnapshot>>,
     /// For the pool servers' repository API.
@@ -214,6 +216,11 @@ impl Reconciler {
                     let used = usage.get(&namespace).cloned().unwrap_or_default();
                     ferry_core::quota::room(q, &used, &Usage::replica(&service.isvc))
                 }),
+                stalled_since: self
+                    .stalls
+                    .lock()
+                    .expect("stalls poisoned")
+                    .since(&(namespace.clone(), name.clone())),
             };
             let key = (namespace.clone(), name.clone());
             let current = numbers.get(&key).cloned().unwrap_or_default();
@@ -240,6 +247,10 @@ impl Reconciler {
                 autoscale,
             };
             let plan = service::plan(&service.isvc, &history, &observation, &signals, at);
+            self.stalls
+                .lock()
+                .expect("stalls poisoned")
+                .record(key.clone(), plan.stalling, at);
             if plan.analysed {
                 self.windows
                     .lock()

@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     pub(crate) windows: Mutex<ferry_core::analysis::Windows<(String, String)>>,
     /// Ferry's autoscaler per service (samples of the collected load).
     pub(crate) autoscalers: Mutex<ferry_core::autoscale::Autoscalers<(String, String)>>,
+    /// Per service: since when a quota has left its latest revision no room.
+    pub(crate) stalls: Mutex<ferry_core::service::Stalls<(String, String)>>,
     /// Every InferenceService (a pool's reconcile finds its pooled services here).
     pub(crate) isvcs: Store<InferenceService>,
     /// Every ServerPool, and the pods of their servers.
@@ -232,6 +234,7 @@ pub async fn run(context: Context) {
         collector,
         windows: Mutex::default(),
         autoscalers: Mutex::default(),
+        stalls: Mutex::default(),
         isvcs: isvcs.clone(),
         pools: pools.clone(),
         pool_pods: pool_pods.clone(),

@@ -127,6 +127,7 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
     };
     // KEDA may be installed any time: look again soon while it is missing.
     let keda_missing = autoscaler.as_ref().is_some_and(|c| !c.ok);
+    let key = (isvc.namespace().unwrap_or_default(), isvc.name_any());
     let observation = Observation {
         generation: isvc.metadata.generation.unwrap_or(0),
         previous_status: isvc.status.as_ref(),
@@ -139,10 +140,10 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         runtime_problem,
         entry: EntryPoint::Cluster,
         quota_room: quota_room(isvc, shared),
+        stalled_since: shared.stalls.lock().expect("poisoned").since(&key),
     };
 
     // Plan, on the router pods' numbers while a canary is in progress.
-    let key = (isvc.namespace().unwrap_or_default(), isvc.name_any());
     let counted = service::needs_router_numbers(isvc);
     let (totals, rewards, shadow) = if counted {
         let (totals, rewards, shadow) = shared.collector.totals(&key.0, &key.1);
@@ -178,6 +179,11 @@ async fn reconcile_inner(isvc: &InferenceService, shared: &Shared) -> Result<Act
         shadow,
     };
     let plan = service::plan(isvc, &history, &observation, &signals, now);
+    shared
+        .stalls
+        .lock()
+        .expect("poisoned")
+        .record(key.clone(), plan.stalling, now);
     if plan.analysed
         && let Some(current) = totals
     {

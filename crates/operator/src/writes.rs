@@ -135,6 +135,7 @@ mod tests {
             }),
             entry: EntryPoint::Cluster,
             quota_room: None,
+            stalled_since: None,
         };
         let now = "2026-12-01T10:00:00Z".parse().unwrap();
         let plan = ferry_core::service::plan(&isvc(), &[], &observation, &Signals::default(), now);

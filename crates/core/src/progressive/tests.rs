@@ -120,6 +120,7 @@ impl Sim {
                 tls: false,
             },
             quota_room: None,
+            stalled_since: None,
         };
         let signals = Signals {
             window: Some(self.window.clone()),
@@ -435,6 +436,7 @@ fn a_new_revision_that_cannot_start_is_rolled_back_at_once() {
             tls: false,
         },
         quota_room: None,
+        stalled_since: None,
     };
     let history = [V2.to_string(), V1.to_string()];
     let plan = service::plan(&sim.isvc, &history, &observed, &Signals::default(), sim.now);

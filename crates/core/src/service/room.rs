@@ -3,6 +3,7 @@
 
 use super::Observation;
 use crate::rollout;
+use k8s_openapi::jiff::Timestamp;
 
 /// Hold the replicas a step starts to the room the namespace's quotas leave (replicas that
 /// are leaving, this step's too, still take theirs until they are gone); the note an event of
@@ -61,19 +62,60 @@ pub(super) fn held_event(
     })
 }
 
+/// How long a quota must have left no room, with nothing under way, before the status says
+/// the latest revision is stalled: a cluster's quota status counts a deleted pod until its
+/// controller catches up (seconds under load), and a moment with no room is not a failure.
+pub const STALL_CONFIRM_SECONDS: i64 = 6;
+
+/// When each service's plans began to see its latest revision stalled by a quota
+/// ([`super::ServicePlan::stalling`]): an executor's memory, given back to the plan as
+/// [`super::Observation::stalled_since`]. After a restart it starts again at the first look.
+#[derive(Debug)]
+pub struct Stalls<K> {
+    since: std::collections::HashMap<K, Timestamp>,
+}
+
+impl<K> Default for Stalls<K> {
+    fn default() -> Self {
+        Self {
+            since: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Stalls<K> {
+    /// Since when `key`'s plans have seen it stalled.
+    pub fn since(&self, key: &K) -> Option<Timestamp> {
+        self.since.get(key).copied()
+    }
+
+    /// What the plan of `key` saw at `now`: the stall's start is kept while it lasts.
+    pub fn record(&mut self, key: K, stalling: bool, now: Timestamp) {
+        if stalling {
+            self.since.entry(key).or_insert(now);
+        } else {
+            self.since.remove(&key);
+        }
+    }
+}
+
 /// Why the latest revision stands still, when a quota leaves no room for even one more of
 /// its replicas and nothing will free any by itself (none of its replicas is starting or on
-/// its way, none of the service's is leaving or scaled down, this step starts and stops nothing): the status's
-/// `FailedCreate` message, as the API server's refusal reads (a cluster's API server is
-/// never asked for a pod it would refuse).
+/// its way, none of the service's is leaving or scaled down, this step starts and stops
+/// nothing), and that has held for [`STALL_CONFIRM_SECONDS`]: the status's `FailedCreate`
+/// message, as the API server's refusal reads (a cluster's API server is never asked for a
+/// pod it would refuse). The first value says whether it stands still now, confirmed or not.
 pub(super) fn stalled(
     observed: &Observation<'_>,
     latest: &str,
     wanted: u32,
     start: &std::collections::BTreeMap<String, u32>,
     stop: &[String],
-) -> Option<String> {
-    let (quota, room) = observed.quota_room.as_ref()?;
+    now: Timestamp,
+) -> (bool, Option<String>) {
+    let Some((quota, room)) = observed.quota_room.as_ref() else {
+        return (false, None);
+    };
     let mine = |r: &&crate::ReplicaView| r.revision == latest && !r.terminating;
     let live = observed.replicas.iter().filter(mine).count() as u32;
     let starting = observed.replicas.iter().filter(mine).any(|r| !r.ready());
@@ -91,9 +133,14 @@ pub(super) fn stalled(
         *set < seen
     });
     let idle = !starting && !leaving && !going && !starts && !coming && stop.is_empty();
-    (*room == 0 && live < wanted && idle).then(|| {
+    let stalling = *room == 0 && live < wanted && idle;
+    let confirmed = observed
+        .stalled_since
+        .is_some_and(|since| now.duration_since(since).as_secs() >= STALL_CONFIRM_SECONDS);
+    let message = (stalling && confirmed).then(|| {
         format!(
             "exceeded quota: {quota}: no room for another replica of {latest} ({live} of {wanted} running)"
         )
-    })
+    });
+    (stalling, message)
 }

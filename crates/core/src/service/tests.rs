@@ -50,6 +50,7 @@ fn observation<'a>(
             tls: false,
         },
         quota_room: None,
+        stalled_since: None,
     }
 }
 
@@ -484,8 +485,36 @@ fn a_revision_a_quota_leaves_no_room_for_says_so_and_a_moving_rollout_does_not()
     let scale = BTreeMap::new();
     let mut observed = observation(V1, &[], &scale);
     observed.quota_room = Some(("no-pods".to_string(), 0));
+    // A first look with no room is not yet a failure: a cluster's quota status lags.
     let plan = super::plan(&service, &[], &observed, &Signals::default(), now());
+    assert!(plan.stalling);
     assert_eq!(plan.start.get(V1).copied().unwrap_or(0), 0);
+    assert_ne!(latest_condition(&plan).reason, "FailedCreate");
+    let mut stalls = super::Stalls::default();
+    stalls.record("iris", plan.stalling, now());
+    let later = |seconds: i64| {
+        now()
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(seconds))
+            .unwrap()
+    };
+    // Still no room a moment later: not yet.
+    observed.stalled_since = stalls.since(&"iris");
+    let plan = super::plan(&service, &[], &observed, &Signals::default(), later(2));
+    assert_ne!(latest_condition(&plan).reason, "FailedCreate");
+    stalls.record("iris", plan.stalling, later(2));
+    assert_eq!(
+        stalls.since(&"iris"),
+        Some(now()),
+        "the stall's start is kept"
+    );
+    // It held: the status says so.
+    let plan = super::plan(
+        &service,
+        &[],
+        &observed,
+        &Signals::default(),
+        later(super::STALL_CONFIRM_SECONDS),
+    );
     let latest = latest_condition(&plan);
     assert_eq!(latest.reason, "FailedCreate", "{latest:?}");
     assert!(
@@ -504,9 +533,20 @@ fn a_revision_a_quota_leaves_no_room_for_says_so_and_a_moving_rollout_does_not()
     let mut observed = observation(V2, &replicas, &scale);
     observed.quota_room = Some(("pods".to_string(), 0));
     let history = vec![V2.to_string(), V1.to_string()];
-    let plan = super::plan(&service, &history, &observed, &Signals::default(), now());
+    observed.stalled_since = Some(now());
+    let plan = super::plan(
+        &service,
+        &history,
+        &observed,
+        &Signals::default(),
+        later(60),
+    );
     let latest = latest_condition(&plan);
     assert_ne!(latest.reason, "FailedCreate", "{latest:?}");
+    assert!(!plan.stalling);
+    // Room again: the stall is forgotten.
+    stalls.record("iris", plan.stalling, later(60));
+    assert_eq!(stalls.since(&"iris"), None);
 }
 
 fn latest_condition(plan: &super::ServicePlan) -> &ferry_api::Condition {
