@@ -276,8 +276,9 @@ fn run(cli: Cli) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
-        Command::Server(args) => runtime.block_on(server::run(args)),
-        Command::Up(args) => runtime.block_on(up(args)),
+        Command::Server(args) => runtime.block_on(traced("ferry-server", server::run(args))),
+        // The daemon's spans are its router's.
+        Command::Up(args) => runtime.block_on(traced("ferry-router", up(args))),
         Command::Apply(args) => runtime.block_on(ctl::apply(args)),
         Command::Diff(args) => match runtime.block_on(gitops::diff(args)) {
             Ok(false) => Ok(()),
@@ -322,8 +323,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Render(args) => render(args),
         Command::Plan(args) => runtime.block_on(plan::run(args)),
         Command::Operator(args) => runtime.block_on(roles::operator(args)),
-        Command::Router(args) => runtime.block_on(roles::cluster_router(args)),
+        Command::Router(args) => {
+            runtime.block_on(traced("ferry-router", roles::cluster_router(args)))
+        }
     }
+}
+
+/// Run `work` exporting this process's spans as `service` when an OTLP receiver is configured
+/// (`OTEL_EXPORTER_OTLP_ENDPOINT`); what is still queued is sent when it returns.
+async fn traced(service: &'static str, work: impl Future<Output = Result<()>>) -> Result<()> {
+    #[cfg(feature = "otlp")]
+    let _exporting = ferry_trace::init(service)?;
+    #[cfg(not(feature = "otlp"))]
+    let _ = service;
+    work.await
 }
 
 async fn fetch(args: FetchArgs) -> Result<()> {

@@ -236,9 +236,28 @@ impl Router {
         }
         let kind = classify(request.uri(), request.headers());
         let grpc = matches!(kind, RequestKind::Grpc { .. });
-        match self.route(request, kind).await {
-            Ok(response) => response,
+        // A model request's span: child of the trace it came with (nothing while tracing is
+        // off; the router's own endpoints make none).
+        let trace = match kind {
+            RequestKind::Rest { .. } | RequestKind::Grpc { .. } | RequestKind::Feedback { .. } => {
+                ferry_trace::Span::server(
+                    "route",
+                    &ferry_trace::Remote::from_headers(request.headers()),
+                )
+            }
+            _ => ferry_trace::Span::none(),
+        };
+        match self.route(request, kind, &trace).await {
+            Ok(response) => {
+                trace.attribute(
+                    "http.response.status_code",
+                    i64::from(response.status().as_u16()),
+                );
+                response
+            }
             Err(error) => {
+                trace.attribute("error.type", error.label());
+                trace.error(error.to_string());
                 self.inner
                     .metrics
                     .router_errors
@@ -257,9 +276,11 @@ impl Router {
         &self,
         request: Request<Incoming>,
         kind: RequestKind,
+        trace: &ferry_trace::Span,
     ) -> Result<Response<Buffered>, RouterError> {
         // 1. classify: the router's own endpoints answer here; a gRPC call names its model in
         //    the message, so the body is read first.
+        let classified = trace.child("classify", ferry_trace::Kind::Internal);
         let feedback = matches!(kind, RequestKind::Feedback { .. });
         let model = match kind {
             RequestKind::Health => {
@@ -303,6 +324,12 @@ impl Router {
                 model
             }
         };
+        classified.attribute("ferry.namespace", namespace.clone());
+        if let Some(model) = &model {
+            classified.attribute("ferry.model", model.clone());
+        }
+        classified.attribute("rpc.grpc", grpc);
+        drop(classified);
         let info = RequestInfo {
             namespace: &namespace,
             model: model.as_deref(),
@@ -314,6 +341,7 @@ impl Router {
         }
 
         // 3. pick a revision, 4. pick a replica; with none, the `on_no_backend` hook decides.
+        let picked = trace.child("pick", ferry_trace::Kind::Internal);
         let mut holds = 0;
         let mut warm = None;
         loop {
@@ -405,11 +433,14 @@ impl Router {
             .ok_or_else(|| no_replica(service))?;
         (revision, backend)
         };
+        picked.attribute("ferry.revision", revision.revision.clone());
+        picked.attribute("ferry.replica", backend.backend.id.clone());
+        drop(picked);
 
         // 5. forward, 6. on error: retry once on another replica (the replica failed before
         //    answering, and inference calls are pure functions of their input); 7. record.
         let first = self
-            .attempt(&parts, &body, service, revision, &backend, grpc, 0)
+            .attempt(&parts, &body, service, revision, &backend, grpc, 0, trace)
             .await;
         // A canary's failure (no answer, or a 5xx) goes to the stable revision once.
         let failed = match &first {
@@ -427,7 +458,7 @@ impl Router {
                 .get_or_create(&labels(service, stable))
                 .inc();
             return self
-                .attempt(&parts, &body, service, stable, &other, grpc, 1)
+                .attempt(&parts, &body, service, stable, &other, grpc, 1, trace)
                 .await;
         }
         // A replica that says it does not know the model the route table has it serve has lost
@@ -450,7 +481,7 @@ impl Router {
             .retries
             .get_or_create(&labels(service, revision))
             .inc();
-        self.attempt(&parts, &body, service, revision, &other, grpc, 1)
+        self.attempt(&parts, &body, service, revision, &other, grpc, 1, trace)
             .await
         }
         .await;
@@ -521,10 +552,30 @@ impl Router {
         backend: &Arc<BackendState>,
         grpc: bool,
         attempt: u32,
+        trace: &ferry_trace::Span,
     ) -> Result<Response<Buffered>, RouterError> {
+        let span = trace.child("forward", ferry_trace::Kind::Client);
+        span.attribute("ferry.revision", revision.revision.clone());
+        span.attribute("ferry.replica", backend.backend.id.clone());
+        span.attribute("ferry.attempt", i64::from(attempt));
         let started = Instant::now();
         let in_flight = revision.stats.begin();
-        let result = self.forward(parts, body, revision, backend, grpc).await;
+        let result = self
+            .forward(parts, body, revision, backend, grpc, &span)
+            .await;
+        match &result {
+            Ok(response) => {
+                span.attribute(
+                    "http.response.status_code",
+                    i64::from(response.status().as_u16()),
+                );
+                if response.status().is_server_error() {
+                    span.error(format!("answered {}", response.status()));
+                }
+            }
+            Err(e) => span.error(e.to_string()),
+        }
+        drop(span);
         drop(in_flight);
         let elapsed = started.elapsed();
         let status = result.as_ref().ok().map(Response::status);

@@ -5,7 +5,7 @@
 //! the same window run as their own group. [`concat`] and [`split`] are pure and tested below.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -18,7 +18,21 @@ use crate::tensor::{Tensor, TensorData};
 /// One request waiting for its batch.
 pub struct BatchJob {
     pub inputs: Vec<Tensor>,
-    pub reply: oneshot::Sender<Result<Vec<Tensor>, BackendFailure>>,
+    pub reply: oneshot::Sender<(Result<Vec<Tensor>, BackendFailure>, Ran)>,
+}
+
+/// When a request's batch ran, for its trace (queue, batch, compute).
+#[derive(Debug, Clone, Copy)]
+pub struct Ran {
+    /// Its batch began to run: the request's wait in the queue ended.
+    pub batched: SystemTime,
+    /// The model's call on the batch's stacked inputs.
+    pub compute: (SystemTime, SystemTime),
+    /// The answers were split back.
+    pub finished: SystemTime,
+    /// Rows and requests in the batch.
+    pub rows: usize,
+    pub requests: usize,
 }
 
 fn rows(job: &BatchJob) -> usize {
@@ -148,10 +162,25 @@ fn group_compatible(jobs: Vec<BatchJob>) -> Vec<Vec<BatchJob>> {
 }
 
 fn execute(backend: &dyn Backend, mut group: Vec<BatchJob>, batch_sizes: &Histogram) {
+    let batched = SystemTime::now();
+    let timed = |stacked: Vec<Tensor>| {
+        let start = SystemTime::now();
+        let result = call_backend(backend, stacked);
+        (result, (start, SystemTime::now()))
+    };
     if group.len() == 1 {
         let job = group.pop().expect("one job");
-        batch_sizes.observe(rows(&job) as f64);
-        let _ = job.reply.send(call_backend(backend, job.inputs));
+        let rows = rows(&job);
+        batch_sizes.observe(rows as f64);
+        let (result, compute) = timed(job.inputs);
+        let ran = Ran {
+            batched,
+            compute,
+            finished: SystemTime::now(),
+            rows,
+            requests: 1,
+        };
+        let _ = job.reply.send((result, ran));
         return;
     }
     let row_counts: Vec<usize> = group.iter().map(rows).collect();
@@ -163,23 +192,35 @@ fn execute(backend: &dyn Backend, mut group: Vec<BatchJob>, batch_sizes: &Histog
         replies.push(job.reply);
         inputs.push(job.inputs);
     }
+    let mut compute = (batched, batched);
     let result = concat(&inputs)
         .ok_or_else(|| BackendFailure::Failed("batch inputs disagree".into()))
-        .and_then(|stacked| call_backend(backend, stacked))
+        .and_then(|stacked| {
+            let (result, times) = timed(stacked);
+            compute = times;
+            result
+        })
         .and_then(|outputs| {
             split(outputs, &row_counts).ok_or_else(|| {
                 BackendFailure::Failed("model outputs do not keep the batch dimension".into())
             })
         });
+    let ran = Ran {
+        batched,
+        compute,
+        finished: SystemTime::now(),
+        rows: total,
+        requests: replies.len(),
+    };
     match result {
         Ok(per_job) => {
             for (reply, outputs) in replies.into_iter().zip(per_job) {
-                let _ = reply.send(Ok(outputs));
+                let _ = reply.send((Ok(outputs), ran));
             }
         }
         Err(e) => {
             for reply in replies {
-                let _ = reply.send(Err(e.clone()));
+                let _ = reply.send((Err(e.clone()), ran));
             }
         }
     }

@@ -23,3 +23,4 @@ mod stack;
 mod storage;
 mod tenancy;
 mod tls;
+mod trace;

@@ -24,6 +24,7 @@ impl Router {
         revision: &RevisionState,
         backend: &Arc<BackendState>,
         grpc: bool,
+        span: &ferry_trace::Span,
     ) -> Result<Response<Buffered>, RouterError> {
         let _outstanding = InFlightGuard::new(backend.clone());
         let upstream_error = |cause: String| RouterError::Upstream {
@@ -43,6 +44,8 @@ impl Router {
             *request.uri_mut() = uri.unwrap_or_else(|_| http::Uri::from_static("/"));
             *request.version_mut() = version;
             copy_end_to_end(&parts.headers, request.headers_mut(), grpc);
+            // The server's spans are children of this forward.
+            span.inject(request.headers_mut());
             request
         };
         let timeout = self.inner.config.connect_timeout;

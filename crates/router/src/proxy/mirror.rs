@@ -54,7 +54,14 @@ impl Router {
             let mut parts = parts;
             parts.headers.remove(&REVISION_HEADER);
             match router
-                .forward(&parts, &body, revision, &backend, false)
+                .forward(
+                    &parts,
+                    &body,
+                    revision,
+                    &backend,
+                    false,
+                    &ferry_trace::Span::none(),
+                )
                 .await
             {
                 Ok(answer) if answer.status().is_success() => {

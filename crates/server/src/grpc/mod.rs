@@ -126,6 +126,11 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let metadata = |name: &str| request.metadata().get(name).and_then(|v| v.to_str().ok());
+        let remote = ferry_trace::Remote::from_values(
+            metadata(ferry_trace::TRACEPARENT),
+            metadata(ferry_trace::TRACESTATE),
+        );
         let message = request.into_inner();
         let model_name = message.model_name.clone();
         let decoded = match convert::decode_infer_request(message) {
@@ -143,6 +148,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for InferenceServic
                 decoded.version.as_deref(),
                 decoded.request,
                 Protocol::Grpc,
+                &remote,
             )
             .await?;
         Ok(Response::new(convert::encode_infer_response(

@@ -3,6 +3,7 @@
 //! selection → metrics.
 
 use super::*;
+use std::time::SystemTime;
 
 impl Repository {
     /// Runs one inference request end to end and records its metrics.
@@ -12,6 +13,33 @@ impl Repository {
         version: Option<&str>,
         request: InferRequest,
         protocol: Protocol,
+        remote: &ferry_trace::Remote,
+    ) -> Result<InferResponse> {
+        let span = ferry_trace::Span::server("infer", remote);
+        span.attribute("ferry.model", model.to_string());
+        span.attribute(
+            "rpc.system",
+            match protocol {
+                Protocol::Rest => "http",
+                Protocol::Grpc => "grpc",
+            },
+        );
+        let result = self
+            .infer_in(model, version, request, protocol, &span)
+            .await;
+        if let Err(e) = &result {
+            span.error(e.to_string());
+        }
+        result
+    }
+
+    async fn infer_in(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        request: InferRequest,
+        protocol: Protocol,
+        span: &ferry_trace::Span,
     ) -> Result<InferResponse> {
         let started = Instant::now();
         let loaded = match self.serving(model, version).await {
@@ -21,7 +49,8 @@ impl Repository {
                 return Err(e);
             }
         };
-        let result = self.infer_loaded(&loaded, request).await;
+        span.attribute("ferry.model.version", loaded.config.version.clone());
+        let result = self.infer_loaded(&loaded, request, span).await;
         let elapsed = started.elapsed();
         match &result {
             Ok(_) => loaded.metrics.observe_ok(protocol, elapsed),
@@ -55,6 +84,7 @@ impl Repository {
         &self,
         loaded: &Arc<LoadedModel>,
         request: InferRequest,
+        span: &ferry_trace::Span,
     ) -> Result<InferResponse> {
         let name = &loaded.config.name;
         let _permit = loaded
@@ -68,7 +98,7 @@ impl Repository {
         let signature = loaded.signature();
         let selected = select_outputs(name, signature, &request)?;
         let inputs = order_inputs(name, signature, request.inputs)?;
-        let outputs = self.run(loaded, inputs).await.map_err(|f| match f {
+        let outputs = self.run(loaded, inputs, span).await.map_err(|f| match f {
             BackendFailure::BadInput(m) => Error::InvalidInput(m),
             BackendFailure::Failed(message) => Error::InferenceFailed {
                 model: name.clone(),
@@ -98,16 +128,26 @@ impl Repository {
         &self,
         loaded: &Arc<LoadedModel>,
         inputs: Vec<Tensor>,
+        span: &ferry_trace::Span,
     ) -> std::result::Result<Vec<Tensor>, BackendFailure> {
+        let queued = SystemTime::now();
         if let Some(batcher) = &loaded.batcher {
             let (reply, answer) = oneshot::channel();
             batcher
                 .send(BatchJob { inputs, reply })
                 .await
                 .map_err(|_| BackendFailure::Failed("batcher stopped".into()))?;
-            return answer
-                .await
-                .unwrap_or_else(|_| Err(BackendFailure::Failed("batch dropped".into())));
+            let Ok((result, ran)) = answer.await else {
+                return Err(BackendFailure::Failed("batch dropped".into()));
+            };
+            // The request's wait for its batch, the batch, and the model's call in it.
+            span.record("queue", queued, ran.batched, &[]);
+            let batch = span.child_from("batch", ferry_trace::Kind::Internal, ran.batched);
+            batch.attribute("ferry.batch.rows", ran.rows as i64);
+            batch.attribute("ferry.batch.requests", ran.requests as i64);
+            batch.record("compute", ran.compute.0, ran.compute.1, &[]);
+            batch.end_at(ran.finished);
+            return result;
         }
         let rows = inputs
             .first()
@@ -115,6 +155,8 @@ impl Repository {
             .copied()
             .unwrap_or(1);
         if loaded.inline && rows <= INLINE_MAX_ROWS {
+            let compute = span.child("compute", ferry_trace::Kind::Internal);
+            compute.attribute("ferry.inline", true);
             return call_backend(loaded.backend.as_ref(), inputs);
         }
         let permit = self
@@ -123,10 +165,14 @@ impl Repository {
             .acquire_owned()
             .await
             .map_err(|_| BackendFailure::Failed("compute pool closed".into()))?;
+        // Waiting for a thread of the compute pool.
+        span.record("queue", queued, SystemTime::now(), &[]);
+        let compute = span.child("compute", ferry_trace::Kind::Internal);
         let backend = loaded.backend.clone();
         tokio::task::spawn_blocking(move || {
             let result = call_backend(backend.as_ref(), inputs);
             drop(permit);
+            drop(compute);
             result
         })
         .await

@@ -280,7 +280,13 @@ async fn infer_common(
     let requested = decoded.request.outputs.clone();
     match s
         .repo
-        .infer(&model, version.as_deref(), decoded.request, Protocol::Rest)
+        .infer(
+            &model,
+            version.as_deref(),
+            decoded.request,
+            Protocol::Rest,
+            &ferry_trace::Remote::from_headers(headers),
+        )
         .await
     {
         Ok(response) => {

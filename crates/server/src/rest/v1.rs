@@ -79,7 +79,16 @@ pub async fn predict(
         }],
         ..InferRequest::default()
     };
-    let response = s.repo.infer(model, None, request, Protocol::Rest).await?;
+    let response = s
+        .repo
+        .infer(
+            model,
+            None,
+            request,
+            Protocol::Rest,
+            &ferry_trace::Remote::from_headers(&headers),
+        )
+        .await?;
     let first = response
         .outputs
         .first()
