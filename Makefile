@@ -5,11 +5,11 @@ VENV ?= $(HOME)/.cache/ferry-venv
 PY := $(VENV)/bin/python
 FUZZ_SECONDS ?= 20
 
-.PHONY: test deps tools storage-tools browser-deps lint rust-test interop fuzz-smoke serve minilm many bench testbed-up testbed-down
+.PHONY: test deps tools storage-tools trace-tools browser-deps lint rust-test interop fuzz-smoke serve minilm many bench testbed-up testbed-down
 
 test: deps lint rust-test fuzz-smoke
 
-deps: $(VENV)/.ferry-deps tools storage-tools browser-deps
+deps: $(VENV)/.ferry-deps tools storage-tools trace-tools browser-deps
 
 # Command-line tools the tests and the test bed call (curl: the quick start's printed command and
 # the S3 uploads; openssl: the test bed's PKI; skopeo and umoci: the OCI image tests;
@@ -45,6 +45,20 @@ $(STORAGE_BIN)/fake-gcs-server-$(FAKE_GCS_VERSION):
 	GOBIN=$(STORAGE_BIN) GOFLAGS=-mod=mod go install github.com/fsouza/fake-gcs-server@$(FAKE_GCS_VERSION)
 	touch $@
 
+# A real OTLP receiver for the trace test: Jaeger v2 (an OpenTelemetry Collector distribution,
+# Apache-2.0, test-only), built from the Go module proxy once (~5 min) as a tool of a throwaway
+# module (its own go.mod has replace directives, so `go install pkg@version` refuses it).
+TRACE_BIN = $(HOME)/.cache/ferry-trace-test/bin
+JAEGER_VERSION = v1.75.0
+JAEGER = $(TRACE_BIN)/jaeger-$(JAEGER_VERSION)
+trace-tools: $(JAEGER)
+$(JAEGER):
+	mkdir -p $(TRACE_BIN)
+	tmp=$$(mktemp -d) && cd $$tmp && go mod init ferry-trace-tools >/dev/null 2>&1 \
+	  && GOFLAGS=-mod=mod go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@$(JAEGER_VERSION) \
+	  && go build -trimpath -ldflags "-s -w" -o $@.part github.com/jaegertracing/jaeger/cmd/jaeger \
+	  && mv $@.part $@; rc=$$?; rm -rf $$tmp; exit $$rc
+
 $(VENV)/.ferry-deps: models/requirements.txt tests/interop/requirements.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -60,7 +74,7 @@ ORT_LIB = $(shell $(PY) -c "import glob, os, onnxruntime; print(sorted(glob.glob
 
 # One build for every Rust test, the optional ONNX Runtime backend included; the tritonclient
 # suite (tests/interop) runs from crates/cli/tests/cli/interop.rs against this very `ferry` binary.
-TEST_ENV = FERRY_REQUIRE_OCI=1 FERRY_REQUIRE_LUA=1 FERRY_REQUIRE_BROWSER=1 FERRY_REQUIRE_STORAGE=1 FERRY_REQUIRE_MINILM=1 FERRY_REQUIRE_INTEROP=1 FERRY_INTEROP_PYTHON=$(PY) ORT_DYLIB_PATH=$(ORT_LIB)
+TEST_ENV = FERRY_REQUIRE_JAEGER=1 FERRY_JAEGER=$(JAEGER) FERRY_REQUIRE_OCI=1 FERRY_REQUIRE_LUA=1 FERRY_REQUIRE_BROWSER=1 FERRY_REQUIRE_STORAGE=1 FERRY_REQUIRE_MINILM=1 FERRY_REQUIRE_INTEROP=1 FERRY_INTEROP_PYTHON=$(PY) ORT_DYLIB_PATH=$(ORT_LIB)
 
 # The cluster tests (testbed/e2e) need the test bed: it is built or reused, brought up before
 # the one test run and taken down after it, also when a test fails.

@@ -382,6 +382,7 @@ fn render(args: RenderArgs) -> Result<()> {
         image: args.image,
         node_selector,
         model_cache_host_path: args.model_cache_host_path,
+        server_env: Vec::new(),
     };
     print!("{}", ferry_render::documents(&parsed, &options)?);
     Ok(())

@@ -126,6 +126,11 @@ pub async fn operator(args: OperatorArgs) -> Result<()> {
         image: args.image,
         node_selector: node_selector(&args.node_selector)?,
         model_cache_host_path: args.model_cache_host_path,
+        // Servers export their spans where the operator is told to (none: no variable set).
+        server_env: ferry_render::TRACE_ENV
+            .iter()
+            .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+            .collect(),
     };
     // Every replica collects the router pods' numbers (only while asked for them), so a
     // standby answers the External metrics API (and KEDA) as the leader does.

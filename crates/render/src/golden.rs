@@ -15,6 +15,7 @@ fn default_options() -> RenderOptions {
         image: concat!("ghcr.io/ferry-dev/ferry:", env!("CARGO_PKG_VERSION")).into(),
         node_selector: BTreeMap::new(),
         model_cache_host_path: None,
+        server_env: Vec::new(),
     }
 }
 
@@ -67,6 +68,7 @@ fn options_and_owner_references_render_as_before() {
             ("zone".to_string(), "a".to_string()),
         ]),
         model_cache_host_path: None,
+        server_env: Vec::new(),
     };
     let rendered = documents(&manifests, &options).unwrap();
     assert!(rendered == expect("iris-options.out.yaml", &rendered));

@@ -60,7 +60,21 @@ pub struct RenderOptions {
     /// The node directory every pod on a node shares as its model cache (opt-in; default: an
     /// emptyDir per pod). It must be writable by UID 65532.
     pub model_cache_host_path: Option<String>,
+    /// Environment every server pod gets besides its own: the OpenTelemetry settings
+    /// ([`TRACE_ENV`]) the operator runs with, so the servers export their spans where the
+    /// operator and the router export theirs.
+    pub server_env: Vec<(String, String)>,
 }
+
+/// The OpenTelemetry variables the operator hands on to the servers it runs.
+pub const TRACE_ENV: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_RESOURCE_ATTRIBUTES",
+];
 
 /// Why manifests cannot be rendered.
 #[derive(Debug, thiserror::Error)]

@@ -18,9 +18,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::revision::{
-    http_get, pod_ip_env, server_container_security, server_pod_security, server_ports,
-};
+use crate::revision::{http_get, server_container_security, server_pod_security, server_ports};
 use crate::{GRPC_PORT, HTTP_PORT, RenderOptions};
 
 /// The name of `pool`'s Deployment.
@@ -93,7 +91,7 @@ pub fn render(pool: &ServerPool, options: &RenderOptions) -> Deployment {
             name: "server".into(),
             image: Some(options.image.clone()),
             args: Some(args),
-            env: Some(vec![pod_ip_env()]),
+            env: Some(crate::revision::server_env(options)),
             ports: Some(server_ports()),
             resources: Some(ResourceRequirements {
                 requests: quantities(resources.requests),

@@ -244,6 +244,17 @@ pub(crate) fn http_get(path: String, port: IntOrString) -> Probe {
 }
 
 /// `POD_IP` from the downward API: servers bind to the pod IP.
+/// A server container's environment: its pod's IP, and the options' extra variables.
+pub(crate) fn server_env(options: &RenderOptions) -> Vec<EnvVar> {
+    std::iter::once(pod_ip_env())
+        .chain(options.server_env.iter().map(|(name, value)| EnvVar {
+            name: name.clone(),
+            value: Some(value.clone()),
+            ..EnvVar::default()
+        }))
+        .collect()
+}
+
 pub(crate) fn pod_ip_env() -> EnvVar {
     EnvVar {
         name: "POD_IP".into(),
@@ -349,7 +360,7 @@ fn ferry_pod(
                 predictor.model.runtime_version.as_deref(),
             )),
             args: Some(args),
-            env: Some(vec![pod_ip_env()]),
+            env: Some(server_env(options)),
             ports: Some(server_ports()),
             resources: Some(resources),
             termination_message_policy: Some("FallbackToLogsOnError".into()),

@@ -19,6 +19,7 @@ fn options() -> RenderOptions {
         image: "ghcr.io/ferry-dev/ferry:0.1.0".into(),
         node_selector: BTreeMap::new(),
         model_cache_host_path: None,
+        server_env: Vec::new(),
     }
 }
 
@@ -388,6 +389,35 @@ fn a_node_model_cache_is_one_host_path_every_pod_shares() {
                 .any(|a| a == "iris=oci://registry.example/models/iris:v1")
         );
     }
+}
+
+#[test]
+fn servers_get_the_operators_trace_settings_in_their_environment() {
+    let traced = RenderOptions {
+        server_env: vec![(
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            "http://127.0.0.1:4317".into(),
+        )],
+        ..options()
+    };
+    let objects = render(&isvc(""), "iris-abc123", 1, &traced, None);
+    let d = serde_json::to_value(&objects.deployment).unwrap();
+    let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert_eq!(env[0]["name"], "POD_IP");
+    assert_eq!(
+        env[1],
+        json!({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://127.0.0.1:4317"})
+    );
+    let plain = render(&isvc(""), "iris-abc123", 1, &options(), None);
+    let d = serde_json::to_value(&plain.deployment).unwrap();
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "no settings, no variables"
+    );
 }
 
 #[test]

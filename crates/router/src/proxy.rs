@@ -257,7 +257,7 @@ impl Router {
             }
             Err(error) => {
                 trace.attribute("error.type", error.label());
-                trace.error(error.to_string());
+                trace.error(&error);
                 self.inner
                     .metrics
                     .router_errors
@@ -324,9 +324,9 @@ impl Router {
                 model
             }
         };
-        classified.attribute("ferry.namespace", namespace.clone());
+        classified.text("ferry.namespace", &namespace);
         if let Some(model) = &model {
-            classified.attribute("ferry.model", model.clone());
+            classified.text("ferry.model", model);
         }
         classified.attribute("rpc.grpc", grpc);
         drop(classified);
@@ -433,8 +433,8 @@ impl Router {
             .ok_or_else(|| no_replica(service))?;
         (revision, backend)
         };
-        picked.attribute("ferry.revision", revision.revision.clone());
-        picked.attribute("ferry.replica", backend.backend.id.clone());
+        picked.text("ferry.revision", &revision.revision);
+        picked.text("ferry.replica", &backend.backend.id);
         drop(picked);
 
         // 5. forward, 6. on error: retry once on another replica (the replica failed before
@@ -555,8 +555,8 @@ impl Router {
         trace: &ferry_trace::Span,
     ) -> Result<Response<Buffered>, RouterError> {
         let span = trace.child("forward", ferry_trace::Kind::Client);
-        span.attribute("ferry.revision", revision.revision.clone());
-        span.attribute("ferry.replica", backend.backend.id.clone());
+        span.text("ferry.revision", &revision.revision);
+        span.text("ferry.replica", &backend.backend.id);
         span.attribute("ferry.attempt", i64::from(attempt));
         let started = Instant::now();
         let in_flight = revision.stats.begin();
@@ -570,10 +570,10 @@ impl Router {
                     i64::from(response.status().as_u16()),
                 );
                 if response.status().is_server_error() {
-                    span.error(format!("answered {}", response.status()));
+                    span.error(format_args!("answered {}", response.status()));
                 }
             }
-            Err(e) => span.error(e.to_string()),
+            Err(e) => span.error(e),
         }
         drop(span);
         drop(in_flight);

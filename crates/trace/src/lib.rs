@@ -12,7 +12,6 @@
 //! batcher knows when a request was queued and when its batch ran only after the fact, and the
 //! API takes those times as they were.
 
-use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
@@ -181,17 +180,26 @@ impl Span {
         child.end_at(end);
     }
 
-    /// Set an attribute (a string, a number or a flag).
+    /// Set an attribute (a number or a flag; [`Span::text`] for strings).
     pub fn attribute(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
         if let Some(cx) = &self.cx {
             cx.span().set_attribute(KeyValue::new(key, value.into()));
         }
     }
 
-    /// Mark the span failed, with why.
-    pub fn error(&self, message: impl Into<Cow<'static, str>>) {
+    /// Set a string attribute (copied only when the span is recorded: the hot path of a
+    /// process with tracing off allocates nothing).
+    pub fn text(&self, key: &'static str, value: &str) {
         if let Some(cx) = &self.cx {
-            cx.span().set_status(Status::error(message));
+            cx.span()
+                .set_attribute(KeyValue::new(key, value.to_string()));
+        }
+    }
+
+    /// Mark the span failed, with why (formatted only when the span is recorded).
+    pub fn error(&self, message: impl std::fmt::Display) {
+        if let Some(cx) = &self.cx {
+            cx.span().set_status(Status::error(message.to_string()));
         }
     }
 

@@ -465,27 +465,10 @@ async fn quick_start_prints_a_curl_that_works_and_delete_cleans_up() {
 
     // OIP gRPC through the router too (to the replicas' gRPC Unix sockets).
     use ferry_server::grpc::GrpcInferenceServiceClient;
-    use ferry_server::grpc::pb::{ModelInferRequest, model_infer_request::InferInputTensor};
     let mut grpc = GrpcInferenceServiceClient::connect(format!("http://{}", daemon.router))
         .await
         .unwrap();
-    let answer = grpc
-        .model_infer(ModelInferRequest {
-            model_name: "iris".into(),
-            inputs: vec![InferInputTensor {
-                name: "input".into(),
-                datatype: "FP32".into(),
-                shape: vec![1, 4],
-                contents: Some(ferry_server::grpc::pb::InferTensorContents {
-                    fp32_contents: vec![5.1, 3.5, 1.4, 0.2],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let answer = grpc.model_infer(iris_grpc_request()).await.unwrap();
     assert!(answer.metadata().get("ferry-revision").is_some());
     assert_eq!(answer.into_inner().model_name, "iris");
 

@@ -279,25 +279,11 @@ async fn a_request_is_traced_across_the_router_and_its_replica_over_rest_and_grp
 
     // gRPC, by tonic, with the traceparent in the call's metadata.
     use ferry_server::grpc::GrpcInferenceServiceClient;
-    use ferry_server::grpc::pb::{ModelInferRequest, model_infer_request::InferInputTensor};
     let (trace_id, client_span, traceparent) = client_context();
     let mut grpc = GrpcInferenceServiceClient::connect(format!("http://{}", daemon.router))
         .await
         .unwrap();
-    let mut request = tonic::Request::new(ModelInferRequest {
-        model_name: "iris".into(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 4],
-            contents: Some(ferry_server::grpc::pb::InferTensorContents {
-                fp32_contents: vec![5.1, 3.5, 1.4, 0.2],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
+    let mut request = tonic::Request::new(iris_grpc_request());
     request
         .metadata_mut()
         .insert("traceparent", traceparent.parse().unwrap());

@@ -16,7 +16,7 @@ impl Repository {
         remote: &ferry_trace::Remote,
     ) -> Result<InferResponse> {
         let span = ferry_trace::Span::server("infer", remote);
-        span.attribute("ferry.model", model.to_string());
+        span.text("ferry.model", model);
         span.attribute(
             "rpc.system",
             match protocol {
@@ -28,7 +28,7 @@ impl Repository {
             .infer_in(model, version, request, protocol, &span)
             .await;
         if let Err(e) = &result {
-            span.error(e.to_string());
+            span.error(e);
         }
         result
     }
@@ -49,7 +49,7 @@ impl Repository {
                 return Err(e);
             }
         };
-        span.attribute("ferry.model.version", loaded.config.version.clone());
+        span.text("ferry.model.version", &loaded.config.version);
         let result = self.infer_loaded(&loaded, request, span).await;
         let elapsed = started.elapsed();
         match &result {

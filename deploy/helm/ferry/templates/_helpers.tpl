@@ -18,6 +18,20 @@ ferry-system
 {{- end }}
 {{- end }}
 
+{{/* OpenTelemetry's variables, when traces are exported (the operator hands them on to the
+model servers it runs). */}}
+{{- define "ferry.traceEnv" -}}
+{{- with .Values.tracing.otlpEndpoint }}
+            - {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: {{ . | quote }}}
+{{- end }}
+{{- with .Values.tracing.sampler }}
+            - {name: OTEL_TRACES_SAMPLER, value: {{ . | quote }}}
+{{- end }}
+{{- with .Values.tracing.samplerArg }}
+            - {name: OTEL_TRACES_SAMPLER_ARG, value: {{ . | quote }}}
+{{- end }}
+{{- end }}
+
 {{- define "ferry.podPlacement" -}}
 {{- with .Values.imagePullSecrets }}
       imagePullSecrets: {{ toJson . }}

@@ -222,6 +222,12 @@ fn the_charts_values_change_what_they_say() {
             "nodeSelector.pool=system",
             "--set",
             "operator.logLevel=debug",
+            "--set",
+            "tracing.otlpEndpoint=http://otel-collector.observability:4317",
+            "--set",
+            "tracing.sampler=parentbased_traceidratio",
+            "--set-string",
+            "tracing.samplerArg=0.25",
             "--set-json",
             r#"tolerations=[{"key":"dedicated","operator":"Exists","effect":"NoSchedule"}]"#,
         ],
@@ -247,6 +253,28 @@ fn the_charts_values_change_what_they_say() {
         assert_eq!(pod["containers"][0]["imagePullPolicy"], "Always");
         assert_eq!(pod["nodeSelector"]["pool"], "system");
         assert_eq!(pod["tolerations"][0]["key"], "dedicated");
+    }
+    // Traces: the operator (which hands them on to the servers) and the router export.
+    for d in [&operator, &router] {
+        let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e["name"] == name)
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(
+            value("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            Some("http://otel-collector.observability:4317".into()),
+            "{env:?}"
+        );
+        assert_eq!(
+            value("OTEL_TRACES_SAMPLER"),
+            Some("parentbased_traceidratio".into())
+        );
+        assert_eq!(value("OTEL_TRACES_SAMPLER_ARG"), Some("0.25".into()));
     }
     let op = &operator["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(op["resources"]["requests"]["cpu"], "250m");

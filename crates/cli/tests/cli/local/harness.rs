@@ -210,6 +210,25 @@ pub fn iris_request() -> Value {
     json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]})
 }
 
+/// The iris request of [`iris_request`] as an OIP gRPC message.
+pub fn iris_grpc_request() -> ferry_server::grpc::pb::ModelInferRequest {
+    use ferry_server::grpc::pb::{ModelInferRequest, model_infer_request::InferInputTensor};
+    ModelInferRequest {
+        model_name: "iris".into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 4],
+            contents: Some(ferry_server::grpc::pb::InferTensorContents {
+                fp32_contents: vec![5.1, 3.5, 1.4, 0.2],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 /// One response seen by the load client.
 #[derive(Debug, Clone)]
 pub struct Sample {
