@@ -227,6 +227,8 @@ async fn a_request_is_traced_across_the_router_and_its_replica_over_rest_and_grp
     let Some(binary) = jaeger_binary() else {
         return;
     };
+    // Jaeger and the servers load the cores: not beside the tests timed on them.
+    let _cpu = CPU_HUNGRY.lock().await;
     let jaeger = Jaeger::start(&binary).await;
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("local-trace-{}", std::process::id()));
@@ -325,6 +327,8 @@ async fn a_batched_request_shows_its_wait_its_batch_and_the_model_call() {
     let Some(binary) = jaeger_binary() else {
         return;
     };
+    // Jaeger and the servers load the cores: not beside the tests timed on them.
+    let _cpu = CPU_HUNGRY.lock().await;
     let jaeger = Jaeger::start(&binary).await;
     let port = free_port();
     // A fixed window: batches of up to 8 rows gathered for 300 ms, so the concurrent requests

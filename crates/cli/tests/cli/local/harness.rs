@@ -357,6 +357,7 @@ pub fn revision_of(output: &Output) -> String {
         .to_string()
 }
 
-/// Held by the tests that load every core on purpose (the browser run) and by those whose
-/// verdict depends on the CPU they get (fair sharing): they never overlap.
+/// Held by the tests that load every core on purpose (the browser run, the trace tests' Jaeger)
+/// and by those whose verdict depends on the CPU they get (fair sharing, the autoscaler's
+/// reaction to a spike): they never overlap.
 pub static CPU_HUNGRY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
