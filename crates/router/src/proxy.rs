@@ -20,7 +20,7 @@
 //! replica is exact.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_core::routes::RouteTable;
@@ -34,12 +34,13 @@ use crate::body::{Buffered, error_response, json};
 use crate::classify::{RequestKind, classify, grpc_model_name, namespace};
 use crate::error::RouterError;
 use crate::fair::{Fair, FairConfig};
-use crate::hooks::{Hooks, MAX_HOLDS, NoBackend, NoHooks, Outcome, RequestInfo};
+use crate::hooks::{Hooks, MAX_HOLDS, NoBackend, NoHooks, RequestInfo};
 use crate::metrics::{ErrorLabels, Metrics, RevisionLabels};
 use crate::stats::Accounting;
-use crate::table::{BackendState, Compiled, InFlight, RevisionState, ServiceState};
+use crate::table::{Compiled, InFlight, RevisionState, ServiceState};
 
 mod admit;
+mod attempt;
 mod feedback;
 mod forward;
 mod hold;
@@ -539,67 +540,6 @@ impl Router {
                 "cannot read the request body: {e}"
             ))),
         }
-    }
-
-    /// Forward to `backend` and record the outcome (metrics, then the `on_response` hook).
-    #[allow(clippy::too_many_arguments)]
-    async fn attempt(
-        &self,
-        parts: &http::request::Parts,
-        body: &Bytes,
-        service: &ServiceState,
-        revision: &RevisionState,
-        backend: &Arc<BackendState>,
-        grpc: bool,
-        attempt: u32,
-        trace: &ferry_trace::Span,
-    ) -> Result<Response<Buffered>, RouterError> {
-        let span = trace.child("forward", ferry_trace::Kind::Client);
-        span.text("ferry.revision", &revision.revision);
-        span.text("ferry.replica", &backend.backend.id);
-        span.attribute("ferry.attempt", i64::from(attempt));
-        let started = Instant::now();
-        let in_flight = revision.stats.begin();
-        let result = self
-            .forward(parts, body, revision, backend, grpc, &span)
-            .await;
-        match &result {
-            Ok(response) => {
-                span.attribute(
-                    "http.response.status_code",
-                    i64::from(response.status().as_u16()),
-                );
-                if response.status().is_server_error() {
-                    span.error(format_args!("answered {}", response.status()));
-                }
-            }
-            Err(e) => span.error(e),
-        }
-        drop(span);
-        drop(in_flight);
-        let elapsed = started.elapsed();
-        let status = result.as_ref().ok().map(Response::status);
-        revision.stats.record(status, elapsed);
-        if let Some(status) = status {
-            revision.latency.observe(elapsed.as_secs_f64());
-            if status.is_success() {
-                revision.ok.inc();
-            } else {
-                self.inner
-                    .metrics
-                    .response(&labels(service, revision), status.as_u16());
-            }
-        }
-        self.inner.hooks.on_response(&Outcome {
-            namespace: &service.namespace,
-            service: &service.service,
-            revision: &revision.revision,
-            backend: &backend.backend.id,
-            status,
-            elapsed,
-            attempt,
-        });
-        result
     }
 }
 
