@@ -83,7 +83,7 @@ CARGO_TEST_FLAGS = --workspace --features ferry-server/onnxruntime
 
 rust-test: minilm many
 	FERRY_TESTBED_CARGO_FLAGS="$(CARGO_TEST_FLAGS) --bins" testbed/up.sh || { testbed/down.sh; exit 1; }
-	$(TEST_ENV) $(TESTBED_ENV) cargo test $(CARGO_TEST_FLAGS); rc=$$?; testbed/down.sh || rc=1; exit $$rc
+	$(TEST_ENV) $(TESTBED_ENV) cargo test $(CARGO_TEST_FLAGS) --no-fail-fast; rc=$$?; testbed/down.sh || rc=1; exit $$rc
 
 testbed-up:
 	testbed/up.sh

@@ -42,7 +42,8 @@ async fn rolling_update_under_load(test: &str, v1: &str, v2: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if rolled_out.elapsed() > Duration::from_secs(1) || Instant::now() > deadline {
+        let enough = load.count() >= 2000 && rolled_out.elapsed() > Duration::from_secs(1);
+        if enough || Instant::now() > deadline {
             break;
         }
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_local::client::Client;
@@ -242,16 +242,19 @@ pub struct Sample {
 /// A closed-loop HTTP client (`workers` concurrent requests) through the router.
 pub struct Load {
     stop: Arc<AtomicBool>,
+    answered: Arc<AtomicUsize>,
     tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
 }
 
 impl Load {
     pub fn start(router: &str, model: &str, workers: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
         let url = format!("http://{router}/v2/models/{model}/infer");
         let tasks = (0..workers)
             .map(|_| {
                 let stop = stop.clone();
+                let answered = answered.clone();
                 let url = url.clone();
                 tokio::spawn(async move {
                     let client = reqwest::Client::new();
@@ -283,12 +286,22 @@ impl Load {
                             },
                         };
                         samples.push(sample);
+                        answered.fetch_add(1, Ordering::Relaxed);
                     }
                     samples
                 })
             })
             .collect();
-        Load { stop, tasks }
+        Load {
+            stop,
+            answered,
+            tasks,
+        }
+    }
+
+    /// How many requests have come back so far (answered or failed).
+    pub fn count(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
     }
 
     pub async fn finish(self) -> Vec<Sample> {
