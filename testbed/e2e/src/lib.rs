@@ -236,7 +236,12 @@ pub fn apply_deploy(file: &str) {
         "the admin token Secret: {}",
         String::from_utf8_lossy(&applied.stderr)
     );
-    let applied = kubectl(&["apply", "--server-side", "-f", "-"], Some(&text));
+    // Forced: deploy/'s manifests win over fields a test's Helm install of the same objects
+    // left owned by the "helm" manager on a test bed that was kept (down.sh without --purge).
+    let applied = kubectl(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&text),
+    );
     assert!(
         applied.status.success(),
         "{file}: {}",

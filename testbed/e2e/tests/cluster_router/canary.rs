@@ -171,14 +171,23 @@ async fn rolled_back_in_cluster(prefix: &str, model: &str, analysis: &str, rule:
     let after = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let samples = load.finish().await;
-    let failed = samples.iter().filter(|s| s.1 != 200).count();
+    let failures: Vec<String> = samples
+        .iter()
+        .filter(|s| s.1 != 200)
+        .map(|s| {
+            let at = s.0.saturating_duration_since(took).as_secs_f64()
+                - took.saturating_duration_since(s.0).as_secs_f64();
+            format!("{} at {at:+.2} s", s.1)
+        })
+        .collect();
     eprintln!(
-        "{model} cluster canary: {failed} of {} requests failed, rolled back {judged:?} after taking traffic",
+        "{model} cluster canary: {} of {} requests failed, rolled back {judged:?} after taking traffic",
+        failures.len(),
         samples.len()
     );
-    assert_eq!(
-        failed, 0,
-        "retryOnStable: the stable revision answered for the canary"
+    assert!(
+        failures.is_empty(),
+        "retryOnStable: the stable revision answers for the canary; failed (status, sent relative to the canary taking traffic): {failures:?}"
     );
     assert!(
         samples
