@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 /// Which engine runs a model's ONNX graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendKind {
-    /// Pure-Rust tract (always built).
+    /// Pure-Rust tract (cargo feature `tract`, on by default).
     #[default]
     Tract,
     /// ONNX Runtime (cargo feature `onnxruntime`, library from `ORT_DYLIB_PATH`).

@@ -5,6 +5,7 @@
 
 use crate::tensor::{DataType, Tensor};
 
+#[cfg(feature = "tract")]
 pub mod tract;
 
 #[cfg(feature = "onnxruntime")]

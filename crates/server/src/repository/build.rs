@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use super::{BackendFailure, call_backend, synthetic_inputs};
 use crate::backend::Backend;
-use crate::backend::tract::TractBackend;
 use crate::config::{BackendKind, ModelConfig};
 use crate::tensor::Tensor;
 
@@ -14,19 +13,7 @@ use crate::tensor::Tensor;
 pub(super) fn build_and_warm_up(
     config: &ModelConfig,
 ) -> std::result::Result<(Arc<dyn Backend>, Duration), String> {
-    let engine: Box<dyn Backend> = match config.backend {
-        BackendKind::Tract => Box::new(TractBackend::load(&config.path)?),
-        #[cfg(feature = "onnxruntime")]
-        BackendKind::OnnxRuntime => {
-            Box::new(crate::backend::onnxruntime::OrtBackend::load(&config.path)?)
-        }
-        #[cfg(not(feature = "onnxruntime"))]
-        BackendKind::OnnxRuntime => {
-            return Err(
-                "this build has no ONNX Runtime backend (cargo feature `onnxruntime`)".into(),
-            );
-        }
-    };
+    let engine = load_engine(config)?;
     let backend: Arc<dyn Backend> = match &config.tokenizer {
         None => Arc::from(engine),
         #[cfg(feature = "text")]
@@ -52,4 +39,24 @@ pub(super) fn build_and_warm_up(
     let started = Instant::now();
     check(call_backend(backend.as_ref(), warm_up))?;
     Ok((backend, started.elapsed()))
+}
+
+/// The engine for the model's graph, as `backend=` chose (a build may leave one out).
+fn load_engine(config: &ModelConfig) -> std::result::Result<Box<dyn Backend>, String> {
+    match config.backend {
+        #[cfg(feature = "tract")]
+        BackendKind::Tract => Ok(Box::new(crate::backend::tract::TractBackend::load(
+            &config.path,
+        )?)),
+        #[cfg(not(feature = "tract"))]
+        BackendKind::Tract => Err("this build has no tract backend (cargo feature `tract`)".into()),
+        #[cfg(feature = "onnxruntime")]
+        BackendKind::OnnxRuntime => Ok(Box::new(crate::backend::onnxruntime::OrtBackend::load(
+            &config.path,
+        )?)),
+        #[cfg(not(feature = "onnxruntime"))]
+        BackendKind::OnnxRuntime => {
+            Err("this build has no ONNX Runtime backend (cargo feature `onnxruntime`)".into())
+        }
+    }
 }
