@@ -242,19 +242,19 @@ pub struct Sample {
 /// A closed-loop HTTP client (`workers` concurrent requests) through the router.
 pub struct Load {
     stop: Arc<AtomicBool>,
-    answered: Arc<AtomicUsize>,
+    returned: Arc<AtomicUsize>,
     tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
 }
 
 impl Load {
     pub fn start(router: &str, model: &str, workers: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicUsize::new(0));
+        let returned = Arc::new(AtomicUsize::new(0));
         let url = format!("http://{router}/v2/models/{model}/infer");
         let tasks = (0..workers)
             .map(|_| {
                 let stop = stop.clone();
-                let answered = answered.clone();
+                let returned = returned.clone();
                 let url = url.clone();
                 tokio::spawn(async move {
                     let client = reqwest::Client::new();
@@ -286,7 +286,7 @@ impl Load {
                             },
                         };
                         samples.push(sample);
-                        answered.fetch_add(1, Ordering::Relaxed);
+                        returned.fetch_add(1, Ordering::Relaxed);
                     }
                     samples
                 })
@@ -294,14 +294,14 @@ impl Load {
             .collect();
         Load {
             stop,
-            answered,
+            returned,
             tasks,
         }
     }
 
-    /// How many requests have come back so far (answered or failed).
+    /// How many requests have come back so far, answered or failed.
     pub fn count(&self) -> usize {
-        self.answered.load(Ordering::Relaxed)
+        self.returned.load(Ordering::Relaxed)
     }
 
     pub async fn finish(self) -> Vec<Sample> {
